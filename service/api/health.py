@@ -1,0 +1,38 @@
+"""Liveness, readiness and Prometheus metrics."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Response
+from fastapi.responses import JSONResponse
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from service.api.deps import StateDep
+from service.engine.base import EngineError
+
+router = APIRouter(tags=["health"])
+
+
+@router.get("/healthz", summary="The process is alive")
+async def healthz() -> dict[str, str]:
+    return {"status": "ok"}
+
+
+@router.get("/readyz", summary="Engine loaded and a warm-up ranking passed")
+async def readyz(state: StateDep) -> JSONResponse:
+    engine_ok, engine_detail = state.ready, state.not_ready_reason
+    if state.ready:
+        try:
+            await state.engine.check_health()
+        except EngineError as exc:
+            engine_ok, engine_detail = False, str(exc)
+    body = {
+        "ready": engine_ok,
+        "model_version": state.engine.model_version,
+        "engine": {"backend": state.engine.name, "ok": engine_ok, "detail": engine_detail},
+    }
+    return JSONResponse(status_code=200 if engine_ok else 503, content=body)
+
+
+@router.get("/metrics", summary="Prometheus metrics", response_class=Response)
+async def metrics(state: StateDep) -> Response:
+    return Response(generate_latest(state.metrics.registry), media_type=CONTENT_TYPE_LATEST)

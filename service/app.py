@@ -1,0 +1,65 @@
+"""The FastAPI app factory. Nothing is built at import time: ``create_app(settings)`` builds everything,
+and the engine lives exactly as long as the app's lifespan."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI, Request, Response
+from fastapi.responses import ORJSONResponse
+
+from service.api import health, rank
+from service.config import Settings
+from service.engine.base import ReasoningEngine
+from service.errors import install_error_handlers
+from service.state import ServiceState, build_engine, load_checkpoint
+
+logger = logging.getLogger(__name__)
+
+
+def create_app(settings: Settings | None = None, engine: ReasoningEngine | None = None) -> FastAPI:
+    """Build the app. ``engine`` lets tests inject a backend; by default the settings choose one."""
+    settings = settings or Settings()
+    if engine is None:
+        engine = build_engine(settings, load_checkpoint(settings))
+    state = ServiceState.create(settings, engine)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        await state.start()
+        try:
+            yield
+        finally:
+            await state.stop()
+
+    app = FastAPI(
+        title="r2rank",
+        version="0.1.0",
+        description="Reasoning-to-Rank: an LLM reasons about each user-item pair, then scores it.",
+        lifespan=lifespan,
+        default_response_class=ORJSONResponse,
+    )
+    app.state.r2rank = state
+    install_error_handlers(app)
+    app.include_router(rank.router)
+    app.include_router(health.router)
+
+    @app.middleware("http")
+    async def observe(request: Request, call_next) -> Response:
+        """Request counts and latency by route template (not raw path: bounded label cardinality)."""
+        started = time.perf_counter()
+        status = 500
+        try:
+            response = await call_next(request)
+            status = response.status_code
+            return response
+        finally:
+            route = request.scope.get("route")
+            path = getattr(route, "path", "unmatched")
+            state.metrics.requests.labels(path, request.method, str(status)).inc()
+            state.metrics.latency.labels(path, request.method).observe(time.perf_counter() - started)
+
+    return app

@@ -1,0 +1,45 @@
+"""``r2rank-serve``: run the HTTP service."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+app = typer.Typer(help="r2rank ranking service.", no_args_is_help=False)
+
+
+@app.callback(invoke_without_command=True)
+def main(ctx: typer.Context) -> None:
+    if ctx.invoked_subcommand is None:
+        serve()
+
+
+@app.command()
+def serve(
+    host: Annotated[str | None, typer.Option(help="Bind address (default R2RANK_HOST or 127.0.0.1).")] = None,
+    port: Annotated[int | None, typer.Option(help="Port (default R2RANK_PORT or 8000).")] = None,
+    model_path: Annotated[Path | None, typer.Option(help="Checkpoint directory (default R2RANK_MODEL_PATH).")] = None,
+) -> None:
+    """Serve /rank with the configured engine. Settings come from R2RANK_* variables; flags override them."""
+    import uvicorn
+
+    from service.app import create_app
+    from service.config import Settings
+
+    overrides = {k: v for k, v in {"host": host, "port": port, "model_path": model_path}.items() if v is not None}
+    settings = Settings(**overrides)
+    logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    uvicorn.run(
+        create_app(settings),
+        host=settings.host,
+        port=settings.port,
+        log_level=settings.log_level,
+        timeout_graceful_shutdown=30,
+    )
+
+
+if __name__ == "__main__":
+    app()

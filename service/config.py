@@ -1,0 +1,62 @@
+"""Service settings: every knob is an ``R2RANK_*`` environment variable (or a ``.env`` line)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="R2RANK_", env_file=".env", extra="ignore")
+
+    # --- model and engine ---
+    model_path: Path = Field(REPO_ROOT / "models" / "default", description="Checkpoint directory (with manifest.json).")
+    engine: Literal["local", "remote"] = Field("local", description="In-process vLLM or a remote vLLM server.")
+    engine_url: str | None = Field(None, description="Remote engine base URL, e.g. http://vllm:8000 (engine=remote).")
+    engine_model_name: str | None = Field(None, description="Model name the remote server serves (default: its first).")
+    engine_api_key: str | None = Field(None, description="Bearer token for the remote engine, if it wants one.")
+    engine_timeout_s: float = Field(120.0, gt=0, description="Per engine call timeout (remote).")
+    max_rationale_tokens: int | None = Field(None, ge=1, le=1024, description="Override the manifest's rationale cap.")
+
+    # local vLLM engine
+    dtype: str = Field("float32", description="float32 is fastest on CPUs without AVX-512/AMX; 'auto' on GPUs.")
+    max_model_len: int = Field(2048, ge=128)
+    enable_prefix_caching: bool = True
+    enforce_eager: bool = Field(False, description="Skip torch.compile: faster start-up, slower steady state.")
+    max_num_seqs: int = Field(256, ge=1)
+    max_num_batched_tokens: int | None = None
+    gpu_memory_utilization: float = Field(0.85, gt=0, le=1)
+    cpu_kvcache_gib: int = Field(1, ge=1, description="VLLM_CPU_KVCACHE_SPACE: KV cache size on CPU, GiB.")
+    cpu_omp_threads_bind: str | None = Field(
+        None, description="VLLM_CPU_OMP_THREADS_BIND, e.g. '0-1'; unset lets vLLM decide."
+    )
+    cpu_reserved_cpus: int | None = Field(
+        0, description="VLLM_CPU_NUM_OF_RESERVED_CPU: cores kept for the API process (0 = engine uses all)."
+    )
+
+    # --- HTTP ---
+    host: str = "127.0.0.1"
+    port: int = Field(8000, ge=1, le=65535)
+    max_candidates: int = Field(200, ge=1, le=1000, description="Most candidates one /rank may carry.")
+    max_history_request: int = Field(500, ge=1, description="Most history items one request may carry.")
+    log_level: str = "info"
+
+    @model_validator(mode="after")
+    def _remote_needs_url(self) -> Settings:
+        if self.engine == "remote" and not self.engine_url:
+            raise ValueError("R2RANK_ENGINE_URL is required when R2RANK_ENGINE=remote")
+        return self
+
+    def apply_vllm_cpu_env(self) -> None:
+        """vLLM's CPU backend reads these from the environment at engine start; explicit env wins."""
+        os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(self.cpu_kvcache_gib))
+        if self.cpu_reserved_cpus is not None:
+            os.environ.setdefault("VLLM_CPU_NUM_OF_RESERVED_CPU", str(self.cpu_reserved_cpus))
+        if self.cpu_omp_threads_bind:
+            os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", self.cpu_omp_threads_bind)

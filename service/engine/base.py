@@ -1,0 +1,122 @@
+"""The reasoning-engine interface: turn per-item prompts into (score, rationale).
+
+A backend supplies two primitives — greedy rationale generation and the two answer log-probs at the
+answer position — and this base class composes them the way the contract prescribes. Every item of a
+request is submitted at once (``asyncio.gather``); concurrent requests interleave inside the engine's
+continuous batching, so there is no lock or per-request serialisation anywhere here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+from service import contract
+from service.checkpoint import Checkpoint
+
+
+class EngineError(RuntimeError):
+    """The engine failed or is unreachable: the caller gets a 503, not a 500."""
+
+
+@dataclass(frozen=True)
+class ScoringJob:
+    """One candidate of one request: ``prompt_ids`` = encode(prefix) + encode(candidate segment)."""
+
+    prompt_ids: list[int]
+    reasoning: contract.Reasoning
+
+
+@dataclass(frozen=True)
+class ItemScore:
+    score: float
+    rationale: str | None = None
+    rationale_tokens: int = 0
+
+
+class ReasoningEngine(ABC):
+    """Scores items with one loaded checkpoint. Subclasses own the transport (in-process or HTTP)."""
+
+    name: str = "engine"
+
+    def __init__(self, checkpoint: Checkpoint, max_rationale_tokens: int | None = None) -> None:
+        self.checkpoint = checkpoint
+        self.max_rationale_tokens = max_rationale_tokens or checkpoint.manifest.max_rationale_tokens
+        self.yes_id, self.no_id = checkpoint.answer_ids
+        self._cue_ids = checkpoint.encoder.encode(contract.ANSWER_CUE)
+        self.stop_token_ids = contract.rationale_stop_token_ids(checkpoint.encoder)
+        self.inflight_items = 0
+        self.on_item_done: Callable[[ItemScore], None] | None = None
+
+    @property
+    def model_version(self) -> str:
+        return self.checkpoint.model_version
+
+    # --- lifecycle -------------------------------------------------------------------------------
+    @abstractmethod
+    async def start(self) -> None:
+        """Load weights / open connections. May take a minute for a local engine."""
+
+    @abstractmethod
+    async def close(self) -> None:
+        """Free the engine; idempotent."""
+
+    @abstractmethod
+    async def check_health(self) -> None:
+        """Raise ``EngineError`` if the engine cannot take work right now."""
+
+    async def __aenter__(self) -> ReasoningEngine:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    # --- backend primitives ------------------------------------------------------------------------
+    @abstractmethod
+    async def _generate_rationale(self, prompt_ids: list[int], request_id: str) -> tuple[str, int]:
+        """Greedy rationale after ``prompt_ids``, stopped at the contract's stop; returns (text, tokens)."""
+
+    @abstractmethod
+    async def _answer_logprobs(self, prompt_ids: list[int], request_id: str) -> tuple[float, float]:
+        """log P(yes), log P(no) for the token after ``prompt_ids``."""
+
+    # --- the composition ---------------------------------------------------------------------------
+    async def score_items(self, jobs: Sequence[ScoringJob], request_id: str) -> list[ItemScore]:
+        """Score every job concurrently; order of results = order of jobs.
+
+        Engine request ids get a random suffix: callers may reuse their own request id, the engine may not.
+        If one item fails, the others are cancelled (and so aborted in the engine) and ``EngineError`` raised.
+        """
+        base = f"{request_id}-{uuid.uuid4().hex[:8]}"
+        tasks = [asyncio.ensure_future(self._score_one(job, f"{base}-{i}")) for i, job in enumerate(jobs)]
+        try:
+            return list(await asyncio.gather(*tasks))
+        except BaseException:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            raise
+
+    async def _score_one(self, job: ScoringJob, request_id: str) -> ItemScore:
+        self.inflight_items += 1
+        try:
+            rationale: str | None = None
+            tokens = 0
+            if job.reasoning == "full":
+                text, tokens = await self._generate_rationale(job.prompt_ids, f"{request_id}-r")
+                rationale = contract.clean_rationale(text)
+                rationale_ids = self.checkpoint.encoder.encode(contract.rationale_segment(rationale))
+                score_ids = job.prompt_ids + rationale_ids + self._cue_ids
+            else:
+                score_ids = job.prompt_ids + self._cue_ids
+            lp_yes, lp_no = await self._answer_logprobs(score_ids, f"{request_id}-s")
+            result = ItemScore(contract.score_from_logprobs(lp_yes, lp_no), rationale, tokens)
+        finally:
+            self.inflight_items -= 1
+        if self.on_item_done is not None:
+            self.on_item_done(result)
+        return result

@@ -1,0 +1,39 @@
+"""Prometheus metrics, in a registry per app so several apps (tests) can live in one process."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
+
+LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 40, 80)
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        r = self.registry
+        self.requests = Counter(
+            "r2rank_requests_total", "HTTP requests by route and status.", ["route", "method", "status"], registry=r
+        )
+        self.latency = Histogram(
+            "r2rank_request_latency_seconds",
+            "HTTP latency by route.",
+            ["route", "method"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.items_scored = Counter(
+            "r2rank_items_scored_total", "Candidate items scored by the engine.", ["reasoning"], registry=r
+        )
+        self.rationale_tokens = Counter("r2rank_rationale_tokens_total", "Rationale tokens generated.", registry=r)
+        self.engine_inflight = Gauge(
+            "r2rank_engine_inflight_items", "Items submitted to the engine and not finished.", registry=r
+        )
+        self.engine_latency = Histogram(
+            "r2rank_engine_seconds",
+            "Engine time per /rank request.",
+            ["reasoning"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.model = Info("r2rank_model", "The checkpoint being served.", registry=r)
+        self.ready = Gauge("r2rank_ready", "1 when the engine is loaded and warmed up.", registry=r)

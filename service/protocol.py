@@ -1,0 +1,101 @@
+"""Request and response models of the HTTP API (input and output schemas kept apart)."""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator
+
+ItemId = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=256)]
+Title = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=2000)]
+HARD_MAX_CANDIDATES = 1000  # schema bound; the configured R2RANK_MAX_CANDIDATES (default 200) is checked too
+
+
+class ItemIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    item_id: ItemId
+    title: Title
+
+
+class RankRequest(BaseModel):
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [
+                {
+                    "user_id": "u1",
+                    "history": [
+                        {"item_id": "10", "title": "Super Mario Odyssey"},
+                        {"item_id": "11", "title": "The Legend of Zelda: Breath of the Wild"},
+                    ],
+                    "candidates": [
+                        {"item_id": "42", "title": "Mario Kart 8 Deluxe"},
+                        {"item_id": "43", "title": "Call of Duty: WWII - PlayStation 4"},
+                    ],
+                    "top_k": 10,
+                    "include_rationales": True,
+                    "reasoning": "full",
+                }
+            ]
+        },
+    )
+
+    user_id: ItemId | None = Field(None, description="Caller's user id (used for logs and, later, stored histories).")
+    history: list[ItemIn] = Field(default_factory=list, description="Items the user interacted with, oldest first.")
+    candidates: list[ItemIn] = Field(
+        min_length=1, max_length=HARD_MAX_CANDIDATES, description="Items to rank; each is scored on its own."
+    )
+    top_k: int | None = Field(None, ge=1, description="Return only the best k items (default: all).")
+    include_rationales: bool = Field(False, description="Return each item's rationale (reasoning='full' only).")
+    reasoning: Literal["full", "none"] = Field(
+        "full", description="'full': reason, then score; 'none': score straight after the candidate (cheaper)."
+    )
+    request_id: Annotated[str, StringConstraints(min_length=1, max_length=128)] | None = None
+
+    @field_validator("candidates")
+    @classmethod
+    def _unique_candidates(cls, candidates: list[ItemIn]) -> list[ItemIn]:
+        seen: set[str] = set()
+        duplicates = []
+        for item in candidates:
+            if item.item_id in seen:
+                duplicates.append(item.item_id)
+            seen.add(item.item_id)
+        if duplicates:
+            raise ValueError(f"duplicate candidate item_id(s): {sorted(set(duplicates))[:10]}")
+        return candidates
+
+
+class RankedItem(BaseModel):
+    item_id: str
+    score: float = Field(description="log P(yes) - log P(no) at the answer position; higher ranks first.")
+    rank: int = Field(ge=1)
+    rationale: str | None = Field(None, description="Present only when include_rationales was true.")
+
+
+class RankResponse(BaseModel):
+    model_config = ConfigDict(protected_namespaces=())
+
+    request_id: str
+    model_version: str
+    items: list[RankedItem]
+    degraded: bool = False
+    timings_ms: dict[str, float]
+
+
+class ErrorDetail(BaseModel):
+    message: str
+    type: str
+    param: str | None = None
+    code: int
+
+
+class ErrorResponse(BaseModel):
+    error: ErrorDetail
+
+
+ERROR_RESPONSES = {
+    422: {"model": ErrorResponse, "description": "Invalid request; `error.param` names the field."},
+    503: {"model": ErrorResponse, "description": "Engine not ready or failed; retry after `Retry-After`."},
+}

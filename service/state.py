@@ -1,0 +1,115 @@
+"""What the app holds while it runs: the checkpoint, the engine, the ranker, readiness."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass, field
+
+from tenacity import AsyncRetrying, retry_if_exception_type, wait_exponential
+
+from service.checkpoint import Checkpoint, open_checkpoint
+from service.config import Settings
+from service.engine.base import EngineError, ReasoningEngine
+from service.metrics import Metrics
+from service.protocol import ItemIn, RankRequest
+from service.ranking import Ranker
+
+logger = logging.getLogger(__name__)
+
+WARMUP_REQUEST = RankRequest(
+    history=[ItemIn(item_id="w1", title="Warm-up history item")],
+    candidates=[ItemIn(item_id="w2", title="Warm-up candidate A"), ItemIn(item_id="w3", title="Warm-up candidate B")],
+    reasoning="full",
+    request_id="warmup",
+)
+
+
+def build_engine(settings: Settings, checkpoint: Checkpoint) -> ReasoningEngine:
+    """The backend the settings ask for (imports vLLM only for the local one)."""
+    if settings.engine == "remote":
+        from service.engine.vllm_remote import RemoteVLLMEngine
+
+        return RemoteVLLMEngine(
+            checkpoint,
+            base_url=settings.engine_url or "",
+            served_model_name=settings.engine_model_name,
+            timeout_s=settings.engine_timeout_s,
+            api_key=settings.engine_api_key,
+            max_rationale_tokens=settings.max_rationale_tokens,
+        )
+    from service.engine.vllm_local import LocalEngineOptions, LocalVLLMEngine
+
+    settings.apply_vllm_cpu_env()
+    options = LocalEngineOptions(
+        dtype=settings.dtype,
+        max_model_len=settings.max_model_len,
+        enable_prefix_caching=settings.enable_prefix_caching,
+        enforce_eager=settings.enforce_eager,
+        max_num_seqs=settings.max_num_seqs,
+        max_num_batched_tokens=settings.max_num_batched_tokens,
+        gpu_memory_utilization=settings.gpu_memory_utilization,
+    )
+    return LocalVLLMEngine(checkpoint, options, max_rationale_tokens=settings.max_rationale_tokens)
+
+
+@dataclass
+class ServiceState:
+    settings: Settings
+    engine: ReasoningEngine
+    metrics: Metrics
+    ranker: Ranker
+    ready: bool = False
+    not_ready_reason: str | None = "starting"
+    _warmup_task: asyncio.Task | None = field(default=None, repr=False)
+
+    @classmethod
+    def create(cls, settings: Settings, engine: ReasoningEngine) -> ServiceState:
+        metrics = Metrics()
+        checkpoint = engine.checkpoint
+        metrics.model.info(
+            {
+                "model_version": checkpoint.model_version,
+                "prompt_format": checkpoint.manifest.prompt_format,
+                "engine": engine.name,
+            }
+        )
+        metrics.engine_inflight.set_function(lambda: engine.inflight_items)
+        return cls(settings=settings, engine=engine, metrics=metrics, ranker=Ranker(engine, settings, metrics))
+
+    async def start(self) -> None:
+        """Start the engine (blocking: a local engine that cannot load should stop the process), then warm up
+        in the background so a remote engine that is still booting does not keep the API from starting."""
+        await self.engine.start()
+        self._warmup_task = asyncio.create_task(self._warm_up())
+
+    async def _warm_up(self) -> None:
+        async for attempt in AsyncRetrying(
+            retry=retry_if_exception_type(EngineError), wait=wait_exponential(multiplier=0.5, max=10), reraise=True
+        ):
+            with attempt:
+                try:
+                    await self.engine.check_health()
+                    await self.ranker.rank(WARMUP_REQUEST)
+                except EngineError as exc:
+                    self.not_ready_reason = f"warm-up failed: {exc}"
+                    logger.warning("warm-up failed (will retry): %s", exc)
+                    raise
+        self.ready, self.not_ready_reason = True, None
+        self.metrics.ready.set(1)
+        logger.info("ready: model_version=%s", self.engine.model_version)
+
+    async def wait_ready(self, timeout: float | None = None) -> None:
+        if self._warmup_task is not None:
+            await asyncio.wait_for(asyncio.shield(self._warmup_task), timeout)
+
+    async def stop(self) -> None:
+        self.ready, self.not_ready_reason = False, "shutting down"
+        self.metrics.ready.set(0)
+        if self._warmup_task is not None and not self._warmup_task.done():
+            self._warmup_task.cancel()
+        await self.engine.close()
+
+
+def load_checkpoint(settings: Settings) -> Checkpoint:
+    return open_checkpoint(settings.model_path)

@@ -1,0 +1,98 @@
+"""``r2rank-train``: one sub-command per stage of making a ranker."""
+
+from __future__ import annotations
+
+import json
+import random
+import shlex
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from trainer.data import DataError, leave_one_out, load_dataset, sample_negatives, training_titles
+
+app = typer.Typer(help="Build, train and export r2rank ranker checkpoints.", no_args_is_help=True)
+
+DEFAULT_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "amazon-videogames"
+
+
+def _command_line() -> str:
+    return "r2rank-train " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+
+
+@app.command("init-model")
+def init_model_cmd(
+    out: Annotated[Path, typer.Option(help="Checkpoint directory to write.")],
+    data: Annotated[Path, typer.Option(help="Dataset dir (RecBole files or items/interactions JSONL).")] = DEFAULT_DATA,
+    name: Annotated[str, typer.Option(help="Prefix of model_version.")] = "tiny-qwen2",
+    seed: Annotated[int, typer.Option(help="Seed for weights (the tokenizer is deterministic in the data).")] = 0,
+    vocab_size: int = 4096,
+    hidden_size: int = 256,
+    intermediate_size: int = 768,
+    layers: int = 4,
+    heads: int = 4,
+    kv_heads: int = 2,
+) -> None:
+    """A small Qwen2-architecture model + a BPE tokenizer trained on training-split titles only."""
+    from trainer.export import write_checkpoint_manifest
+    from trainer.modeling import TinyModelConfig, init_model
+
+    try:
+        catalogue, sequences = load_dataset(data)
+    except DataError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--data") from exc
+    splits = leave_one_out(sequences)
+    titles = training_titles(splits, catalogue)
+    config = TinyModelConfig(
+        vocab_size=vocab_size,
+        hidden_size=hidden_size,
+        intermediate_size=intermediate_size,
+        num_hidden_layers=layers,
+        num_attention_heads=heads,
+        num_key_value_heads=kv_heads,
+    )
+    provenance = init_model(titles, out, config, seed)
+    provenance.update(command=_command_line(), data=data.name, users=len(splits))
+    manifest = write_checkpoint_manifest(out, name, provenance)
+    typer.echo(f"wrote {out} model_version={manifest.model_version} parameters={provenance['parameters']:,}")
+
+
+@app.command("demo-data")
+def demo_data_cmd(
+    out: Annotated[Path, typer.Option(help="Directory for the demo subset.")] = Path("data/demo"),
+    data: Annotated[Path, typer.Option(help="Dataset directory.")] = DEFAULT_DATA,
+    users: Annotated[int, typer.Option(help="How many test users to keep.")] = 300,
+    negatives: Annotated[int, typer.Option(help="Random negatives per user (1 positive + N).")] = 19,
+    seed: int = 0,
+) -> None:
+    """A small subset for the demo, tests and load tests: users with test histories and 1+N candidates."""
+    try:
+        catalogue, sequences = load_dataset(data)
+    except DataError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--data") from exc
+    rng = random.Random(seed)
+    splits = leave_one_out(sequences)
+    chosen = rng.sample(splits, min(users, len(splits)))
+    all_items = sorted(catalogue.titles, key=lambda k: (len(k), k))
+    out.mkdir(parents=True, exist_ok=True)
+    used: set[str] = set()
+    with (out / "users.jsonl").open("w") as handle:
+        for split in chosen:
+            history = split.test_history
+            negs = sample_negatives(rng, all_items, set(history) | {split.test_target}, negatives)
+            candidates = [split.test_target, *negs]
+            rng.shuffle(candidates)
+            used.update(history)
+            used.update(candidates)
+            row = {"user_id": split.user_id, "history": history, "candidates": candidates, "target": split.test_target}
+            handle.write(json.dumps(row) + "\n")
+    with (out / "items.jsonl").open("w") as handle:
+        for item_id in sorted(used, key=lambda k: (len(k), k)):
+            handle.write(json.dumps({"item_id": item_id, "title": catalogue.title(item_id)}) + "\n")
+    typer.echo(f"wrote {len(chosen)} users and {len(used)} items to {out}")
+
+
+if __name__ == "__main__":
+    app()

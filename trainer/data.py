@@ -1,0 +1,183 @@
+"""Reading interaction data and splitting it leave-one-out.
+
+Two input formats reach the same in-memory shape (``Catalogue`` + per-user sequences, oldest first):
+- the LLMRank/RecBole Video Games files (``Games-6k.item``, ``Games-6k.test.inter``), see the data's
+  SOURCE.md: the full sequence of a user is ``test history + test target``;
+- a generic format: ``items.jsonl`` (``{"item_id", "title", ...}``) and ``interactions.jsonl``
+  (``{"user_id", "item_id", "timestamp"}``), sorted by timestamp per user.
+
+Split: the last item of each sequence is the test target, the second-to-last the validation target, the
+rest is training. Nothing computed for training (statistics, tokenizer corpus) may look past the
+training prefix.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from collections import defaultdict
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+
+class DataError(ValueError):
+    """Malformed input; the message names file, line and field."""
+
+
+@dataclass
+class Catalogue:
+    titles: dict[str, str] = field(default_factory=dict)
+
+    def title(self, item_id: str) -> str:
+        return self.titles[item_id]
+
+    def __len__(self) -> int:
+        return len(self.titles)
+
+
+@dataclass(frozen=True)
+class UserSplit:
+    """One user's leave-one-out split (item ids, oldest first)."""
+
+    user_id: str
+    train: list[str]
+    valid_target: str
+    test_target: str
+
+    @property
+    def valid_history(self) -> list[str]:
+        return self.train
+
+    @property
+    def test_history(self) -> list[str]:
+        return [*self.train, self.valid_target]
+
+
+def _read_tsv(path: Path) -> Iterable[tuple[int, list[str]]]:
+    if not path.is_file():
+        raise DataError(f"{path}: file not found")
+    with path.open(encoding="utf-8") as handle:
+        for lineno, line in enumerate(handle, start=1):
+            line = line.rstrip("\n")
+            if line:
+                yield lineno, line.split("\t")
+
+
+def read_recbole_items(path: Path) -> Catalogue:
+    """``item_id<TAB>title`` with a typed header line."""
+    catalogue = Catalogue()
+    for lineno, cols in _read_tsv(path):
+        if lineno == 1 and cols[0].startswith("item_id"):
+            continue
+        if len(cols) < 2 or not cols[1].strip():
+            raise DataError(f"{path}:{lineno}: expected item_id<TAB>title with a non-empty title")
+        catalogue.titles[cols[0]] = cols[1].strip()
+    if not catalogue.titles:
+        raise DataError(f"{path}: no items")
+    return catalogue
+
+
+def read_recbole_sequences(path: Path, catalogue: Catalogue) -> dict[str, list[str]]:
+    """Full sequences from ``*.test.inter``: ``user_id<TAB>history ids<TAB>target id``."""
+    sequences: dict[str, list[str]] = {}
+    for lineno, cols in _read_tsv(path):
+        if lineno == 1 and cols[0].startswith("user_id"):
+            continue
+        if len(cols) != 3:
+            raise DataError(f"{path}:{lineno}: expected 3 tab-separated columns, got {len(cols)}")
+        items = [*cols[1].split(), cols[2].strip()]
+        unknown = [i for i in items if i not in catalogue.titles]
+        if unknown:
+            raise DataError(f"{path}:{lineno}: unknown item ids {unknown[:5]} (not in the item file)")
+        sequences[cols[0]] = items
+    return sequences
+
+
+def read_jsonl_items(path: Path) -> Catalogue:
+    catalogue = Catalogue()
+    for lineno, row in _read_jsonl(path):
+        for key in ("item_id", "title"):
+            if key not in row or not str(row[key]).strip():
+                raise DataError(f"{path}:{lineno}: field {key!r} missing or empty")
+        catalogue.titles[str(row["item_id"])] = str(row["title"]).strip()
+    return catalogue
+
+
+def read_jsonl_interactions(path: Path, catalogue: Catalogue) -> dict[str, list[str]]:
+    events: dict[str, list[tuple[float, int, str]]] = defaultdict(list)
+    for lineno, row in _read_jsonl(path):
+        for key in ("user_id", "item_id", "timestamp"):
+            if key not in row:
+                raise DataError(f"{path}:{lineno}: field {key!r} missing")
+        item_id = str(row["item_id"])
+        if item_id not in catalogue.titles:
+            raise DataError(f"{path}:{lineno}: field 'item_id': unknown item {item_id!r}")
+        try:
+            ts = float(row["timestamp"])
+        except (TypeError, ValueError) as exc:
+            raise DataError(f"{path}:{lineno}: field 'timestamp' is not a number") from exc
+        events[str(row["user_id"])].append((ts, lineno, item_id))
+    return {user: [item for _, _, item in sorted(evts)] for user, evts in events.items()}
+
+
+def _read_jsonl(path: Path) -> Iterable[tuple[int, dict]]:
+    if not path.is_file():
+        raise DataError(f"{path}: file not found")
+    with path.open(encoding="utf-8") as handle:
+        for lineno, line in enumerate(handle, start=1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise DataError(f"{path}:{lineno}: invalid JSON: {exc.msg}") from exc
+            if not isinstance(row, dict):
+                raise DataError(f"{path}:{lineno}: expected a JSON object")
+            yield lineno, row
+
+
+def load_dataset(source: Path) -> tuple[Catalogue, dict[str, list[str]]]:
+    """Detect the format of ``source`` (a directory) and read catalogue + full sequences."""
+    source = Path(source)
+    recbole_items = sorted(source.glob("*.item"))
+    if recbole_items:
+        stem = recbole_items[0].name[: -len(".item")]
+        catalogue = read_recbole_items(recbole_items[0])
+        return catalogue, read_recbole_sequences(source / f"{stem}.test.inter", catalogue)
+    if (source / "items.jsonl").is_file():
+        catalogue = read_jsonl_items(source / "items.jsonl")
+        return catalogue, read_jsonl_interactions(source / "interactions.jsonl", catalogue)
+    raise DataError(f"{source}: neither a RecBole dataset (*.item, *.test.inter) nor items.jsonl + interactions.jsonl")
+
+
+def leave_one_out(sequences: dict[str, list[str]], min_train: int = 1) -> list[UserSplit]:
+    """Split each user; users with fewer than ``min_train + 2`` items are skipped (counted by caller)."""
+    splits = []
+    for user_id, items in sequences.items():
+        if len(items) < min_train + 2:
+            continue
+        splits.append(UserSplit(user_id, items[:-2], items[-2], items[-1]))
+    return splits
+
+
+def training_titles(splits: Iterable[UserSplit], catalogue: Catalogue) -> list[str]:
+    """Titles of items seen in training prefixes only: the tokenizer corpus (no target leaks)."""
+    seen: dict[str, None] = {}
+    for split in splits:
+        for item in split.train:
+            seen.setdefault(item, None)
+    return [catalogue.title(item) for item in seen]
+
+
+def sample_negatives(rng: random.Random, item_ids: list[str], exclude: set[str], count: int) -> list[str]:
+    """``count`` distinct random items not in ``exclude`` (the user's history and target)."""
+    negatives: list[str] = []
+    chosen: set[str] = set()
+    while len(negatives) < count:
+        item = item_ids[rng.randrange(len(item_ids))]
+        if item in exclude or item in chosen:
+            continue
+        chosen.add(item)
+        negatives.append(item)
+    return negatives

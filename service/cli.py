@@ -27,13 +27,19 @@ def serve(
     import uvicorn
 
     from service.app import create_app
+    from service.checkpoint import CheckpointError
     from service.config import Settings
 
     overrides = {k: v for k, v in {"host": host, "port": port, "model_path": model_path}.items() if v is not None}
     settings = Settings(**overrides)
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        application = create_app(settings)
+    except CheckpointError as exc:
+        typer.echo(f"r2rank-serve: cannot serve this checkpoint: {exc}", err=True)
+        raise typer.Exit(2) from exc
     uvicorn.run(
-        create_app(settings),
+        application,
         host=settings.host,
         port=settings.port,
         log_level=settings.log_level,

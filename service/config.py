@@ -40,6 +40,17 @@ class Settings(BaseSettings):
         0, description="VLLM_CPU_NUM_OF_RESERVED_CPU: cores kept for the API process (0 = engine uses all)."
     )
 
+    # --- Redis state ---
+    redis_url: str | None = Field(
+        "redis://127.0.0.1:6379/0", description="Histories, catalogue, score cache; empty disables them."
+    )
+    redis_prefix: str = Field("r2r", min_length=1, description="Prefix of every key this service writes.")
+    redis_timeout_s: float = Field(0.5, gt=0, description="Socket connect/read timeout per Redis call.")
+    history_max: int = Field(50, ge=1, description="Stored history keeps the most recent N items per user.")
+    user_ttl_s: int | None = Field(None, ge=1, description="Expire a user's history N s after their last write.")
+    score_cache: bool = Field(True, description="Cache scores in Redis (keyed by model, format, history).")
+    score_cache_ttl_s: int = Field(86400, ge=1, description="TTL of score cache entries.")
+
     # --- HTTP ---
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=1, le=65535)

@@ -35,5 +35,11 @@ class Metrics:
             buckets=LATENCY_BUCKETS,
             registry=r,
         )
+        self.cache_lookups = Counter(
+            "r2rank_score_cache_total", "Score cache lookups per item: hit, miss, or error.", ["result"], registry=r
+        )
+        self.store_errors = Counter(
+            "r2rank_store_errors_total", "Redis operations that failed, by operation.", ["operation"], registry=r
+        )
         self.model = Info("r2rank_model", "The checkpoint being served.", registry=r)
         self.ready = Gauge("r2rank_ready", "1 when the engine is loaded and warmed up.", registry=r)

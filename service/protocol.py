@@ -12,10 +12,12 @@ HARD_MAX_CANDIDATES = 1000  # schema bound; the configured R2RANK_MAX_CANDIDATES
 
 
 class ItemIn(BaseModel):
+    """An item in a request. Without ``title`` the title comes from the catalogue (``PUT /items``)."""
+
     model_config = ConfigDict(extra="forbid")
 
     item_id: ItemId
-    title: Title
+    title: Title | None = None
 
 
 class RankRequest(BaseModel):
@@ -41,8 +43,10 @@ class RankRequest(BaseModel):
         },
     )
 
-    user_id: ItemId | None = Field(None, description="Caller's user id (used for logs and, later, stored histories).")
-    history: list[ItemIn] = Field(default_factory=list, description="Items the user interacted with, oldest first.")
+    user_id: ItemId | None = Field(None, description="With no inline history, the stored history of this user is used.")
+    history: list[ItemIn] | None = Field(
+        None, description="Items the user interacted with, oldest first; wins over the stored history."
+    )
     candidates: list[ItemIn] = Field(
         min_length=1, max_length=HARD_MAX_CANDIDATES, description="Items to rank; each is scored on its own."
     )
@@ -81,6 +85,7 @@ class RankResponse(BaseModel):
     model_version: str
     items: list[RankedItem]
     degraded: bool = False
+    cache_hits: int = Field(0, description="Items whose score came from the score cache (no engine work).")
     timings_ms: dict[str, float]
 
 
@@ -99,3 +104,57 @@ ERROR_RESPONSES = {
     422: {"model": ErrorResponse, "description": "Invalid request; `error.param` names the field."},
     503: {"model": ErrorResponse, "description": "Engine not ready or failed; retry after `Retry-After`."},
 }
+
+
+# --- user histories and events -------------------------------------------------------------------------
+class HistoryEntryIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    item_id: ItemId
+    timestamp: float | None = Field(None, ge=0, description="Unix seconds; default: time of the call.")
+
+
+class HistoryPut(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    items: list[HistoryEntryIn] = Field(max_length=10_000, description="The whole history, oldest first.")
+
+
+class HistoryEntryOut(BaseModel):
+    item_id: str
+    timestamp: float
+
+
+class HistoryOut(BaseModel):
+    user_id: str
+    items: list[HistoryEntryOut]
+
+
+class EventIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    item_id: ItemId
+    timestamp: float | None = Field(None, ge=0, description="Unix seconds; default: Redis server time.")
+    event_id: Annotated[str, StringConstraints(min_length=1, max_length=128)] | None = Field(
+        None, description="Idempotency key: an event id already stored for this user is not stored again."
+    )
+
+
+class EventOut(BaseModel):
+    user_id: str
+    stored: bool = Field(description="False when event_id was seen before (a retry): nothing changed.")
+    history_length: int
+
+
+# --- catalogue ------------------------------------------------------------------------------------------
+class CatalogItem(BaseModel):
+    """A catalogue entry; fields beyond item_id and title are kept as given."""
+
+    model_config = ConfigDict(extra="allow")
+
+    item_id: ItemId
+    title: Title
+
+
+class ItemsUpserted(BaseModel):
+    upserted: int

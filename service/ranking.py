@@ -1,4 +1,4 @@
-"""The /rank pipeline: validate → build prompts (contract) → score every item at once → sort.
+"""The /rank pipeline: validate → history → titles → prompts (contract) → score cache → engine → sort.
 
 Kept free of HTTP: the router hands it a ``RankRequest`` and gets a ``RankResponse`` back, so the same
 pipeline serves other front doors (e.g. a rerank API) and is testable without a server.
@@ -6,6 +6,7 @@ pipeline serves other front doors (e.g. a rerank API) and is testable without a 
 
 from __future__ import annotations
 
+import logging
 import time
 import uuid
 from collections.abc import Sequence
@@ -18,33 +19,48 @@ from service.engine.base import ItemScore, ReasoningEngine, ScoringJob
 from service.errors import ApiError
 from service.metrics import Metrics
 from service.protocol import ItemIn, RankedItem, RankRequest, RankResponse
+from service.store import (
+    CachedScore,
+    RedisStore,
+    StoreUnavailable,
+    score_cache_field,
+    score_cache_fingerprint,
+)
+
+logger = logging.getLogger(__name__)
+
+CACHE_BACKOFF_S = 5.0  # after a cache failure, skip the cache this long instead of paying Redis timeouts
 
 
 @dataclass(frozen=True)
 class PreparedRequest:
     """A request turned into engine jobs; the history prefix is tokenized once for all candidates."""
 
-    history_titles: list[str]
+    prefix_text: str
+    candidate_titles: list[str]
     jobs: list[ScoringJob]
 
 
 def prepare_prompts(
     checkpoint: Checkpoint, history: Sequence[ItemIn], candidates: Sequence[ItemIn], reasoning: contract.Reasoning
 ) -> PreparedRequest:
+    """Titles must be resolved (not None) by now."""
     manifest = checkpoint.manifest
     encoder = checkpoint.encoder
 
-    def safe_title(title: str) -> str:
-        return contract.truncate_to_tokens(contract.clean_title(title), encoder, manifest.max_title_tokens)
+    def safe_title(title: str | None) -> str:
+        return contract.truncate_to_tokens(contract.clean_title(title or ""), encoder, manifest.max_title_tokens)
 
     titles = [t for t in (safe_title(h.title) for h in history[-manifest.max_history_items :]) if t]
     titles = contract.select_history(titles, encoder, manifest.max_history_items, manifest.max_history_tokens)
-    prefix_ids = encoder.encode(contract.history_prefix(titles))
+    prefix_text = contract.history_prefix(titles)
+    prefix_ids = encoder.encode(prefix_text)
+    candidate_titles = [safe_title(c.title) for c in candidates]
     jobs = [
-        ScoringJob(prefix_ids + encoder.encode(contract.candidate_segment(safe_title(c.title), reasoning)), reasoning)
-        for c in candidates
+        ScoringJob(prefix_ids + encoder.encode(contract.candidate_segment(title, reasoning)), reasoning)
+        for title in candidate_titles
     ]
-    return PreparedRequest(titles, jobs)
+    return PreparedRequest(prefix_text, candidate_titles, jobs)
 
 
 def rank_order(item_ids: Sequence[str], scores: Sequence[float]) -> list[int]:
@@ -52,11 +68,19 @@ def rank_order(item_ids: Sequence[str], scores: Sequence[float]) -> list[int]:
     return sorted(range(len(item_ids)), key=lambda i: (-scores[i], item_ids[i]))
 
 
+def _unavailable(what: str, exc: Exception) -> ApiError:
+    return ApiError(503, f"{what}: {exc}", "store_unavailable", headers={"Retry-After": "1"})
+
+
 class Ranker:
-    def __init__(self, engine: ReasoningEngine, settings: Settings, metrics: Metrics) -> None:
+    def __init__(
+        self, engine: ReasoningEngine, settings: Settings, metrics: Metrics, store: RedisStore | None = None
+    ) -> None:
         self.engine = engine
         self.settings = settings
         self.metrics = metrics
+        self.store = store
+        self._cache_skip_until = 0.0
 
     @property
     def model_version(self) -> str:
@@ -71,7 +95,7 @@ class Ranker:
                 "invalid_request",
                 "candidates",
             )
-        if len(request.history) > self.settings.max_history_request:
+        if request.history is not None and len(request.history) > self.settings.max_history_request:
             raise ApiError(
                 422,
                 f"history: at most {self.settings.max_history_request} items, got {len(request.history)}",
@@ -86,31 +110,137 @@ class Ranker:
                 "include_rationales",
             )
 
+    # --- resolution ---------------------------------------------------------------------------------------
+    def _require_store(self, param: str) -> RedisStore:
+        if self.store is None:
+            raise ApiError(422, f"{param}: no store is configured; send it inline", "invalid_request", param)
+        return self.store
+
+    async def _history(self, request: RankRequest) -> list[ItemIn]:
+        """Inline history wins; else the stored one (by user_id); else none. Unknown titles are skipped."""
+        if request.history is not None:
+            history = request.history
+        elif request.user_id is not None:
+            store = self._require_store("user_id")
+            try:
+                stored = await store.get_history(request.user_id)
+            except StoreUnavailable as exc:
+                raise _unavailable("user history unreachable", exc) from exc
+            history = [ItemIn(item_id=entry.item_id) for entry in stored[-self.settings.max_history_request :]]
+        else:
+            return []
+        missing = [h.item_id for h in history if h.title is None]
+        if not missing:
+            return list(history)
+        titles = await self._titles(missing, "history")
+        return [h if h.title is not None else ItemIn(item_id=h.item_id, title=titles.get(h.item_id)) for h in history]
+
+    async def _candidates(self, request: RankRequest) -> list[ItemIn]:
+        missing = [c.item_id for c in request.candidates if c.title is None]
+        if not missing:
+            return request.candidates
+        titles = await self._titles(missing, "candidates")
+        unknown = [item_id for item_id in missing if item_id not in titles]
+        if unknown:
+            raise ApiError(
+                422,
+                f"candidates: unknown item_id(s) without a title: {unknown[:50]} (send a title or PUT /items)",
+                "invalid_request",
+                "candidates",
+            )
+        return [
+            c if c.title is not None else ItemIn(item_id=c.item_id, title=titles[c.item_id]) for c in request.candidates
+        ]
+
+    async def _titles(self, item_ids: list[str], param: str) -> dict[str, str]:
+        store = self._require_store(param)
+        try:
+            items = await store.get_items(item_ids)
+        except StoreUnavailable as exc:
+            raise _unavailable("item catalogue unreachable", exc) from exc
+        return {item_id: item["title"] for item_id, item in items.items()}
+
+    # --- scoring ------------------------------------------------------------------------------------------
+    async def _cache_get(self, fingerprint: str, fields: list[str]) -> dict[str, CachedScore]:
+        if self.store is None or not self.settings.score_cache or time.monotonic() < self._cache_skip_until:
+            return {}
+        try:
+            return await self.store.get_scores(fingerprint, fields)
+        except StoreUnavailable as exc:
+            self._cache_failed(exc)
+            return {}
+
+    async def _cache_put(self, fingerprint: str, scores: dict[str, CachedScore]) -> None:
+        if self.store is None or not self.settings.score_cache or time.monotonic() < self._cache_skip_until:
+            return
+        try:
+            await self.store.put_scores(fingerprint, scores)
+        except StoreUnavailable as exc:
+            self._cache_failed(exc)
+
+    def _cache_failed(self, exc: Exception) -> None:
+        logger.warning("score cache unavailable, bypassing it for %.0fs: %s", CACHE_BACKOFF_S, exc)
+        self.metrics.cache_lookups.labels("error").inc()
+        self._cache_skip_until = time.monotonic() + CACHE_BACKOFF_S
+
+    async def _score(
+        self, prepared: PreparedRequest, candidates: list[ItemIn], reasoning: str, request_id: str
+    ) -> tuple[list[ItemScore], int]:
+        fingerprint = score_cache_fingerprint(
+            self.model_version,
+            self.engine.checkpoint.manifest.prompt_format,
+            reasoning,
+            self.engine.max_rationale_tokens,
+            prepared.prefix_text,
+        )
+        fields = [score_cache_field(c.item_id, t) for c, t in zip(candidates, prepared.candidate_titles, strict=True)]
+        cached = await self._cache_get(fingerprint, fields)
+        misses = [i for i, field in enumerate(fields) if field not in cached]
+        fresh = await self.engine.score_items([prepared.jobs[i] for i in misses], request_id) if misses else []
+        await self._cache_put(
+            fingerprint, {fields[i]: CachedScore(r.score, r.rationale) for i, r in zip(misses, fresh, strict=True)}
+        )
+        results: list[ItemScore] = [
+            ItemScore(cached[f].score, cached[f].rationale) if f in cached else None  # type: ignore[misc]
+            for f in fields
+        ]
+        for i, result in zip(misses, fresh, strict=True):
+            results[i] = result
+        hits = len(fields) - len(misses)
+        self.metrics.cache_lookups.labels("hit").inc(hits)
+        self.metrics.cache_lookups.labels("miss").inc(len(misses))
+        self._record(reasoning, fresh)
+        return results, hits
+
     async def rank(self, request: RankRequest, request_id: str | None = None) -> RankResponse:
         started = time.perf_counter()
         self.validate(request)
         request_id = request_id or request.request_id or uuid.uuid4().hex
-        prepared = prepare_prompts(self.engine.checkpoint, request.history, request.candidates, request.reasoning)
+        history = await self._history(request)
+        candidates = await self._candidates(request)
+        prepared = prepare_prompts(self.engine.checkpoint, history, candidates, request.reasoning)
 
         engine_started = time.perf_counter()
-        results = await self.engine.score_items(prepared.jobs, request_id)
+        results, hits = await self._score(prepared, candidates, request.reasoning, request_id)
         engine_s = time.perf_counter() - engine_started
-        self._record(request.reasoning, results, engine_s)
+        self.metrics.engine_latency.labels(request.reasoning).observe(engine_s)
 
-        items = self._build_items(request, results)
         return RankResponse(
             request_id=request_id,
             model_version=self.model_version,
-            items=items,
+            items=self._build_items(request, candidates, results),
             degraded=False,
+            cache_hits=hits,
             timings_ms={
                 "total": round((time.perf_counter() - started) * 1000, 3),
                 "engine": round(engine_s * 1000, 3),
             },
         )
 
-    def _build_items(self, request: RankRequest, results: Sequence[ItemScore]) -> list[RankedItem]:
-        ids = [c.item_id for c in request.candidates]
+    def _build_items(
+        self, request: RankRequest, candidates: list[ItemIn], results: Sequence[ItemScore]
+    ) -> list[RankedItem]:
+        ids = [c.item_id for c in candidates]
         order = rank_order(ids, [r.score for r in results])
         if request.top_k is not None:
             order = order[: request.top_k]
@@ -124,7 +254,6 @@ class Ranker:
             for rank, i in enumerate(order, start=1)
         ]
 
-    def _record(self, reasoning: str, results: Sequence[ItemScore], engine_s: float) -> None:
+    def _record(self, reasoning: str, results: Sequence[ItemScore]) -> None:
         self.metrics.items_scored.labels(reasoning).inc(len(results))
         self.metrics.rationale_tokens.inc(sum(r.rationale_tokens for r in results))
-        self.metrics.engine_latency.labels(reasoning).observe(engine_s)

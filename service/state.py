@@ -14,6 +14,7 @@ from service.engine.base import EngineError, ReasoningEngine
 from service.metrics import Metrics
 from service.protocol import ItemIn, RankRequest
 from service.ranking import Ranker
+from service.store import RedisStore, StoreUnavailable
 
 logger = logging.getLogger(__name__)
 
@@ -59,6 +60,7 @@ class ServiceState:
     engine: ReasoningEngine
     metrics: Metrics
     ranker: Ranker
+    store: RedisStore | None = None
     ready: bool = False
     not_ready_reason: str | None = "starting"
     _warmup_task: asyncio.Task | None = field(default=None, repr=False)
@@ -75,7 +77,19 @@ class ServiceState:
             }
         )
         metrics.engine_inflight.set_function(lambda: engine.inflight_items)
-        return cls(settings=settings, engine=engine, metrics=metrics, ranker=Ranker(engine, settings, metrics))
+        store = build_store(settings)
+        ranker = Ranker(engine, settings, metrics, store)
+        return cls(settings=settings, engine=engine, metrics=metrics, ranker=ranker, store=store)
+
+    async def store_status(self) -> dict[str, object]:
+        """Redis reachability, reported apart from the engine: inline /rank works without Redis."""
+        if self.store is None:
+            return {"configured": False, "ok": False, "detail": "R2RANK_REDIS_URL is empty"}
+        try:
+            await self.store.ping()
+        except StoreUnavailable as exc:
+            return {"configured": True, "ok": False, "detail": str(exc)}
+        return {"configured": True, "ok": True, "detail": None}
 
     async def start(self) -> None:
         """Start the engine (blocking: a local engine that cannot load should stop the process), then warm up
@@ -109,6 +123,21 @@ class ServiceState:
         if self._warmup_task is not None and not self._warmup_task.done():
             self._warmup_task.cancel()
         await self.engine.close()
+        if self.store is not None:
+            await self.store.close()
+
+
+def build_store(settings: Settings) -> RedisStore | None:
+    if not settings.redis_url:
+        return None
+    return RedisStore(
+        settings.redis_url,
+        prefix=settings.redis_prefix,
+        history_max=settings.history_max,
+        user_ttl_s=settings.user_ttl_s,
+        score_ttl_s=settings.score_cache_ttl_s,
+        timeout_s=settings.redis_timeout_s,
+    )
 
 
 def load_checkpoint(settings: Settings) -> Checkpoint:

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Iterator
 
 import httpx
 import pytest
+import redis
 
 from service.demo import DemoData
 from tests.procs import ServerProcess, start_service
@@ -21,10 +23,32 @@ def log_dir(tmp_path_factory: pytest.TempPathFactory):
     return tmp_path_factory.mktemp("logs")
 
 
+REDIS_URL = "redis://127.0.0.1:6379/0"
+
+
+def delete_prefix(prefix: str) -> None:
+    client = redis.Redis.from_url(REDIS_URL)
+    for key in client.scan_iter(match=f"{prefix}:*", count=1000):
+        client.delete(key)
+    client.close()
+
+
 @pytest.fixture(scope="session")
-def service(log_dir) -> Iterator[ServerProcess]:
-    """`r2rank-serve` on the shipped default model with the local vLLM engine."""
-    server = start_service(log_dir)
+def redis_prefix() -> Iterator[str]:
+    """The session's own key prefix on the shared Redis; every key under it is deleted at the end."""
+    try:
+        redis.Redis.from_url(REDIS_URL).ping()
+    except redis.ConnectionError:
+        pytest.fail("Redis is not running on 127.0.0.1:6379 (make test starts it)")
+    prefix = f"r2rtest-{uuid.uuid4().hex[:8]}"
+    yield prefix
+    delete_prefix(prefix)
+
+
+@pytest.fixture(scope="session")
+def service(log_dir, redis_prefix) -> Iterator[ServerProcess]:
+    """`r2rank-serve` on the shipped default model with the local vLLM engine and the shared Redis."""
+    server = start_service(log_dir, env={"R2RANK_REDIS_URL": REDIS_URL, "R2RANK_REDIS_PREFIX": redis_prefix})
     server.wait_ready("/readyz")
     yield server
     server.stop()

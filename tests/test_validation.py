@@ -33,7 +33,7 @@ CASES = [
     ),
     ("empty title", _with(candidates=[{"item_id": "2", "title": "   "}]), "candidates.0.title"),
     ("oversized title", _with(candidates=[{"item_id": "2", "title": "x" * 2001}]), "candidates.0.title"),
-    ("missing title", _with(candidates=[{"item_id": "2"}]), "candidates.0.title"),
+    ("unknown id without title", _with(candidates=[{"item_id": "no-such-item-xyz"}]), "candidates"),
     ("bad reasoning", _with(reasoning="some"), "reasoning"),
     ("top_k zero", _with(top_k=0), "top_k"),
     ("top_k string", _with(top_k="ten"), "top_k"),

@@ -9,6 +9,7 @@ from fastapi import Depends, Request
 from service.errors import ApiError
 from service.ranking import Ranker
 from service.state import ServiceState
+from service.store import RedisStore
 
 
 def get_state(request: Request) -> ServiceState:
@@ -27,5 +28,13 @@ def get_ranker(request: Request) -> Ranker:
     return state.ranker
 
 
+def get_store(request: Request) -> RedisStore:
+    store = request.app.state.r2rank.store
+    if store is None:
+        raise ApiError(503, "no Redis store is configured (R2RANK_REDIS_URL is empty)", "store_unavailable")
+    return store
+
+
 StateDep = Annotated[ServiceState, Depends(get_state)]
+StoreDep = Annotated[RedisStore, Depends(get_store)]
 RankerDep = Annotated[Ranker, Depends(get_ranker)]

@@ -17,7 +17,7 @@ async def healthz() -> dict[str, str]:
     return {"status": "ok"}
 
 
-@router.get("/readyz", summary="Engine loaded and a warm-up ranking passed")
+@router.get("/readyz", summary="Engine loaded and a warm-up ranking passed (Redis reported separately)")
 async def readyz(state: StateDep) -> JSONResponse:
     engine_ok, engine_detail = state.ready, state.not_ready_reason
     if state.ready:
@@ -29,6 +29,7 @@ async def readyz(state: StateDep) -> JSONResponse:
         "ready": engine_ok,
         "model_version": state.engine.model_version,
         "engine": {"backend": state.engine.name, "ok": engine_ok, "detail": engine_detail},
+        "redis": await state.store_status(),
     }
     return JSONResponse(status_code=200 if engine_ok else 503, content=body)
 

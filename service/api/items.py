@@ -1,0 +1,43 @@
+"""The item catalogue: bulk upsert and lookup. /rank takes titles from here for candidates sent by id."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Body, Path
+
+from service.api.deps import StateDep, StoreDep
+from service.errors import ApiError
+from service.protocol import ERROR_RESPONSES, CatalogItem, ItemsUpserted
+from service.store import StoreUnavailable
+
+router = APIRouter(prefix="/items", tags=["items"], responses=ERROR_RESPONSES)
+
+MAX_ITEMS_PER_CALL = 20_000
+
+
+@router.put("", response_model=ItemsUpserted, summary="Insert or replace catalogue items (all or nothing)")
+async def put_items(
+    items: Annotated[list[CatalogItem], Body(max_length=MAX_ITEMS_PER_CALL)], store: StoreDep, state: StateDep
+) -> ItemsUpserted:
+    try:
+        count = await store.upsert_items(item.model_dump() for item in items)
+    except StoreUnavailable as exc:
+        state.metrics.store_errors.labels("items").inc()
+        raise ApiError(503, f"catalogue unavailable, nothing was stored: {exc}", "store_unavailable",
+                       headers={"Retry-After": "1"}) from exc  # fmt: skip
+    return ItemsUpserted(upserted=count)
+
+
+@router.get("/{item_id}", response_model=CatalogItem, summary="One catalogue item")
+async def get_item(
+    store: StoreDep, state: StateDep, item_id: Annotated[str, Path(min_length=1, max_length=256)]
+) -> CatalogItem:
+    try:
+        found = await store.get_items([item_id])
+    except StoreUnavailable as exc:
+        state.metrics.store_errors.labels("items").inc()
+        raise ApiError(503, f"catalogue unavailable: {exc}", "store_unavailable", headers={"Retry-After": "1"}) from exc
+    if item_id not in found:
+        raise ApiError(404, f"item_id: no item {item_id!r} in the catalogue", "not_found", "item_id")
+    return CatalogItem(item_id=item_id, **found[item_id])

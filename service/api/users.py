@@ -1,0 +1,67 @@
+"""User histories: replace, read, delete, and append events as they happen."""
+
+from __future__ import annotations
+
+import time
+
+from fastapi import APIRouter, Path, Response
+
+from service.api.deps import StateDep, StoreDep
+from service.errors import ApiError
+from service.protocol import ERROR_RESPONSES, EventIn, EventOut, HistoryEntryOut, HistoryOut, HistoryPut
+from service.store import StoreUnavailable
+
+router = APIRouter(prefix="/users", tags=["users"], responses=ERROR_RESPONSES)
+
+UserId = Path(min_length=1, max_length=256, description="The caller's user id.")
+
+
+def _unavailable(exc: StoreUnavailable, state) -> ApiError:
+    state.metrics.store_errors.labels("users").inc()
+    return ApiError(503, f"user store unavailable, nothing was changed: {exc}", "store_unavailable",
+                    headers={"Retry-After": "1"})  # fmt: skip
+
+
+@router.put("/{user_id}/history", response_model=HistoryOut, summary="Replace a user's history (oldest first)")
+async def put_history(body: HistoryPut, store: StoreDep, state: StateDep, user_id: str = UserId) -> HistoryOut:
+    now = time.time()
+    entries = [(e.item_id, e.timestamp if e.timestamp is not None else now) for e in body.items]
+    try:
+        await store.replace_history(user_id, entries)
+        stored = await store.get_history(user_id)
+    except StoreUnavailable as exc:
+        raise _unavailable(exc, state) from exc
+    return HistoryOut(
+        user_id=user_id, items=[HistoryEntryOut(item_id=e.item_id, timestamp=e.timestamp) for e in stored]
+    )
+
+
+@router.get("/{user_id}/history", response_model=HistoryOut, summary="A user's stored history, oldest first")
+async def get_history(store: StoreDep, state: StateDep, user_id: str = UserId) -> HistoryOut:
+    try:
+        stored = await store.get_history(user_id)
+    except StoreUnavailable as exc:
+        raise _unavailable(exc, state) from exc
+    return HistoryOut(
+        user_id=user_id, items=[HistoryEntryOut(item_id=e.item_id, timestamp=e.timestamp) for e in stored]
+    )
+
+
+@router.delete("/{user_id}/history", status_code=204, summary="Forget a user's history")
+async def delete_history(store: StoreDep, state: StateDep, user_id: str = UserId) -> Response:
+    try:
+        await store.delete_history(user_id)
+    except StoreUnavailable as exc:
+        raise _unavailable(exc, state) from exc
+    return Response(status_code=204)
+
+
+@router.post("/{user_id}/events", response_model=EventOut, summary="Append one interaction (idempotent by event_id)")
+async def post_event(body: EventIn, store: StoreDep, state: StateDep, user_id: str = UserId) -> EventOut:
+    """Kept in timestamp order (arrival order for equal or missing timestamps), capped to the most recent
+    `R2RANK_HISTORY_MAX` items. A retried event with the same `event_id` is stored once."""
+    try:
+        stored, length = await store.append_event(user_id, body.item_id, body.timestamp, body.event_id)
+    except StoreUnavailable as exc:
+        raise _unavailable(exc, state) from exc
+    return EventOut(user_id=user_id, stored=stored, history_length=length)

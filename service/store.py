@@ -1,0 +1,235 @@
+"""Redis state: user histories, the item catalogue and the score cache.
+
+Key layout (one configurable prefix ``P``, default ``r2r``; per-user keys share a Redis-Cluster hash tag,
+so the multi-key Lua scripts below stay on one slot):
+
+    P:{u:<user_id>}:hist    ZSET  member "<seq:012d>|<item_id>", score = event timestamp (s)
+                                  -> history ordered by (timestamp, arrival); the same item may recur
+    P:{u:<user_id>}:ev      ZSET  event_id -> seq, the last EVENT_IDS_KEPT ids: idempotent appends
+    P:{u:<user_id>}:seq     STRING arrival counter
+    P:items                 HASH  item_id -> JSON {"title", ...extra fields}
+    P:sc:{<fingerprint>}    HASH  "<item_id>|<title hash>" -> JSON {"s": score, "r": rationale|null}
+                                  fingerprint = sha256(model_version, prompt_format, reasoning, rationale cap,
+                                  the exact history prefix text); every key has a TTL
+
+Every write is one atomic script or MULTI, so a 2xx means the whole write is in Redis. Failures raise
+``StoreUnavailable`` (the API answers 503); reads for the score cache degrade to misses instead.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from redis.asyncio import Redis
+from redis.backoff import ExponentialBackoff
+from redis.exceptions import RedisError
+from redis.retry import Retry
+
+logger = logging.getLogger(__name__)
+
+EVENT_IDS_KEPT = 1000
+ITEM_BATCH = 1000
+
+_APPEND_EVENT = """
+-- KEYS: hist, ev, seq   ARGV: item_id, timestamp ('' = Redis server time), event_id ('' = none),
+--                             history_max, ttl_s (0 = none), event_ids_kept
+if ARGV[3] ~= '' and redis.call('ZSCORE', KEYS[2], ARGV[3]) then
+  return {0, redis.call('ZCARD', KEYS[1])}
+end
+local ts = ARGV[2]
+if ts == '' then
+  local now = redis.call('TIME')
+  ts = now[1] .. '.' .. string.format('%06d', tonumber(now[2]))
+end
+local seq = redis.call('INCR', KEYS[3])
+redis.call('ZADD', KEYS[1], ts, string.format('%012d', seq) .. '|' .. ARGV[1])
+if ARGV[3] ~= '' then
+  redis.call('ZADD', KEYS[2], seq, ARGV[3])
+  local extra_ev = redis.call('ZCARD', KEYS[2]) - tonumber(ARGV[6])
+  if extra_ev > 0 then redis.call('ZREMRANGEBYRANK', KEYS[2], 0, extra_ev - 1) end
+end
+local extra = redis.call('ZCARD', KEYS[1]) - tonumber(ARGV[4])
+if extra > 0 then redis.call('ZREMRANGEBYRANK', KEYS[1], 0, extra - 1) end
+if tonumber(ARGV[5]) > 0 then
+  for i = 1, 3 do redis.call('EXPIRE', KEYS[i], ARGV[5]) end
+end
+return {1, redis.call('ZCARD', KEYS[1])}
+"""
+
+_REPLACE_HISTORY = """
+-- KEYS: hist, ev, seq   ARGV: history_max, ttl_s, then pairs (timestamp, item_id) oldest first
+redis.call('DEL', KEYS[1], KEYS[2])
+local n = (#ARGV - 2) / 2
+for i = 0, n - 1 do
+  local seq = redis.call('INCR', KEYS[3])
+  redis.call('ZADD', KEYS[1], ARGV[3 + 2 * i], string.format('%012d', seq) .. '|' .. ARGV[4 + 2 * i])
+end
+local extra = redis.call('ZCARD', KEYS[1]) - tonumber(ARGV[1])
+if extra > 0 then redis.call('ZREMRANGEBYRANK', KEYS[1], 0, extra - 1) end
+if tonumber(ARGV[2]) > 0 then
+  for i = 1, 3 do redis.call('EXPIRE', KEYS[i], ARGV[2]) end
+end
+return redis.call('ZCARD', KEYS[1])
+"""
+
+
+class StoreUnavailable(RuntimeError):
+    """Redis could not be reached or answered an error: nothing was (or can be known to be) stored."""
+
+
+@dataclass(frozen=True)
+class HistoryEntry:
+    item_id: str
+    timestamp: float
+
+
+@dataclass(frozen=True)
+class CachedScore:
+    score: float
+    rationale: str | None
+
+
+def score_cache_fingerprint(
+    model_version: str, prompt_format: str, reasoning: str, max_rationale_tokens: int, prefix_text: str
+) -> str:
+    """Identifies everything the model saw before the candidate: a new event changes ``prefix_text``, a new
+    checkpoint changes ``model_version``; either gives a new key, so a stale score is never served."""
+    digest = hashlib.sha256()
+    for part in (model_version, prompt_format, reasoning, str(max_rationale_tokens), prefix_text):
+        digest.update(part.encode())
+        digest.update(b"\x00")
+    return digest.hexdigest()[:32]
+
+
+def score_cache_field(item_id: str, candidate_title: str) -> str:
+    """The candidate's title is part of its prompt, so it is part of its cache field."""
+    return f"{item_id}|{hashlib.sha256(candidate_title.encode()).hexdigest()[:16]}"
+
+
+class RedisStore:
+    def __init__(
+        self,
+        url: str,
+        prefix: str = "r2r",
+        history_max: int = 50,
+        user_ttl_s: int | None = None,
+        score_ttl_s: int = 86400,
+        timeout_s: float = 0.5,
+    ) -> None:
+        self.prefix = prefix
+        self.history_max = history_max
+        self.user_ttl_s = user_ttl_s or 0
+        self.score_ttl_s = score_ttl_s
+        self.client = Redis.from_url(
+            url,
+            decode_responses=True,
+            socket_timeout=timeout_s,
+            socket_connect_timeout=timeout_s,
+            retry=Retry(ExponentialBackoff(cap=0.2, base=0.02), retries=2),
+            retry_on_timeout=True,
+            health_check_interval=15,
+        )
+        self._append = self.client.register_script(_APPEND_EVENT)
+        self._replace = self.client.register_script(_REPLACE_HISTORY)
+
+    # --- keys -------------------------------------------------------------------------------------------
+    def _user_keys(self, user_id: str) -> list[str]:
+        tag = f"{self.prefix}:{{u:{user_id}}}"
+        return [f"{tag}:hist", f"{tag}:ev", f"{tag}:seq"]
+
+    @property
+    def _items_key(self) -> str:
+        return f"{self.prefix}:items"
+
+    def _score_key(self, fingerprint: str) -> str:
+        return f"{self.prefix}:sc:{{{fingerprint}}}"
+
+    # --- lifecycle ----------------------------------------------------------------------------------------
+    async def ping(self) -> None:
+        await self._call(self.client.ping())
+
+    async def close(self) -> None:
+        await self.client.aclose()
+
+    async def _call(self, awaitable):
+        try:
+            return await awaitable
+        except (RedisError, OSError) as exc:
+            raise StoreUnavailable(f"redis unavailable: {exc}") from exc
+
+    # --- histories --------------------------------------------------------------------------------------
+    async def get_history(self, user_id: str) -> list[HistoryEntry]:
+        rows = await self._call(self.client.zrange(self._user_keys(user_id)[0], 0, -1, withscores=True))
+        return [HistoryEntry(member.split("|", 1)[1], float(score)) for member, score in rows]
+
+    async def replace_history(self, user_id: str, entries: Sequence[tuple[str, float]]) -> int:
+        args: list[Any] = [self.history_max, self.user_ttl_s]
+        for item_id, timestamp in entries:
+            args += [repr(float(timestamp)), item_id]
+        return int(await self._call(self._replace(keys=self._user_keys(user_id), args=args)))
+
+    async def append_event(
+        self, user_id: str, item_id: str, timestamp: float | None, event_id: str | None
+    ) -> tuple[bool, int]:
+        """Returns (stored, history length); ``stored`` is False for an event id seen before."""
+        args = [
+            item_id, "" if timestamp is None else repr(float(timestamp)), event_id or "",
+            self.history_max, self.user_ttl_s, EVENT_IDS_KEPT,
+        ]  # fmt: skip
+        stored, length = await self._call(self._append(keys=self._user_keys(user_id), args=args))
+        return bool(stored), int(length)
+
+    async def delete_history(self, user_id: str) -> bool:
+        return bool(await self._call(self.client.delete(*self._user_keys(user_id))))
+
+    # --- catalogue ----------------------------------------------------------------------------------------
+    async def upsert_items(self, items: Iterable[dict[str, Any]]) -> int:
+        """One MULTI for the whole call: either every item is stored or the call fails."""
+        rows = {str(item["item_id"]): json.dumps({k: v for k, v in item.items() if k != "item_id"}) for item in items}
+        if not rows:
+            return 0
+        async with self.client.pipeline(transaction=True) as pipe:
+            fields = list(rows.items())
+            for start in range(0, len(fields), ITEM_BATCH):
+                pipe.hset(self._items_key, mapping=dict(fields[start : start + ITEM_BATCH]))
+            await self._call(pipe.execute())
+        return len(rows)
+
+    async def get_items(self, item_ids: Sequence[str]) -> dict[str, dict[str, Any]]:
+        if not item_ids:
+            return {}
+        values = await self._call(self.client.hmget(self._items_key, list(item_ids)))
+        return {item_id: json.loads(raw) for item_id, raw in zip(item_ids, values, strict=True) if raw is not None}
+
+    # --- score cache --------------------------------------------------------------------------------------
+    async def get_scores(self, fingerprint: str, fields: Sequence[str]) -> dict[str, CachedScore]:
+        values = await self._call(self.client.hmget(self._score_key(fingerprint), list(fields)))
+        found = {}
+        for field, raw in zip(fields, values, strict=True):
+            if raw is not None:
+                data = json.loads(raw)
+                found[field] = CachedScore(float(data["s"]), data.get("r"))
+        return found
+
+    async def put_scores(self, fingerprint: str, scores: dict[str, CachedScore]) -> None:
+        if not scores:
+            return
+        key = self._score_key(fingerprint)
+        mapping = {field: json.dumps({"s": s.score, "r": s.rationale}) for field, s in scores.items()}
+        async with self.client.pipeline(transaction=True) as pipe:
+            pipe.hset(key, mapping=mapping)
+            pipe.expire(key, self.score_ttl_s)
+            await self._call(pipe.execute())
+
+    # --- maintenance --------------------------------------------------------------------------------------
+    async def delete_prefix(self) -> int:
+        """Delete every key under the prefix (tests and demo resets)."""
+        deleted = 0
+        async for key in self.client.scan_iter(match=f"{self.prefix}:*", count=1000):
+            deleted += await self.client.delete(key)
+        return deleted

@@ -35,6 +35,7 @@ from service.ranking import prepare_prompts
 from tests.procs import VLLM_CPU_ENV, start_service
 
 WARMUP_USERS = 4
+RESULT_TAG = "R2RANK_BENCH_RESULT "  # vLLM logs to stdout too; the child's figure is on the tagged line
 
 
 def _requests(demo: DemoData, users: int, offset: int, reasoning: str, n_candidates: int) -> list[dict]:
@@ -108,7 +109,11 @@ async def _drive(url: str, bodies: list[dict], concurrency: int) -> float:
 
 def run_service(bodies_by_phase: dict[str, list[dict]], concurrency: int, prefix_caching: bool) -> float:
     log_dir = Path(tempfile.mkdtemp(prefix="r2rank-bench-"))
-    server = start_service(log_dir, env={"R2RANK_ENABLE_PREFIX_CACHING": str(prefix_caching).lower()})
+    env = {
+        "R2RANK_ENABLE_PREFIX_CACHING": str(prefix_caching).lower(),
+        "R2RANK_SCORE_CACHE": "false",  # measure the engine path, not Redis hits
+    }
+    server = start_service(log_dir, env=env)
     try:
         server.wait_ready("/readyz")
         asyncio.run(_drive(server.url, bodies_by_phase["warmup"], concurrency))
@@ -138,7 +143,8 @@ def main() -> None:
         }
 
     if args.raw_only:
-        print(json.dumps({"items_per_s": run_raw_engine(args.model, phases(args.raw_only), args.raw_only)}))
+        rate = run_raw_engine(args.model, phases(args.raw_only), args.raw_only)
+        print(RESULT_TAG + json.dumps({"items_per_s": rate}), flush=True)
         return
 
     results = []
@@ -150,7 +156,8 @@ def main() -> None:
         )  # fmt: skip
         if child.returncode != 0:
             sys.exit(f"raw engine run failed:\n{child.stderr[-3000:]}")
-        raw = json.loads(child.stdout.strip().splitlines()[-1])["items_per_s"]
+        tagged = [line for line in child.stdout.splitlines() if line.startswith(RESULT_TAG)]
+        raw = json.loads(tagged[-1][len(RESULT_TAG) :])["items_per_s"]
         service = run_service(phases(reasoning), args.concurrency, prefix_caching=True)
         no_cache = run_service(phases(reasoning), args.concurrency, prefix_caching=False)
         results.append(

@@ -70,6 +70,8 @@ class Encoder(Protocol):
 
     def encode(self, text: str) -> list[int]: ...
 
+    def encode_batch(self, texts: Sequence[str]) -> list[list[int]]: ...
+
     def decode(self, ids: Sequence[int]) -> str: ...
 
 
@@ -84,6 +86,8 @@ def clean_title(title: str) -> str:
     ``Answer:`` or ``Candidate:`` cue; every control/format character becomes a space, whitespace runs
     collapse to one space, and the result is NFC-normalised and stripped.
     """
+    if title.isascii() and title.isprintable():  # the common case: only spaces to collapse
+        return _CONTROL_OR_SPACE.sub(" ", title).strip()
     normalised = unicodedata.normalize("NFC", title)
     visible = "".join(" " if unicodedata.category(ch)[0] in ("C", "Z") else ch for ch in normalised)
     return _CONTROL_OR_SPACE.sub(" ", visible).strip()
@@ -96,10 +100,16 @@ def clean_rationale(text: str) -> str:
 
 def truncate_to_tokens(text: str, encoder: Encoder, max_tokens: int) -> str:
     """Cut ``text`` to at most ``max_tokens`` tokens (on a token boundary)."""
-    ids = encoder.encode(text)
-    if len(ids) <= max_tokens:
-        return text
-    return encoder.decode(ids[:max_tokens]).strip()
+    return truncate_all_to_tokens([text], encoder, max_tokens)[0]
+
+
+def truncate_all_to_tokens(texts: Sequence[str], encoder: Encoder, max_tokens: int) -> list[str]:
+    """``truncate_to_tokens`` for many texts with one batched tokenizer call (the hot path of a request)."""
+    out = list(texts)
+    for i, ids in enumerate(encoder.encode_batch(out) if out else []):
+        if len(ids) > max_tokens:
+            out[i] = encoder.decode(ids[:max_tokens]).strip()
+    return out
 
 
 def select_history(
@@ -114,12 +124,12 @@ def select_history(
     encoder only the item cap applies (the trainer's statistics code uses that).
     """
     recent = list(titles[-max_items:]) if max_items > 0 else []
-    if encoder is None:
+    if encoder is None or not recent:
         return recent
+    costs = [len(ids) for ids in encoder.encode_batch([f"{HISTORY_BULLET}{title}\n" for title in recent])]
     kept: list[str] = []
     budget = max_tokens
-    for title in reversed(recent):
-        cost = len(encoder.encode(HISTORY_BULLET + title + "\n"))
+    for title, cost in zip(reversed(recent), reversed(costs), strict=True):
         if cost > budget:
             break
         kept.append(title)

@@ -48,18 +48,17 @@ def prepare_prompts(
     manifest = checkpoint.manifest
     encoder = checkpoint.encoder
 
-    def safe_title(title: str | None) -> str:
-        return contract.truncate_to_tokens(contract.clean_title(title or ""), encoder, manifest.max_title_tokens)
-
-    titles = [t for t in (safe_title(h.title) for h in history[-manifest.max_history_items :]) if t]
-    titles = contract.select_history(titles, encoder, manifest.max_history_items, manifest.max_history_tokens)
+    recent = history[-manifest.max_history_items :]
+    cleaned = [contract.clean_title(item.title or "") for item in (*recent, *candidates)]
+    safe = contract.truncate_all_to_tokens(cleaned, encoder, manifest.max_title_tokens)
+    history_titles, candidate_titles = safe[: len(recent)], safe[len(recent) :]
+    titles = contract.select_history(
+        [t for t in history_titles if t], encoder, manifest.max_history_items, manifest.max_history_tokens
+    )
     prefix_text = contract.history_prefix(titles)
     prefix_ids = encoder.encode(prefix_text)
-    candidate_titles = [safe_title(c.title) for c in candidates]
-    jobs = [
-        ScoringJob(prefix_ids + encoder.encode(contract.candidate_segment(title, reasoning)), reasoning)
-        for title in candidate_titles
-    ]
+    segments = encoder.encode_batch([contract.candidate_segment(title, reasoning) for title in candidate_titles])
+    jobs = [ScoringJob(prefix_ids + segment_ids, reasoning) for segment_ids in segments]
     return PreparedRequest(prefix_text, candidate_titles, jobs)
 
 

@@ -69,7 +69,7 @@ async def ingest(url: str, clients: int, events_per_client: int) -> float:
             body = {"item_id": str(i % 500), "event_id": f"{run}-{n}-{i}"}
             (await http.post(f"/users/ingest-{run}-{n % 50}/events", json=body)).raise_for_status()
 
-    limits = httpx.Limits(max_connections=clients)
+    limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
     async with httpx.AsyncClient(base_url=url, timeout=60.0, limits=limits) as http:
         started = time.perf_counter()
         await asyncio.gather(*(client(n, http) for n in range(clients)))

@@ -116,30 +116,32 @@ class Ranker:
         return self.store
 
     async def _history(self, request: RankRequest) -> list[ItemIn]:
-        """Inline history wins; else the stored one (by user_id); else none. Unknown titles are skipped."""
+        """Inline history wins; else the stored one (by user_id, titles still to resolve); else none."""
         if request.history is not None:
-            history = request.history
-        elif request.user_id is not None:
-            store = self._require_store("user_id")
-            try:
-                stored = await store.get_history(request.user_id)
-            except StoreUnavailable as exc:
-                raise _unavailable("user history unreachable", exc) from exc
-            history = [ItemIn(item_id=entry.item_id) for entry in stored[-self.settings.max_history_request :]]
-        else:
+            return list(request.history)
+        if request.user_id is None:
             return []
-        missing = [h.item_id for h in history if h.title is None]
-        if not missing:
-            return list(history)
-        titles = await self._titles(missing, "history")
-        return [h if h.title is not None else ItemIn(item_id=h.item_id, title=titles.get(h.item_id)) for h in history]
+        store = self._require_store("user_id")
+        try:
+            stored = await store.get_history(request.user_id)
+        except StoreUnavailable as exc:
+            raise _unavailable("user history unreachable", exc) from exc
+        return [ItemIn(item_id=entry.item_id) for entry in stored[-self.settings.max_history_request :]]
 
-    async def _candidates(self, request: RankRequest) -> list[ItemIn]:
-        missing = [c.item_id for c in request.candidates if c.title is None]
+    async def _with_titles(self, history: list[ItemIn], candidates: list[ItemIn]) -> tuple[list[ItemIn], list[ItemIn]]:
+        """Fill missing titles from the catalogue in ONE lookup. Unknown candidates are a 422; unknown
+        history items are skipped (they cannot be described to the model)."""
+        missing = list(dict.fromkeys(i.item_id for i in (*history, *candidates) if i.title is None))
         if not missing:
-            return request.candidates
-        titles = await self._titles(missing, "candidates")
-        unknown = [item_id for item_id in missing if item_id not in titles]
+            return history, candidates
+        param = "candidates" if any(c.title is None for c in candidates) else "history"
+        store = self._require_store(param)
+        try:
+            found = await store.get_items(missing)
+        except StoreUnavailable as exc:
+            raise _unavailable("item catalogue unreachable", exc) from exc
+        titles = {item_id: item["title"] for item_id, item in found.items()}
+        unknown = [c.item_id for c in candidates if c.title is None and c.item_id not in titles]
         if unknown:
             raise ApiError(
                 422,
@@ -147,17 +149,11 @@ class Ranker:
                 "invalid_request",
                 "candidates",
             )
-        return [
-            c if c.title is not None else ItemIn(item_id=c.item_id, title=titles[c.item_id]) for c in request.candidates
-        ]
 
-    async def _titles(self, item_ids: list[str], param: str) -> dict[str, str]:
-        store = self._require_store(param)
-        try:
-            items = await store.get_items(item_ids)
-        except StoreUnavailable as exc:
-            raise _unavailable("item catalogue unreachable", exc) from exc
-        return {item_id: item["title"] for item_id, item in items.items()}
+        def fill(items: list[ItemIn]) -> list[ItemIn]:
+            return [i if i.title is not None else ItemIn(item_id=i.item_id, title=titles.get(i.item_id)) for i in items]
+
+        return fill(history), fill(candidates)
 
     # --- scoring ------------------------------------------------------------------------------------------
     async def _cache_get(self, fingerprint: str, fields: list[str]) -> dict[str, CachedScore]:
@@ -215,8 +211,7 @@ class Ranker:
         started = time.perf_counter()
         self.validate(request)
         request_id = request_id or request.request_id or uuid.uuid4().hex
-        history = await self._history(request)
-        candidates = await self._candidates(request)
+        history, candidates = await self._with_titles(await self._history(request), list(request.candidates))
         prepared = prepare_prompts(self.engine.checkpoint, history, candidates, request.reasoning)
 
         engine_started = time.perf_counter()

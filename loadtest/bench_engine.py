@@ -30,6 +30,7 @@ from service import contract
 from service.checkpoint import open_checkpoint
 from service.config import Settings
 from service.demo import DemoData
+from service.engine.vllm_local import rationale_sampling_params
 from service.protocol import RankRequest
 from service.ranking import prepare_prompts
 from tests.procs import VLLM_CPU_ENV, start_service
@@ -57,10 +58,8 @@ def run_raw_engine(model: Path, bodies_by_phase: dict[str, list[dict]], reasonin
         str(model), dtype=settings.dtype, max_model_len=settings.max_model_len, enable_prefix_caching=True,
         seed=0, max_num_seqs=settings.max_num_seqs, disable_log_stats=True,
     )  # fmt: skip
-    gen = SamplingParams(
-        temperature=0.0, max_tokens=max_tokens,
-        stop_token_ids=contract.rationale_stop_token_ids(checkpoint.encoder) or None, stop=["\n"],
-    )  # fmt: skip
+    newline_ids = contract.rationale_stop_token_ids(checkpoint.encoder, len(checkpoint.encoder.tokenizer))
+    gen = rationale_sampling_params(max_tokens, newline_ids)  # the service's own generation parameters
     score = SamplingParams(temperature=0.0, max_tokens=1, logprob_token_ids=[yes, no], detokenize=False)
 
     def one_pass(bodies: list[dict]) -> int:
@@ -72,7 +71,8 @@ def run_raw_engine(model: Path, bodies_by_phase: dict[str, list[dict]], reasonin
             outs = llm.generate([TokensPrompt(prompt_token_ids=j.prompt_ids) for j in jobs], gen, use_tqdm=False)
             score_ids = []
             for job, out in zip(jobs, outs, strict=True):
-                text = contract.clean_rationale(out.outputs[0].text)
+                ids = [t for t in out.outputs[0].token_ids if t not in newline_ids]
+                text = contract.rationale_text(checkpoint.encoder.decode(ids))
                 rationale_ids = checkpoint.encoder.encode(contract.rationale_segment(text))
                 score_ids.append(job.prompt_ids + rationale_ids + cue)
         else:

@@ -222,10 +222,23 @@ def answer_token_ids(encoder: Encoder) -> tuple[int, int]:
     return ids[0], ids[1]
 
 
-def rationale_stop_token_ids(encoder: Encoder) -> list[int]:
-    """Token ids that end a rationale by themselves (a bare newline token), used as stop tokens."""
-    encoded = encoder.encode(RATIONALE_STOP)
-    return encoded if len(encoded) == 1 else []
+def rationale_stop_token_ids(encoder: Encoder, vocab_size: int | None = None) -> list[int]:
+    """Every token id whose text contains the rationale stop (a newline).
+
+    Stopping on token ids lets an engine skip incremental detokenization while it generates (the text is
+    decoded once at the end and cut at the first newline by ``rationale_text``). Vocabularies that merge
+    newlines with punctuation (Qwen's ".\n") are covered because every such token is listed. Without
+    ``vocab_size`` only the bare newline token is returned.
+    """
+    if vocab_size is None:
+        encoded = encoder.encode(RATIONALE_STOP)
+        return encoded if len(encoded) == 1 else []
+    return [i for i in range(vocab_size) if RATIONALE_STOP in encoder.decode([i])]
+
+
+def rationale_text(generated: str) -> str:
+    """The rationale a generation stands for: the text before the first stop, cleaned."""
+    return clean_rationale(generated.split(RATIONALE_STOP, 1)[0])
 
 
 def score_from_logprobs(logprob_yes: float, logprob_no: float) -> float:

@@ -108,7 +108,7 @@ class ReasoningEngine(ABC):
             tokens = 0
             if job.reasoning == "full":
                 text, tokens = await self._generate_rationale(job.prompt_ids, f"{request_id}-r")
-                rationale = contract.clean_rationale(text)
+                rationale = contract.rationale_text(text)
                 rationale_ids = self.checkpoint.encoder.encode(contract.rationale_segment(rationale))
                 score_ids = job.prompt_ids + rationale_ids + self._cue_ids
             else:

@@ -11,6 +11,7 @@ import asyncio
 import logging
 from dataclasses import dataclass
 
+from service import contract
 from service.checkpoint import Checkpoint
 from service.engine.base import EngineError, ReasoningEngine
 
@@ -29,6 +30,21 @@ class LocalEngineOptions:
     max_num_batched_tokens: int | None = None
     gpu_memory_utilization: float = 0.85
     seed: int = 0
+
+
+def rationale_sampling_params(max_tokens: int, newline_token_ids: list[int]):
+    """Greedy rationale, stopped by any newline-bearing token; no detokenization while generating (the
+    API process shares the CPU with the engine, so per-step detokenization costs throughput)."""
+    from vllm import SamplingParams
+    from vllm.sampling_params import RequestOutputKind
+
+    return SamplingParams(
+        temperature=0.0,
+        max_tokens=max_tokens,
+        stop_token_ids=newline_token_ids or None,
+        detokenize=False,
+        output_kind=RequestOutputKind.FINAL_ONLY,
+    )
 
 
 class LocalVLLMEngine(ReasoningEngine):
@@ -64,14 +80,11 @@ class LocalVLLMEngine(ReasoningEngine):
         # Engine construction blocks for tens of seconds (weights, compile, KV cache); keep the loop free.
         self._llm = await asyncio.to_thread(AsyncLLM.from_engine_args, args)
         eos = self.checkpoint.encoder.eos_token_id
-        self._gen_params = SamplingParams(
-            temperature=0.0,
-            max_tokens=self.max_rationale_tokens,
-            stop_token_ids=self.stop_token_ids or None,
-            stop=["\n"],
-            skip_special_tokens=True,
-            output_kind=RequestOutputKind.FINAL_ONLY,
+        vocab_size = len(self.checkpoint.encoder.tokenizer)
+        self._newline_ids = set(
+            await asyncio.to_thread(contract.rationale_stop_token_ids, self.checkpoint.encoder, vocab_size)
         )
+        self._gen_params = rationale_sampling_params(self.max_rationale_tokens, sorted(self._newline_ids))
         self._score_params = SamplingParams(
             temperature=0.0,
             max_tokens=1,
@@ -113,7 +126,10 @@ class LocalVLLMEngine(ReasoningEngine):
 
     async def _generate_rationale(self, prompt_ids: list[int], request_id: str) -> tuple[str, int]:
         out = await self._final_output(prompt_ids, self._gen_params, request_id)
-        return out.text, len(out.token_ids)
+        ids = list(out.token_ids)
+        if ids and ids[-1] in self._newline_ids:
+            ids.pop()  # the stop token itself is not part of the rationale
+        return self.checkpoint.encoder.decode(ids), len(out.token_ids)
 
     async def _answer_logprobs(self, prompt_ids: list[int], request_id: str) -> tuple[float, float]:
         out = await self._final_output(prompt_ids, self._score_params, request_id)

@@ -11,7 +11,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI, Request, Response
 from fastapi.responses import ORJSONResponse
 
-from service.api import health, items, rank, users
+from service.api import health, items, rank, rerank, users
 from service.config import Settings
 from service.engine.base import ReasoningEngine
 from service.errors import install_error_handlers
@@ -45,6 +45,7 @@ def create_app(settings: Settings | None = None, engine: ReasoningEngine | None 
     app.state.r2rank = state
     install_error_handlers(app)
     app.include_router(rank.router)
+    app.include_router(rerank.router)
     app.include_router(users.router)
     app.include_router(items.router)
     app.include_router(health.router)

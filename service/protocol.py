@@ -102,7 +102,11 @@ class ErrorResponse(BaseModel):
 
 ERROR_RESPONSES = {
     422: {"model": ErrorResponse, "description": "Invalid request; `error.param` names the field."},
-    503: {"model": ErrorResponse, "description": "Engine not ready or failed; retry after `Retry-After`."},
+    503: {
+        "model": ErrorResponse,
+        "description": "Engine not ready or failed, or Redis unreachable (then nothing was stored); "
+        "retry after `Retry-After`.",
+    },
 }
 
 
@@ -115,7 +119,10 @@ class HistoryEntryIn(BaseModel):
 
 
 class HistoryPut(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={"examples": [{"items": [{"item_id": "10"}, {"item_id": "11", "timestamp": 1732500000}]}]},
+    )
 
     items: list[HistoryEntryIn] = Field(max_length=10_000, description="The whole history, oldest first.")
 
@@ -131,7 +138,9 @@ class HistoryOut(BaseModel):
 
 
 class EventIn(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(
+        extra="forbid", json_schema_extra={"examples": [{"item_id": "42", "event_id": "order-9001"}]}
+    )
 
     item_id: ItemId
     timestamp: float | None = Field(None, ge=0, description="Unix seconds; default: Redis server time.")
@@ -150,7 +159,10 @@ class EventOut(BaseModel):
 class CatalogItem(BaseModel):
     """A catalogue entry; fields beyond item_id and title are kept as given."""
 
-    model_config = ConfigDict(extra="allow")
+    model_config = ConfigDict(
+        extra="allow",
+        json_schema_extra={"examples": [{"item_id": "42", "title": "Mario Kart 8 Deluxe", "platform": "Switch"}]},
+    )
 
     item_id: ItemId
     title: Title

@@ -11,13 +11,17 @@ from service.engine.base import EngineError
 
 router = APIRouter(tags=["health"])
 
+NOT_READY = {503: {"description": "Not ready: the body says which part (engine, redis) and why."}}
+
 
 @router.get("/healthz", summary="The process is alive")
 async def healthz() -> dict[str, str]:
     return {"status": "ok"}
 
 
-@router.get("/readyz", summary="Engine loaded and a warm-up ranking passed (Redis reported separately)")
+@router.get(
+    "/readyz", summary="Engine loaded and a warm-up ranking passed (Redis reported separately)", responses=NOT_READY
+)
 async def readyz(state: StateDep) -> JSONResponse:
     engine_ok, engine_detail = state.ready, state.not_ready_reason
     if state.ready:

@@ -8,7 +8,7 @@ from fastapi import APIRouter, Body, Path
 
 from service.api.deps import StateDep, StoreDep
 from service.errors import ApiError
-from service.protocol import ERROR_RESPONSES, CatalogItem, ItemsUpserted
+from service.protocol import ERROR_RESPONSES, CatalogItem, ErrorResponse, ItemsUpserted
 from service.store import StoreUnavailable
 
 router = APIRouter(prefix="/items", tags=["items"], responses=ERROR_RESPONSES)
@@ -18,7 +18,15 @@ MAX_ITEMS_PER_CALL = 20_000
 
 @router.put("", response_model=ItemsUpserted, summary="Insert or replace catalogue items (all or nothing)")
 async def put_items(
-    items: Annotated[list[CatalogItem], Body(max_length=MAX_ITEMS_PER_CALL)], store: StoreDep, state: StateDep
+    items: Annotated[
+        list[CatalogItem],
+        Body(
+            max_length=MAX_ITEMS_PER_CALL,
+            examples=[[{"item_id": "42", "title": "Mario Kart 8 Deluxe"}, {"item_id": "43", "title": "Halo 3"}]],
+        ),
+    ],
+    store: StoreDep,
+    state: StateDep,
 ) -> ItemsUpserted:
     try:
         count = await store.upsert_items(item.model_dump() for item in items)
@@ -29,7 +37,12 @@ async def put_items(
     return ItemsUpserted(upserted=count)
 
 
-@router.get("/{item_id}", response_model=CatalogItem, summary="One catalogue item")
+@router.get(
+    "/{item_id}",
+    response_model=CatalogItem,
+    summary="One catalogue item",
+    responses={404: {"model": ErrorResponse, "description": "No such item in the catalogue."}},
+)
 async def get_item(
     store: StoreDep, state: StateDep, item_id: Annotated[str, Path(min_length=1, max_length=256)]
 ) -> CatalogItem:

@@ -8,7 +8,7 @@ EXTRAS  ?= cpu,dev
 PORT    ?= 8000
 STAMP   := $(VENV)/.r2rank-installed
 
-.PHONY: setup run test lint bench clean redis
+.PHONY: setup run test lint bench loadtest clean redis
 
 setup: $(STAMP)
 
@@ -38,8 +38,13 @@ test: setup redis
 lint: setup
 	$(VENV)/bin/ruff check . && $(VENV)/bin/ruff format --check .
 
-bench: setup
+# Bounded locust run (default 8 users, 60 s; USERS=, SPAWN_RATE=, RUN_TIME=, R2RANK_URL= to target a running service)
+loadtest: setup redis
+	$(PY) -m loadtest.run
+
+bench: setup redis
 	$(PY) -m loadtest.bench_engine
+	$(PY) -m loadtest.bench_cache
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache

@@ -93,7 +93,7 @@ def main() -> None:
     server, prefix = None, f"r2rbench-{uuid.uuid4().hex[:6]}"
     url = args.url
     if url is None:
-        from tests.procs import start_service
+        from loadtest.procs import start_service
 
         server = start_service(Path(tempfile.mkdtemp(prefix="r2rank-bench-")), env={"R2RANK_REDIS_PREFIX": prefix})
         server.wait_ready("/readyz")
@@ -105,7 +105,7 @@ def main() -> None:
     finally:
         if server is not None:
             server.stop()
-            from tests.conftest import delete_prefix
+            from loadtest.procs import delete_prefix
 
             delete_prefix(prefix)
 

@@ -26,6 +26,7 @@ from pathlib import Path
 
 import httpx
 
+from loadtest.procs import VLLM_CPU_ENV, start_service
 from service import contract
 from service.checkpoint import open_checkpoint
 from service.config import Settings
@@ -33,7 +34,6 @@ from service.demo import DemoData
 from service.engine.vllm_local import rationale_sampling_params
 from service.protocol import RankRequest
 from service.ranking import prepare_prompts
-from tests.procs import VLLM_CPU_ENV, start_service
 
 WARMUP_USERS = 4
 RESULT_TAG = "R2RANK_BENCH_RESULT "  # vLLM logs to stdout too; the child's figure is on the tagged line

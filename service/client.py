@@ -75,7 +75,7 @@ def _item(value: ItemLike) -> dict[str, Any]:
     return {"item_id": value} if isinstance(value, str) else dict(value)
 
 
-def _rank_body(
+def rank_body(
     candidates: Sequence[ItemLike],
     user_id: str | None,
     history: Sequence[ItemLike] | None,
@@ -84,6 +84,7 @@ def _rank_body(
     reasoning: str,
     request_id: str | None,
 ) -> dict[str, Any]:
+    """The JSON body of POST /rank (also used by the load test, which sends it with its own HTTP client)."""
     body: dict[str, Any] = {
         "candidates": [_item(c) for c in candidates],
         "include_rationales": include_rationales,
@@ -169,7 +170,7 @@ class R2RankClient(_Base):
         request_id: str | None = None,
     ) -> RankResponse:
         """Rank ``candidates`` (ids, or ``{"item_id", "title"}``) for a user (stored or inline history)."""
-        body = _rank_body(candidates, user_id, history, top_k, include_rationales, reasoning, request_id)
+        body = rank_body(candidates, user_id, history, top_k, include_rationales, reasoning, request_id)
         return self._request("POST", "/rank", RankResponse, json=body)
 
     def put_history(self, user_id: str, items: Iterable[str | Mapping[str, Any]]) -> HistoryOut:
@@ -255,7 +256,7 @@ class AsyncR2RankClient(_Base):
         reasoning: str = "full",
         request_id: str | None = None,
     ) -> RankResponse:
-        body = _rank_body(candidates, user_id, history, top_k, include_rationales, reasoning, request_id)
+        body = rank_body(candidates, user_id, history, top_k, include_rationales, reasoning, request_id)
         return await self._request("POST", "/rank", RankResponse, json=body)
 
     async def put_history(self, user_id: str, items: Iterable[str | Mapping[str, Any]]) -> HistoryOut:

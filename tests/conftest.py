@@ -9,8 +9,8 @@ import httpx
 import pytest
 import redis
 
+from loadtest.procs import ServerProcess, delete_prefix, start_service
 from service.demo import DemoData
-from tests.procs import ServerProcess, start_service
 
 
 @pytest.fixture(scope="session")
@@ -24,13 +24,6 @@ def log_dir(tmp_path_factory: pytest.TempPathFactory):
 
 
 REDIS_URL = "redis://127.0.0.1:6379/0"
-
-
-def delete_prefix(prefix: str) -> None:
-    client = redis.Redis.from_url(REDIS_URL)
-    for key in client.scan_iter(match=f"{prefix}:*", count=1000):
-        client.delete(key)
-    client.close()
 
 
 @pytest.fixture(scope="session")

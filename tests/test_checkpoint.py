@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from loadtest.procs import DEFAULT_MODEL, REPO_ROOT
 from service.checkpoint import CheckpointError, open_checkpoint, read_manifest
-from tests.procs import DEFAULT_MODEL, REPO_ROOT
 
 
 @pytest.fixture

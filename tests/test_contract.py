@@ -6,9 +6,9 @@ import math
 
 import pytest
 
+from loadtest.procs import DEFAULT_MODEL
 from service import contract
 from service.checkpoint import open_checkpoint
-from tests.procs import DEFAULT_MODEL
 
 
 @pytest.fixture(scope="module")

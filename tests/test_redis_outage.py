@@ -13,7 +13,7 @@ import httpx
 import pytest
 import redis
 
-from tests.procs import free_port, start_service
+from loadtest.procs import free_port, start_service
 
 pytestmark = pytest.mark.engine
 

@@ -7,7 +7,7 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
-from tests.procs import ServerProcess, free_port, start_service, start_vllm_server
+from loadtest.procs import ServerProcess, free_port, start_service, start_vllm_server
 
 pytestmark = pytest.mark.engine
 

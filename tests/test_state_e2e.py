@@ -8,6 +8,7 @@ import uuid
 import httpx
 import pytest
 
+from loadtest.procs import DEFAULT_MODEL, delete_prefix
 from service.checkpoint import open_checkpoint
 from service.config import Settings
 from service.engine.base import ReasoningEngine
@@ -15,8 +16,7 @@ from service.metrics import Metrics
 from service.protocol import ItemIn, RankRequest
 from service.ranking import Ranker
 from service.store import RedisStore
-from tests.conftest import REDIS_URL, delete_prefix
-from tests.procs import DEFAULT_MODEL
+from tests.conftest import REDIS_URL
 
 pytestmark = pytest.mark.engine
 

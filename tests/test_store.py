@@ -8,8 +8,9 @@ import uuid
 
 import pytest
 
+from loadtest.procs import delete_prefix
 from service.store import CachedScore, RedisStore, score_cache_field, score_cache_fingerprint
-from tests.conftest import REDIS_URL, delete_prefix
+from tests.conftest import REDIS_URL
 
 
 @pytest.fixture
@@ -121,7 +122,7 @@ def test_load_demo_command(demo):
     import subprocess
     import sys
 
-    from tests.procs import REPO_ROOT
+    from loadtest.procs import REPO_ROOT
 
     prefix = f"r2rtest-demo-{uuid.uuid4().hex[:8]}"
     env = {**os.environ, "R2RANK_REDIS_URL": REDIS_URL, "R2RANK_REDIS_PREFIX": prefix}

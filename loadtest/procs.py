@@ -22,6 +22,18 @@ VLLM_CPU_ENV = {
 }
 
 
+def delete_prefix(prefix: str, redis_url: str = "redis://127.0.0.1:6379/0") -> int:
+    """Delete every key under ``prefix:`` (what a test or benchmark wrote under its own prefix)."""
+    import redis
+
+    client = redis.Redis.from_url(redis_url)
+    deleted = 0
+    for key in client.scan_iter(match=f"{prefix}:*", count=1000):
+        deleted += client.delete(key)
+    client.close()
+    return deleted
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import time
+import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -15,9 +16,12 @@ from service.api import health, items, rank, rerank, users
 from service.config import Settings
 from service.engine.base import ReasoningEngine
 from service.errors import install_error_handlers
+from service.limits import BodySizeLimitMiddleware
+from service.logs import request_id_var
 from service.state import ServiceState, build_engine, load_checkpoint
 
 logger = logging.getLogger(__name__)
+access_log = logging.getLogger("r2rank.access")
 
 
 def create_app(settings: Settings | None = None, engine: ReasoningEngine | None = None) -> FastAPI:
@@ -44,6 +48,7 @@ def create_app(settings: Settings | None = None, engine: ReasoningEngine | None 
     )
     app.state.r2rank = state
     install_error_handlers(app)
+    app.add_middleware(BodySizeLimitMiddleware, max_bytes=settings.max_body_bytes)
     app.include_router(rank.router)
     app.include_router(rerank.router)
     app.include_router(users.router)
@@ -52,17 +57,28 @@ def create_app(settings: Settings | None = None, engine: ReasoningEngine | None 
 
     @app.middleware("http")
     async def observe(request: Request, call_next) -> Response:
-        """Request counts and latency by route template (not raw path: bounded label cardinality)."""
+        """Request id (the caller's X-Request-Id or a new one) for logs and the reply; counts and latency by
+        route template (not raw path: bounded label cardinality); one access log line."""
+        request_id = request.headers.get("x-request-id") or uuid.uuid4().hex
+        request.state.request_id = request_id
+        token = request_id_var.set(request_id)
         started = time.perf_counter()
         status = 500
         try:
             response = await call_next(request)
             status = response.status_code
+            response.headers["X-Request-Id"] = request_id
             return response
         finally:
+            elapsed = time.perf_counter() - started
             route = request.scope.get("route")
             path = getattr(route, "path", "unmatched")
             state.metrics.requests.labels(path, request.method, str(status)).inc()
-            state.metrics.latency.labels(path, request.method).observe(time.perf_counter() - started)
+            state.metrics.latency.labels(path, request.method).observe(elapsed)
+            access_log.info(
+                "request",
+                extra={"method": request.method, "route": path, "status": status, "ms": round(elapsed * 1000, 2)},
+            )
+            request_id_var.reset(token)
 
     return app

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import logging
+import signal
 from pathlib import Path
 from typing import Annotated
 
@@ -17,6 +17,10 @@ def main(ctx: typer.Context) -> None:
         serve()
 
 
+def _exit_after_drain(signum: int, frame: object) -> None:
+    raise SystemExit(0)
+
+
 @app.command()
 def serve(
     host: Annotated[str | None, typer.Option(help="Bind address (default R2RANK_HOST or 127.0.0.1).")] = None,
@@ -29,21 +33,27 @@ def serve(
     from service.app import create_app
     from service.checkpoint import CheckpointError
     from service.config import Settings
+    from service.logs import configure_logging
 
     overrides = {k: v for k, v in {"host": host, "port": port, "model_path": model_path}.items() if v is not None}
     settings = Settings(**overrides)
-    logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    configure_logging(settings.log_level, settings.log_json)
     try:
         application = create_app(settings)
     except CheckpointError as exc:
         typer.echo(f"r2rank-serve: cannot serve this checkpoint: {exc}", err=True)
         raise typer.Exit(2) from exc
+    # uvicorn drains in-flight requests on SIGTERM, then re-raises the signal to the handler that was installed
+    # before it; this one turns that into a clean exit 0 (the drain is done by then).
+    signal.signal(signal.SIGTERM, _exit_after_drain)
     uvicorn.run(
         application,
         host=settings.host,
         port=settings.port,
         log_level=settings.log_level,
-        timeout_graceful_shutdown=30,
+        log_config=None,  # keep configure_logging's JSON handler
+        access_log=False,  # the app writes its own access line, with the request id
+        timeout_graceful_shutdown=settings.shutdown_grace_s,
     )
 
 
@@ -85,6 +95,45 @@ def load_demo(
         typer.echo(f"r2rank-serve load-demo: {exc}", err=True)
         raise typer.Exit(1) from exc
     typer.echo(f"loaded {n_items} items and {n_users} user histories under prefix {settings.redis_prefix!r}")
+
+
+@app.command("add-key")
+def add_key(
+    scopes: Annotated[str, typer.Option(help="Comma-separated scopes: rank, admin.")] = "rank",
+) -> None:
+    """Create an API key, store its hash in Redis (R2RANK_REDIS_URL/PREFIX) and print the key once."""
+    import asyncio
+
+    from service.auth import SCOPES, KeyStore
+    from service.config import Settings
+    from service.state import build_store
+
+    wanted = [s.strip() for s in scopes.split(",") if s.strip()]
+    unknown = sorted(set(wanted) - set(SCOPES))
+    if unknown or not wanted:
+        raise typer.BadParameter(f"scopes must be among {list(SCOPES)}, got {wanted}", param_hint="--scopes")
+    store = build_store(Settings())
+    if store is None:
+        raise typer.BadParameter("R2RANK_REDIS_URL is empty", param_hint="R2RANK_REDIS_URL")
+
+    async def create() -> str:
+        try:
+            return await KeyStore({}, store).add(wanted)
+        finally:
+            await store.close()
+
+    typer.echo(asyncio.run(create()))
+
+
+@app.command("hash-key")
+def hash_key_cmd(
+    key: Annotated[str | None, typer.Argument(help="A key; a new one is generated if omitted.")] = None,
+) -> None:
+    """Print a key and its sha256, for R2RANK_API_KEYS='{"<sha256>": ["rank"]}'."""
+    from service.auth import hash_key, new_key
+
+    key = key or new_key()
+    typer.echo(f"key:    {key}\nsha256: {hash_key(key)}")
 
 
 if __name__ == "__main__":

@@ -57,6 +57,25 @@ class Settings(BaseSettings):
     max_candidates: int = Field(200, ge=1, le=1000, description="Most candidates one /rank may carry.")
     max_history_request: int = Field(500, ge=1, description="Most history items one request may carry.")
     log_level: str = "info"
+    log_json: bool = Field(True, description="One JSON object per log line (with request_id).")
+
+    # --- security ---
+    auth_enabled: bool = Field(False, description="Require API keys (off for the local demo, on in deploy/).")
+    api_keys: dict[str, list[Literal["rank", "admin"]]] = Field(
+        default_factory=dict, description='JSON {"<sha256 of key>": ["rank"|"admin", ...]}; more keys in Redis.'
+    )
+
+    # --- reliability ---
+    default_deadline_ms: int = Field(
+        30_000, ge=1, description="Deadline of a /rank without deadline_ms; unscored items then get a fallback."
+    )
+    max_inflight_items: int = Field(
+        1024, ge=1, description="Items admitted to the engine at once; beyond it /rank answers 429 (Retry-After)."
+    )
+    max_body_bytes: int = Field(4 * 1024 * 1024, ge=1024, description="Largest request body; beyond it 413.")
+    max_title_chars: int = Field(2000, ge=1, le=2000, description="Longest title accepted (422 beyond).")
+    engine_restart: bool = Field(True, description="Restart/reconnect a dead engine with backoff.")
+    shutdown_grace_s: int = Field(30, ge=0, description="On SIGTERM, finish in-flight requests for up to this long.")
 
     @model_validator(mode="after")
     def _remote_needs_url(self) -> Settings:

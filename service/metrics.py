@@ -41,5 +41,15 @@ class Metrics:
         self.store_errors = Counter(
             "r2rank_store_errors_total", "Redis operations that failed, by operation.", ["operation"], registry=r
         )
+        self.degraded = Counter(
+            "r2rank_degraded_responses_total", "Rankings answered with fallbacks after a deadline.", registry=r
+        )
+        self.fallback_items = Counter(
+            "r2rank_fallback_items_total", "Items given a fallback instead of a model score.", ["source"], registry=r
+        )
+        self.rejected = Counter(
+            "r2rank_rejected_total", "Requests refused before any work, by reason.", ["reason"], registry=r
+        )
+        self.engine_restarts = Counter("r2rank_engine_restarts_total", "Engine restarts after a failure.", registry=r)
         self.model = Info("r2rank_model", "The checkpoint being served.", registry=r)
         self.ready = Gauge("r2rank_ready", "1 when the engine is loaded and warmed up.", registry=r)

@@ -56,6 +56,13 @@ class RankRequest(BaseModel):
         "full", description="'full': reason, then score; 'none': score straight after the candidate (cheaper)."
     )
     request_id: Annotated[str, StringConstraints(min_length=1, max_length=128)] | None = None
+    deadline_ms: int | None = Field(
+        None,
+        ge=1,
+        le=600_000,
+        description="Answer within this many ms; items not scored by then get a fallback (degraded: true). "
+        "Default: R2RANK_DEFAULT_DEADLINE_MS.",
+    )
 
     @field_validator("candidates")
     @classmethod
@@ -71,10 +78,19 @@ class RankRequest(BaseModel):
         return candidates
 
 
+ScoreSource = Literal["engine", "cache", "popularity", "input_order"]
+
+
 class RankedItem(BaseModel):
     item_id: str
-    score: float = Field(description="log P(yes) - log P(no) at the answer position; higher ranks first.")
+    score: float | None = Field(
+        description="log P(yes) - log P(no) at the answer position; higher ranks first. null for an item that "
+        "was not scored by the deadline: it is ranked after every scored item, by its fallback."
+    )
     rank: int = Field(ge=1)
+    source: ScoreSource = Field(
+        "engine", description="engine or cache: a model score; popularity or input_order: a deadline fallback."
+    )
     rationale: str | None = Field(None, description="Present only when include_rationales was true.")
 
 
@@ -84,7 +100,7 @@ class RankResponse(BaseModel):
     request_id: str
     model_version: str
     items: list[RankedItem]
-    degraded: bool = False
+    degraded: bool = Field(False, description="True when some items got a fallback instead of a model score.")
     cache_hits: int = Field(0, description="Items whose score came from the score cache (no engine work).")
     timings_ms: dict[str, float]
 

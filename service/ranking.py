@@ -18,7 +18,7 @@ from service.config import Settings
 from service.engine.base import ItemScore, ReasoningEngine, ScoringJob
 from service.errors import ApiError
 from service.metrics import Metrics
-from service.protocol import ItemIn, RankedItem, RankRequest, RankResponse
+from service.protocol import ItemIn, RankedItem, RankRequest, RankResponse, ScoreSource
 from service.store import (
     CachedScore,
     RedisStore,
@@ -80,6 +80,7 @@ class Ranker:
         self.metrics = metrics
         self.store = store
         self._cache_skip_until = 0.0
+        self._admitted_items = 0
 
     @property
     def model_version(self) -> str:
@@ -101,6 +102,12 @@ class Ranker:
                 "invalid_request",
                 "history",
             )
+        limit = self.settings.max_title_chars
+        for field, items in (("candidates", request.candidates), ("history", request.history or [])):
+            for index, item in enumerate(items):
+                if item.title is not None and len(item.title) > limit:
+                    param = f"{field}.{index}.title"
+                    raise ApiError(422, f"{param}: longer than {limit} characters", "invalid_request", param)
         if request.include_rationales and request.reasoning == "none":
             raise ApiError(
                 422,
@@ -178,9 +185,28 @@ class Ranker:
         self.metrics.cache_lookups.labels("error").inc()
         self._cache_skip_until = time.monotonic() + CACHE_BACKOFF_S
 
+    def _admit(self, items: int) -> None:
+        """Backpressure: a bounded amount of engine work in flight; beyond it a 429, not a growing queue."""
+        if self._admitted_items + items > self.settings.max_inflight_items:
+            self.metrics.rejected.labels("overloaded").inc()
+            raise ApiError(
+                429,
+                f"overloaded: {self._admitted_items} items in flight (limit {self.settings.max_inflight_items}); "
+                "retry after Retry-After seconds",
+                "overloaded",
+                headers={"Retry-After": "1"},
+            )
+        self._admitted_items += items
+
     async def _score(
-        self, prepared: PreparedRequest, candidates: list[ItemIn], reasoning: str, request_id: str
-    ) -> tuple[list[ItemScore], int]:
+        self,
+        prepared: PreparedRequest,
+        candidates: list[ItemIn],
+        reasoning: str,
+        request_id: str,
+        deadline: float,
+    ) -> tuple[list[ItemScore | None], list[ScoreSource]]:
+        """Model scores from the cache or the engine; ``None`` where the deadline came first."""
         fingerprint = score_cache_fingerprint(
             self.model_version,
             self.engine.checkpoint.manifest.prompt_format,
@@ -191,62 +217,83 @@ class Ranker:
         fields = [score_cache_field(c.item_id, t) for c, t in zip(candidates, prepared.candidate_titles, strict=True)]
         cached = await self._cache_get(fingerprint, fields)
         misses = [i for i, field in enumerate(fields) if field not in cached]
-        fresh = await self.engine.score_items([prepared.jobs[i] for i in misses], request_id) if misses else []
-        await self._cache_put(
-            fingerprint, {fields[i]: CachedScore(r.score, r.rationale) for i, r in zip(misses, fresh, strict=True)}
-        )
-        results: list[ItemScore] = [
-            ItemScore(cached[f].score, cached[f].rationale) if f in cached else None  # type: ignore[misc]
-            for f in fields
+        fresh: list[ItemScore | None] = []
+        if misses:
+            self._admit(len(misses))
+            try:
+                jobs = [prepared.jobs[i] for i in misses]
+                fresh = await self.engine.score_items(jobs, request_id, timeout_s=max(0.0, deadline - time.monotonic()))
+            finally:
+                self._admitted_items -= len(misses)
+        scored = {fields[i]: CachedScore(r.score, r.rationale) for i, r in zip(misses, fresh, strict=True) if r}
+        await self._cache_put(fingerprint, scored)
+
+        results: list[ItemScore | None] = [
+            ItemScore(cached[f].score, cached[f].rationale) if f in cached else None for f in fields
         ]
+        sources: list[ScoreSource] = ["cache" if f in cached else "engine" for f in fields]
         for i, result in zip(misses, fresh, strict=True):
             results[i] = result
-        hits = len(fields) - len(misses)
-        self.metrics.cache_lookups.labels("hit").inc(hits)
+        self.metrics.cache_lookups.labels("hit").inc(len(cached))
         self.metrics.cache_lookups.labels("miss").inc(len(misses))
-        self._record(reasoning, fresh)
-        return results, hits
+        self._record(reasoning, [r for r in fresh if r is not None])
+        return results, sources
+
+    async def _fallback_order(self, candidates: list[ItemIn], missing: list[int]) -> tuple[list[int], ScoreSource]:
+        """Order of the items that missed the deadline: by popularity (Redis), else as sent."""
+        if self.store is not None:
+            try:
+                counts = await self.store.get_popularity([candidates[i].item_id for i in missing])
+                order = sorted(missing, key=lambda i: (-counts[candidates[i].item_id], i))
+                return order, "popularity"
+            except StoreUnavailable as exc:
+                logger.warning("popularity fallback unavailable: %s", exc)
+        return sorted(missing), "input_order"
 
     async def rank(self, request: RankRequest, request_id: str | None = None) -> RankResponse:
         started = time.perf_counter()
+        deadline = time.monotonic() + (request.deadline_ms or self.settings.default_deadline_ms) / 1000
         self.validate(request)
         request_id = request_id or request.request_id or uuid.uuid4().hex
         history, candidates = await self._with_titles(await self._history(request), list(request.candidates))
         prepared = prepare_prompts(self.engine.checkpoint, history, candidates, request.reasoning)
 
         engine_started = time.perf_counter()
-        results, hits = await self._score(prepared, candidates, request.reasoning, request_id)
+        results, sources = await self._score(prepared, candidates, request.reasoning, request_id, deadline)
         engine_s = time.perf_counter() - engine_started
         self.metrics.engine_latency.labels(request.reasoning).observe(engine_s)
 
+        ids = [c.item_id for c in candidates]
+        scored = [i for i, r in enumerate(results) if r is not None]
+        order = [scored[j] for j in rank_order([ids[i] for i in scored], [results[i].score for i in scored])]
+        missing = [i for i, r in enumerate(results) if r is None]
+        if missing:
+            fallback, source = await self._fallback_order(candidates, missing)
+            order += fallback
+            for i in missing:
+                sources[i] = source
+            self.metrics.degraded.inc()
+            self.metrics.fallback_items.labels(source).inc(len(missing))
+        if request.top_k is not None:
+            order = order[: request.top_k]
+        items = []
+        for rank, i in enumerate(order, start=1):
+            result = results[i]
+            item = RankedItem(item_id=ids[i], score=result.score if result else None, rank=rank, source=sources[i])
+            if request.include_rationales:
+                item.rationale = result.rationale if result else None
+            items.append(item)
         return RankResponse(
             request_id=request_id,
             model_version=self.model_version,
-            items=self._build_items(request, candidates, results),
-            degraded=False,
-            cache_hits=hits,
+            items=items,
+            degraded=bool(missing),
+            cache_hits=sources.count("cache"),
             timings_ms={
                 "total": round((time.perf_counter() - started) * 1000, 3),
                 "engine": round(engine_s * 1000, 3),
             },
         )
-
-    def _build_items(
-        self, request: RankRequest, candidates: list[ItemIn], results: Sequence[ItemScore]
-    ) -> list[RankedItem]:
-        ids = [c.item_id for c in candidates]
-        order = rank_order(ids, [r.score for r in results])
-        if request.top_k is not None:
-            order = order[: request.top_k]
-        return [
-            RankedItem(
-                item_id=ids[i],
-                score=results[i].score,
-                rank=rank,
-                rationale=results[i].rationale if request.include_rationales else None,
-            )
-            for rank, i in enumerate(order, start=1)
-        ]
 
     def _record(self, reasoning: str, results: Sequence[ItemScore]) -> None:
         self.metrics.items_scored.labels(reasoning).inc(len(results))

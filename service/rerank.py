@@ -107,7 +107,7 @@ def to_rerank_response(body: RerankRequest, ranked: RankResponse, api_version: s
     results = [
         RerankResult(
             index=int(item.item_id),
-            relevance_score=relevance_score(item.score),
+            relevance_score=relevance_score(item.score) if item.score is not None else 0.0,  # deadline fallback
             document=RerankDocument(text=_text(body.documents[int(item.item_id)])) if body.return_documents else None,
         )
         for item in ranked.items

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 
 from tenacity import AsyncRetrying, retry_if_exception_type, wait_exponential
 
+from service.auth import KeyStore
 from service.checkpoint import Checkpoint, open_checkpoint
 from service.config import Settings
 from service.engine.base import EngineError, ReasoningEngine
@@ -17,6 +18,8 @@ from service.ranking import Ranker
 from service.store import RedisStore, StoreUnavailable
 
 logger = logging.getLogger(__name__)
+
+HEALTH_CHECK_INTERVAL_S = 2.0
 
 WARMUP_REQUEST = RankRequest(
     history=[ItemIn(item_id="w1", title="Warm-up history item")],
@@ -61,6 +64,7 @@ class ServiceState:
     metrics: Metrics
     ranker: Ranker
     store: RedisStore | None = None
+    keys: KeyStore | None = None
     ready: bool = False
     not_ready_reason: str | None = "starting"
     _warmup_task: asyncio.Task | None = field(default=None, repr=False)
@@ -79,7 +83,8 @@ class ServiceState:
         metrics.engine_inflight.set_function(lambda: engine.inflight_items)
         store = build_store(settings)
         ranker = Ranker(engine, settings, metrics, store)
-        return cls(settings=settings, engine=engine, metrics=metrics, ranker=ranker, store=store)
+        keys = KeyStore(settings.api_keys, store)
+        return cls(settings=settings, engine=engine, metrics=metrics, ranker=ranker, store=store, keys=keys)
 
     async def store_status(self) -> dict[str, object]:
         """Redis reachability, reported apart from the engine: inline /rank works without Redis."""
@@ -93,9 +98,29 @@ class ServiceState:
 
     async def start(self) -> None:
         """Start the engine (blocking: a local engine that cannot load should stop the process), then warm up
-        in the background so a remote engine that is still booting does not keep the API from starting."""
+        and supervise in the background, so a remote engine that is still booting does not keep the API from
+        starting and a failed engine is brought back without a process restart."""
         await self.engine.start()
-        self._warmup_task = asyncio.create_task(self._warm_up())
+        self._warmup_task = asyncio.create_task(self._supervise())
+
+    def _set_ready(self, ready: bool, reason: str | None) -> None:
+        if self.ready and not ready:
+            logger.warning("not ready: %s", reason)
+        self.ready, self.not_ready_reason = ready, reason
+        self.metrics.ready.set(1 if ready else 0)
+
+    async def _supervise(self) -> None:
+        """Warm up; then health-check every few seconds. On failure: not ready, restart (local engine) or
+        reconnect (remote) with exponential backoff, warm up again, ready again."""
+        while True:
+            await self._warm_up()
+            while True:
+                await asyncio.sleep(HEALTH_CHECK_INTERVAL_S)
+                try:
+                    await self.engine.check_health()
+                except EngineError as exc:
+                    self._set_ready(False, f"engine unhealthy: {exc}")
+                    break
 
     async def _warm_up(self) -> None:
         async for attempt in AsyncRetrying(
@@ -103,23 +128,21 @@ class ServiceState:
         ):
             with attempt:
                 try:
+                    if self.engine.needs_restart() and self.settings.engine_restart:
+                        logger.warning("restarting the %s engine", self.engine.name)
+                        self.metrics.engine_restarts.inc()
+                        await self.engine.restart()
                     await self.engine.check_health()
                     await self.ranker.rank(WARMUP_REQUEST)
                 except EngineError as exc:
-                    self.not_ready_reason = f"warm-up failed: {exc}"
+                    self._set_ready(False, f"warm-up failed: {exc}")
                     logger.warning("warm-up failed (will retry): %s", exc)
                     raise
-        self.ready, self.not_ready_reason = True, None
-        self.metrics.ready.set(1)
+        self._set_ready(True, None)
         logger.info("ready: model_version=%s", self.engine.model_version)
 
-    async def wait_ready(self, timeout: float | None = None) -> None:
-        if self._warmup_task is not None:
-            await asyncio.wait_for(asyncio.shield(self._warmup_task), timeout)
-
     async def stop(self) -> None:
-        self.ready, self.not_ready_reason = False, "shutting down"
-        self.metrics.ready.set(0)
+        self._set_ready(False, "shutting down")
         if self._warmup_task is not None and not self._warmup_task.done():
             self._warmup_task.cancel()
         await self.engine.close()

@@ -8,6 +8,8 @@ so the multi-key Lua scripts below stay on one slot):
     P:{u:<user_id>}:ev      ZSET  event_id -> seq, the last EVENT_IDS_KEPT ids: idempotent appends
     P:{u:<user_id>}:seq     STRING arrival counter
     P:items                 HASH  item_id -> JSON {"title", ...extra fields}
+    P:pop                   ZSET  item_id -> interactions seen (events and stored histories), best effort:
+                                  the cheap fallback signal when a ranking misses its deadline
     P:sc:{<fingerprint>}    HASH  "<item_id>|<title hash>" -> JSON {"s": score, "r": rationale|null}
                                   fingerprint = sha256(model_version, prompt_format, reasoning, rationale cap,
                                   the exact history prefix text); every key has a TTL
@@ -146,6 +148,10 @@ class RedisStore:
     def _items_key(self) -> str:
         return f"{self.prefix}:items"
 
+    @property
+    def _popularity_key(self) -> str:
+        return f"{self.prefix}:pop"
+
     def _score_key(self, fingerprint: str) -> str:
         return f"{self.prefix}:sc:{{{fingerprint}}}"
 
@@ -171,7 +177,9 @@ class RedisStore:
         args: list[Any] = [self.history_max, self.user_ttl_s]
         for item_id, timestamp in entries:
             args += [repr(float(timestamp)), item_id]
-        return int(await self._call(self._replace(keys=self._user_keys(user_id), args=args)))
+        length = int(await self._call(self._replace(keys=self._user_keys(user_id), args=args)))
+        await self._count_interactions([item_id for item_id, _ in entries])
+        return length
 
     async def append_event(
         self, user_id: str, item_id: str, timestamp: float | None, event_id: str | None
@@ -182,7 +190,22 @@ class RedisStore:
             self.history_max, self.user_ttl_s, EVENT_IDS_KEPT,
         ]  # fmt: skip
         stored, length = await self._call(self._append(keys=self._user_keys(user_id), args=args))
+        if stored:
+            await self._count_interactions([item_id])
         return bool(stored), int(length)
+
+    async def _count_interactions(self, item_ids: Sequence[str]) -> None:
+        """Popularity counts for the deadline fallback. Best effort and outside the per-user script: it lives
+        on another cluster slot, and a failure here must not turn a stored write into an error."""
+        if not item_ids:
+            return
+        try:
+            async with self.client.pipeline(transaction=False) as pipe:
+                for item_id in item_ids:
+                    pipe.zincrby(self._popularity_key, 1, item_id)
+                await pipe.execute()
+        except (RedisError, OSError) as exc:
+            logger.warning("popularity count skipped: %s", exc)
 
     async def delete_history(self, user_id: str) -> bool:
         return bool(await self._call(self.client.delete(*self._user_keys(user_id))))
@@ -205,6 +228,13 @@ class RedisStore:
             return {}
         values = await self._call(self.client.hmget(self._items_key, list(item_ids)))
         return {item_id: json.loads(raw) for item_id, raw in zip(item_ids, values, strict=True) if raw is not None}
+
+    async def get_popularity(self, item_ids: Sequence[str]) -> dict[str, float]:
+        """Interaction counts of these items (0 for unseen), one ZMSCORE."""
+        if not item_ids:
+            return {}
+        counts = await self._call(self.client.zmscore(self._popularity_key, list(item_ids)))
+        return {item_id: float(c or 0.0) for item_id, c in zip(item_ids, counts, strict=True)}
 
     # --- score cache --------------------------------------------------------------------------------------
     async def get_scores(self, fingerprint: str, fields: Sequence[str]) -> dict[str, CachedScore]:

@@ -63,3 +63,54 @@ def test_unreachable_remote_engine_gives_503_not_500(log_dir, demo):
         assert response.headers.get("retry-after")
     finally:
         service.stop()
+
+
+def test_killed_remote_engine_gives_503_then_recovers(log_dir, demo):
+    """Kill `vllm serve` mid-load: requests get 503 (never 500), /readyz turns false; start it again on the
+    same port: the service reconnects by itself and is ready again."""
+    import asyncio
+    import signal
+    import time
+
+    vllm_server = start_vllm_server(log_dir)
+    vllm_server.wait_ready("/health")
+    port = int(vllm_server.url.rsplit(":", 1)[1])
+    service = start_service(log_dir, env={"R2RANK_ENGINE": "remote", "R2RANK_ENGINE_URL": vllm_server.url,
+                                          "R2RANK_ENGINE_TIMEOUT_S": "10"})  # fmt: skip
+    try:
+        service.wait_ready("/readyz")
+        body = demo.rank_request(demo.users[8], n_candidates=5, reasoning="full")
+
+        async def load(seconds: float) -> list[int]:
+            statuses: list[int] = []
+            async with httpx.AsyncClient(base_url=service.url, timeout=60) as http:
+                end = time.monotonic() + seconds
+                while time.monotonic() < end:
+                    batch = await asyncio.gather(*(http.post("/rank", json=body) for _ in range(4)))
+                    statuses += [r.status_code for r in batch]
+            return statuses
+
+        async def scenario() -> list[int]:
+            task = asyncio.create_task(load(8.0))
+            await asyncio.sleep(2.0)
+            vllm_server.stop(signal.SIGKILL)
+            return await task
+
+        statuses = asyncio.run(scenario())
+        assert 200 in statuses and 503 in statuses, statuses
+        assert set(statuses) <= {200, 503}, statuses
+        deadline = time.monotonic() + 30
+        while httpx.get(f"{service.url}/readyz").status_code == 200:
+            assert time.monotonic() < deadline, "readyz stayed true with the engine dead"
+            time.sleep(0.5)
+
+        restarted = start_vllm_server(log_dir, port=port)
+        try:
+            restarted.wait_ready("/health")
+            service.wait_ready("/readyz", timeout=120)
+            assert httpx.post(f"{service.url}/rank", json=body, timeout=60).status_code == 200
+        finally:
+            restarted.stop()
+    finally:
+        service.stop()
+        vllm_server.stop()

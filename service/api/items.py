@@ -4,19 +4,25 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Body, Path
+from fastapi import APIRouter, Body, Depends, Path
 
 from service.api.deps import StateDep, StoreDep
+from service.auth import require
 from service.errors import ApiError
 from service.protocol import ERROR_RESPONSES, CatalogItem, ErrorResponse, ItemsUpserted
 from service.store import StoreUnavailable
+
+ADMIN = [Depends(require("admin"))]  # writes
+READ = [Depends(require("rank"))]
 
 router = APIRouter(prefix="/items", tags=["items"], responses=ERROR_RESPONSES)
 
 MAX_ITEMS_PER_CALL = 20_000
 
 
-@router.put("", response_model=ItemsUpserted, summary="Insert or replace catalogue items (all or nothing)")
+@router.put(
+    "", response_model=ItemsUpserted, summary="Insert or replace catalogue items (all or nothing)", dependencies=ADMIN
+)
 async def put_items(
     items: Annotated[
         list[CatalogItem],
@@ -42,6 +48,7 @@ async def put_items(
     response_model=CatalogItem,
     summary="One catalogue item",
     responses={404: {"model": ErrorResponse, "description": "No such item in the catalogue."}},
+    dependencies=READ,
 )
 async def get_item(
     store: StoreDep, state: StateDep, item_id: Annotated[str, Path(min_length=1, max_length=256)]

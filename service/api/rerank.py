@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Depends, Request
 
 from service.api.deps import RankerDep
+from service.auth import require
 from service.errors import ApiError
 from service.protocol import ERROR_RESPONSES
 from service.rerank import RerankRequest, RerankResponse, to_rank_request, to_rerank_response
 
-router = APIRouter(tags=["rerank"], responses=ERROR_RESPONSES)
+router = APIRouter(tags=["rerank"], responses=ERROR_RESPONSES, dependencies=[Depends(require("rank"))])
 
 
 async def _rerank(body: RerankRequest, ranker: RankerDep, request: Request, version: str) -> RerankResponse:

@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import time
 
-from fastapi import APIRouter, Path, Response
+from fastapi import APIRouter, Depends, Path, Response
 
 from service.api.deps import StateDep, StoreDep
+from service.auth import require
 from service.errors import ApiError
 from service.protocol import ERROR_RESPONSES, EventIn, EventOut, HistoryEntryOut, HistoryOut, HistoryPut
 from service.store import StoreUnavailable
+
+ADMIN = [Depends(require("admin"))]  # writes
+READ = [Depends(require("rank"))]
 
 router = APIRouter(prefix="/users", tags=["users"], responses=ERROR_RESPONSES)
 
@@ -22,7 +26,12 @@ def _unavailable(exc: StoreUnavailable, state) -> ApiError:
                     headers={"Retry-After": "1"})  # fmt: skip
 
 
-@router.put("/{user_id}/history", response_model=HistoryOut, summary="Replace a user's history (oldest first)")
+@router.put(
+    "/{user_id}/history",
+    response_model=HistoryOut,
+    summary="Replace a user's history (oldest first)",
+    dependencies=ADMIN,
+)
 async def put_history(body: HistoryPut, store: StoreDep, state: StateDep, user_id: str = UserId) -> HistoryOut:
     now = time.time()
     entries = [(e.item_id, e.timestamp if e.timestamp is not None else now) for e in body.items]
@@ -36,7 +45,9 @@ async def put_history(body: HistoryPut, store: StoreDep, state: StateDep, user_i
     )
 
 
-@router.get("/{user_id}/history", response_model=HistoryOut, summary="A user's stored history, oldest first")
+@router.get(
+    "/{user_id}/history", response_model=HistoryOut, summary="A user's stored history, oldest first", dependencies=READ
+)
 async def get_history(store: StoreDep, state: StateDep, user_id: str = UserId) -> HistoryOut:
     try:
         stored = await store.get_history(user_id)
@@ -47,7 +58,7 @@ async def get_history(store: StoreDep, state: StateDep, user_id: str = UserId) -
     )
 
 
-@router.delete("/{user_id}/history", status_code=204, summary="Forget a user's history")
+@router.delete("/{user_id}/history", status_code=204, summary="Forget a user's history", dependencies=ADMIN)
 async def delete_history(store: StoreDep, state: StateDep, user_id: str = UserId) -> Response:
     try:
         await store.delete_history(user_id)
@@ -56,7 +67,12 @@ async def delete_history(store: StoreDep, state: StateDep, user_id: str = UserId
     return Response(status_code=204)
 
 
-@router.post("/{user_id}/events", response_model=EventOut, summary="Append one interaction (idempotent by event_id)")
+@router.post(
+    "/{user_id}/events",
+    response_model=EventOut,
+    summary="Append one interaction (idempotent by event_id)",
+    dependencies=ADMIN,
+)
 async def post_event(body: EventIn, store: StoreDep, state: StateDep, user_id: str = UserId) -> EventOut:
     """Kept in timestamp order (arrival order for equal or missing timestamps), capped to the most recent
     `R2RANK_HISTORY_MAX` items. A retried event with the same `event_id` is stored once."""

@@ -68,6 +68,14 @@ class ReasoningEngine(ABC):
     async def check_health(self) -> None:
         """Raise ``EngineError`` if the engine cannot take work right now."""
 
+    def needs_restart(self) -> bool:
+        """True when the engine is dead and only a restart can help (a local engine whose process died)."""
+        return False
+
+    async def restart(self) -> None:
+        await self.close()
+        await self.start()
+
     async def __aenter__(self) -> ReasoningEngine:
         await self.start()
         return self
@@ -85,21 +93,32 @@ class ReasoningEngine(ABC):
         """log P(yes), log P(no) for the token after ``prompt_ids``."""
 
     # --- the composition ---------------------------------------------------------------------------
-    async def score_items(self, jobs: Sequence[ScoringJob], request_id: str) -> list[ItemScore]:
+    async def score_items(
+        self, jobs: Sequence[ScoringJob], request_id: str, timeout_s: float | None = None
+    ) -> list[ItemScore | None]:
         """Score every job concurrently; order of results = order of jobs.
 
-        Engine request ids get a random suffix: callers may reuse their own request id, the engine may not.
-        If one item fails, the others are cancelled (and so aborted in the engine) and ``EngineError`` raised.
+        Items not finished within ``timeout_s`` come back as ``None`` and are cancelled, which aborts their
+        engine requests, so work past a deadline does not pile up. Engine request ids get a random suffix:
+        callers may reuse their own request id, the engine may not. If an item fails, the others are
+        cancelled and ``EngineError`` is raised.
         """
         base = f"{request_id}-{uuid.uuid4().hex[:8]}"
         tasks = [asyncio.ensure_future(self._score_one(job, f"{base}-{i}")) for i, job in enumerate(jobs)]
+        if not tasks:
+            return []
         try:
-            return list(await asyncio.gather(*tasks))
-        except BaseException:
-            for task in tasks:
+            done, _ = await asyncio.wait(tasks, timeout=timeout_s, return_when=asyncio.FIRST_EXCEPTION)
+            failed = next((t for t in done if not t.cancelled() and t.exception() is not None), None)
+            if failed is not None:
+                raise failed.exception()  # type: ignore[misc]
+            return [t.result() if t in done else None for t in tasks]  # None: not ready by the deadline
+        finally:
+            unfinished = [t for t in tasks if not t.done()]
+            for task in unfinished:
                 task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
-            raise
+            if unfinished:
+                await asyncio.gather(*unfinished, return_exceptions=True)
 
     async def _score_one(self, job: ScoringJob, request_id: str) -> ItemScore:
         self.inflight_items += 1

@@ -99,6 +99,9 @@ class LocalVLLMEngine(ReasoningEngine):
             llm, self._llm = self._llm, None
             await asyncio.to_thread(llm.shutdown)
 
+    def needs_restart(self) -> bool:
+        return self._llm is None or self._llm.errored
+
     async def check_health(self) -> None:
         if self._llm is None:
             raise EngineError("engine not started")

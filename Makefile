@@ -8,7 +8,7 @@ EXTRAS  ?= cpu,dev
 PORT    ?= 8000
 STAMP   := $(VENV)/.r2rank-installed
 
-.PHONY: setup run test lint bench loadtest clean redis
+.PHONY: setup run test lint bench loadtest clean redis system-deps
 
 setup: $(STAMP)
 
@@ -31,7 +31,17 @@ redis:
 	@redis-cli -h 127.0.0.1 -p 6379 ping >/dev/null 2>&1 || \
 		redis-server --daemonize yes --bind 127.0.0.1 --port 6379 --save "" --appendonly no
 
-test: setup redis
+# Tools the deploy checks run natively (no Docker engine here): Prometheus, docker-compose (for `config`),
+# kubectl (for `kustomize`). Installed from Debian's packages when missing and running as root.
+system-deps:
+	@missing=""; for tool in prometheus docker-compose kubectl; do \
+		command -v $$tool >/dev/null 2>&1 || missing="$$missing $$tool"; done; \
+	if [ -n "$$missing" ]; then \
+		if [ "$$(id -u)" = 0 ]; then \
+			apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
+		else echo "missing:$$missing (install them, or run as root)"; exit 1; fi; fi
+
+test: setup redis system-deps
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/pytest -q -rA --durations=15
 
@@ -39,7 +49,17 @@ lint: setup
 	$(VENV)/bin/ruff check . && $(VENV)/bin/ruff format --check .
 
 # Bounded locust run (default 8 users, 60 s; USERS=, SPAWN_RATE=, RUN_TIME=, R2RANK_URL= to target a running service)
-loadtest: setup redis
+load# Tools the deploy checks run natively (no Docker engine here): Prometheus, docker-compose (for `config`),
+# kubectl (for `kustomize`). Installed from Debian's packages when missing and running as root.
+system-deps:
+	@missing=""; for tool in prometheus docker-compose kubectl; do \
+		command -v $$tool >/dev/null 2>&1 || missing="$$missing $$tool"; done; \
+	if [ -n "$$missing" ]; then \
+		if [ "$$(id -u)" = 0 ]; then \
+			apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
+		else echo "missing:$$missing (install them, or run as root)"; exit 1; fi; fi
+
+test: setup redis system-deps
 	$(PY) -m loadtest.run
 
 bench: setup redis

@@ -12,7 +12,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI, Request, Response
 from fastapi.responses import ORJSONResponse
 
-from service.api import health, items, rank, rerank, users
+from service.api import admin, health, items, rank, rerank, users
 from service.config import Settings
 from service.engine.base import ReasoningEngine
 from service.errors import install_error_handlers
@@ -53,6 +53,7 @@ def create_app(settings: Settings | None = None, engine: ReasoningEngine | None 
     app.include_router(rerank.router)
     app.include_router(users.router)
     app.include_router(items.router)
+    app.include_router(admin.router)
     app.include_router(health.router)
 
     @app.middleware("http")

@@ -62,6 +62,7 @@ def load_demo(
     data: Annotated[Path | None, typer.Option(help="Demo directory (default: the shipped data/demo).")] = None,
     users: Annotated[int, typer.Option(help="How many demo users' histories to store.")] = 300,
     reset: Annotated[bool, typer.Option(help="Delete every key under R2RANK_REDIS_PREFIX first.")] = False,
+    if_empty: Annotated[bool, typer.Option(help="Do nothing when the catalogue already has items.")] = False,
 ) -> None:
     """Load the demo catalogue and user histories into Redis (R2RANK_REDIS_URL, R2RANK_REDIS_PREFIX)."""
     import asyncio
@@ -79,6 +80,8 @@ def load_demo(
 
     async def load() -> tuple[int, int]:
         try:
+            if if_empty and await store.count_items() > 0:
+                return 0, 0
             if reset:
                 await store.delete_prefix()
             n_items = await store.upsert_items({"item_id": k, "title": v} for k, v in demo.titles.items())

@@ -17,6 +17,11 @@ class Settings(BaseSettings):
 
     # --- model and engine ---
     model_path: Path = Field(REPO_ROOT / "models" / "default", description="Checkpoint directory (with manifest.json).")
+    models_root: Path | None = Field(
+        None,
+        description="Hot reload (POST /admin/models) only loads checkpoints under this directory "
+        "(default: the parent of R2RANK_MODEL_PATH).",
+    )
     engine: Literal["local", "remote"] = Field("local", description="In-process vLLM or a remote vLLM server.")
     engine_url: str | None = Field(None, description="Remote engine base URL, e.g. http://vllm:8000 (engine=remote).")
     engine_model_name: str | None = Field(None, description="Model name the remote server serves (default: its first).")

@@ -205,13 +205,14 @@ class Ranker:
         reasoning: str,
         request_id: str,
         deadline: float,
+        engine: ReasoningEngine,
     ) -> tuple[list[ItemScore | None], list[ScoreSource]]:
         """Model scores from the cache or the engine; ``None`` where the deadline came first."""
         fingerprint = score_cache_fingerprint(
-            self.model_version,
-            self.engine.checkpoint.manifest.prompt_format,
+            engine.model_version,
+            engine.checkpoint.manifest.prompt_format,
             reasoning,
-            self.engine.max_rationale_tokens,
+            engine.max_rationale_tokens,
             prepared.prefix_text,
         )
         fields = [score_cache_field(c.item_id, t) for c, t in zip(candidates, prepared.candidate_titles, strict=True)]
@@ -222,7 +223,7 @@ class Ranker:
             self._admit(len(misses))
             try:
                 jobs = [prepared.jobs[i] for i in misses]
-                fresh = await self.engine.score_items(jobs, request_id, timeout_s=max(0.0, deadline - time.monotonic()))
+                fresh = await engine.score_items(jobs, request_id, timeout_s=max(0.0, deadline - time.monotonic()))
             finally:
                 self._admitted_items -= len(misses)
         scored = {fields[i]: CachedScore(r.score, r.rationale) for i, r in zip(misses, fresh, strict=True) if r}
@@ -251,15 +252,25 @@ class Ranker:
         return sorted(missing), "input_order"
 
     async def rank(self, request: RankRequest, request_id: str | None = None) -> RankResponse:
+        """Rank with the engine current when the request arrives: a model swap mid-request does not touch it
+        (``active_requests`` tells the swap when the old engine has drained)."""
+        engine = self.engine
+        engine.active_requests += 1
+        try:
+            return await self._rank(request, request_id, engine)
+        finally:
+            engine.active_requests -= 1
+
+    async def _rank(self, request: RankRequest, request_id: str | None, engine: ReasoningEngine) -> RankResponse:
         started = time.perf_counter()
         deadline = time.monotonic() + (request.deadline_ms or self.settings.default_deadline_ms) / 1000
         self.validate(request)
         request_id = request_id or request.request_id or uuid.uuid4().hex
         history, candidates = await self._with_titles(await self._history(request), list(request.candidates))
-        prepared = prepare_prompts(self.engine.checkpoint, history, candidates, request.reasoning)
+        prepared = prepare_prompts(engine.checkpoint, history, candidates, request.reasoning)
 
         engine_started = time.perf_counter()
-        results, sources = await self._score(prepared, candidates, request.reasoning, request_id, deadline)
+        results, sources = await self._score(prepared, candidates, request.reasoning, request_id, deadline, engine)
         engine_s = time.perf_counter() - engine_started
         self.metrics.engine_latency.labels(request.reasoning).observe(engine_s)
 
@@ -285,7 +296,7 @@ class Ranker:
             items.append(item)
         return RankResponse(
             request_id=request_id,
-            model_version=self.model_version,
+            model_version=engine.model_version,
             items=items,
             degraded=bool(missing),
             cache_hits=sources.count("cache"),

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from tenacity import AsyncRetrying, retry_if_exception_type, wait_exponential
 
@@ -13,6 +14,7 @@ from service.checkpoint import Checkpoint, open_checkpoint
 from service.config import Settings
 from service.engine.base import EngineError, ReasoningEngine
 from service.metrics import Metrics
+from service.model_manager import ModelManager
 from service.protocol import ItemIn, RankRequest
 from service.ranking import Ranker
 from service.store import RedisStore, StoreUnavailable
@@ -65,6 +67,7 @@ class ServiceState:
     ranker: Ranker
     store: RedisStore | None = None
     keys: KeyStore | None = None
+    models: ModelManager | None = None
     ready: bool = False
     not_ready_reason: str | None = "starting"
     _warmup_task: asyncio.Task | None = field(default=None, repr=False)
@@ -72,19 +75,30 @@ class ServiceState:
     @classmethod
     def create(cls, settings: Settings, engine: ReasoningEngine) -> ServiceState:
         metrics = Metrics()
-        checkpoint = engine.checkpoint
-        metrics.model.info(
-            {
-                "model_version": checkpoint.model_version,
-                "prompt_format": checkpoint.manifest.prompt_format,
-                "engine": engine.name,
-            }
-        )
-        metrics.engine_inflight.set_function(lambda: engine.inflight_items)
         store = build_store(settings)
         ranker = Ranker(engine, settings, metrics, store)
         keys = KeyStore(settings.api_keys, store)
-        return cls(settings=settings, engine=engine, metrics=metrics, ranker=ranker, store=store, keys=keys)
+        state = cls(settings=settings, engine=engine, metrics=metrics, ranker=ranker, store=store, keys=keys)
+        state.models = ModelManager(state, settings.models_root or Path(settings.model_path).resolve().parent)
+        state._publish_model_info()
+        metrics.engine_inflight.set_function(lambda: state.engine.inflight_items)
+        return state
+
+    def _publish_model_info(self) -> None:
+        checkpoint = self.engine.checkpoint
+        self.metrics.model.info(
+            {
+                "model_version": checkpoint.model_version,
+                "prompt_format": checkpoint.manifest.prompt_format,
+                "engine": self.engine.name,
+            }
+        )
+
+    def swap_engine(self, engine: ReasoningEngine) -> None:
+        """Point the service at another (started, warmed-up) engine; requests already running keep theirs."""
+        self.engine = engine
+        self.ranker.engine = engine
+        self._publish_model_info()
 
     async def store_status(self) -> dict[str, object]:
         """Redis reachability, reported apart from the engine: inline /rank works without Redis."""

@@ -223,6 +223,9 @@ class RedisStore:
             await self._call(pipe.execute())
         return len(rows)
 
+    async def count_items(self) -> int:
+        return int(await self._call(self.client.hlen(self._items_key)))
+
     async def get_items(self, item_ids: Sequence[str]) -> dict[str, dict[str, Any]]:
         if not item_ids:
             return {}

@@ -94,5 +94,34 @@ def demo_data_cmd(
     typer.echo(f"wrote {len(chosen)} users and {len(used)} items to {out}")
 
 
+@app.command("publish")
+def publish_cmd(
+    model: Annotated[
+        Path | None, typer.Argument(help="Checkpoint directory, as the service sees it (shared volume).")
+    ] = None,
+    url: Annotated[str, typer.Option(help="Base URL of the r2rank service.")] = "http://127.0.0.1:8000",
+    api_key: Annotated[str | None, typer.Option(envvar="R2RANK_API_KEY", help="A key with the admin scope.")] = None,
+    force: Annotated[bool, typer.Option(help="Publish even if its eval is worse than the serving model's.")] = False,
+    rollback: Annotated[bool, typer.Option(help="Roll the service back to its previous model instead.")] = False,
+) -> None:
+    """Hot-swap the service to this checkpoint (POST /admin/models): loaded beside the old one, warmed up,
+    swapped atomically; the service refuses a checkpoint with a worse eval unless --force."""
+    import httpx
+
+    if model is None and not rollback:
+        raise typer.BadParameter("give a checkpoint directory, or --rollback", param_hint="MODEL")
+    headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+    if rollback:
+        path, body = "/admin/models/rollback", None
+    else:
+        path, body = "/admin/models", {"path": str(model.resolve()), "force": force}
+    response = httpx.post(url.rstrip("/") + path, json=body, headers=headers, timeout=600)
+    if response.status_code != 200:
+        error = response.json().get("error", {}) if "json" in response.headers.get("content-type", "") else {}
+        typer.echo(f"publish refused (HTTP {response.status_code}): {error.get('message', response.text)}", err=True)
+        raise typer.Exit(1)
+    typer.echo(json.dumps(response.json()))
+
+
 if __name__ == "__main__":
     app()

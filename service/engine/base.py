@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import uuid
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from service import contract
@@ -49,7 +49,7 @@ class ReasoningEngine(ABC):
         self._cue_ids = checkpoint.encoder.encode(contract.ANSWER_CUE)
         self.stop_token_ids = contract.rationale_stop_token_ids(checkpoint.encoder)
         self.inflight_items = 0
-        self.on_item_done: Callable[[ItemScore], None] | None = None
+        self.active_requests = 0  # requests that hold this engine (drain before closing it after a swap)
 
     @property
     def model_version(self) -> str:
@@ -136,6 +136,4 @@ class ReasoningEngine(ABC):
             result = ItemScore(contract.score_from_logprobs(lp_yes, lp_no), rationale, tokens)
         finally:
             self.inflight_items -= 1
-        if self.on_item_done is not None:
-            self.on_item_done(result)
         return result

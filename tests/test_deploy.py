@@ -1,0 +1,122 @@
+"""Deploy artefacts checked without a Docker engine or a cluster: hadolint on the Dockerfile, docker-compose
+config, kustomize rendering + Kubernetes schema validation, and a real Prometheus scraping the service."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+import yaml
+
+from loadtest.procs import REPO_ROOT, free_port
+
+VENV_BIN = Path(sys.executable).parent
+K8S_VERSION = "1.30.0"
+
+
+def _tool(name: str) -> str:
+    path = shutil.which(name) or shutil.which(name, path=str(VENV_BIN))
+    if path is None:
+        pytest.fail(f"{name} is not installed (make test installs it: `make system-deps`)")
+    return path
+
+
+def _run(*argv: str) -> subprocess.CompletedProcess:
+    return subprocess.run(argv, cwd=REPO_ROOT, capture_output=True, text=True, timeout=120)
+
+
+def test_dockerfile_passes_hadolint():
+    result = _run(_tool("hadolint"), "Dockerfile")
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_dockerfile_is_non_root_with_healthcheck():
+    text = (REPO_ROOT / "Dockerfile").read_text()
+    assert "USER 10001" in text and "HEALTHCHECK" in text and "/readyz" in text
+    assert "ARG VARIANT=cpu" in text and "runtime-gpu" in text
+    ignored = (REPO_ROOT / ".dockerignore").read_text().split()
+    assert ".venv" in ignored and ".git" in ignored
+
+
+@pytest.mark.parametrize("profile", [None, "remote-engine"])
+def test_compose_file_is_valid(profile):
+    argv = [_tool("docker-compose"), "-f", "deploy/docker-compose.yml"]
+    if profile:
+        argv += ["--profile", profile]
+    result = _run(*argv, "config")
+    assert result.returncode == 0, result.stderr
+    config = yaml.safe_load(result.stdout)
+    services = set(config["services"])
+    assert {"redis", "r2rank", "prometheus", "grafana"} <= services
+    assert config["services"]["vllm"]["profiles"] == ["remote-engine"]  # only with --profile remote-engine
+    assert config["services"]["r2rank-remote"]["environment"]["R2RANK_ENGINE"] == "remote"
+    assert "appendonly" in " ".join(config["services"]["redis"]["command"])
+    dashboard = REPO_ROOT / "deploy/grafana/dashboards/r2rank.json"
+    assert "r2rank_model_info" in dashboard.read_text()
+
+
+@pytest.mark.parametrize("overlay", ["cpu", "gpu"])
+def test_kustomize_overlays_render_and_validate(overlay, tmp_path):
+    rendered = _run(_tool("kubectl"), "kustomize", f"deploy/k8s/overlays/{overlay}")
+    assert rendered.returncode == 0, rendered.stderr
+    path = tmp_path / f"{overlay}.yaml"
+    path.write_text(rendered.stdout)
+    result = _run(_tool("kubernetes-validate"), "--strict", "--quiet", "-k", K8S_VERSION, str(path))
+    assert result.returncode == 0, result.stdout + result.stderr
+    docs = [d for d in yaml.safe_load_all(rendered.stdout) if d]
+    kinds = {d["kind"] for d in docs}
+    assert {"Deployment", "Service", "HorizontalPodAutoscaler", "PodDisruptionBudget", "ConfigMap", "Secret",
+            "StatefulSet"} <= kinds  # fmt: skip
+    api = next(d for d in docs if d["kind"] == "Deployment" and d["metadata"]["name"] == "r2rank")
+    pod = api["spec"]["template"]["spec"]
+    container = pod["containers"][0]
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    assert container["securityContext"]["readOnlyRootFilesystem"] is True
+    assert {"startupProbe", "readinessProbe", "livenessProbe"} <= set(container)
+    config = next(d for d in docs if d["kind"] == "ConfigMap")["data"]
+    assert config["R2RANK_AUTH_ENABLED"] == "true"
+    assert config["R2RANK_ENGINE"] == ("remote" if overlay == "gpu" else "local")
+    if overlay == "gpu":
+        engine = next(d for d in docs if d["kind"] == "Deployment" and d["metadata"]["name"] == "vllm-engine")
+        assert engine["spec"]["template"]["spec"]["containers"][0]["resources"]["limits"]["nvidia.com/gpu"] == 1
+
+
+@pytest.mark.engine
+def test_prometheus_scrapes_the_service(service, client, tmp_path):
+    """The compose topology's scraping, natively: a real Prometheus scrapes /metrics, and its query API
+    returns r2rank series."""
+    client.post("/rank", json={"candidates": [{"item_id": "1", "title": "Tetris"}], "reasoning": "none"})
+    port = free_port()
+    target = service.url.removeprefix("http://")
+    config = tmp_path / "prometheus.yml"
+    config.write_text(
+        f"global:\n  scrape_interval: 1s\nscrape_configs:\n  - job_name: r2rank\n"
+        f"    static_configs:\n      - targets: ['{target}']\n"
+    )
+    prom = subprocess.Popen(
+        [_tool("prometheus"), f"--config.file={config}", f"--storage.tsdb.path={tmp_path / 'data'}",
+         f"--web.listen-address=127.0.0.1:{port}"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 60
+        series: list = []
+        while time.monotonic() < deadline and not series:
+            time.sleep(1)
+            try:
+                answer = httpx.get(f"http://127.0.0.1:{port}/api/v1/query", params={"query": "r2rank_model_info"})
+                series = answer.json()["data"]["result"] if answer.status_code == 200 else []
+            except httpx.HTTPError:
+                continue
+        assert series, "Prometheus never returned r2rank_model_info"
+        assert series[0]["metric"]["model_version"].startswith("tiny-qwen2-")
+        rank = httpx.get(f"http://127.0.0.1:{port}/api/v1/query", params={"query": "r2rank_requests_total"}).json()
+        assert any(s["metric"].get("route") == "/rank" for s in rank["data"]["result"])
+    finally:
+        prom.terminate()
+        prom.wait(20)

@@ -1,5 +1,5 @@
 # r2rank: `make run` serves the shipped default model, `make test` runs the whole test suite.
-# Both create .venv and install everything they need on first use (about 3 minutes; later runs reuse it).
+# Both create .venv and install everything they need on first use (a few minutes; later runs reuse it).
 
 VENV    ?= .venv
 PY      := $(VENV)/bin/python
@@ -48,18 +48,8 @@ test: setup redis system-deps
 lint: setup
 	$(VENV)/bin/ruff check . && $(VENV)/bin/ruff format --check .
 
-# Bounded locust run (default 8 users, 60 s; USERS=, SPAWN_RATE=, RUN_TIME=, R2RANK_URL= to target a running service)
-load# Tools the deploy checks run natively (no Docker engine here): Prometheus, docker-compose (for `config`),
-# kubectl (for `kustomize`). Installed from Debian's packages when missing and running as root.
-system-deps:
-	@missing=""; for tool in prometheus docker-compose kubectl; do \
-		command -v $$tool >/dev/null 2>&1 || missing="$$missing $$tool"; done; \
-	if [ -n "$$missing" ]; then \
-		if [ "$$(id -u)" = 0 ]; then \
-			apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
-		else echo "missing:$$missing (install them, or run as root)"; exit 1; fi; fi
-
-test: setup redis system-deps
+# Bounded locust run (default 8 users, 60 s; USERS=, SPAWN_RATE=, RUN_TIME=, R2RANK_URL= for a running service)
+loadtest: setup redis
 	$(PY) -m loadtest.run
 
 bench: setup redis

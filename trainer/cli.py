@@ -22,6 +22,13 @@ def _command_line() -> str:
     return "r2rank-train " + " ".join(shlex.quote(a) for a in sys.argv[1:])
 
 
+def _load(data: Path):
+    try:
+        return load_dataset(data)
+    except DataError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--data") from exc
+
+
 @app.command("init-model")
 def init_model_cmd(
     out: Annotated[Path, typer.Option(help="Checkpoint directory to write.")],
@@ -39,10 +46,7 @@ def init_model_cmd(
     from trainer.export import write_checkpoint_manifest
     from trainer.modeling import TinyModelConfig, init_model
 
-    try:
-        catalogue, sequences = load_dataset(data)
-    except DataError as exc:
-        raise typer.BadParameter(str(exc), param_hint="--data") from exc
+    catalogue, sequences = _load(data)
     splits = leave_one_out(sequences)
     titles = training_titles(splits, catalogue)
     config = TinyModelConfig(
@@ -68,10 +72,7 @@ def demo_data_cmd(
     seed: int = 0,
 ) -> None:
     """A small subset for the demo, tests and load tests: users with test histories and 1+N candidates."""
-    try:
-        catalogue, sequences = load_dataset(data)
-    except DataError as exc:
-        raise typer.BadParameter(str(exc), param_hint="--data") from exc
+    catalogue, sequences = _load(data)
     rng = random.Random(seed)
     splits = leave_one_out(sequences)
     chosen = rng.sample(splits, min(users, len(splits)))

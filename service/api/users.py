@@ -10,7 +10,7 @@ from service.api.deps import StateDep, StoreDep
 from service.auth import require
 from service.errors import ApiError
 from service.protocol import ERROR_RESPONSES, EventIn, EventOut, HistoryEntryOut, HistoryOut, HistoryPut
-from service.store import StoreUnavailable
+from service.store import HistoryEntry, StoreUnavailable
 
 ADMIN = [Depends(require("admin"))]  # writes
 READ = [Depends(require("rank"))]
@@ -24,6 +24,12 @@ def _unavailable(exc: StoreUnavailable, state) -> ApiError:
     state.metrics.store_errors.labels("users").inc()
     return ApiError(503, f"user store unavailable, nothing was changed: {exc}", "store_unavailable",
                     headers={"Retry-After": "1"})  # fmt: skip
+
+
+def _history_out(user_id: str, stored: list[HistoryEntry]) -> HistoryOut:
+    return HistoryOut(
+        user_id=user_id, items=[HistoryEntryOut(item_id=e.item_id, timestamp=e.timestamp) for e in stored]
+    )
 
 
 @router.put(
@@ -40,9 +46,7 @@ async def put_history(body: HistoryPut, store: StoreDep, state: StateDep, user_i
         stored = await store.get_history(user_id)
     except StoreUnavailable as exc:
         raise _unavailable(exc, state) from exc
-    return HistoryOut(
-        user_id=user_id, items=[HistoryEntryOut(item_id=e.item_id, timestamp=e.timestamp) for e in stored]
-    )
+    return _history_out(user_id, stored)
 
 
 @router.get(
@@ -53,9 +57,7 @@ async def get_history(store: StoreDep, state: StateDep, user_id: str = UserId) -
         stored = await store.get_history(user_id)
     except StoreUnavailable as exc:
         raise _unavailable(exc, state) from exc
-    return HistoryOut(
-        user_id=user_id, items=[HistoryEntryOut(item_id=e.item_id, timestamp=e.timestamp) for e in stored]
-    )
+    return _history_out(user_id, stored)
 
 
 @router.delete("/{user_id}/history", status_code=204, summary="Forget a user's history", dependencies=ADMIN)

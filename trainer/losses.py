@@ -1,0 +1,89 @@
+"""Pure tensor functions for listwise RL on pointwise scores (Reasoning to Rank).
+
+A user's N candidates get scores s (N,). The Plackett–Luce model turns them into a distribution over
+rankings: pick items one at a time, each with probability softmax over the items not yet picked. Sampling
+a ranking from it and rewarding the ranking with NDCG@k makes the list reward differentiable for the
+scores (REINFORCE through log P_PL(ranking | s)), and the same advantage multiplies the rationale tokens'
+log-probability (policy gradient into the reasoning). Shapes are noted as comments.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+
+def pl_log_likelihood(scores: torch.Tensor, ranking: torch.Tensor) -> torch.Tensor:
+    """log P_PL(ranking | scores) = sum_i [ s_{r_i} - logsumexp(s_{r_i..r_N}) ].
+
+    scores: (..., N) real; ranking: (..., N) a permutation of 0..N-1 (best first). Returns (...).
+    """
+    ordered = torch.gather(scores, -1, ranking)  # (..., N) scores in ranked order
+    # logsumexp over the suffix i..N-1 for every i: reverse cumulative logsumexp
+    suffix_lse = torch.flip(torch.logcumsumexp(torch.flip(ordered, [-1]), dim=-1), [-1])  # (..., N)
+    return (ordered - suffix_lse).sum(-1)
+
+
+def sample_pl_ranking(scores: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Sample rankings from Plackett–Luce via the Gumbel trick: argsort(s + Gumbel noise) is an exact PL
+    sample. scores: (..., N) → (..., N) permutation, best first."""
+    uniform = torch.rand(scores.shape, generator=generator, device=scores.device, dtype=scores.dtype)
+    gumbel = -torch.log((-torch.log(uniform.clamp_min(1e-20))).clamp_min(1e-20))
+    return torch.argsort(scores.detach() + gumbel, dim=-1, descending=True)
+
+
+def dcg_discounts(n: int, device: torch.device | None = None) -> torch.Tensor:
+    return 1.0 / torch.log2(torch.arange(n, device=device, dtype=torch.float32) + 2.0)  # (N,)
+
+
+def ndcg_at_k(ranking: torch.Tensor, relevance: torch.Tensor, k: int = 10) -> torch.Tensor:
+    """NDCG@k of rankings. ranking: (..., N) item indices best first; relevance: (..., N) gains per item
+    (binary here: 1 for the held-out positive). Returns (...); 0 when no item is relevant."""
+    gains = torch.gather(relevance.float(), -1, ranking)[..., :k]  # (..., k)
+    discounts = dcg_discounts(gains.shape[-1], ranking.device)
+    dcg = (gains * discounts).sum(-1)
+    ideal = torch.sort(relevance.float(), dim=-1, descending=True).values[..., :k]
+    idcg = (ideal * discounts[: ideal.shape[-1]]).sum(-1)
+    return torch.where(idcg > 0, dcg / idcg.clamp_min(1e-12), torch.zeros_like(dcg))
+
+
+def group_advantages(rewards: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
+    """Normalise rewards within each user's group of rollouts. rewards: (B, G) → (B, G), zero mean per row;
+    a group whose rollouts all scored the same carries no signal (advantages 0)."""
+    mean = rewards.mean(-1, keepdim=True)
+    std = rewards.std(-1, keepdim=True, unbiased=False)
+    return (rewards - mean) / (std + eps)
+
+
+def masked_sum(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Sum over the last dim where mask is set. values, mask: (..., T) → (...)."""
+    return (values * mask).sum(-1)
+
+
+def kl_k3(logp: torch.Tensor, logp_ref: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Per-sequence mean of the k3 estimator of KL(policy || reference) on sampled tokens:
+    exp(r) - r - 1 with r = logp_ref - logp (unbiased, always >= 0). (..., T) → (...)."""
+    ratio = logp_ref - logp
+    per_token = torch.exp(ratio) - ratio - 1.0
+    return masked_sum(per_token, mask) / mask.sum(-1).clamp_min(1.0)
+
+
+def hit_rate_at_k(rank_of_positive: torch.Tensor, k: int) -> torch.Tensor:
+    """1 where the positive's 0-based rank is < k. (...) → (...)."""
+    return (rank_of_positive < k).float()
+
+
+def reciprocal_rank(rank_of_positive: torch.Tensor) -> torch.Tensor:
+    return 1.0 / (rank_of_positive.float() + 1.0)
+
+
+def ndcg_single_positive(rank_of_positive: torch.Tensor, k: int = 10) -> torch.Tensor:
+    """NDCG@k with one relevant item at 0-based rank r: 1/log2(r+2) if r < k else 0."""
+    r = rank_of_positive.float()
+    return torch.where(r < k, 1.0 / torch.log2(r + 2.0), torch.zeros_like(r))
+
+
+def expected_ndcg_random(n: int, k: int = 10) -> float:
+    """NDCG@k of a uniformly random order with one positive among n items (a sanity baseline)."""
+    return sum(1.0 / math.log2(r + 2) for r in range(min(k, n))) / n

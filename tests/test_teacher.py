@@ -1,0 +1,41 @@
+"""Training statistics and the built-in teacher: computed from training prefixes only, evidence-based."""
+
+from __future__ import annotations
+
+from trainer.data import Catalogue, UserSplit, leave_one_out
+from trainer.teacher import BuiltinTeacher, TrainingStats, title_words
+
+CATALOGUE = Catalogue(
+    {
+        "1": "Super Mario Odyssey",
+        "2": "Mario Kart 8 Deluxe",
+        "3": "Halo 3 - Xbox 360",
+        "4": "Halo: Reach",
+        "5": "FIFA 18",
+        "6": "Tetris Effect",
+        "7": "Secret Test Target",
+    }
+)
+
+
+def test_stats_never_see_targets():
+    sequences = {"u1": ["1", "2", "3", "7", "5"], "u2": ["1", "2", "4", "6"]}
+    splits = leave_one_out(sequences)
+    assert splits[0] == UserSplit("u1", ["1", "2", "3"], "7", "5")
+    stats = TrainingStats.from_splits(splits)
+    assert stats.popularity["7"] == 0 and stats.popularity["5"] == 0  # valid/test targets are not counted
+    assert stats.popularity["1"] == 2
+    assert stats.follows["1"]["2"] == 2 and stats.follows["2"]["3"] == 1
+
+
+def test_teacher_rationale_states_the_evidence():
+    splits = leave_one_out({"u1": ["1", "2", "3", "7", "5"], "u2": ["1", "2", "4", "6"], "u3": ["3", "4", "5", "6"]})
+    teacher = BuiltinTeacher(CATALOGUE, TrainingStats.from_splits(splits))
+    franchise = teacher.rationale(["3"], "4")
+    assert franchise.startswith("Shares 'halo' with Halo 3 - Xbox 360") and franchise.endswith(".")
+    cooc = teacher.rationale(["1"], "2")
+    assert "often bought after Super Mario Odyssey" in cooc
+    unrelated = teacher.rationale(["5"], "6")
+    assert "no link to recent items" in unrelated
+    assert "\n" not in unrelated  # a rationale is one line (the contract's stop is a newline)
+    assert title_words("Halo 3 - Xbox 360") == {"halo"}

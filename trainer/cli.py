@@ -63,6 +63,90 @@ def init_model_cmd(
     typer.echo(f"wrote {out} model_version={manifest.model_version} parameters={provenance['parameters']:,}")
 
 
+@app.command("sft")
+def sft_cmd(
+    base: Annotated[Path, typer.Option(help="Checkpoint to start from (init-model output or a real model).")],
+    out: Annotated[Path, typer.Option(help="Run directory; the servable checkpoint lands in OUT/model.")],
+    data: Annotated[Path, typer.Option(help="Dataset directory.")] = DEFAULT_DATA,
+    users: int = 2000,
+    negatives: int = 3,
+    steps: int = 300,
+    batch_size: int = 16,
+    lr: float = 1e-3,
+    seed: int = 0,
+    name: str = "sft",
+    stop_after: Annotated[int | None, typer.Option(help="Checkpoint and stop after this step; rerun resumes.")] = None,
+) -> None:
+    """Supervised cold start on the built-in teacher's rationales; resumable (rerun the same command)."""
+    import logging
+
+    from trainer.export import write_checkpoint_manifest
+    from trainer.sft import SFTConfig, train_sft
+    from trainer.teacher import BuiltinTeacher, TrainingStats
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    catalogue, sequences = _load(data)
+    splits = leave_one_out(sequences)
+    teacher = BuiltinTeacher(catalogue, TrainingStats.from_splits(splits))
+    config = SFTConfig(users=users, negatives=negatives, steps=steps, batch_size=batch_size, lr=lr, seed=seed,
+                       stop_after=stop_after)  # fmt: skip
+    summary = train_sft(base, out, catalogue, splits, teacher, config)
+    provenance = {**summary, "command": _command_line(), "base": str(base), "data": data.name}
+    manifest = write_checkpoint_manifest(out / "model", name, provenance)
+    typer.echo(json.dumps({"model_version": manifest.model_version, **{k: summary[k] for k in (
+        "examples", "loss_first_10", "loss_last_10")}}))  # fmt: skip
+
+
+@app.command("eval")
+def eval_cmd(
+    model: Annotated[list[Path], typer.Option(help="Checkpoint(s) to evaluate; repeat the option.")] = [],  # noqa: B006
+    data: Annotated[Path, typer.Option(help="Dataset directory.")] = DEFAULT_DATA,
+    users: Annotated[int, typer.Option(help="Held-out test users (>= 1000 for the report).")] = 1000,
+    negatives: int = 19,
+    retriever: Annotated[str | None, typer.Option(help="Negatives from DATA/*.<name> (e.g. sasrec).")] = None,
+    reasoning: Annotated[str, typer.Option(help="Comma-separated modes for the model(s): full,none.")] = "full,none",
+    out: Annotated[Path, typer.Option(help="Report directory (eval.json, eval.md, eval.png).")] = Path("docs/eval"),
+    seed: int = 0,
+) -> None:
+    """Baselines (random, popularity, co-occurrence) and the model(s) through the service's engine code."""
+    import asyncio
+
+    from trainer.evaluate import (
+        build_cases,
+        cooccurrence_scorer,
+        metrics_with_ci,
+        model_ranks,
+        popularity_scorer,
+        positive_rank,
+        random_scorer,
+        read_retriever_lists,
+        write_report,
+    )
+    from trainer.teacher import TrainingStats
+
+    catalogue, sequences = _load(data)
+    splits = leave_one_out(sequences)
+    stats = TrainingStats.from_splits(splits)
+    lists = None
+    if retriever:
+        files = sorted(data.glob(f"*.{retriever}"))
+        if not files:
+            raise typer.BadParameter(f"no file {data}/*.{retriever}", param_hint="--retriever")
+        lists = read_retriever_lists(files[0])
+    cases = build_cases(splits, catalogue, users, negatives, seed, lists)
+    results = {}
+    for name, scorer in (("random", random_scorer(seed)), ("popularity", popularity_scorer(stats)),
+                         ("co-occurrence + pop", cooccurrence_scorer(stats))):  # fmt: skip
+        results[name] = metrics_with_ci([positive_rank(scorer(c), c.candidates, c.target) for c in cases])
+    for path in model:
+        for mode in reasoning.split(","):
+            ranks = asyncio.run(model_ranks(path, catalogue, cases, mode))
+            results[f"{path.name} ({mode})"] = metrics_with_ci(ranks)
+    title = f"{len(cases)} test users, 1 positive + {negatives} {retriever or 'random'} negatives"
+    write_report(results, out, title, _command_line())
+    typer.echo((out / "eval.md").read_text())
+
+
 @app.command("demo-data")
 def demo_data_cmd(
     out: Annotated[Path, typer.Option(help="Directory for the demo subset.")] = Path("data/demo"),

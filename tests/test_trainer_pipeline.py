@@ -1,0 +1,95 @@
+"""The trainer's stages on a tiny slice: generic JSONL data, init-model, SFT (loss goes down, resume gives
+the same state), and a servable checkpoint."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from loadtest.procs import REPO_ROOT
+from service.checkpoint import open_checkpoint
+from service.demo import DemoData
+
+TINY = ["--vocab-size", "1024", "--hidden-size", "64", "--intermediate-size", "128", "--layers", "2",
+        "--heads", "2", "--kv-heads", "1"]  # fmt: skip
+
+
+def _train(*args: str) -> subprocess.CompletedProcess:
+    result = subprocess.run([sys.executable, "-m", "trainer.cli", *args], cwd=REPO_ROOT, capture_output=True,
+                            text=True, timeout=600)  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    return result
+
+
+@pytest.fixture(scope="module")
+def tiny_data(tmp_path_factory) -> Path:
+    """The demo users as a generic dataset (items.jsonl + interactions.jsonl with timestamps)."""
+    demo, root = DemoData(), tmp_path_factory.mktemp("generic")
+    with (root / "items.jsonl").open("w") as handle:
+        for item_id, title in demo.titles.items():
+            handle.write(json.dumps({"item_id": item_id, "title": title}) + "\n")
+    with (root / "interactions.jsonl").open("w") as handle:
+        for user in demo.users[:150]:
+            for ts, item in enumerate([*user.history, user.target]):
+                handle.write(json.dumps({"user_id": user.user_id, "item_id": item, "timestamp": ts}) + "\n")
+    return root
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tiny_data, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("models") / "init"
+    _train("init-model", "--out", str(out), "--data", str(tiny_data), *TINY)
+    return out
+
+
+def test_init_model_is_deterministic(tiny_data, tiny_model, tmp_path):
+    again = tmp_path / "again"
+    _train("init-model", "--out", str(again), "--data", str(tiny_data), *TINY)
+    assert open_checkpoint(again).model_version == open_checkpoint(tiny_model).model_version
+
+
+def test_sft_loss_goes_down_and_output_is_servable(tiny_data, tiny_model, tmp_path):
+    result = _train("sft", "--base", str(tiny_model), "--out", str(tmp_path / "sft"), "--data", str(tiny_data),
+                    "--users", "100", "--steps", "40", "--batch-size", "8", "--lr", "3e-3")  # fmt: skip
+    summary = json.loads(result.stdout.strip().splitlines()[-1])
+    assert summary["loss_last_10"] < 0.8 * summary["loss_first_10"], summary
+    checkpoint = open_checkpoint(tmp_path / "sft" / "model")  # manifest written, format and answer ids checked
+    assert checkpoint.model_version.startswith("sft-")
+    assert checkpoint.manifest.provenance["stage"] == "sft"
+
+
+def test_sft_resume_gives_the_same_state(tiny_data, tiny_model, tmp_path):
+    common = ["--base", str(tiny_model), "--data", str(tiny_data), "--users", "40", "--batch-size", "4"]
+    _train("sft", *common, "--out", str(tmp_path / "straight"), "--steps", "20")
+    _train("sft", *common, "--out", str(tmp_path / "resumed"), "--steps", "20", "--stop-after", "10")  # interrupted
+    _train("sft", *common, "--out", str(tmp_path / "resumed"), "--steps", "20")  # resumes from state.pt
+    straight = json.loads((tmp_path / "straight" / "sft_log.json").read_text())["losses"]
+    resumed = json.loads((tmp_path / "resumed" / "sft_log.json").read_text())["losses"]
+    assert len(resumed) == len(straight) == 20
+    assert resumed == pytest.approx(straight, rel=1e-5)
+
+
+def test_eval_baselines_and_metrics(tiny_data, tmp_path):
+    """Baselines only (fast): the report has every metric with a CI and random sits near its expectation."""
+    _train("eval", "--data", str(tiny_data), "--users", "150", "--out", str(tmp_path / "eval"))
+    report = json.loads((tmp_path / "eval" / "eval.json").read_text())["results"]
+    assert set(report) == {"random", "popularity", "co-occurrence + pop"}
+    for metrics in report.values():
+        for name in ("ndcg@10", "hr@5", "hr@10", "mrr"):
+            assert metrics[name]["ci_low"] <= metrics[name]["mean"] <= metrics[name]["ci_high"]
+    assert 0.1 < report["random"]["ndcg@10"]["mean"] < 0.35
+    assert (tmp_path / "eval" / "eval.png").stat().st_size > 0
+    assert "NDCG@10" in (tmp_path / "eval" / "eval.md").read_text()
+
+
+def test_metrics_on_fixed_lists():
+    from trainer.evaluate import metrics_with_ci, positive_rank
+
+    assert positive_rank([0.9, 0.1, 0.5], ["t", "a", "b"], "t") == 0
+    assert positive_rank([0.5, 0.5, 0.1], ["t", "a", "b"], "t") == 1  # a tie counts against the target
+    m = metrics_with_ci([0, 0, 1, 10])
+    assert m["hr@10"]["mean"] == pytest.approx(0.75) and m["mrr"]["mean"] == pytest.approx((1 + 1 + 0.5 + 1 / 11) / 4)

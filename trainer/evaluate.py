@@ -1,0 +1,190 @@
+"""Offline evaluation: NDCG@10, HR@5/10 and MRR with 95% bootstrap CIs on held-out test users.
+
+Protocol (the paper's): per test user, history = everything before the test target; candidates = the target
++ N negatives (random, popularity-weighted, or a retriever's list such as ``Games-6k.sasrec``), never an
+item of the user's history. Baselines use training-split statistics only. The model is scored through the
+SAME code path as the service — ``Ranker`` over the in-process vLLM engine — so offline numbers are what
+users get.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import random
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from trainer.data import Catalogue, UserSplit, sample_negatives
+from trainer.losses import hit_rate_at_k, ndcg_single_positive, reciprocal_rank
+from trainer.teacher import RECENT, TrainingStats
+
+
+@dataclass(frozen=True)
+class EvalCase:
+    user_id: str
+    history: list[str]
+    candidates: list[str]  # the target first; shuffled only in what the model sees
+    target: str
+
+
+def read_retriever_lists(path: Path) -> dict[str, list[str]]:
+    """``user_id<TAB>id id id ...`` (the data's .random/.bm25/.pop/.bpr/.sasrec files)."""
+    lists = {}
+    with path.open() as handle:
+        for lineno, line in enumerate(handle, start=1):
+            cols = line.rstrip("\n").split("\t")
+            if len(cols) != 2:
+                raise ValueError(f"{path}:{lineno}: expected user_id<TAB>item ids")
+            lists[cols[0]] = cols[1].split()
+    return lists
+
+
+def build_cases(
+    splits: Sequence[UserSplit],
+    catalogue: Catalogue,
+    users: int,
+    negatives: int,
+    seed: int,
+    retriever: dict[str, list[str]] | None = None,
+) -> list[EvalCase]:
+    rng = random.Random(seed)
+    pool = [s for s in splits if retriever is None or s.user_id in retriever]
+    items = sorted(catalogue.titles)
+    cases = []
+    for split in rng.sample(pool, min(users, len(pool))):
+        history = split.test_history
+        exclude = set(history) | {split.test_target}
+        if retriever is not None:
+            negs = [i for i in retriever[split.user_id] if i not in exclude][:negatives]
+            if len(negs) < negatives:
+                continue
+        else:
+            negs = sample_negatives(rng, items, exclude, negatives)
+        cases.append(EvalCase(split.user_id, history, [split.test_target, *negs], split.test_target))
+    return cases
+
+
+def positive_rank(scores: Sequence[float], candidates: Sequence[str], target: str) -> int:
+    """0-based rank of the target; ties count against it (an order that cannot separate is no help)."""
+    s_target = scores[candidates.index(target)]
+    return sum(1 for item, s in zip(candidates, scores, strict=True) if item != target and s >= s_target)
+
+
+def metrics_with_ci(ranks: Sequence[int], resamples: int = 1000, seed: int = 0) -> dict[str, dict[str, float]]:
+    r = torch.tensor(ranks)
+    per_user = {
+        "ndcg@10": ndcg_single_positive(r, 10),
+        "hr@5": hit_rate_at_k(r, 5),
+        "hr@10": hit_rate_at_k(r, 10),
+        "mrr": reciprocal_rank(r),
+    }
+    generator = torch.Generator().manual_seed(seed)
+    index = torch.randint(len(ranks), (resamples, len(ranks)), generator=generator)
+    out = {}
+    for name, values in per_user.items():
+        boot = values[index].mean(-1)
+        out[name] = {
+            "mean": values.mean().item(),
+            "ci_low": torch.quantile(boot, 0.025).item(),
+            "ci_high": torch.quantile(boot, 0.975).item(),
+        }
+    return out
+
+
+# --- rankers -------------------------------------------------------------------------------------------------
+Scorer = Callable[[EvalCase], list[float]]
+
+
+def random_scorer(seed: int) -> Scorer:
+    rng = random.Random(seed)
+    return lambda case: [rng.random() for _ in case.candidates]
+
+
+def popularity_scorer(stats: TrainingStats) -> Scorer:
+    return lambda case: [float(stats.popularity.get(i, 0)) for i in case.candidates]
+
+
+def cooccurrence_scorer(stats: TrainingStats) -> Scorer:
+    """Times each candidate followed one of the user's last items, popularity as the tie-breaker."""
+    top = max(stats.popularity.values(), default=1)
+
+    def score(case: EvalCase) -> list[float]:
+        recent = case.history[-RECENT:]
+        return [
+            sum(stats.follows.get(h, {}).get(i, 0) for h in recent) + stats.popularity.get(i, 0) / (top + 1)
+            for i in case.candidates
+        ]
+
+    return score
+
+
+async def model_ranks(
+    model_dir: Path, catalogue: Catalogue, cases: Sequence[EvalCase], reasoning: str, concurrency: int = 16
+) -> list[int]:
+    """Rank every case with the service's Ranker on an in-process vLLM engine (no Redis, no cache)."""
+    from service.checkpoint import open_checkpoint
+    from service.config import Settings
+    from service.metrics import Metrics
+    from service.protocol import ItemIn, RankRequest
+    from service.ranking import Ranker
+    from service.state import build_engine
+
+    settings = Settings(model_path=model_dir, redis_url=None, default_deadline_ms=600_000,
+                        max_inflight_items=100_000)  # fmt: skip
+    engine = build_engine(settings, open_checkpoint(model_dir))
+    await engine.start()
+    ranker = Ranker(engine, settings, Metrics(), store=None)
+    semaphore = asyncio.Semaphore(concurrency)
+    shuffler = random.Random(0)
+
+    async def one(case: EvalCase) -> int:
+        shown = list(case.candidates)
+        shuffler.shuffle(shown)  # the model never sees the target in a fixed position
+        request = RankRequest(
+            history=[ItemIn(item_id=i, title=catalogue.title(i)) for i in case.history],
+            candidates=[ItemIn(item_id=i, title=catalogue.title(i)) for i in shown],
+            reasoning=reasoning,
+        )
+        async with semaphore:
+            response = await ranker.rank(request)
+        scores = {item.item_id: item.score for item in response.items}
+        return positive_rank([scores[i] for i in case.candidates], case.candidates, case.target)
+
+    try:
+        return list(await asyncio.gather(*(one(c) for c in cases)))
+    finally:
+        await engine.close()
+
+
+def write_report(results: dict[str, dict], out: Path, title: str, command: str) -> None:
+    """JSON + a Markdown table + a PNG with CI error bars."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "eval.json").write_text(json.dumps({"title": title, "command": command, "results": results}, indent=2))
+    lines = [f"# {title}", "", f"`{command}`", "", "| ranker | NDCG@10 (95% CI) | HR@5 | HR@10 | MRR |",
+             "|---|---|---|---|---|"]  # fmt: skip
+    for name, m in results.items():
+        ndcg = m["ndcg@10"]
+        lines.append(f"| {name} | {ndcg['mean']:.3f} [{ndcg['ci_low']:.3f}, {ndcg['ci_high']:.3f}] "
+                     f"| {m['hr@5']['mean']:.3f} | {m['hr@10']['mean']:.3f} | {m['mrr']['mean']:.3f} |")  # fmt: skip
+    (out / "eval.md").write_text("\n".join(lines) + "\n")
+    names = list(results)
+    means = [results[n]["ndcg@10"]["mean"] for n in names]
+    errors = [[m - results[n]["ndcg@10"]["ci_low"] for n, m in zip(names, means, strict=True)],
+              [results[n]["ndcg@10"]["ci_high"] - m for n, m in zip(names, means, strict=True)]]  # fmt: skip
+    fig, ax = plt.subplots(figsize=(7, 3.5))
+    ax.bar(names, means, yerr=errors, capsize=4, color="tab:blue")
+    ax.set_ylabel("NDCG@10 (95% CI)")
+    ax.set_title(title)
+    ax.tick_params(axis="x", rotation=20)
+    fig.tight_layout()
+    fig.savefig(out / "eval.png", dpi=110)
+    plt.close(fig)

@@ -152,12 +152,13 @@ def test_logs_are_json_with_request_id(guarded, demo):
 def test_sigterm_drains_in_flight_requests(guarded, demo):
     """SIGTERM to the main process (what Kubernetes sends) during load: every request already sent gets its
     answer, the process exits 0."""
-    bodies = [demo.rank_request(u, n_candidates=3, reasoning="full") for u in demo.users[100:110]]
+    # 10 x 20 items with rationales: several seconds of engine work, so all are in flight at the signal
+    bodies = [demo.rank_request(u, reasoning="full") for u in demo.users[100:110]]
 
     async def load():
         async with httpx.AsyncClient(base_url=guarded.url, timeout=120, headers=_auth(RANK_KEY)) as http:
             tasks = [asyncio.create_task(http.post("/rank", json=b)) for b in bodies]
-            await asyncio.sleep(0.3)  # all sent and in flight
+            await asyncio.sleep(1.0)  # all sent and in flight (connect + send take milliseconds)
             os.kill(guarded.proc.pid, signal.SIGTERM)
             return await asyncio.gather(*tasks, return_exceptions=True)
 

@@ -31,7 +31,6 @@ import math
 import re
 import unicodedata
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Literal, Protocol
 
 PROMPT_FORMAT = "r2rank-pointwise-v1"
@@ -164,21 +163,6 @@ def rationale_segment(rationale: str) -> str:
 def answer_segment(label: bool) -> str:
     """The supervised answer (trainer only): the answer cue followed by yes or no."""
     return ANSWER_CUE + (ANSWER_YES if label else ANSWER_NO)
-
-
-@dataclass(frozen=True)
-class PromptIds:
-    """Token ids of one user's request, built once and shared by every candidate."""
-
-    prefix: list[int]
-
-    def generation_ids(self, candidate_ids: list[int]) -> list[int]:
-        """Input for generating the rationale (``full``) — prefix + candidate segment."""
-        return self.prefix + candidate_ids
-
-    def score_ids(self, candidate_ids: list[int], rationale_ids: list[int], cue_ids: list[int]) -> list[int]:
-        """Input whose next-token distribution is scored: prefix + candidate + rationale + answer cue."""
-        return self.prefix + candidate_ids + rationale_ids + cue_ids
 
 
 def build_score_text(

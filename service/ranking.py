@@ -82,10 +82,6 @@ class Ranker:
         self._cache_skip_until = 0.0
         self._admitted_items = 0
 
-    @property
-    def model_version(self) -> str:
-        return self.engine.model_version
-
     def validate(self, request: RankRequest) -> None:
         """Limits that depend on settings (the schema holds the static ones)."""
         if len(request.candidates) > self.settings.max_candidates:

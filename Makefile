@@ -23,7 +23,7 @@ $(STAMP): pyproject.toml
 	$(PIP) uninstall -y -q torchvision torchaudio torchcodec 2>/dev/null || true
 	touch $@
 
-run: setup
+run: setup redis
 	$(VENV)/bin/r2rank-serve serve --host 127.0.0.1 --port $(PORT)
 
 # Tests need Redis on 127.0.0.1:6379 (they use their own key prefix and clean up); start it if it is down.

@@ -18,7 +18,7 @@ from service.auth import hash_key
 pytestmark = pytest.mark.engine
 
 RANK_KEY, ADMIN_KEY = "r2r_test_rank_" + uuid.uuid4().hex, "r2r_test_admin_" + uuid.uuid4().hex
-MAX_INFLIGHT = 40
+MAX_INFLIGHT = 100
 
 
 def test_tiny_deadline_returns_complete_degraded_ranking(client, demo):
@@ -123,7 +123,7 @@ def test_keys_stored_in_redis_work(guarded, demo, redis_prefix):
 
 
 def test_overload_sheds_with_429_not_5xx(guarded, demo):
-    bodies = [demo.rank_request(u, reasoning="none") for u in demo.users[80:92]]  # 12 x 20 items > 40
+    bodies = [demo.rank_request(u, reasoning="none") for u in demo.users[80:92]]  # 12 x 20 items > 100
 
     async def fire():
         async with httpx.AsyncClient(base_url=guarded.url, timeout=120, headers=_auth(RANK_KEY)) as http:
@@ -152,8 +152,9 @@ def test_logs_are_json_with_request_id(guarded, demo):
 def test_sigterm_drains_in_flight_requests(guarded, demo):
     """SIGTERM to the main process (what Kubernetes sends) during load: every request already sent gets its
     answer, the process exits 0."""
-    # 10 x 20 items with rationales: several seconds of engine work, so all are in flight at the signal
-    bodies = [demo.rank_request(u, reasoning="full") for u in demo.users[100:110]]
+    # 10 x 8 items with rationales (80, within the in-flight bound of 100): seconds of engine work, so the
+    # requests are in flight at the signal
+    bodies = [demo.rank_request(u, n_candidates=8, reasoning="full") for u in demo.users[100:110]]
 
     async def load():
         async with httpx.AsyncClient(base_url=guarded.url, timeout=120, headers=_auth(RANK_KEY)) as http:

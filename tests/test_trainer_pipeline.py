@@ -93,3 +93,26 @@ def test_metrics_on_fixed_lists():
     assert positive_rank([0.5, 0.5, 0.1], ["t", "a", "b"], "t") == 1  # a tie counts against the target
     m = metrics_with_ci([0, 0, 1, 10])
     assert m["hr@10"]["mean"] == pytest.approx(0.75) and m["mrr"]["mean"] == pytest.approx((1 + 1 + 0.5 + 1 / 11) / 4)
+
+
+def test_data_stage_candidate_sets(tiny_data, tmp_path):
+    """Seeded, 1 + N candidates, negatives never from the user's items, no test target in training rows."""
+    _train("data", "--out", str(tmp_path / "a"), "--data", str(tiny_data), "--negatives", "9")
+    _train("data", "--out", str(tmp_path / "b"), "--data", str(tiny_data), "--negatives", "9")
+    _train("data", "--out", str(tmp_path / "pop"), "--data", str(tiny_data), "--negatives", "9",
+           "--negatives-from", "popularity")  # fmt: skip
+    assert (tmp_path / "a" / "test.jsonl").read_text() == (tmp_path / "b" / "test.jsonl").read_text()
+    rows = {
+        s: [json.loads(line) for line in (tmp_path / "a" / f"{s}.jsonl").open()] for s in ("train", "valid", "test")
+    }
+    test_targets = {r["user_id"]: r["target"] for r in rows["test"]}
+    for split, split_rows in rows.items():
+        assert split_rows, split
+        for row in split_rows:
+            assert len(row["candidates"]) == 10 and row["candidates"][0] == row["target"]
+            assert len(set(row["candidates"])) == 10
+            assert not set(row["candidates"][1:]) & set(row["history"])
+            if split == "train":
+                assert test_targets[row["user_id"]] not in row["candidates"] + row["history"]
+    pop_rows = [json.loads(line) for line in (tmp_path / "pop" / "train.jsonl").open()]
+    assert pop_rows and all(len(r["candidates"]) == 10 for r in pop_rows)

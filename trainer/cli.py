@@ -29,6 +29,41 @@ def _load(data: Path):
         raise typer.BadParameter(str(exc), param_hint="--data") from exc
 
 
+@app.command("data")
+def data_cmd(
+    out: Annotated[Path, typer.Option(help="Directory for train/valid/test candidate sets (JSONL).")],
+    data: Annotated[Path, typer.Option(help="Dataset directory.")] = DEFAULT_DATA,
+    negatives: Annotated[int, typer.Option(help="Negatives per positive (1 + N candidates).")] = 19,
+    kind: Annotated[str, typer.Option("--negatives-from", help="random | popularity | <retriever suffix>")] = "random",
+    seed: int = 0,
+) -> None:
+    """Leave-one-out splits with seeded candidate sets; no test target enters training data or statistics."""
+    from trainer.data import candidate_sets, negative_sampler
+    from trainer.evaluate import read_retriever_lists
+
+    catalogue, sequences = _load(data)
+    splits = leave_one_out(sequences)
+    retriever = None
+    if kind not in ("random", "popularity"):
+        files = sorted(data.glob(f"*.{kind}"))
+        if not files:
+            raise typer.BadParameter(f"no retriever file {data}/*.{kind}", param_hint="--negatives-from")
+        retriever, kind = read_retriever_lists(files[0]), "retriever"
+    sampler = negative_sampler(kind, splits, catalogue, retriever)
+    out.mkdir(parents=True, exist_ok=True)
+    counts = {}
+    for split_name in ("train", "valid", "test"):
+        with (out / f"{split_name}.jsonl").open("w") as handle:
+            counts[split_name] = 0
+            for row in candidate_sets(splits, split_name, sampler, negatives, seed):
+                handle.write(json.dumps(row) + "\n")
+                counts[split_name] += 1
+    summary = {"users": len(sequences), "split_users": len(splits), "skipped_short": len(sequences) - len(splits),
+               "negatives": negatives, "negatives_from": kind, "seed": seed, "written": counts}  # fmt: skip
+    (out / "summary.json").write_text(json.dumps(summary, indent=2))
+    typer.echo(json.dumps(summary))
+
+
 @app.command("init-model")
 def init_model_cmd(
     out: Annotated[Path, typer.Option(help="Checkpoint directory to write.")],

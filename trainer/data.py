@@ -181,3 +181,55 @@ def sample_negatives(rng: random.Random, item_ids: list[str], exclude: set[str],
         chosen.add(item)
         negatives.append(item)
     return negatives
+
+
+def negative_sampler(
+    kind: str, splits: Iterable[UserSplit], catalogue: Catalogue, retriever: dict[str, list[str]] | None
+):
+    """A function (rng, user, exclude, count) -> negatives: ``random`` (uniform over the catalogue),
+    ``popularity`` (proportional to training-prefix counts) or ``retriever`` (the user's list, in order)."""
+    items = sorted(catalogue.titles, key=lambda k: (len(k), k))
+    if kind == "random":
+        return lambda rng, user, exclude, count: sample_negatives(rng, items, exclude, count)
+    if kind == "popularity":
+        counts: dict[str, int] = defaultdict(int)
+        for split in splits:
+            for item in split.train:
+                counts[item] += 1
+        pool = sorted(counts, key=lambda k: (len(k), k))
+        weights = [counts[i] for i in pool]
+
+        def popular(rng: random.Random, user: str, exclude: set[str], count: int) -> list[str]:
+            chosen: list[str] = []
+            while len(chosen) < count:
+                item = rng.choices(pool, weights)[0]
+                if item not in exclude and item not in chosen:
+                    chosen.append(item)
+            return chosen
+
+        return popular
+    if kind == "retriever":
+        if retriever is None:
+            raise DataError("negatives 'retriever' needs a retriever file")
+        return lambda rng, user, exclude, count: [i for i in retriever.get(user, []) if i not in exclude][:count]
+    raise DataError(f"negatives must be random, popularity or retriever, got {kind!r}")
+
+
+def candidate_sets(splits: Iterable[UserSplit], split_name: str, sampler, negatives: int, seed: int) -> Iterable[dict]:
+    """1 positive + N negatives per user for ``train`` (history = train[:-1], target = train[-1]),
+    ``valid`` or ``test``; negatives never come from the history or any of the user's targets."""
+    rng = random.Random(f"{seed}-{split_name}")
+    for split in splits:
+        if split_name == "train":
+            if len(split.train) < 2:
+                continue
+            history, target = split.train[:-1], split.train[-1]
+        elif split_name == "valid":
+            history, target = split.valid_history, split.valid_target
+        else:
+            history, target = split.test_history, split.test_target
+        exclude = {*split.train, split.valid_target, split.test_target}
+        negs = sampler(rng, split.user_id, exclude, negatives)
+        if len(negs) < negatives:
+            continue  # a retriever list too short for this user
+        yield {"user_id": split.user_id, "history": history, "target": target, "candidates": [target, *negs]}

@@ -17,7 +17,6 @@ from typing import TYPE_CHECKING, Any
 from service.checkpoint import Checkpoint, CheckpointError, open_checkpoint
 from service.engine.base import EngineError, ReasoningEngine
 from service.errors import ApiError
-from service.ranking import Ranker
 
 if TYPE_CHECKING:
     from service.state import ServiceState
@@ -88,7 +87,7 @@ class ModelManager:
             return await self._swap_to(self._open(str(self.previous.path)))
 
     async def _swap_to(self, checkpoint: Checkpoint) -> dict[str, Any]:
-        from service.state import WARMUP_REQUEST, build_engine
+        from service.state import build_engine, warm_up_engine
 
         started = time.monotonic()
         settings = self.state.settings.model_copy(update={"model_path": checkpoint.path})
@@ -96,8 +95,7 @@ class ModelManager:
         try:
             await new_engine.start()
             await new_engine.check_health()
-            warm = Ranker(new_engine, settings, self.state.metrics, store=None)
-            await warm.rank(WARMUP_REQUEST)  # no Redis: the warm-up must not touch the score cache
+            await warm_up_engine(new_engine, settings, self.state.metrics)
         except (EngineError, ApiError) as exc:
             await new_engine.close()
             raise ApiError(503, f"new model failed to start, still serving the old one: {exc}",

@@ -31,6 +31,11 @@ WARMUP_REQUEST = RankRequest(
 )
 
 
+async def warm_up_engine(engine: ReasoningEngine, settings: Settings, metrics: Metrics) -> None:
+    """One real ranking on ``engine``. No Redis: a cached score must never stand in for engine work."""
+    await Ranker(engine, settings, metrics, store=None).rank(WARMUP_REQUEST)
+
+
 def build_engine(settings: Settings, checkpoint: Checkpoint) -> ReasoningEngine:
     """The backend the settings ask for (imports vLLM only for the local one)."""
     if settings.engine == "remote":
@@ -147,7 +152,7 @@ class ServiceState:
                         self.metrics.engine_restarts.inc()
                         await self.engine.restart()
                     await self.engine.check_health()
-                    await self.ranker.rank(WARMUP_REQUEST)
+                    await warm_up_engine(self.engine, self.settings, self.metrics)
                 except EngineError as exc:
                     self._set_ready(False, f"warm-up failed: {exc}")
                     logger.warning("warm-up failed (will retry): %s", exc)

@@ -159,8 +159,12 @@ class Ranker:
         return fill(history), fill(candidates)
 
     # --- scoring ------------------------------------------------------------------------------------------
+    def _cache_usable(self) -> bool:
+        """A store, the cache switched on, and no recent failure (then Redis timeouts are not paid again)."""
+        return self.store is not None and self.settings.score_cache and time.monotonic() >= self._cache_skip_until
+
     async def _cache_get(self, fingerprint: str, fields: list[str]) -> dict[str, CachedScore]:
-        if self.store is None or not self.settings.score_cache or time.monotonic() < self._cache_skip_until:
+        if not self._cache_usable():
             return {}
         try:
             return await self.store.get_scores(fingerprint, fields)
@@ -169,7 +173,7 @@ class Ranker:
             return {}
 
     async def _cache_put(self, fingerprint: str, scores: dict[str, CachedScore]) -> None:
-        if self.store is None or not self.settings.score_cache or time.monotonic() < self._cache_skip_until:
+        if not self._cache_usable():
             return
         try:
             await self.store.put_scores(fingerprint, scores)

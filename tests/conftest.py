@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 
 import httpx
 import pytest
@@ -51,3 +53,17 @@ def service(log_dir, redis_prefix) -> Iterator[ServerProcess]:
 def client(service: ServerProcess) -> Iterator[httpx.Client]:
     with httpx.Client(base_url=service.url, timeout=300.0) as http:
         yield http
+
+
+@pytest.fixture(scope="session")
+def tiny_data(demo: DemoData, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """150 demo users as a generic dataset (items.jsonl + interactions.jsonl with timestamps)."""
+    root = tmp_path_factory.mktemp("generic")
+    with (root / "items.jsonl").open("w") as handle:
+        for item_id, title in demo.titles.items():
+            handle.write(json.dumps({"item_id": item_id, "title": title}) + "\n")
+    with (root / "interactions.jsonl").open("w") as handle:
+        for user in demo.users[:150]:
+            for ts, item in enumerate([*user.history, user.target]):
+                handle.write(json.dumps({"user_id": user.user_id, "item_id": item, "timestamp": ts}) + "\n")
+    return root

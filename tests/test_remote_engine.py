@@ -7,24 +7,33 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
-from loadtest.procs import ServerProcess, free_port, start_service, start_vllm_server
+from loadtest.procs import DEFAULT_MODEL, ServerProcess, free_port, start_service, start_vllm_server
 
 pytestmark = pytest.mark.engine
 
 
+# The shipped tokenizer has no chat template; this one lets the same server answer /v1/chat/completions too.
+CHAT_TEMPLATE = "{% for m in messages %}{{ m['content'] }}\n{% endfor %}"
+
+
 @pytest.fixture(scope="module")
-def remote_service(log_dir) -> Iterator[ServerProcess]:
-    vllm_server = start_vllm_server(log_dir)
-    service = None
+def vllm_server(log_dir) -> Iterator[ServerProcess]:
+    server = start_vllm_server(log_dir, DEFAULT_MODEL, None, "--chat-template", CHAT_TEMPLATE)
     try:
-        vllm_server.wait_ready("/health")
-        service = start_service(log_dir, env={"R2RANK_ENGINE": "remote", "R2RANK_ENGINE_URL": vllm_server.url})
+        server.wait_ready("/health")
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="module")
+def remote_service(log_dir, vllm_server) -> Iterator[ServerProcess]:
+    service = start_service(log_dir, env={"R2RANK_ENGINE": "remote", "R2RANK_ENGINE_URL": vllm_server.url})
+    try:
         service.wait_ready("/readyz")
         yield service
     finally:
-        if service is not None:
-            service.stop()
-        vllm_server.stop()
+        service.stop()
 
 
 def _rank(url: str, body: dict) -> dict:
@@ -114,3 +123,46 @@ def test_killed_remote_engine_gives_503_then_recovers(log_dir, demo):
     finally:
         service.stop()
         vllm_server.stop()
+
+
+@pytest.mark.parametrize("api", ["chat", "completions"])
+def test_llm_teacher_asks_a_real_server_concurrently_and_caches(vllm_server, demo, tmp_path, api):
+    from trainer.data import Catalogue
+    from trainer.teacher_llm import LLMTeacher
+
+    catalogue = Catalogue(dict(demo.titles))
+    pairs = [(user.history, item) for user in demo.users[:8] for item in user.candidates[:3]]
+    cache = tmp_path / "teacher.jsonl"
+    teacher = LLMTeacher(catalogue, vllm_server.url, str(DEFAULT_MODEL), cache, api=api, concurrency=8)
+    first = teacher.rationales(pairs)
+    assert teacher.requests_sent == len(pairs) == len(cache.read_text().splitlines())
+    assert all("\n" not in r for r in first) and any(first), first[:3]  # single-line, not all empty
+
+    dead = f"http://127.0.0.1:{free_port()}"  # a rerun needs no server at all: everything is cached
+    again = LLMTeacher(catalogue, dead, str(DEFAULT_MODEL), cache, api=api)
+    assert again.rationales(pairs) == first and again.requests_sent == 0
+
+
+def test_sft_with_a_teacher_url_trains_on_its_rationales(vllm_server, tiny_data, tmp_path):
+    import json
+    import subprocess
+    import sys
+
+    from loadtest.procs import REPO_ROOT
+    from service.checkpoint import open_checkpoint
+
+    tiny = ["--vocab-size", "1024", "--hidden-size", "64", "--intermediate-size", "128", "--layers", "2",
+            "--heads", "2", "--kv-heads", "1"]  # fmt: skip
+    run = [sys.executable, "-m", "trainer.cli"]
+    init = subprocess.run([*run, "init-model", "--out", str(tmp_path / "init"), "--data", str(tiny_data), *tiny],
+                          cwd=REPO_ROOT, capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert init.returncode == 0, init.stderr[-2000:]
+    sft = subprocess.run([*run, "sft", "--base", str(tmp_path / "init"), "--out", str(tmp_path / "sft"), "--data",
+                          str(tiny_data), "--users", "10", "--steps", "3", "--batch-size", "2", "--teacher-url",
+                          vllm_server.url, "--teacher-model", str(DEFAULT_MODEL), "--teacher-api", "completions"],
+                         cwd=REPO_ROOT, capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert sft.returncode == 0, sft.stderr[-2000:]
+    cached = [json.loads(line) for line in (tmp_path / "sft" / "teacher_cache.jsonl").read_text().splitlines()]
+    assert cached and len(cached) % 4 == 0  # per user: 1 positive + 3 negatives, one request each
+    provenance = open_checkpoint(tmp_path / "sft" / "model").manifest.provenance
+    assert provenance["teacher"] == f"{vllm_server.url} {DEFAULT_MODEL}"

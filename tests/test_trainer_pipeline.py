@@ -12,7 +12,6 @@ import pytest
 
 from loadtest.procs import REPO_ROOT
 from service.checkpoint import open_checkpoint
-from service.demo import DemoData
 
 TINY = ["--vocab-size", "1024", "--hidden-size", "64", "--intermediate-size", "128", "--layers", "2",
         "--heads", "2", "--kv-heads", "1"]  # fmt: skip
@@ -23,20 +22,6 @@ def _train(*args: str) -> subprocess.CompletedProcess:
                             text=True, timeout=600)  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
     return result
-
-
-@pytest.fixture(scope="module")
-def tiny_data(tmp_path_factory) -> Path:
-    """The demo users as a generic dataset (items.jsonl + interactions.jsonl with timestamps)."""
-    demo, root = DemoData(), tmp_path_factory.mktemp("generic")
-    with (root / "items.jsonl").open("w") as handle:
-        for item_id, title in demo.titles.items():
-            handle.write(json.dumps({"item_id": item_id, "title": title}) + "\n")
-    with (root / "interactions.jsonl").open("w") as handle:
-        for user in demo.users[:150]:
-            for ts, item in enumerate([*user.history, user.target]):
-                handle.write(json.dumps({"user_id": user.user_id, "item_id": item, "timestamp": ts}) + "\n")
-    return root
 
 
 @pytest.fixture(scope="module")
@@ -116,3 +101,43 @@ def test_data_stage_candidate_sets(tiny_data, tmp_path):
                 assert test_targets[row["user_id"]] not in row["candidates"] + row["history"]
     pop_rows = [json.loads(line) for line in (tmp_path / "pop" / "train.jsonl").open()]
     assert pop_rows and all(len(r["candidates"]) == 10 for r in pop_rows)
+
+
+@pytest.fixture(scope="module")
+def tiny_sft(tiny_data, tiny_model, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("sft")
+    _train("sft", "--base", str(tiny_model), "--out", str(out), "--data", str(tiny_data), "--users", "60",
+           "--steps", "20", "--batch-size", "4", "--lr", "3e-3", "--none-fraction", "0.3")  # fmt: skip
+    return out / "model"
+
+
+def test_rl_resume_gives_the_same_state_and_a_servable_checkpoint(tiny_data, tiny_sft, tmp_path):
+    common = ["--base", str(tiny_sft), "--data", str(tiny_data), "--users", "40", "--negatives", "5",
+              "--rollouts", "2", "--users-per-step", "1", "--steps", "4", "--lr", "1e-3"]  # fmt: skip
+    straight = _train("rl", *common, "--out", str(tmp_path / "straight"))
+    _train("rl", *common, "--out", str(tmp_path / "resumed"), "--stop-after", "2")  # interrupted after step 2
+    _train("rl", *common, "--out", str(tmp_path / "resumed"))
+    logs = [json.loads((tmp_path / run / "rl_log.json").read_text())["log"] for run in ("straight", "resumed")]
+    assert len(logs[0]) == len(logs[1]) == 4
+    for a, b in zip(*logs, strict=True):
+        assert a["reward"] == pytest.approx(b["reward"], abs=1e-6) and a["loss"] == pytest.approx(b["loss"], rel=1e-4)
+    for row in logs[0]:
+        assert 0 <= row["reward"] <= 1 and row["kl"] >= 0 and row["rationale_tokens"] >= 0
+    summary = json.loads(straight.stdout.strip().splitlines()[-1])
+    checkpoint = open_checkpoint(tmp_path / "straight" / "model")
+    assert summary["model_version"] == checkpoint.model_version and checkpoint.model_version.startswith("rl-")
+    assert checkpoint.manifest.provenance["stage"] == "rl"
+
+
+@pytest.mark.engine
+def test_eval_scores_a_model_through_vllm_and_export_records_its_metrics(tiny_data, tiny_sft, tmp_path):
+    _train("eval", "--model", str(tiny_sft), "--data", str(tiny_data), "--users", "30", "--out", str(tmp_path / "e"))
+    report = json.loads((tmp_path / "e" / "eval.json").read_text())
+    version = open_checkpoint(tiny_sft).model_version
+    assert {f"{version} (full)", f"{version} (none)"} <= set(report["results"])
+    assert f"{version} (full) − popularity" in report["paired_differences"]
+    _train("export", "--model", str(tiny_sft), "--out", str(tmp_path / "served"), "--report", str(tmp_path / "e" /
+           "eval.json"))  # fmt: skip
+    exported = open_checkpoint(tmp_path / "served")
+    assert exported.model_version == version  # same bytes, same version (the score cache stays valid)
+    assert exported.manifest.metrics["ndcg@10"] == report["results"][f"{version} (full)"]["ndcg@10"]["mean"]

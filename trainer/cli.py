@@ -105,14 +105,25 @@ def sft_cmd(
     data: Annotated[Path, typer.Option(help="Dataset directory.")] = DEFAULT_DATA,
     users: int = 2000,
     negatives: int = 3,
+    targets_per_user: Annotated[int, typer.Option(help="Training-prefix positions per user used as targets.")] = 1,
+    none_fraction: Annotated[float, typer.Option(help="Share of examples without a rationale.")] = 0.0,
     steps: int = 300,
-    batch_size: int = 16,
+    batch_size: Annotated[int, typer.Option(help="Examples per step (each 1 + N candidates).")] = 8,
     lr: float = 1e-3,
     seed: int = 0,
     name: str = "sft",
     stop_after: Annotated[int | None, typer.Option(help="Checkpoint and stop after this step; rerun resumes.")] = None,
+    teacher_url: Annotated[
+        str | None, typer.Option(help="OpenAI-compatible server (e.g. a vLLM server) to write rationales.")
+    ] = None,
+    teacher_model: Annotated[str | None, typer.Option(help="Model name at --teacher-url.")] = None,
+    teacher_api: Annotated[str, typer.Option(help="chat | completions (for models without a chat template).")] = "chat",
+    teacher_concurrency: int = 16,
+    teacher_cache: Annotated[
+        Path | None, typer.Option(help="JSONL cache of the teacher's answers (default OUT/teacher_cache.jsonl).")
+    ] = None,
 ) -> None:
-    """Supervised cold start on the built-in teacher's rationales; resumable (rerun the same command)."""
+    """Supervised cold start on teacher rationales (built-in, or an LLM behind --teacher-url); resumable."""
     import logging
 
     from trainer.export import write_checkpoint_manifest
@@ -122,14 +133,62 @@ def sft_cmd(
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     catalogue, sequences = _load(data)
     splits = leave_one_out(sequences)
-    teacher = BuiltinTeacher(catalogue, TrainingStats.from_splits(splits))
-    config = SFTConfig(users=users, negatives=negatives, steps=steps, batch_size=batch_size, lr=lr, seed=seed,
+    if teacher_url:
+        from trainer.teacher_llm import LLMTeacher
+
+        if not teacher_model:
+            raise typer.BadParameter("--teacher-url needs --teacher-model", param_hint="--teacher-model")
+        if teacher_api not in ("chat", "completions"):
+            raise typer.BadParameter("must be chat or completions", param_hint="--teacher-api")
+        teacher = LLMTeacher(catalogue, teacher_url, teacher_model, teacher_cache or out / "teacher_cache.jsonl",
+                             api=teacher_api, concurrency=teacher_concurrency)  # type: ignore[arg-type]  # fmt: skip
+    else:
+        teacher = BuiltinTeacher(catalogue, TrainingStats.from_splits(splits))
+    config = SFTConfig(users=users, negatives=negatives, targets_per_user=targets_per_user,
+                       none_fraction=none_fraction, steps=steps, batch_size=batch_size, lr=lr, seed=seed,
                        stop_after=stop_after)  # fmt: skip
     summary = train_sft(base, out, catalogue, splits, teacher, config)
-    provenance = {**summary, "command": _command_line(), "base": str(base), "data": data.name}
+    teacher_name = f"{teacher_url} {teacher_model}" if teacher_url else "builtin"
+    provenance = {**summary, "command": _command_line(), "base": str(base), "data": data.name, "teacher": teacher_name}
     manifest = write_checkpoint_manifest(out / "model", name, provenance)
     typer.echo(json.dumps({"model_version": manifest.model_version, **{k: summary[k] for k in (
         "examples", "loss_first_10", "loss_last_10")}}))  # fmt: skip
+
+
+@app.command("rl")
+def rl_cmd(
+    base: Annotated[Path, typer.Option(help="The SFT checkpoint: the starting policy and the KL reference.")],
+    out: Annotated[Path, typer.Option(help="Run directory; the servable checkpoint lands in OUT/model.")],
+    data: Annotated[Path, typer.Option(help="Dataset directory.")] = DEFAULT_DATA,
+    users: Annotated[int, typer.Option(help="Training users to draw ranking tasks from.")] = 6000,
+    negatives: Annotated[int, typer.Option(help="Negatives per user (1 positive + N candidates).")] = 19,
+    steps: int = 200,
+    users_per_step: int = 2,
+    rollouts: Annotated[int, typer.Option(help="G: rollouts per user; advantages are normalised within them.")] = 4,
+    temperature: float = 1.0,
+    lr: float = 5e-5,
+    beta: Annotated[float, typer.Option(help="Weight of KL(policy || SFT reference).")] = 0.04,
+    seed: int = 0,
+    name: str = "rl",
+    stop_after: Annotated[int | None, typer.Option(help="Checkpoint and stop after this step; rerun resumes.")] = None,
+) -> None:
+    """Listwise RL: G rollouts per user, PL-sampled rankings rewarded by NDCG@10; resumable."""
+    import logging
+
+    from trainer.export import write_checkpoint_manifest
+    from trainer.rl import RLConfig, rl_cases, train_rl
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    catalogue, sequences = _load(data)
+    splits = leave_one_out(sequences)
+    cases = rl_cases(splits, catalogue, users, negatives, seed)
+    config = RLConfig(steps=steps, users_per_step=users_per_step, rollouts=rollouts, temperature=temperature, lr=lr,
+                      beta=beta, seed=seed, stop_after=stop_after)  # fmt: skip
+    summary = train_rl(base, out, cases, config)
+    provenance = {**summary, "command": _command_line(), "base": str(base), "data": data.name, "users": len(cases)}
+    manifest = write_checkpoint_manifest(out / "model", name, provenance)
+    typer.echo(json.dumps({"model_version": manifest.model_version, **{k: summary[k] for k in (
+        "steps_done", "reward_first", "reward_last", "kl_last")}}))  # fmt: skip
 
 
 @app.command("eval")
@@ -146,11 +205,13 @@ def eval_cmd(
     """Baselines (random, popularity, co-occurrence) and the model(s) through the service's engine code."""
     import asyncio
 
+    from service.checkpoint import open_checkpoint
     from trainer.evaluate import (
         build_cases,
         cooccurrence_scorer,
         metrics_with_ci,
         model_ranks,
+        paired_difference,
         popularity_scorer,
         positive_rank,
         random_scorer,
@@ -169,17 +230,74 @@ def eval_cmd(
             raise typer.BadParameter(f"no file {data}/*.{retriever}", param_hint="--retriever")
         lists = read_retriever_lists(files[0])
     cases = build_cases(splits, catalogue, users, negatives, seed, lists)
-    results = {}
+    results, ranks = {}, {}
     for name, scorer in (("random", random_scorer(seed)), ("popularity", popularity_scorer(stats)),
                          ("co-occurrence + pop", cooccurrence_scorer(stats))):  # fmt: skip
-        results[name] = metrics_with_ci([positive_rank(scorer(c), c.candidates, c.target) for c in cases])
+        ranks[name] = [positive_rank(scorer(c), c.candidates, c.target) for c in cases]
     for path in model:
+        label = open_checkpoint(path).model_version
         for mode in reasoning.split(","):
-            ranks = asyncio.run(model_ranks(path, catalogue, cases, mode))
-            results[f"{path.name} ({mode})"] = metrics_with_ci(ranks)
+            ranks[f"{label} ({mode})"] = asyncio.run(model_ranks(path, catalogue, cases, mode))
+    results = {name: metrics_with_ci(r) for name, r in ranks.items()}
+    differences = {}
+    models = [n for n in ranks if n.endswith(")")]
+    for name in models:
+        differences[f"{name} − popularity"] = paired_difference(ranks[name], ranks["popularity"])
+        if name.endswith("(full)") and name.replace("(full)", "(none)") in ranks:
+            differences[f"{name} − (none)"] = paired_difference(ranks[name], ranks[name.replace("(full)", "(none)")])
+    for mode in reasoning.split(","):
+        in_mode = [n for n in models if n.endswith(f"({mode})")]
+        for earlier, later in zip(in_mode, in_mode[1:], strict=False):
+            differences[f"{later} − {earlier}"] = paired_difference(ranks[later], ranks[earlier])
     title = f"{len(cases)} test users, 1 positive + {negatives} {retriever or 'random'} negatives"
-    write_report(results, out, title, _command_line())
+    write_report(results, out, title, _command_line(), differences)
     typer.echo((out / "eval.md").read_text())
+
+
+@app.command("export")
+def export_cmd(
+    model: Annotated[Path, typer.Option(help="Trained checkpoint (e.g. RUN/rl/model).")],
+    out: Annotated[Path, typer.Option(help="Servable directory to write (e.g. models/default).")],
+    report: Annotated[
+        Path | None, typer.Option(help="eval.json whose results for this model go in the manifest.")
+    ] = None,
+    mode: Annotated[str, typer.Option(help="Which reasoning mode's metrics the manifest records.")] = "full",
+) -> None:
+    """Copy weights + tokenizer to OUT with a manifest carrying provenance and eval metrics (the service's
+    hot-reload gate compares metrics["ndcg@10"]); OUT is replaced whole, never left half-written."""
+    import shutil
+    import tempfile
+
+    from service.checkpoint import open_checkpoint
+    from trainer.export import write_checkpoint_manifest
+
+    source = open_checkpoint(model)
+    metrics: dict = {}
+    if report is not None:
+        results = json.loads(report.read_text())["results"]
+        key = f"{source.model_version} ({mode})"
+        if key not in results:
+            raise typer.BadParameter(
+                f"{report} has no results for {key!r} (has {sorted(results)})", param_hint="--report"
+            )
+        metrics = {name: value["mean"] for name, value in results[key].items()}
+        metrics["eval"] = {"report": str(report), "title": json.loads(report.read_text())["title"], "mode": mode}
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))
+    for path in model.iterdir():
+        if (
+            path.is_file()
+            and path.name != "manifest.json"
+            and path.suffix in {".json", ".safetensors", ".txt", ".jinja"}
+        ):
+            shutil.copy2(path, staging / path.name)
+    name = source.model_version.rsplit("-", 1)[0]
+    provenance = {**source.manifest.provenance, "exported_from": str(model), "export_command": _command_line()}
+    manifest = write_checkpoint_manifest(staging, name, provenance, metrics)
+    if out.exists():
+        shutil.rmtree(out)
+    staging.rename(out)
+    typer.echo(f"exported {out} model_version={manifest.model_version} metrics={json.dumps(metrics)}")
 
 
 @app.command("demo-data")

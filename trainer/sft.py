@@ -1,11 +1,12 @@
 """SFT cold start: teach the model to write the teacher's rationale and then the right answer token.
 
-Each example is one (user, candidate) pair from the TRAINING prefix of a user's sequence: history =
-train[:-1], positive = train[-1], plus sampled negatives. Inputs are built by the service's own
-``prepare_prompts`` (same cleaning, caps and token segmentation as serving), followed by
-``encode(rationale segment) + encode(answer cue) + [yes|no]`` — exactly the ids the service scores. The loss
-is next-token cross-entropy on everything after the prompt: rationale, the newline that ends it, the cue
-and the answer.
+Each example is one target position of a user's TRAINING prefix (history = the items before it, positive =
+the item at it; the last ``targets_per_user`` positions are used) with N sampled negatives. Inputs are built
+by the service's own ``prepare_prompts`` (same cleaning, caps and token segmentation as serving), followed by
+``encode(rationale segment) + encode(answer cue) + [yes|no]`` — exactly the ids the service scores; a share
+of examples (``none_fraction``) uses the ``reasoning="none"`` form, prompt + cue + answer, so one model
+serves both modes. The loss is next-token cross-entropy on everything after the prompt. The history prefix
+is run once per example for all its candidates.
 """
 
 from __future__ import annotations
@@ -24,18 +25,20 @@ from service.checkpoint import Checkpoint, open_checkpoint
 from service.protocol import ItemIn
 from service.ranking import prepare_prompts
 from trainer.data import Catalogue, UserSplit, sample_negatives
-from trainer.teacher import BuiltinTeacher
+from trainer.policy import grouped_forward
+from trainer.teacher import Teacher
 
 logger = logging.getLogger(__name__)
-IGNORE = -100
 
 
 @dataclass
 class SFTConfig:
     users: int = 2000  # training users to draw examples from
     negatives: int = 3  # negatives per positive (pointwise labels: 1 yes + N no)
+    targets_per_user: int = 1  # positions of a user's training prefix used as targets (latest first)
+    none_fraction: float = 0.0  # share of examples in reasoning="none" form (so one model serves both modes)
     steps: int = 300
-    batch_size: int = 16
+    batch_size: int = 8  # examples (each 1 + N candidate rows sharing one history prefix)
     lr: float = 1e-3  # from-scratch tiny models; use ~1e-5 for a pretrained base model
     warmup_steps: int = 20
     weight_decay: float = 0.01
@@ -50,12 +53,14 @@ class SFTConfig:
 
 @dataclass(frozen=True)
 class Example:
-    input_ids: list[int]
-    labels: list[int]  # IGNORE on the prompt
+    """One (history, target position) with its 1 + N candidates: the prefix is shared by every row."""
+
+    prefix: list[int]
+    rows: list[tuple[list[int], int]]  # (candidate segment + target ids, how many trailing ids are targets)
 
 
 def build_examples(
-    checkpoint: Checkpoint, catalogue: Catalogue, splits: list[UserSplit], teacher: BuiltinTeacher, config: SFTConfig
+    checkpoint: Checkpoint, catalogue: Catalogue, splits: list[UserSplit], teacher: Teacher, config: SFTConfig
 ) -> list[Example]:
     rng = random.Random(config.seed)
     encoder = checkpoint.encoder
@@ -63,36 +68,51 @@ def build_examples(
     cue = encoder.encode(contract.ANSWER_CUE)
     items = sorted(catalogue.titles)
     eligible = [s for s in splits if len(s.train) >= 2]
-    examples = []
+    pending = []  # (prefix ids, [(segment ids, history, item, label)], mode): rationales are fetched in one go
     for split in rng.sample(eligible, min(config.users, len(eligible))):
-        history, positive = split.train[:-1], split.train[-1]
         exclude = set(split.train) | {split.valid_target, split.test_target}
-        candidates = [positive, *sample_negatives(rng, items, exclude, config.negatives)]
-        prepared = prepare_prompts(
-            checkpoint,
-            [ItemIn(item_id=i, title=catalogue.title(i)) for i in history],
-            [ItemIn(item_id=i, title=catalogue.title(i)) for i in candidates],
-            "full",
-        )
-        for item, job in zip(candidates, prepared.jobs, strict=True):
-            rationale = teacher.rationale(history, item)
-            target = encoder.encode(contract.rationale_segment(rationale)) + cue + [yes if item == positive else no]
-            examples.append(Example(job.prompt_ids + target, [IGNORE] * len(job.prompt_ids) + target))
+        for end in range(len(split.train) - 1, max(0, len(split.train) - 1 - config.targets_per_user), -1):
+            history, positive = split.train[:end], split.train[end]
+            candidates = [positive, *sample_negatives(rng, items, exclude, config.negatives)]
+            mode: contract.Reasoning = "none" if rng.random() < config.none_fraction else "full"
+            prepared = prepare_prompts(
+                checkpoint,
+                [ItemIn(item_id=i, title=catalogue.title(i)) for i in history],
+                [ItemIn(item_id=i, title=catalogue.title(i)) for i in candidates],
+                mode,
+            )
+            n_prefix = len(encoder.encode(prepared.prefix_text))
+            rows = [(job.prompt_ids[n_prefix:], history, item, item == positive)
+                    for item, job in zip(candidates, prepared.jobs, strict=True)]  # fmt: skip
+            pending.append((prepared.jobs[0].prompt_ids[:n_prefix], rows, mode))
+    pairs = [(history, item) for _, rows, mode in pending if mode == "full" for _, history, item, _ in rows]
+    rationales = iter(encoder.encode_batch([contract.rationale_segment(r) for r in teacher.rationales(pairs)]))
+    examples = []
+    for prefix, rows, mode in pending:
+        built = []
+        for segment, _, _, label in rows:
+            answer = [yes if label else no]
+            # "none" is scored as prompt + cue (no Reasoning line); "full" as prompt + rationale + cue
+            target = (next(rationales) if mode == "full" else []) + cue + answer
+            built.append((segment + target, len(target)))
+        examples.append(Example(prefix, built))
     rng.shuffle(examples)
     return examples
 
 
-def collate(batch: list[Example], pad_id: int) -> dict[str, torch.Tensor]:
-    width = max(len(e.input_ids) for e in batch)
-    ids = torch.full((len(batch), width), pad_id, dtype=torch.long)  # (B, T)
-    labels = torch.full((len(batch), width), IGNORE, dtype=torch.long)
-    mask = torch.zeros((len(batch), width), dtype=torch.long)
-    for row, example in enumerate(batch):
-        n = len(example.input_ids)
-        ids[row, :n] = torch.tensor(example.input_ids)
-        labels[row, :n] = torch.tensor(example.labels)
-        mask[row, :n] = 1
-    return {"input_ids": ids, "labels": labels, "attention_mask": mask}
+def batch_loss(model, batch: list[Example], pad_id: int) -> torch.Tensor:
+    """Mean next-token cross-entropy over every target token of the batch (rationale, cue, answer), each
+    history prefix run once for all its candidates (``grouped_forward``)."""
+    keep = max(n for example in batch for _, n in example.rows) + 1
+    packed = grouped_forward(model, [e.prefix for e in batch], [[ids for ids, _ in e.rows] for e in batch], pad_id,
+                             logits_to_keep=keep)  # fmt: skip
+    logp = torch.log_softmax(packed.logits.float(), dim=-1)[:, :-1]  # (S, K-1, V)
+    targets = packed.suffix_ids[:, -keep + 1 :]  # (S, K-1): column c is predicted at column c-1
+    token_logp = torch.gather(logp, -1, targets.unsqueeze(-1)).squeeze(-1)
+    mask = torch.zeros_like(token_logp)
+    for row, n in enumerate(n for example in batch for _, n in example.rows):
+        mask[row, keep - 1 - n :] = 1.0
+    return -(token_logp * mask).sum() / mask.sum()
 
 
 def lr_at(step: int, config: SFTConfig) -> float:
@@ -104,7 +124,7 @@ def lr_at(step: int, config: SFTConfig) -> float:
 
 
 def train_sft(
-    base: Path, out: Path, catalogue: Catalogue, splits: list[UserSplit], teacher: BuiltinTeacher, config: SFTConfig
+    base: Path, out: Path, catalogue: Catalogue, splits: list[UserSplit], teacher: Teacher, config: SFTConfig
 ) -> dict:
     """Fine-tune ``base`` into ``out``; resumes from ``out/state.pt`` if an earlier run was interrupted."""
     from transformers import AutoModelForCausalLM
@@ -129,10 +149,10 @@ def train_sft(
     last = min(config.steps, config.stop_after or config.steps)
     while step < last:
         start = (step * config.batch_size) % len(examples)
-        batch = collate(examples[start : start + config.batch_size] or examples[: config.batch_size], pad_id)
+        batch = examples[start : start + config.batch_size] or examples[: config.batch_size]
         for group in optimizer.param_groups:
             group["lr"] = lr_at(step, config)
-        loss = model(**batch).loss
+        loss = batch_loss(model, batch, pad_id)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)

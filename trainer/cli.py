@@ -170,6 +170,7 @@ def rl_cmd(
     beta: Annotated[float, typer.Option(help="Weight of KL(policy || SFT reference).")] = 0.04,
     seed: int = 0,
     name: str = "rl",
+    rollout_engine: Annotated[str, typer.Option(help="torch | vllm | auto (vllm on a GPU).")] = "auto",
     stop_after: Annotated[int | None, typer.Option(help="Checkpoint and stop after this step; rerun resumes.")] = None,
 ) -> None:
     """Listwise RL: G rollouts per user, PL-sampled rankings rewarded by NDCG@10; resumable."""
@@ -183,7 +184,7 @@ def rl_cmd(
     splits = leave_one_out(sequences)
     cases = rl_cases(splits, catalogue, users, negatives, seed)
     config = RLConfig(steps=steps, users_per_step=users_per_step, rollouts=rollouts, temperature=temperature, lr=lr,
-                      beta=beta, seed=seed, stop_after=stop_after)  # fmt: skip
+                      beta=beta, seed=seed, stop_after=stop_after, rollout_engine=rollout_engine)  # fmt: skip
     summary = train_rl(base, out, cases, config)
     provenance = {**summary, "command": _command_line(), "base": str(base), "data": data.name, "users": len(cases)}
     manifest = write_checkpoint_manifest(out / "model", name, provenance)

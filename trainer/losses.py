@@ -28,9 +28,9 @@ def pl_log_likelihood(scores: torch.Tensor, ranking: torch.Tensor) -> torch.Tens
 def sample_pl_ranking(scores: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
     """Sample rankings from Plackett–Luce via the Gumbel trick: argsort(s + Gumbel noise) is an exact PL
     sample. scores: (..., N) → (..., N) permutation, best first."""
-    uniform = torch.rand(scores.shape, generator=generator, device=scores.device, dtype=scores.dtype)
+    uniform = torch.rand(scores.shape, generator=generator, dtype=torch.float32).to(scores.device)  # CPU generator
     gumbel = -torch.log((-torch.log(uniform.clamp_min(1e-20))).clamp_min(1e-20))
-    return torch.argsort(scores.detach() + gumbel, dim=-1, descending=True)
+    return torch.argsort(scores.detach().float() + gumbel, dim=-1, descending=True)
 
 
 def dcg_discounts(n: int, device: torch.device | None = None) -> torch.Tensor:

@@ -33,7 +33,7 @@ class PackedForward:
     group_of: torch.Tensor  # (S,) which prefix each suffix belongs to
 
 
-def _left_pad(rows: Sequence[Tokens], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+def _left_pad(rows: Sequence[Tokens], pad_id: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
     width = max(1, max(len(r) for r in rows))
     ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
     mask = torch.zeros((len(rows), width), dtype=torch.long)
@@ -41,7 +41,7 @@ def _left_pad(rows: Sequence[Tokens], pad_id: int) -> tuple[torch.Tensor, torch.
         if row:
             ids[i, width - len(row) :] = torch.tensor(list(row), dtype=torch.long)
             mask[i, width - len(row) :] = 1
-    return ids, mask
+    return ids.to(device), mask.to(device)
 
 
 def _positions(mask: torch.Tensor) -> torch.Tensor:
@@ -61,15 +61,16 @@ def grouped_forward(
     """
     from transformers import DynamicCache
 
-    prefix_ids, prefix_mask = _left_pad(prefixes, pad_id)  # (B, P)
+    device = model.device
+    prefix_ids, prefix_mask = _left_pad(prefixes, pad_id, device)  # (B, P)
     cache = DynamicCache()
     model(input_ids=prefix_ids, attention_mask=prefix_mask, position_ids=_positions(prefix_mask),
           past_key_values=cache, use_cache=True, logits_to_keep=1)  # fmt: skip
-    counts = torch.tensor([len(s) for s in suffixes])
-    group_of = torch.repeat_interleave(torch.arange(len(prefixes)), counts)  # (S,)
+    counts = torch.tensor([len(s) for s in suffixes], device=device)
+    group_of = torch.repeat_interleave(torch.arange(len(prefixes), device=device), counts)  # (S,)
     cache.reorder_cache(group_of)  # repeat each prefix's keys/values for its suffixes
     flat = [list(s) for group in suffixes for s in group]
-    suffix_ids, suffix_mask = _left_pad(flat, pad_id)  # (S, L)
+    suffix_ids, suffix_mask = _left_pad(flat, pad_id, device)  # (S, L)
     full_mask = torch.cat([prefix_mask[group_of], suffix_mask], dim=1)  # (S, P + L)
     positions = _positions(full_mask)[:, prefix_ids.shape[1] :]
     out = model(input_ids=suffix_ids, attention_mask=full_mask, position_ids=positions, past_key_values=cache,
@@ -97,12 +98,12 @@ def sample_continuations(
     next_logits = packed.logits[:, -1, :]  # (S, V): left padding puts every row's last token at the end
     rows = next_logits.shape[0]
     generated: list[list[int]] = [[] for _ in range(rows)]
-    alive = torch.ones(rows, dtype=torch.bool)
-    stops = torch.tensor(sorted(stop_ids), dtype=torch.long)
+    alive = torch.ones(rows, dtype=torch.bool, device=next_logits.device)
+    stops = torch.tensor(sorted(stop_ids), dtype=torch.long, device=next_logits.device)
     for _ in range(max_new_tokens):
         if temperature > 0:
             probs = torch.softmax(next_logits.float() / temperature, dim=-1)
-            token = torch.multinomial(probs, 1, generator=generator).squeeze(-1)  # (S,)
+            token = torch.multinomial(probs.cpu(), 1, generator=generator).squeeze(-1).to(probs.device)  # (S,)
         else:
             token = next_logits.argmax(-1)
         stopped = torch.isin(token, stops) if len(stops) else torch.zeros_like(alive)

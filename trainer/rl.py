@@ -32,6 +32,7 @@ from service.ranking import prepare_prompts
 from trainer.data import Catalogue, UserSplit, sample_negatives
 from trainer.losses import group_advantages, kl_k3, ndcg_at_k, pl_log_likelihood, sample_pl_ranking
 from trainer.policy import grouped_forward, sample_continuations
+from trainer.rollouts import VLLMRollouts
 
 logger = logging.getLogger(__name__)
 
@@ -58,8 +59,10 @@ class RLConfig:
     checkpoint_every: int = 50
     seed: int = 0
     stop_after: int | None = None
+    rollout_engine: str = "auto"  # torch | vllm | auto (vllm on a GPU, torch on a CPU)
 
     def __post_init__(self) -> None:
+        assert self.rollout_engine in ("torch", "vllm", "auto"), "rollout_engine: torch, vllm or auto"
         assert self.rollouts >= 2, "group-normalised advantages need at least 2 rollouts per user"
         assert self.temperature > 0, "RL samples rationales: temperature must be > 0"
         assert self.steps > 0 and self.users_per_step > 0
@@ -113,8 +116,14 @@ def rl_cases(splits: list[UserSplit], catalogue: Catalogue, users: int, negative
 class RLTrainer:
     """Holds policy, frozen reference and optimiser; ``step`` does one batch of rollouts and one update."""
 
-    def __init__(self, checkpoint: Checkpoint, policy, reference, config: RLConfig) -> None:
+    def __init__(
+        self, checkpoint: Checkpoint, policy, reference, config: RLConfig, engine: VLLMRollouts | None = None
+    ) -> None:
         self.checkpoint = checkpoint
+        self.engine = engine
+        self.device = policy.device
+        # on a GPU: float32 master weights, bfloat16 compute; on a CPU without AVX-512 float32 is faster
+        self.autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.device.type == "cuda")
         self.policy = policy
         self.reference = reference
         self.config = config
@@ -131,11 +140,20 @@ class RLTrainer:
     def _rollouts(self, batch: list[Prompted], generator: torch.Generator) -> list[list[list[int]]]:
         """Per user, G·(N+1) rationale id lists (rollout-major), re-encoded as the service scores them."""
         G = self.config.rollouts
-        self.policy.eval()
-        sampled = sample_continuations(
-            self.policy, [p.prefix for p in batch], [p.segments * G for p in batch], self.pad_id, self.stop_ids,
-            self.max_tokens, self.config.temperature, generator,
-        )  # fmt: skip
+        if self.engine is not None:
+            prompts = [p.prefix + segment for p in batch for segment in p.segments]
+            per_prompt = iter(self.engine.sample(prompts, G, self.config.temperature, self.max_tokens, self.stop_ids))
+            sampled = []
+            for prompted in batch:
+                samples = [next(per_prompt) for _ in prompted.segments]  # (N, G)
+                sampled += [samples[i][g] for g in range(G) for i in range(len(prompted.segments))]  # rollout-major
+        else:
+            self.policy.eval()
+            with self.autocast:
+                sampled = sample_continuations(
+                    self.policy, [p.prefix for p in batch], [p.segments * G for p in batch], self.pad_id,
+                    self.stop_ids, self.max_tokens, self.config.temperature, generator,
+                )  # fmt: skip
         texts = self.encoder.tokenizer.batch_decode(sampled, skip_special_tokens=True)
         segments = self.encoder.encode_batch([contract.rationale_segment(contract.rationale_text(t)) for t in texts])
         out, start = [], 0
@@ -178,9 +196,10 @@ class RLTrainer:
         rationales = self._rollouts(batch, generator)
 
         self.policy.train()
-        token_logp, mask, scores = self._score_pass(self.policy, batch, rationales)
-        with torch.no_grad():
-            ref_logp, _, _ = self._score_pass(self.reference, batch, rationales)
+        with self.autocast:
+            token_logp, mask, scores = self._score_pass(self.policy, batch, rationales)
+            with torch.no_grad():
+                ref_logp, _, _ = self._score_pass(self.reference, batch, rationales)
 
         loss_terms, rewards_all, greedy_all, kls, lengths, stds = [], [], [], [], [], []
         row = 0
@@ -189,7 +208,7 @@ class RLTrainer:
             rows = slice(row, row + G * n)
             row += G * n
             user_scores = scores[rows].view(G, n)  # (G, N)
-            relevance = torch.zeros(G, n)
+            relevance = torch.zeros(G, n, device=scores.device)
             relevance[:, prompted.positive] = 1.0
             ranking = sample_pl_ranking(user_scores, generator)  # (G, N)
             rewards = ndcg_at_k(ranking, relevance, config.k)  # (G,)
@@ -212,6 +231,8 @@ class RLTrainer:
         loss.backward()
         torch.nn.utils.clip_grad_norm_(self.policy.parameters(), 1.0)
         self.optimizer.step()
+        if self.engine is not None:
+            self.engine.sync(self.policy)  # the next rollouts sample from the updated policy
         mean = lambda xs: float(torch.stack(xs).mean())  # noqa: E731
         return StepStats(step, float(loss.detach()), mean(rewards_all), mean(greedy_all), mean(kls), mean(lengths),
                          mean(stds))  # fmt: skip
@@ -225,11 +246,18 @@ def train_rl(base: Path, out: Path, cases: list[RLCase], config: RLConfig) -> di
     out.mkdir(parents=True, exist_ok=True)
     state_path = out / "state.pt"
     resumed = state_path.exists()
-    policy = AutoModelForCausalLM.from_pretrained(str(out / "model" if resumed else base), dtype=torch.float32)
-    reference = AutoModelForCausalLM.from_pretrained(str(base), dtype=torch.float32).eval()
+    start_from = out / "model" if resumed else base
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    policy = AutoModelForCausalLM.from_pretrained(str(start_from), dtype=torch.float32).to(device)
+    reference = AutoModelForCausalLM.from_pretrained(str(base), dtype=torch.float32).to(device).eval()
     for parameter in reference.parameters():
         parameter.requires_grad_(False)
-    trainer = RLTrainer(checkpoint, policy, reference, config)
+    engine = None
+    if config.rollout_engine == "vllm" or (config.rollout_engine == "auto" and device.type == "cuda"):
+        from trainer.rollouts import VLLMRollouts
+
+        engine = VLLMRollouts(start_from, dtype="bfloat16" if device.type == "cuda" else "float32")
+    trainer = RLTrainer(checkpoint, policy, reference, config, engine)
     step, log = 0, []
     if resumed:
         state = torch.load(state_path, weights_only=False)

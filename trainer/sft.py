@@ -135,7 +135,10 @@ def train_sft(
     out.mkdir(parents=True, exist_ok=True)
     state_path = out / "state.pt"
     model_dir = out / "model" if state_path.exists() else base
-    model = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=torch.float32)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    model = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=torch.float32).to(device)
+    # on a GPU: float32 master weights, bfloat16 compute; on a CPU without AVX-512 float32 is faster
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda")
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     step, losses = 0, []
     if state_path.exists():
@@ -152,7 +155,8 @@ def train_sft(
         batch = examples[start : start + config.batch_size] or examples[: config.batch_size]
         for group in optimizer.param_groups:
             group["lr"] = lr_at(step, config)
-        loss = batch_loss(model, batch, pad_id)
+        with autocast:
+            loss = batch_loss(model, batch, pad_id)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)

@@ -56,16 +56,18 @@ bench: setup redis
 	$(PY) -m loadtest.bench_engine
 	$(PY) -m loadtest.bench_cache
 
-# The shipped default model, from scratch on the 2-core CPU: a tiny Qwen2 + tokenizer (init-model), SFT on
+# The shipped default model, from scratch on the 2-core CPU: a tiny Qwen2 + tokenizer, LM pre-trained on the
+# training sequences (init-model), SFT on
 # the built-in teacher's rationales, then listwise RL (PL + NDCG@10). Every stage resumes if interrupted.
 # `make eval` then writes the reports in docs/ and exports the RL checkpoint, with its metrics, to models/default.
 RUN     ?= runs/default
-SFT_ARGS ?= --users 6000 --targets-per-user 4 --negatives 3 --none-fraction 0.3 --steps 1600 --batch-size 16 --lr 1.5e-3
+INIT_ARGS ?= --seed 0 --pretrain-epochs 1
+SFT_ARGS ?= --users 10000 --targets-per-user 2 --negatives 3 --none-fraction 0.3 --steps 1200 --batch-size 16 --lr 1.5e-3
 RL_ARGS  ?= $(RL_DEFAULT_ARGS)
 RL_DEFAULT_ARGS := --users 6000 --negatives 19 --rollouts 4 --users-per-step 2 --steps 150 --lr 2e-5 --beta 0.04
 
 train: setup
-	$(PY) -m trainer.cli init-model --out $(RUN)/init --seed 0
+	$(PY) -m trainer.cli init-model --out $(RUN)/init $(INIT_ARGS)
 	$(PY) -m trainer.cli sft --base $(RUN)/init --out $(RUN)/sft $(SFT_ARGS)
 	$(PY) -m trainer.cli rl --base $(RUN)/sft/model --out $(RUN)/rl $(RL_ARGS)
 

@@ -13,7 +13,8 @@ import httpx
 import pytest
 import yaml
 
-from loadtest.procs import REPO_ROOT, free_port
+from loadtest.procs import DEFAULT_MODEL, REPO_ROOT, free_port
+from service.checkpoint import open_checkpoint
 
 VENV_BIN = Path(sys.executable).parent
 K8S_VERSION = "1.30.0"
@@ -114,7 +115,7 @@ def test_prometheus_scrapes_the_service(service, client, tmp_path):
             except httpx.HTTPError:
                 continue
         assert series, "Prometheus never returned r2rank_model_info"
-        assert series[0]["metric"]["model_version"].startswith("tiny-qwen2-")
+        assert series[0]["metric"]["model_version"] == open_checkpoint(DEFAULT_MODEL).model_version
         rank = httpx.get(f"http://127.0.0.1:{port}/api/v1/query", params={"query": "r2rank_requests_total"}).json()
         assert any(s["metric"].get("route") == "/rank" for s in rank["data"]["result"])
     finally:

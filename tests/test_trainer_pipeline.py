@@ -4,6 +4,9 @@ the same state), and a servable checkpoint."""
 from __future__ import annotations
 
 import json
+import os
+import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -141,3 +144,52 @@ def test_eval_scores_a_model_through_vllm_and_export_records_its_metrics(tiny_da
     exported = open_checkpoint(tmp_path / "served")
     assert exported.model_version == version  # same bytes, same version (the score cache stays valid)
     assert exported.manifest.metrics["ndcg@10"] == report["results"][f"{version} (full)"]["ndcg@10"]["mean"]
+
+
+def test_init_model_with_lm_pretraining_learns_and_resumes(tiny_data, tmp_path):
+    """LM pre-training on training sequences: loss goes down; an interrupted run resumes to the same weights."""
+    args = ["--data", str(tiny_data), *TINY, "--pretrain-epochs", "4", "--pretrain-batch-size", "8"]
+    _train("init-model", "--out", str(tmp_path / "straight"), *args)
+    _train("init-model", "--out", str(tmp_path / "resumed"), *args, "--stop-after", "30")
+    _train("init-model", "--out", str(tmp_path / "resumed"), *args)
+    straight, resumed = open_checkpoint(tmp_path / "straight"), open_checkpoint(tmp_path / "resumed")
+    provenance = straight.manifest.provenance
+    assert provenance["pretrain_loss_last_10"] < 0.8 * provenance["pretrain_loss_first_10"], provenance
+    assert straight.model_version == resumed.model_version  # same bytes after the resume
+
+
+def _train_fails(*args: str) -> str:
+    result = subprocess.run([sys.executable, "-m", "trainer.cli", *args], cwd=REPO_ROOT, capture_output=True,
+                            text=True, timeout=300, env={**os.environ, "COLUMNS": "2000"})  # fmt: skip
+    assert result.returncode != 0, result.stdout[-2000:]
+    assert "Traceback" not in result.stderr, result.stderr[-3000:]  # a clear message, not a crash
+    return " ".join(re.sub("[│╭╮╰╯─]", " ", result.stderr).split())  # typer boxes and wraps long messages
+
+
+def test_bad_input_gets_clear_errors_naming_file_line_and_field(tiny_data, tiny_model, tmp_path):
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    shutil.copy(tiny_data / "items.jsonl", bad / "items.jsonl")
+    lines = (tiny_data / "interactions.jsonl").read_text().splitlines()
+
+    (bad / "interactions.jsonl").write_text("\n".join([*lines[:3], "{not json", *lines[3:]]) + "\n")
+    message = _train_fails("data", "--out", str(tmp_path / "o"), "--data", str(bad))
+    assert "interactions.jsonl:4: invalid JSON" in message
+
+    unknown = json.dumps({"user_id": "u", "item_id": "no-such-item", "timestamp": 1})
+    (bad / "interactions.jsonl").write_text("\n".join([*lines[:5], unknown]) + "\n")
+    message = _train_fails("data", "--out", str(tmp_path / "o"), "--data", str(bad))
+    assert "interactions.jsonl:6: field 'item_id': unknown item 'no-such-item'" in message
+
+    short = [json.dumps({"user_id": f"u{i}", "item_id": json.loads(lines[i])["item_id"], "timestamp": 0})
+             for i in range(40)]  # fmt: skip
+    (bad / "interactions.jsonl").write_text("\n".join(short) + "\n")  # 40 users with one item each
+    assert "40 of 40 users have fewer than 3 interactions" in _train_fails("data", "--out", str(tmp_path / "o"),
+                                                                         "--data", str(bad))  # fmt: skip
+
+    other = tmp_path / "other-format"
+    shutil.copytree(tiny_model, other)
+    manifest = json.loads((other / "manifest.json").read_text())
+    (other / "manifest.json").write_text(json.dumps({**manifest, "prompt_format": "someone-elses-v9"}))
+    message = _train_fails("sft", "--base", str(other), "--out", str(tmp_path / "s"), "--data", str(tiny_data))
+    assert "manifest.json" in message and "someone-elses-v9" in message

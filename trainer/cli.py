@@ -29,6 +29,30 @@ def _load(data: Path):
         raise typer.BadParameter(str(exc), param_hint="--data") from exc
 
 
+def _checkpoint(path: Path, hint: str):
+    """Open a checkpoint or fail with the service's own message (names the file and field)."""
+    from service.checkpoint import CheckpointError, open_checkpoint
+
+    try:
+        return open_checkpoint(path)
+    except CheckpointError as exc:
+        raise typer.BadParameter(str(exc), param_hint=hint) from exc
+
+
+def _split(sequences: dict[str, list[str]], data: Path) -> list:
+    """Leave-one-out; refuses data where most users are too short to split rather than silently training on
+    the few that are not."""
+    splits = leave_one_out(sequences)
+    skipped = len(sequences) - len(splits)
+    if not splits or skipped > len(sequences) / 2:
+        raise typer.BadParameter(
+            f"{data}: {skipped} of {len(sequences)} users have fewer than 3 interactions (leave-one-out needs "
+            "train + validation + test items)", param_hint="--data")  # fmt: skip
+    if skipped:
+        typer.echo(f"{data}: skipped {skipped} of {len(sequences)} users with fewer than 3 interactions", err=True)
+    return splits
+
+
 @app.command("data")
 def data_cmd(
     out: Annotated[Path, typer.Option(help="Directory for train/valid/test candidate sets (JSONL).")],
@@ -42,7 +66,7 @@ def data_cmd(
     from trainer.evaluate import read_retriever_lists
 
     catalogue, sequences = _load(data)
-    splits = leave_one_out(sequences)
+    splits = _split(sequences, data)
     retriever = None
     if kind not in ("random", "popularity"):
         files = sorted(data.glob(f"*.{kind}"))
@@ -76,13 +100,23 @@ def init_model_cmd(
     layers: int = 4,
     heads: int = 4,
     kv_heads: int = 2,
+    pretrain_epochs: Annotated[float, typer.Option(help="LM pre-training on training sequences (0: none).")] = 0.0,
+    pretrain_batch_size: int = 32,
+    pretrain_lr: float = 2e-3,
+    stop_after: Annotated[int | None, typer.Option(help="Stop pre-training after this step; rerun resumes.")] = None,
 ) -> None:
-    """A small Qwen2-architecture model + a BPE tokenizer trained on training-split titles only."""
+    """A small Qwen2-architecture model + a BPE tokenizer trained on training-split titles only, optionally
+    pre-trained as an LM on the training sequences (rendered as the service renders histories)."""
+    import logging
+
+    from service.checkpoint import open_checkpoint
     from trainer.export import write_checkpoint_manifest
     from trainer.modeling import TinyModelConfig, init_model
+    from trainer.pretrain import STATE, PretrainConfig, pretrain_lm
 
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     catalogue, sequences = _load(data)
-    splits = leave_one_out(sequences)
+    splits = _split(sequences, data)
     titles = training_titles(splits, catalogue)
     config = TinyModelConfig(
         vocab_size=vocab_size,
@@ -92,9 +126,19 @@ def init_model_cmd(
         num_attention_heads=heads,
         num_key_value_heads=kv_heads,
     )
-    provenance = init_model(titles, out, config, seed)
+    resuming = (out / STATE).exists()
+    if resuming:  # an interrupted pre-training: keep its weights, rebuild only the provenance
+        provenance = json.loads((out / "init_provenance.json").read_text())
+    else:
+        provenance = init_model(titles, out, config, seed)
+        (out / "init_provenance.json").write_text(json.dumps(provenance))
     provenance.update(command=_command_line(), data=data.name, users=len(splits))
     manifest = write_checkpoint_manifest(out, name, provenance)
+    if pretrain_epochs > 0:
+        pretrain = PretrainConfig(epochs=pretrain_epochs, batch_size=pretrain_batch_size, lr=pretrain_lr, seed=seed,
+                                  stop_after=stop_after)  # fmt: skip
+        provenance.update(pretrain_lm(out, open_checkpoint(out), catalogue, splits, pretrain))
+        manifest = write_checkpoint_manifest(out, name, provenance)
     typer.echo(f"wrote {out} model_version={manifest.model_version} parameters={provenance['parameters']:,}")
 
 
@@ -131,8 +175,9 @@ def sft_cmd(
     from trainer.teacher import BuiltinTeacher, TrainingStats
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    _checkpoint(base, "--base")
     catalogue, sequences = _load(data)
-    splits = leave_one_out(sequences)
+    splits = _split(sequences, data)
     if teacher_url:
         from trainer.teacher_llm import LLMTeacher
 
@@ -180,8 +225,9 @@ def rl_cmd(
     from trainer.rl import RLConfig, rl_cases, train_rl
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    _checkpoint(base, "--base")
     catalogue, sequences = _load(data)
-    splits = leave_one_out(sequences)
+    splits = _split(sequences, data)
     cases = rl_cases(splits, catalogue, users, negatives, seed)
     config = RLConfig(steps=steps, users_per_step=users_per_step, rollouts=rollouts, temperature=temperature, lr=lr,
                       beta=beta, seed=seed, stop_after=stop_after, rollout_engine=rollout_engine)  # fmt: skip
@@ -206,7 +252,6 @@ def eval_cmd(
     """Baselines (random, popularity, co-occurrence) and the model(s) through the service's engine code."""
     import asyncio
 
-    from service.checkpoint import open_checkpoint
     from trainer.evaluate import (
         build_cases,
         cooccurrence_scorer,
@@ -222,7 +267,7 @@ def eval_cmd(
     from trainer.teacher import TrainingStats
 
     catalogue, sequences = _load(data)
-    splits = leave_one_out(sequences)
+    splits = _split(sequences, data)
     stats = TrainingStats.from_splits(splits)
     lists = None
     if retriever:
@@ -236,7 +281,7 @@ def eval_cmd(
                          ("co-occurrence + pop", cooccurrence_scorer(stats))):  # fmt: skip
         ranks[name] = [positive_rank(scorer(c), c.candidates, c.target) for c in cases]
     for path in model:
-        label = open_checkpoint(path).model_version
+        label = _checkpoint(path, "--model").model_version
         for mode in reasoning.split(","):
             ranks[f"{label} ({mode})"] = asyncio.run(model_ranks(path, catalogue, cases, mode))
     results = {name: metrics_with_ci(r) for name, r in ranks.items()}
@@ -269,10 +314,9 @@ def export_cmd(
     import shutil
     import tempfile
 
-    from service.checkpoint import open_checkpoint
     from trainer.export import write_checkpoint_manifest
 
-    source = open_checkpoint(model)
+    source = _checkpoint(model, "--model")
     metrics: dict = {}
     if report is not None:
         results = json.loads(report.read_text())["results"]
@@ -312,7 +356,7 @@ def demo_data_cmd(
     """A small subset for the demo, tests and load tests: users with test histories and 1+N candidates."""
     catalogue, sequences = _load(data)
     rng = random.Random(seed)
-    splits = leave_one_out(sequences)
+    splits = _split(sequences, data)
     chosen = rng.sample(splits, min(users, len(splits)))
     all_items = sorted(catalogue.titles, key=lambda k: (len(k), k))
     out.mkdir(parents=True, exist_ok=True)

@@ -1,0 +1,125 @@
+"""Optional LM pre-training of a from-scratch model on training sequences, in the contract's own layout.
+
+Each user's training prefix is written exactly as the service writes a history (``prepare_prompts``:
+instruction, header, one bullet per title, oldest first), and the model learns next-token prediction on it.
+A from-scratch model thereby learns which titles are common (popularity) and which follow which
+(co-occurrence) before SFT teaches it to answer yes/no: knowledge the ranker needs and that SFT alone,
+one answer token per candidate, teaches slowly. Only training prefixes are used (no validation or test
+item). Resumable like the other stages.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import random
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+
+from service.checkpoint import Checkpoint
+from service.protocol import ItemIn
+from service.ranking import prepare_prompts
+from trainer.data import Catalogue, UserSplit
+
+logger = logging.getLogger(__name__)
+STATE = "pretrain_state.pt"
+
+
+@dataclass
+class PretrainConfig:
+    epochs: float = 3.0
+    batch_size: int = 32
+    lr: float = 2e-3
+    warmup_steps: int = 20
+    weight_decay: float = 0.01
+    checkpoint_every: int = 100
+    seed: int = 0
+    stop_after: int | None = None
+
+
+def lm_sequences(checkpoint: Checkpoint, catalogue: Catalogue, splits: list[UserSplit]) -> list[list[int]]:
+    """One token sequence per user: their training prefix as the service would render a history."""
+    sequences = []
+    for split in splits:
+        history = [ItemIn(item_id=i, title=catalogue.title(i)) for i in split.train]
+        prepared = prepare_prompts(checkpoint, history, [], "none")
+        sequences.append(checkpoint.encoder.encode(prepared.prefix_text))
+    return sequences
+
+
+def length_bucketed_batches(sequences: list[list[int]], batch_size: int, seed: int) -> list[list[list[int]]]:
+    """Shuffled batches of similar-length sequences (sorted within windows of 50 batches), so padding wastes
+    little compute; the batch order is shuffled again so lengths do not drift through an epoch."""
+    rng = random.Random(seed)
+    order = sequences[:]
+    rng.shuffle(order)
+    window = batch_size * 50
+    batches = []
+    for start in range(0, len(order), window):
+        chunk = sorted(order[start : start + window], key=len)
+        batches += [chunk[i : i + batch_size] for i in range(0, len(chunk), batch_size)]
+    rng.shuffle(batches)
+    return batches
+
+
+def _batch(sequences: list[list[int]], pad_id: int) -> dict[str, torch.Tensor]:
+    width = max(len(s) for s in sequences)
+    ids = torch.full((len(sequences), width), pad_id, dtype=torch.long)
+    labels = torch.full((len(sequences), width), -100, dtype=torch.long)
+    mask = torch.zeros((len(sequences), width), dtype=torch.long)
+    for row, seq in enumerate(sequences):
+        ids[row, : len(seq)] = torch.tensor(seq)
+        labels[row, : len(seq)] = torch.tensor(seq)
+        mask[row, : len(seq)] = 1
+    return {"input_ids": ids, "labels": labels, "attention_mask": mask}
+
+
+def pretrain_lm(
+    model_dir: Path, checkpoint: Checkpoint, catalogue: Catalogue, splits: list[UserSplit], config: PretrainConfig
+) -> dict:
+    """Train the model in ``model_dir`` in place (its tokenizer is already there)."""
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(config.seed)
+    batches = length_bucketed_batches(lm_sequences(checkpoint, catalogue, splits), config.batch_size, config.seed)
+    steps = max(1, math.ceil(config.epochs * len(batches)))
+    model = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=torch.float32)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    step, losses = 0, []
+    state_path = model_dir / STATE
+    if state_path.exists():
+        state = torch.load(state_path, weights_only=False)
+        optimizer.load_state_dict(state["optimizer"])
+        step, losses = state["step"], state["losses"]
+        torch.set_rng_state(state["torch_rng"])
+        logger.info("resumed LM pre-training at step %d", step)
+    pad_id = checkpoint.encoder.tokenizer.pad_token_id or 0
+    last = min(steps, config.stop_after or steps)
+    model.train()
+    while step < last:
+        chunk = batches[step % len(batches)]
+        warm = min(1.0, (step + 1) / config.warmup_steps)
+        progress = min(1.0, step / steps)
+        for group in optimizer.param_groups:  # warm-up, then cosine to 10% of the peak
+            group["lr"] = config.lr * warm * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress)))
+        loss = model(**_batch(chunk, pad_id)).loss
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        losses.append(loss.item())
+        step += 1
+        if step % 20 == 0:
+            logger.info("pretrain step %d/%d loss %.4f", step, steps, losses[-1])
+        if step % config.checkpoint_every == 0 or step == last:
+            model.save_pretrained(model_dir, safe_serialization=True)
+            torch.save({"optimizer": optimizer.state_dict(), "step": step, "losses": losses,
+                        "torch_rng": torch.get_rng_state()}, state_path)  # fmt: skip
+    summary = {"pretrain": asdict(config), "pretrain_sequences": sum(map(len, batches)), "pretrain_steps": steps,
+               "pretrain_loss_first_10": sum(losses[:10]) / max(1, len(losses[:10])),
+               "pretrain_loss_last_10": sum(losses[-10:]) / max(1, len(losses[-10:]))}  # fmt: skip
+    if step >= steps:
+        state_path.unlink(missing_ok=True)  # done: the directory is a plain checkpoint again
+    return summary

@@ -336,6 +336,8 @@ def export_cmd(
             and path.suffix in {".json", ".safetensors", ".txt", ".jinja"}
         ):
             shutil.copy2(path, staging / path.name)
+            (staging / path.name).chmod(0o644)
+    staging.chmod(0o755)  # mkdtemp makes it 0700: a service running as another user must read it
     name = source.model_version.rsplit("-", 1)[0]
     provenance = {**source.manifest.provenance, "exported_from": str(model), "export_command": _command_line()}
     manifest = write_checkpoint_manifest(staging, name, provenance, metrics)

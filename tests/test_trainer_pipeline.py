@@ -193,3 +193,14 @@ def test_bad_input_gets_clear_errors_naming_file_line_and_field(tiny_data, tiny_
     (other / "manifest.json").write_text(json.dumps({**manifest, "prompt_format": "someone-elses-v9"}))
     message = _train_fails("sft", "--base", str(other), "--out", str(tmp_path / "s"), "--data", str(tiny_data))
     assert "manifest.json" in message and "someone-elses-v9" in message
+
+
+def test_init_model_from_a_local_base_model(tiny_model, tmp_path):
+    """--base-model: a plain HF checkpoint (no r2rank manifest) becomes a servable starting point for sft."""
+    raw = tmp_path / "raw-hf"
+    shutil.copytree(tiny_model, raw, ignore=shutil.ignore_patterns("manifest.json", "*.jsonl"))
+    _train("init-model", "--out", str(tmp_path / "base"), "--base-model", str(raw), "--name", "qwen-like")
+    checkpoint = open_checkpoint(tmp_path / "base")
+    assert checkpoint.model_version.startswith("qwen-like-")
+    assert checkpoint.manifest.provenance["base_model"] == str(raw)
+    assert not (raw / "manifest.json").exists()  # the source directory is left untouched

@@ -104,9 +104,14 @@ def init_model_cmd(
     pretrain_batch_size: int = 32,
     pretrain_lr: float = 2e-3,
     stop_after: Annotated[int | None, typer.Option(help="Stop pre-training after this step; rerun resumes.")] = None,
+    base_model: Annotated[
+        Path | None, typer.Option(help="A local HF checkpoint (e.g. Qwen2.5-3B) to start from instead of scratch.")
+    ] = None,
 ) -> None:
     """A small Qwen2-architecture model + a BPE tokenizer trained on training-split titles only, optionally
-    pre-trained as an LM on the training sequences (rendered as the service renders histories)."""
+    pre-trained as an LM on the training sequences (rendered as the service renders histories); or, with
+    --base-model, a copy of a real model with an r2rank manifest (its tokenizer must encode " yes"/" no" as
+    one token each), ready for `sft --base`."""
     import logging
 
     from service.checkpoint import open_checkpoint
@@ -115,6 +120,22 @@ def init_model_cmd(
     from trainer.pretrain import STATE, PretrainConfig, pretrain_lm
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    if base_model is not None:
+        import shutil
+
+        from service.checkpoint import CheckpointError
+        from service.contract import ContractError
+
+        if not (base_model / "config.json").is_file():
+            raise typer.BadParameter(f"{base_model}/config.json: not found (not a HF checkpoint)", "--base-model")
+        shutil.copytree(base_model, out, dirs_exist_ok=True, ignore=shutil.ignore_patterns("manifest.json"))
+        try:
+            manifest = write_checkpoint_manifest(out, name, {"stage": "base-model", "base_model": str(base_model),
+                                                             "command": _command_line()})  # fmt: skip
+        except (CheckpointError, ContractError) as exc:
+            raise typer.BadParameter(str(exc), param_hint="--base-model") from exc
+        typer.echo(f"wrote {out} model_version={manifest.model_version} (from {base_model})")
+        return
     catalogue, sequences = _load(data)
     splits = _split(sequences, data)
     titles = training_titles(splits, catalogue)

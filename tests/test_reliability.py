@@ -29,6 +29,9 @@ def test_tiny_deadline_returns_complete_degraded_ranking(client, demo):
     for item in user.candidates[:3]:  # give three candidates some popularity
         client.post(f"/users/pop-{uuid.uuid4().hex[:6]}/events", json={"item_id": item})
     body = demo.rank_request(user, deadline_ms=1, reasoning="full")
+    # a history no earlier test sent (e.g. the load-test smoke run), so the score cache cannot answer
+    fresh = uuid.uuid4().hex[:8]
+    body["history"].append({"item_id": f"fresh-{fresh}", "title": f"Unseen title {fresh}"})
     started = time.monotonic()
     response = client.post("/rank", json=body)
     elapsed = time.monotonic() - started

@@ -37,6 +37,7 @@ class PreparedRequest:
     """A request turned into engine jobs; the history prefix is tokenized once for all candidates."""
 
     prefix_text: str
+    prefix_ids: list[int]  # every job's prompt starts with these ids
     candidate_titles: list[str]
     jobs: list[ScoringJob]
 
@@ -59,7 +60,7 @@ def prepare_prompts(
     prefix_ids = encoder.encode(prefix_text)
     segments = encoder.encode_batch([contract.candidate_segment(title, reasoning) for title in candidate_titles])
     jobs = [ScoringJob(prefix_ids + segment_ids, reasoning) for segment_ids in segments]
-    return PreparedRequest(prefix_text, candidate_titles, jobs)
+    return PreparedRequest(prefix_text, prefix_ids, candidate_titles, jobs)
 
 
 def rank_order(item_ids: Sequence[str], scores: Sequence[float]) -> list[int]:

@@ -340,14 +340,15 @@ def export_cmd(
     source = _checkpoint(model, "--model")
     metrics: dict = {}
     if report is not None:
-        results = json.loads(report.read_text())["results"]
+        evaluation = json.loads(report.read_text())
+        results = evaluation["results"]
         key = f"{source.model_version} ({mode})"
         if key not in results:
             raise typer.BadParameter(
                 f"{report} has no results for {key!r} (has {sorted(results)})", param_hint="--report"
             )
         metrics = {name: value["mean"] for name, value in results[key].items()}
-        metrics["eval"] = {"report": str(report), "title": json.loads(report.read_text())["title"], "mode": mode}
+        metrics["eval"] = {"report": str(report), "title": evaluation["title"], "mode": mode}
     out.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))
     for path in model.iterdir():

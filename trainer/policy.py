@@ -118,9 +118,3 @@ def sample_continuations(
                     past_key_values=cache, use_cache=True, logits_to_keep=1)  # fmt: skip
         next_logits = out.logits[:, -1, :]
     return generated
-
-
-def token_logprobs(logits: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
-    """log p(ids[t+1] | ..t) for each position t of a (S, L) batch → (S, L-1)."""
-    logp = torch.log_softmax(logits[:, :-1].float(), dim=-1)
-    return torch.gather(logp, -1, ids[:, 1:].unsqueeze(-1)).squeeze(-1)

@@ -22,6 +22,7 @@ from service.checkpoint import Checkpoint
 from service.protocol import ItemIn
 from service.ranking import prepare_prompts
 from trainer.data import Catalogue, UserSplit
+from trainer.loop import load_state, optimizer_step, save_state
 
 logger = logging.getLogger(__name__)
 STATE = "pretrain_state.pt"
@@ -45,7 +46,7 @@ def lm_sequences(checkpoint: Checkpoint, catalogue: Catalogue, splits: list[User
     for split in splits:
         history = [ItemIn(item_id=i, title=catalogue.title(i)) for i in split.train]
         prepared = prepare_prompts(checkpoint, history, [], "none")
-        sequences.append(checkpoint.encoder.encode(prepared.prefix_text))
+        sequences.append(prepared.prefix_ids)
     return sequences
 
 
@@ -89,11 +90,9 @@ def pretrain_lm(
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     step, losses = 0, []
     state_path = model_dir / STATE
-    if state_path.exists():
-        state = torch.load(state_path, weights_only=False)
-        optimizer.load_state_dict(state["optimizer"])
+    state = load_state(state_path, optimizer)
+    if state is not None:
         step, losses = state["step"], state["losses"]
-        torch.set_rng_state(state["torch_rng"])
         logger.info("resumed LM pre-training at step %d", step)
     pad_id = checkpoint.encoder.tokenizer.pad_token_id or 0
     last = min(steps, config.stop_after or steps)
@@ -105,18 +104,14 @@ def pretrain_lm(
         for group in optimizer.param_groups:  # warm-up, then cosine to 10% of the peak
             group["lr"] = config.lr * warm * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress)))
         loss = model(**_batch(chunk, pad_id)).loss
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        optimizer.step()
+        optimizer_step(model, optimizer, loss)
         losses.append(loss.item())
         step += 1
         if step % 20 == 0:
             logger.info("pretrain step %d/%d loss %.4f", step, steps, losses[-1])
         if step % config.checkpoint_every == 0 or step == last:
             model.save_pretrained(model_dir, safe_serialization=True)
-            torch.save({"optimizer": optimizer.state_dict(), "step": step, "losses": losses,
-                        "torch_rng": torch.get_rng_state()}, state_path)  # fmt: skip
+            save_state(state_path, optimizer, step, losses=losses)
     summary = {"pretrain": asdict(config), "pretrain_sequences": sum(map(len, batches)), "pretrain_steps": steps,
                "pretrain_loss_first_10": sum(losses[:10]) / max(1, len(losses[:10])),
                "pretrain_loss_last_10": sum(losses[-10:]) / max(1, len(losses[-10:]))}  # fmt: skip

@@ -30,6 +30,7 @@ from service.checkpoint import Checkpoint, open_checkpoint
 from service.protocol import ItemIn
 from service.ranking import prepare_prompts
 from trainer.data import Catalogue, UserSplit, sample_negatives
+from trainer.loop import load_state, optimizer_step, save_state, training_device
 from trainer.losses import group_advantages, kl_k3, ndcg_at_k, pl_log_likelihood, sample_pl_ranking
 from trainer.policy import grouped_forward, sample_continuations
 from trainer.rollouts import VLLMRollouts
@@ -81,9 +82,8 @@ def encode_case(checkpoint: Checkpoint, case: RLCase) -> Prompted:
     history = [ItemIn(item_id=f"h{i}", title=t) for i, t in enumerate(case.history)]
     candidates = [ItemIn(item_id=f"c{i}", title=t) for i, t in enumerate(case.candidates)]
     prepared = prepare_prompts(checkpoint, history, candidates, "full")
-    n_prefix = len(checkpoint.encoder.encode(prepared.prefix_text))
-    prefix = prepared.jobs[0].prompt_ids[:n_prefix]
-    return Prompted(prefix, [job.prompt_ids[n_prefix:] for job in prepared.jobs], case.positive)
+    n_prefix = len(prepared.prefix_ids)
+    return Prompted(prepared.prefix_ids, [job.prompt_ids[n_prefix:] for job in prepared.jobs], case.positive)
 
 
 @dataclass
@@ -121,9 +121,7 @@ class RLTrainer:
     ) -> None:
         self.checkpoint = checkpoint
         self.engine = engine
-        self.device = policy.device
-        # on a GPU: float32 master weights, bfloat16 compute; on a CPU without AVX-512 float32 is faster
-        self.autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.device.type == "cuda")
+        self.autocast = training_device()[1]
         self.policy = policy
         self.reference = reference
         self.config = config
@@ -227,10 +225,7 @@ class RLTrainer:
             lengths.append(mask[rows].sum(-1).mean())
             stds.append(user_scores.detach().std())
         loss = torch.stack(loss_terms).mean()
-        self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(self.policy.parameters(), 1.0)
-        self.optimizer.step()
+        optimizer_step(self.policy, self.optimizer, loss)
         if self.engine is not None:
             self.engine.sync(self.policy)  # the next rollouts sample from the updated policy
         mean = lambda xs: float(torch.stack(xs).mean())  # noqa: E731
@@ -247,7 +242,7 @@ def train_rl(base: Path, out: Path, cases: list[RLCase], config: RLConfig) -> di
     state_path = out / "state.pt"
     resumed = state_path.exists()
     start_from = out / "model" if resumed else base
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device, _ = training_device()
     policy = AutoModelForCausalLM.from_pretrained(str(start_from), dtype=torch.float32).to(device)
     reference = AutoModelForCausalLM.from_pretrained(str(base), dtype=torch.float32).to(device).eval()
     for parameter in reference.parameters():
@@ -259,9 +254,8 @@ def train_rl(base: Path, out: Path, cases: list[RLCase], config: RLConfig) -> di
         engine = VLLMRollouts(start_from, dtype="bfloat16" if device.type == "cuda" else "float32")
     trainer = RLTrainer(checkpoint, policy, reference, config, engine)
     step, log = 0, []
-    if resumed:
-        state = torch.load(state_path, weights_only=False)
-        trainer.optimizer.load_state_dict(state["optimizer"])
+    state = load_state(state_path, trainer.optimizer)
+    if state is not None:
         step, log = state["step"], state["log"]
         logger.info("resumed RL at step %d", step)
     order = list(range(len(cases)))
@@ -281,7 +275,7 @@ def train_rl(base: Path, out: Path, cases: list[RLCase], config: RLConfig) -> di
                         avg["reward"], avg["ndcg_greedy"], avg["kl"], avg["rationale_tokens"])  # fmt: skip
         if step % config.checkpoint_every == 0 or step == last:
             policy.save_pretrained(out / "model", safe_serialization=True)
-            torch.save({"optimizer": trainer.optimizer.state_dict(), "step": step, "log": log}, state_path)
+            save_state(state_path, trainer.optimizer, step, log=log)
     checkpoint.encoder.tokenizer.save_pretrained(out / "model")
     window = max(1, min(20, len(log) // 4))
     summary = {

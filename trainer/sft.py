@@ -25,6 +25,7 @@ from service.checkpoint import Checkpoint, open_checkpoint
 from service.protocol import ItemIn
 from service.ranking import prepare_prompts
 from trainer.data import Catalogue, UserSplit, sample_negatives
+from trainer.loop import load_state, optimizer_step, save_state, training_device
 from trainer.policy import grouped_forward
 from trainer.teacher import Teacher
 
@@ -81,10 +82,10 @@ def build_examples(
                 [ItemIn(item_id=i, title=catalogue.title(i)) for i in candidates],
                 mode,
             )
-            n_prefix = len(encoder.encode(prepared.prefix_text))
+            n_prefix = len(prepared.prefix_ids)
             rows = [(job.prompt_ids[n_prefix:], history, item, item == positive)
                     for item, job in zip(candidates, prepared.jobs, strict=True)]  # fmt: skip
-            pending.append((prepared.jobs[0].prompt_ids[:n_prefix], rows, mode))
+            pending.append((prepared.prefix_ids, rows, mode))
     pairs = [(history, item) for _, rows, mode in pending if mode == "full" for _, history, item, _ in rows]
     rationales = iter(encoder.encode_batch([contract.rationale_segment(r) for r in teacher.rationales(pairs)]))
     examples = []
@@ -135,17 +136,13 @@ def train_sft(
     out.mkdir(parents=True, exist_ok=True)
     state_path = out / "state.pt"
     model_dir = out / "model" if state_path.exists() else base
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device, autocast = training_device()
     model = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=torch.float32).to(device)
-    # on a GPU: float32 master weights, bfloat16 compute; on a CPU without AVX-512 float32 is faster
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda")
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     step, losses = 0, []
-    if state_path.exists():
-        state = torch.load(state_path, weights_only=False)
-        optimizer.load_state_dict(state["optimizer"])
+    state = load_state(state_path, optimizer)
+    if state is not None:
         step, losses = state["step"], state["losses"]
-        torch.set_rng_state(state["torch_rng"])
         logger.info("resumed SFT at step %d", step)
     pad_id = checkpoint.encoder.tokenizer.pad_token_id or 0
     model.train()
@@ -157,18 +154,14 @@ def train_sft(
             group["lr"] = lr_at(step, config)
         with autocast:
             loss = batch_loss(model, batch, pad_id)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        optimizer.step()
+        optimizer_step(model, optimizer, loss)
         losses.append(loss.item())
         step += 1
         if step % 10 == 0:
             logger.info("sft step %d loss %.4f lr %.2e", step, losses[-1], lr_at(step, config))
         if step % config.checkpoint_every == 0 or step == last:
             model.save_pretrained(out / "model", safe_serialization=True)
-            torch.save({"optimizer": optimizer.state_dict(), "step": step, "losses": losses,
-                        "torch_rng": torch.get_rng_state()}, state_path)  # fmt: skip
+            save_state(state_path, optimizer, step, losses=losses)
     checkpoint.encoder.tokenizer.save_pretrained(out / "model")
     summary = {"stage": "sft", "examples": len(examples), "config": asdict(config),
                "loss_first_10": sum(losses[:10]) / max(1, len(losses[:10])),

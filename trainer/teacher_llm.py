@@ -48,8 +48,6 @@ class LLMTeacher:
         max_tokens: int = 48,
         timeout_s: float = 120.0,
     ) -> None:
-        from openai import AsyncOpenAI
-
         self.catalogue = catalogue
         self.model = model
         self.api = api
@@ -59,7 +57,6 @@ class LLMTeacher:
         self.requests_sent = 0
         self._client_args = {"base_url": base_url.rstrip("/") + "/v1", "api_key": api_key, "timeout": timeout_s,
                              "max_retries": 5}  # fmt: skip
-        self._client_cls = AsyncOpenAI
         self._cache: dict[str, str] = {}
         if cache_path.is_file():
             with cache_path.open(encoding="utf-8") as handle:
@@ -87,7 +84,9 @@ class LLMTeacher:
         return response.choices[0].text
 
     async def _fetch_missing(self, prompts: dict[str, str]) -> None:
-        client = self._client_cls(**self._client_args)
+        from openai import AsyncOpenAI
+
+        client = AsyncOpenAI(**self._client_args)
         gate = asyncio.Semaphore(self.concurrency)
         self.cache_path.parent.mkdir(parents=True, exist_ok=True)
         with self.cache_path.open("a", encoding="utf-8") as cache:

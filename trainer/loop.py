@@ -1,0 +1,40 @@
+"""Pieces every training stage (pre-training, SFT, RL) shares: device choice, the optimiser step, and the
+resume state that makes each stage continue where an interrupted run stopped."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+
+
+def training_device() -> tuple[torch.device, torch.autocast]:
+    """CUDA when present, computing in bfloat16 over float32 master weights; otherwise the CPU in float32
+    (faster than emulated bf16 on CPUs without AVX-512)."""
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return device, torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda")
+
+
+def optimizer_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, loss: torch.Tensor) -> None:
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+    optimizer.step()
+
+
+def save_state(path: Path, optimizer: torch.optim.Optimizer, step: int, **progress: Any) -> None:
+    """Optimiser, step, torch RNG and whatever progress the stage logs (losses, RL step stats)."""
+    torch.save({"optimizer": optimizer.state_dict(), "step": step, "torch_rng": torch.get_rng_state(), **progress},
+               path)  # fmt: skip
+
+
+def load_state(path: Path, optimizer: torch.optim.Optimizer) -> dict[str, Any] | None:
+    """Restore optimiser and RNG from ``path`` if an earlier run left it; returns the state (or None)."""
+    if not path.exists():
+        return None
+    state = torch.load(path, weights_only=False)
+    optimizer.load_state_dict(state["optimizer"])
+    if "torch_rng" in state:
+        torch.set_rng_state(state["torch_rng"])
+    return state

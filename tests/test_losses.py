@@ -18,6 +18,7 @@ from trainer.losses import (
     pl_log_likelihood,
     reciprocal_rank,
     sample_pl_ranking,
+    split_advantages,
 )
 
 
@@ -70,6 +71,19 @@ def test_retrieval_metrics_on_fixed_lists():
     # the random baseline the eval report shows: 1 positive among 20, NDCG@10
     by_hand = sum(1 / math.log2(r + 2) for r in range(10)) / 20
     assert expected_ndcg_random(20) == pytest.approx(by_hand) == pytest.approx(0.2272, abs=1e-4)
+
+
+def test_split_advantages_separate_rollout_and_ranking_luck():
+    # 2 rollouts × 2 PL rankings: rollout 0 earns 0.75 on average, rollout 1 earns 0.25
+    rewards = torch.tensor([[1.0, 0.5], [0.5, 0.0]])
+    rationale, ranking = split_advantages(rewards)
+    assert rationale.tolist() == pytest.approx([1, -1], abs=1e-4)  # (0.75 - 0.5) / 0.25
+    std = rewards.std(unbiased=False).item()  # over all 4 rewards: sqrt(0.125)
+    assert ranking.flatten().tolist() == pytest.approx([0.25 / std, -0.25 / std] * 2, abs=1e-4)
+    # one ranking per rollout: no within-rollout baseline, the rollout's advantage drives the PL term
+    rationale, ranking = split_advantages(torch.tensor([[1.0], [0.0]]))
+    assert rationale.tolist() == pytest.approx([1, -1], abs=1e-4)
+    assert ranking.squeeze(-1).tolist() == pytest.approx(rationale.tolist())
 
 
 def test_group_advantages_and_kl():

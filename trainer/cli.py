@@ -196,7 +196,7 @@ def sft_cmd(
     from trainer.teacher import BuiltinTeacher, TrainingStats
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
-    _checkpoint(base, "--base")
+    base_version = _checkpoint(base, "--base").model_version
     catalogue, sequences = _load(data)
     splits = _split(sequences, data)
     if teacher_url:
@@ -215,7 +215,8 @@ def sft_cmd(
                        stop_after=stop_after)  # fmt: skip
     summary = train_sft(base, out, catalogue, splits, teacher, config)
     teacher_name = f"{teacher_url} {teacher_model}" if teacher_url else "builtin"
-    provenance = {**summary, "command": _command_line(), "base": str(base), "data": data.name, "teacher": teacher_name}
+    provenance = {**summary, "command": _command_line(), "base": str(base), "base_model_version": base_version,
+                  "data": data.name, "teacher": teacher_name}  # fmt: skip
     manifest = write_checkpoint_manifest(out / "model", name, provenance)
     typer.echo(json.dumps({"model_version": manifest.model_version, **{k: summary[k] for k in (
         "examples", "loss_first_10", "loss_last_10")}}))  # fmt: skip
@@ -232,6 +233,8 @@ def rl_cmd(
     users_per_step: int = 2,
     rollouts: Annotated[int, typer.Option(help="G: rollouts per user; advantages are normalised within them.")] = 4,
     temperature: float = 1.0,
+    pl_samples: Annotated[int, typer.Option(help="M: Plackett–Luce rankings sampled per rollout.")] = 16,
+    none_weight: Annotated[float, typer.Option(help="Weight of the listwise term on reasoning='none' scores.")] = 1.0,
     lr: float = 5e-5,
     beta: Annotated[float, typer.Option(help="Weight of KL(policy || SFT reference).")] = 0.04,
     seed: int = 0,
@@ -246,14 +249,16 @@ def rl_cmd(
     from trainer.rl import RLConfig, rl_cases, train_rl
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
-    _checkpoint(base, "--base")
+    base_version = _checkpoint(base, "--base").model_version
     catalogue, sequences = _load(data)
     splits = _split(sequences, data)
     cases = rl_cases(splits, catalogue, users, negatives, seed)
-    config = RLConfig(steps=steps, users_per_step=users_per_step, rollouts=rollouts, temperature=temperature, lr=lr,
-                      beta=beta, seed=seed, stop_after=stop_after, rollout_engine=rollout_engine)  # fmt: skip
+    config = RLConfig(steps=steps, users_per_step=users_per_step, rollouts=rollouts, temperature=temperature,
+                      pl_samples=pl_samples, none_weight=none_weight, lr=lr, beta=beta, seed=seed,
+                      stop_after=stop_after, rollout_engine=rollout_engine)  # fmt: skip
     summary = train_rl(base, out, cases, config)
-    provenance = {**summary, "command": _command_line(), "base": str(base), "data": data.name, "users": len(cases)}
+    provenance = {**summary, "command": _command_line(), "base": str(base), "base_model_version": base_version,
+                  "data": data.name, "users": len(cases)}  # fmt: skip
     manifest = write_checkpoint_manifest(out / "model", name, provenance)
     typer.echo(json.dumps({"model_version": manifest.model_version, **{k: summary[k] for k in (
         "steps_done", "reward_first", "reward_last", "kl_last")}}))  # fmt: skip

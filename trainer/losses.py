@@ -56,6 +56,26 @@ def group_advantages(rewards: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
     return (rewards - mean) / (std + eps)
 
 
+def split_advantages(rewards: torch.Tensor, eps: float = 1e-6) -> tuple[torch.Tensor, torch.Tensor]:
+    """Advantages for one user's G rollouts × M Plackett–Luce rankings each. rewards: (G, M).
+
+    Two sources of variance sit in one reward: which rationales were sampled (rollout g) and which ranking
+    PL drew from their scores (sample m). They get separate advantages so neither is noise for the other:
+
+    - rationale tokens: the rollout's mean reward over its M rankings (≈ the expected NDCG@k its scores
+      earn), normalised across the G rollouts (GRPO). (G,)
+    - PL log-likelihood (the scoring head): each ranking's reward minus its own rollout's mean, scaled by
+      the user's reward std. (G, M). With M = 1 there is no within-rollout baseline, and the rollout's
+      advantage is used (plain REINFORCE with the group baseline).
+    """
+    value = rewards.mean(-1)  # (G,)
+    rationale = group_advantages(value.unsqueeze(0)).squeeze(0)
+    if rewards.shape[-1] == 1:
+        return rationale, rationale.unsqueeze(-1)
+    ranking = (rewards - value.unsqueeze(-1)) / (rewards.std(unbiased=False) + eps)
+    return rationale, ranking
+
+
 def masked_sum(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """Sum over the last dim where mask is set. values, mask: (..., T) → (...)."""
     return (values * mask).sum(-1)

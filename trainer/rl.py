@@ -5,10 +5,14 @@ One step, for each of ``users_per_step`` users (1 positive + N negatives) and ea
 1. sample a rationale per candidate from the policy (temperature > 0), the history prefix shared;
 2. score each candidate exactly as the service does: ``prompt + encode(rationale segment) + encode(cue)``,
    score = log P(yes) - log P(no) at the answer position (``contract.score_from_logprobs``);
-3. sample a ranking from the Plackett–Luce distribution over the scores; reward = its NDCG@10;
-4. advantage = reward normalised within the user's G rollouts;
-5. loss = -A · (log-prob of the rationale tokens + log P_PL(ranking | scores)) + β · KL(policy ‖ SFT ref),
-   the rationale log-prob averaged over the rollout's tokens (GRPO-style; see ``step``).
+3. sample M rankings from the Plackett–Luce distribution over the scores; reward = NDCG@10 of each;
+4. advantages (``losses.split_advantages``): the rationale tokens get the rollout's mean reward normalised
+   within the user's G rollouts; each PL ranking gets its reward minus its rollout's mean, so sampling luck
+   in the ranking is not credited to the rationales and rationale luck not to the scoring head;
+5. loss = -(A_rollout · log-prob of the rationale tokens + A_ranking · log P_PL(ranking | scores))
+   + β · KL(policy ‖ SFT ref), the rationale log-prob averaged over the rollout's tokens (GRPO-style);
+6. with ``none_weight`` > 0, the same listwise PL term on the user's ``reasoning="none"`` scores, so the
+   mode the service offers without rationales is tuned by the same reward instead of drifting.
 
 The log-probs are those of the re-encoded rationale in the scored sequence, which is what the model
 conditions its answer on (sampled and re-encoded ids differ only where the BPE merges differently).
@@ -31,7 +35,7 @@ from service.protocol import ItemIn
 from service.ranking import prepare_prompts
 from trainer.data import Catalogue, UserSplit, sample_negatives
 from trainer.loop import load_state, optimizer_step, save_state, training_device
-from trainer.losses import group_advantages, kl_k3, ndcg_at_k, pl_log_likelihood, sample_pl_ranking
+from trainer.losses import kl_k3, ndcg_at_k, pl_log_likelihood, sample_pl_ranking, split_advantages
 from trainer.policy import grouped_forward, sample_continuations
 from trainer.rollouts import VLLMRollouts
 
@@ -53,6 +57,8 @@ class RLConfig:
     users_per_step: int = 2
     rollouts: int = 4  # G: rollouts per user (the advantage baseline is their mean)
     temperature: float = 1.0
+    pl_samples: int = 16  # M: Plackett–Luce rankings drawn per rollout (cheap: the scores are computed once)
+    none_weight: float = 1.0  # weight of the listwise term on reasoning="none" scores (0 = off)
     lr: float = 5e-5
     beta: float = 0.04  # weight of KL(policy || reference)
     k: int = 10  # NDCG@k reward
@@ -66,7 +72,7 @@ class RLConfig:
         assert self.rollout_engine in ("torch", "vllm", "auto"), "rollout_engine: torch, vllm or auto"
         assert self.rollouts >= 2, "group-normalised advantages need at least 2 rollouts per user"
         assert self.temperature > 0, "RL samples rationales: temperature must be > 0"
-        assert self.steps > 0 and self.users_per_step > 0
+        assert self.steps > 0 and self.users_per_step > 0 and self.pl_samples >= 1 and self.none_weight >= 0
 
 
 @dataclass
@@ -75,15 +81,24 @@ class Prompted:
 
     prefix: list[int]
     segments: list[list[int]]  # one per candidate: the candidate segment, ending at "Reasoning:"
+    none_segments: list[list[int]]  # one per candidate: the reasoning="none" segment + answer cue
     positive: int
 
 
 def encode_case(checkpoint: Checkpoint, case: RLCase) -> Prompted:
     history = [ItemIn(item_id=f"h{i}", title=t) for i, t in enumerate(case.history)]
     candidates = [ItemIn(item_id=f"c{i}", title=t) for i, t in enumerate(case.candidates)]
-    prepared = prepare_prompts(checkpoint, history, candidates, "full")
-    n_prefix = len(prepared.prefix_ids)
-    return Prompted(prepared.prefix_ids, [job.prompt_ids[n_prefix:] for job in prepared.jobs], case.positive)
+    full = prepare_prompts(checkpoint, history, candidates, "full")
+    none = prepare_prompts(checkpoint, history, candidates, "none")
+    n_prefix = len(full.prefix_ids)
+    assert none.prefix_ids == full.prefix_ids, "both modes share the history prefix (the contract)"
+    cue = checkpoint.encoder.encode(contract.ANSWER_CUE)
+    return Prompted(
+        full.prefix_ids,
+        [job.prompt_ids[n_prefix:] for job in full.jobs],
+        [job.prompt_ids[n_prefix:] + cue for job in none.jobs],
+        case.positive,
+    )
 
 
 @dataclass
@@ -92,6 +107,7 @@ class StepStats:
     loss: float
     reward: float  # mean NDCG@k of the PL-sampled rankings
     ndcg_greedy: float  # NDCG@k of sorting by score (what serving does), same rollouts
+    ndcg_none: float | None  # NDCG@k of sorting the reasoning="none" scores (None when none_weight is 0)
     kl: float
     rationale_tokens: float
     score_std: float
@@ -186,6 +202,26 @@ class RLTrainer:
             mask[row, keep - 1 - cue - n : keep - 1 - cue] = 1.0  # the rationale's n tokens, before the cue
         return token_logp, mask, scores
 
+    def _none_scores(self, model, batch: list[Prompted]) -> torch.Tensor:
+        """reasoning="none" scores, (sum of N,): the answer position ends each none segment."""
+        packed = grouped_forward(model, [p.prefix for p in batch], [p.none_segments for p in batch], self.pad_id,
+                                 logits_to_keep=1)  # fmt: skip
+        logp = torch.log_softmax(packed.logits[:, -1].float(), dim=-1)
+        return logp[:, self.yes] - logp[:, self.no]
+
+    def _listwise(self, scores: torch.Tensor, positive: int, samples: int, generator: torch.Generator):
+        """PL rankings of scores (G, N), ``samples`` per row; returns rewards (G, M), their PL
+        log-likelihoods (G, M) and the NDCG@k of sorting by score (G,)."""
+        G, n = scores.shape
+        relevance = torch.zeros(G, samples, n, device=scores.device)
+        relevance[..., positive] = 1.0
+        expanded = scores.unsqueeze(1).expand(G, samples, n)
+        ranking = sample_pl_ranking(expanded, generator)  # (G, M, N)
+        rewards = ndcg_at_k(ranking, relevance, self.config.k)  # (G, M)
+        sorted_order = torch.argsort(scores.detach(), -1, descending=True)
+        greedy = ndcg_at_k(sorted_order, relevance[:, 0], self.config.k)  # (G,)
+        return rewards, pl_log_likelihood(expanded, ranking), greedy
+
     def step(self, step: int, cases: list[RLCase]) -> StepStats:
         config = self.config
         G = config.rollouts
@@ -196,29 +232,33 @@ class RLTrainer:
         self.policy.train()
         with self.autocast:
             token_logp, mask, scores = self._score_pass(self.policy, batch, rationales)
+            none_scores = self._none_scores(self.policy, batch) if config.none_weight > 0 else None
             with torch.no_grad():
                 ref_logp, _, _ = self._score_pass(self.reference, batch, rationales)
 
-        loss_terms, rewards_all, greedy_all, kls, lengths, stds = [], [], [], [], [], []
-        row = 0
+        loss_terms, rewards_all, greedy_all, none_all, kls, lengths, stds = [], [], [], [], [], [], []
+        row = none_row = 0
         for prompted in batch:
             n = len(prompted.segments)
             rows = slice(row, row + G * n)
             row += G * n
             user_scores = scores[rows].view(G, n)  # (G, N)
-            relevance = torch.zeros(G, n, device=scores.device)
-            relevance[:, prompted.positive] = 1.0
-            ranking = sample_pl_ranking(user_scores, generator)  # (G, N)
-            rewards = ndcg_at_k(ranking, relevance, config.k)  # (G,)
-            greedy = ndcg_at_k(torch.argsort(user_scores.detach(), -1, descending=True), relevance, config.k)
-            advantages = group_advantages(rewards.unsqueeze(0)).squeeze(0)  # (G,)
+            rewards, pl, greedy = self._listwise(user_scores, prompted.positive, config.pl_samples, generator)
+            rationale_adv, ranking_adv = split_advantages(rewards)  # (G,), (G, M)
             # per rollout: mean log-prob over all its rationale tokens (GRPO-style length normalisation keeps
             # hundreds of token terms from drowning the scoring head's PL term under gradient clipping)
             tokens = mask[rows].view(G, n, -1)
             rationale_logp = (token_logp[rows].view(G, n, -1) * tokens).sum((1, 2)) / tokens.sum((1, 2)).clamp_min(1)
-            pl = pl_log_likelihood(user_scores, ranking)  # (G,)
             kl = kl_k3(token_logp[rows], ref_logp[rows], mask[rows])  # (G·N,)
-            loss_terms.append(-(advantages * (rationale_logp + pl)).mean() + config.beta * kl.mean())
+            loss = -(rationale_adv * rationale_logp).mean() - (ranking_adv * pl).mean() + config.beta * kl.mean()
+            if none_scores is not None:
+                user_none = none_scores[none_row : none_row + n].unsqueeze(0)  # (1, N)
+                none_row += n
+                none_rewards, none_pl, none_greedy = self._listwise(user_none, prompted.positive,
+                                                                    config.pl_samples, generator)  # fmt: skip
+                loss = loss - config.none_weight * (split_advantages(none_rewards)[1] * none_pl).mean()
+                none_all.append(none_greedy.mean())
+            loss_terms.append(loss)
             rewards_all.append(rewards.mean())
             greedy_all.append(greedy.mean())
             kls.append(kl.mean().detach())
@@ -229,8 +269,9 @@ class RLTrainer:
         if self.engine is not None:
             self.engine.sync(self.policy)  # the next rollouts sample from the updated policy
         mean = lambda xs: float(torch.stack(xs).mean())  # noqa: E731
-        return StepStats(step, float(loss.detach()), mean(rewards_all), mean(greedy_all), mean(kls), mean(lengths),
-                         mean(stds))  # fmt: skip
+        none_ndcg = mean(none_all) if none_all else None
+        return StepStats(step, float(loss.detach()), mean(rewards_all), mean(greedy_all), none_ndcg, mean(kls),
+                         mean(lengths), mean(stds))  # fmt: skip
 
 
 def train_rl(base: Path, out: Path, cases: list[RLCase], config: RLConfig) -> dict:
@@ -269,10 +310,10 @@ def train_rl(base: Path, out: Path, cases: list[RLCase], config: RLConfig) -> di
         step += 1
         if step % 10 == 0 or step == 1:
             recent = log[-10:]
-            keys = ("reward", "ndcg_greedy", "kl", "rationale_tokens")
-            avg = {k: sum(r[k] for r in recent) / len(recent) for k in keys}
-            logger.info("rl step %d reward %.3f ndcg(sorted) %.3f kl %.4f rationale %.1f tokens", step,
-                        avg["reward"], avg["ndcg_greedy"], avg["kl"], avg["rationale_tokens"])  # fmt: skip
+            keys = ("reward", "ndcg_greedy", "ndcg_none", "kl", "rationale_tokens")
+            avg = {k: sum(r[k] or 0.0 for r in recent) / len(recent) for k in keys}
+            logger.info("rl step %d reward %.3f ndcg(sorted) %.3f ndcg(none) %.3f kl %.4f rationale %.1f tokens",
+                        step, *avg.values())  # fmt: skip
         if step % config.checkpoint_every == 0 or step == last:
             policy.save_pretrained(out / "model", safe_serialization=True)
             save_state(state_path, trainer.optimizer, step, log=log)

@@ -73,6 +73,8 @@ class RLConfig:
         assert self.rollouts >= 2, "group-normalised advantages need at least 2 rollouts per user"
         assert self.temperature > 0, "RL samples rationales: temperature must be > 0"
         assert self.steps > 0 and self.users_per_step > 0 and self.pl_samples >= 1 and self.none_weight >= 0
+        # the none-mode term's baseline is the mean over its M rankings: with M = 1 it would carry no gradient
+        assert self.none_weight == 0 or self.pl_samples >= 2, "none_weight > 0 needs pl_samples >= 2"
 
 
 @dataclass

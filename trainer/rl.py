@@ -83,7 +83,7 @@ class Prompted:
 
     prefix: list[int]
     segments: list[list[int]]  # one per candidate: the candidate segment, ending at "Reasoning:"
-    none_segments: list[list[int]]  # one per candidate: the reasoning="none" segment + answer cue
+    none_segments: list[list[int]]  # one per candidate: the reasoning="none" segment (the cue follows it)
     positive: int
 
 
@@ -94,11 +94,10 @@ def encode_case(checkpoint: Checkpoint, case: RLCase) -> Prompted:
     none = prepare_prompts(checkpoint, history, candidates, "none")
     n_prefix = len(full.prefix_ids)
     assert none.prefix_ids == full.prefix_ids, "both modes share the history prefix (the contract)"
-    cue = checkpoint.encoder.encode(contract.ANSWER_CUE)
     return Prompted(
         full.prefix_ids,
         [job.prompt_ids[n_prefix:] for job in full.jobs],
-        [job.prompt_ids[n_prefix:] + cue for job in none.jobs],
+        [job.prompt_ids[n_prefix:] for job in none.jobs],
         case.positive,
     )
 
@@ -205,9 +204,10 @@ class RLTrainer:
         return token_logp, mask, scores
 
     def _none_scores(self, model, batch: list[Prompted]) -> torch.Tensor:
-        """reasoning="none" scores, (sum of N,): the answer position ends each none segment."""
-        packed = grouped_forward(model, [p.prefix for p in batch], [p.none_segments for p in batch], self.pad_id,
-                                 logits_to_keep=1)  # fmt: skip
+        """reasoning="none" scores, (sum of N,): prompt + cue, the answer position last (as ``_score_pass``
+        without the rationale)."""
+        suffixes = [[segment + self.cue for segment in p.none_segments] for p in batch]
+        packed = grouped_forward(model, [p.prefix for p in batch], suffixes, self.pad_id, logits_to_keep=1)
         logp = torch.log_softmax(packed.logits[:, -1].float(), dim=-1)
         return logp[:, self.yes] - logp[:, self.no]
 
@@ -312,10 +312,12 @@ def train_rl(base: Path, out: Path, cases: list[RLCase], config: RLConfig) -> di
         step += 1
         if step % 10 == 0 or step == 1:
             recent = log[-10:]
-            keys = ("reward", "ndcg_greedy", "ndcg_none", "kl", "rationale_tokens")
-            avg = {k: sum(r[k] or 0.0 for r in recent) / len(recent) for k in keys}
-            logger.info("rl step %d reward %.3f ndcg(sorted) %.3f ndcg(none) %.3f kl %.4f rationale %.1f tokens",
-                        step, *avg.values())  # fmt: skip
+            keys = ("reward", "ndcg_greedy", "kl", "rationale_tokens")
+            avg = {k: sum(r[k] for r in recent) / len(recent) for k in keys}
+            none = [r["ndcg_none"] for r in recent if r["ndcg_none"] is not None]
+            none_text = f"{sum(none) / len(none):.3f}" if none else "off"
+            logger.info("rl step %d reward %.3f ndcg(sorted) %.3f ndcg(none) %s kl %.4f rationale %.1f tokens", step,
+                        avg["reward"], avg["ndcg_greedy"], none_text, avg["kl"], avg["rationale_tokens"])  # fmt: skip
         if step % config.checkpoint_every == 0 or step == last:
             policy.save_pretrained(out / "model", safe_serialization=True)
             save_state(state_path, trainer.optimizer, step, log=log)

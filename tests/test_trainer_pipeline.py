@@ -146,6 +146,16 @@ def test_eval_scores_a_model_through_vllm_and_export_records_its_metrics(tiny_da
     assert exported.manifest.metrics["ndcg@10"] == report["results"][f"{version} (full)"]["ndcg@10"]["mean"]
 
 
+def test_diagnose_compares_served_teacher_and_none_scores(tiny_data, tiny_sft, tmp_path):
+    result = _train("diagnose", "--model", str(tiny_sft), "--data", str(tiny_data), "--users", "12", "--out",
+                    str(tmp_path / "d.json"))  # fmt: skip
+    report = json.loads((tmp_path / "d.json").read_text())
+    assert set(report["ndcg@10"]) == {"served", "teacher", "none"} and report["users"] == 12
+    assert all(0.0 <= m["mean"] <= 1.0 for m in report["ndcg@10"].values())
+    assert set(report["clause_agreement"]) == {"shared title word", "co-occurrence", "popularity"}
+    assert "teacher's rationale forced" in result.stdout
+
+
 def test_init_model_with_lm_pretraining_learns_and_resumes(tiny_data, tmp_path):
     """LM pre-training on training sequences: loss goes down; an interrupted run resumes to the same weights."""
     args = ["--data", str(tiny_data), *TINY, "--pretrain-epochs", "4", "--pretrain-batch-size", "8"]

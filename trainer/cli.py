@@ -235,6 +235,11 @@ def rl_cmd(
     temperature: float = 1.0,
     pl_samples: Annotated[int, typer.Option(help="M: Plackett–Luce rankings sampled per rollout.")] = 16,
     none_weight: Annotated[float, typer.Option(help="Weight of the listwise term on reasoning='none' scores.")] = 1.0,
+    served_users_per_step: Annotated[
+        int, typer.Option(help="More users per step for the listwise term on scores after greedy (served) rationales.")
+    ] = 0,
+    served_weight: Annotated[float, typer.Option(help="Weight of that served-rationale term.")] = 1.0,
+    served_objective: Annotated[str, typer.Option(help="pl (REINFORCE on NDCG) or top1 (PL top-1 likelihood).")] = "pl",
     lr: float = 5e-5,
     beta: Annotated[float, typer.Option(help="Weight of KL(policy || SFT reference).")] = 0.04,
     seed: int = 0,
@@ -254,7 +259,8 @@ def rl_cmd(
     splits = _split(sequences, data)
     cases = rl_cases(splits, catalogue, users, negatives, seed)
     config = RLConfig(steps=steps, users_per_step=users_per_step, rollouts=rollouts, temperature=temperature,
-                      pl_samples=pl_samples, none_weight=none_weight, lr=lr, beta=beta, seed=seed,
+                      pl_samples=pl_samples, none_weight=none_weight, served_users_per_step=served_users_per_step,
+                      served_weight=served_weight, served_objective=served_objective, lr=lr, beta=beta, seed=seed,
                       stop_after=stop_after, rollout_engine=rollout_engine)  # fmt: skip
     summary = train_rl(base, out, cases, config)
     provenance = {**summary, "command": _command_line(), "base": str(base), "base_model_version": base_version,
@@ -324,6 +330,46 @@ def eval_cmd(
     title = f"{len(cases)} test users, 1 positive + {negatives} {retriever or 'random'} negatives"
     write_report(results, out, title, _command_line(), differences)
     typer.echo((out / "eval.md").read_text())
+
+
+@app.command("diagnose")
+def diagnose_cmd(
+    model: Annotated[Path, typer.Option(help="Checkpoint to diagnose.")],
+    data: Annotated[Path, typer.Option(help="Dataset directory.")] = DEFAULT_DATA,
+    users: Annotated[int, typer.Option(help="Held-out test users (the first of eval's sample).")] = 300,
+    negatives: int = 19,
+    out: Annotated[Path | None, typer.Option(help="Also write the diagnosis here as JSON.")] = None,
+    seed: int = 0,
+) -> None:
+    """Served rationale vs the teacher's rationale vs no rationale, on eval's test cases (plain torch): shows
+    whether the model loses NDCG in the rationales it writes or in how its answer reads them."""
+    from trainer.diagnose import diagnose
+    from trainer.evaluate import build_cases, metrics_with_ci
+    from trainer.teacher import BuiltinTeacher, TrainingStats
+
+    _checkpoint(model, "--model")
+    catalogue, sequences = _load(data)
+    splits = _split(sequences, data)
+    cases = build_cases(splits, catalogue, users, negatives, seed)
+    result = diagnose(model, catalogue, cases, BuiltinTeacher(catalogue, TrainingStats.from_splits(splits)))
+    ndcg = {mode: metrics_with_ci(ranks)["ndcg@10"] for mode, ranks in result.ranks.items()}
+    agreement = {
+        kind: {"all": t[0] / max(1, t[1]), "positives": t[2] / max(1, t[3])} for kind, t in result.agree.items()
+    }
+    report = {"model": str(model), "users": len(cases), "ndcg@10": ndcg, "clause_agreement": agreement,
+              "positives_served_vs_teacher": result.examples, "command": _command_line()}  # fmt: skip
+    if out is not None:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(report, indent=2))
+    lines = [f"{len(cases)} test users, 1 + {negatives} random negatives, NDCG@10 (95% CI)"]
+    labels = {"served": "served rationale (what users get)", "teacher": "teacher's rationale forced",
+              "none": 'reasoning="none"'}  # fmt: skip
+    for mode, m in ndcg.items():
+        lines.append(f"  {labels[mode]:36s} {m['mean']:.3f} [{m['ci_low']:.3f}, {m['ci_high']:.3f}]")
+    lines.append("clause agreement with the teacher (all candidates / positives):")
+    for kind, a in agreement.items():
+        lines.append(f"  {kind:20s} {a['all']:.3f} / {a['positives']:.3f}")
+    typer.echo("\n".join(lines))
 
 
 @app.command("export")

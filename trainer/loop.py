@@ -3,6 +3,7 @@ resume state that makes each stage continue where an interrupted run stopped."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
@@ -11,9 +12,13 @@ import torch
 
 def training_device() -> tuple[torch.device, torch.autocast]:
     """CUDA when present, computing in bfloat16 over float32 master weights; otherwise the CPU in float32
-    (faster than emulated bf16 on CPUs without AVX-512)."""
+    (faster than emulated bf16 on CPUs without AVX-512). ``R2RANK_TRAIN_PRECISION=fp32`` keeps a GPU in
+    float32 too (numerics closest to a CPU run, for comparing runs across machines)."""
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return device, torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda")
+    precision = os.environ.get("R2RANK_TRAIN_PRECISION", "bf16")
+    if precision not in ("bf16", "fp32"):
+        raise ValueError(f"R2RANK_TRAIN_PRECISION must be bf16 or fp32, got {precision!r}")
+    return device, torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda" and precision == "bf16")
 
 
 def optimizer_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, loss: torch.Tensor) -> None:

@@ -12,7 +12,13 @@ One step, for each of ``users_per_step`` users (1 positive + N negatives) and ea
 5. loss = -(A_rollout · log-prob of the rationale tokens + A_ranking · log P_PL(ranking | scores))
    + β · KL(policy ‖ SFT ref), the rationale log-prob averaged over the rollout's tokens (GRPO-style);
 6. with ``none_weight`` > 0, the same listwise PL term on the user's ``reasoning="none"`` scores, so the
-   mode the service offers without rationales is tuned by the same reward instead of drifting.
+   mode the service offers without rationales is tuned by the same reward instead of drifting;
+7. with ``served_users_per_step`` > 0, that many more users get the rationale the service would write (greedy)
+   and the same listwise PL term on the scores after it (weight ``served_weight``). SFT taught the answer on
+   the teacher's rationales; served rationales differ (the model cannot recall every co-occurrence the
+   teacher counted), and an answer that trusts them blindly ranks worse than one that also reads the item.
+   This term tunes the scoring head on exactly the inputs it meets in serving, at about a fifth of a rollout
+   user's cost (one greedy pass, no reference pass).
 
 The log-probs are those of the re-encoded rationale in the scored sequence, which is what the model
 conditions its answer on (sampled and re-encoded ids differ only where the BPE merges differently).
@@ -59,6 +65,9 @@ class RLConfig:
     temperature: float = 1.0
     pl_samples: int = 16  # M: Plackett–Luce rankings drawn per rollout (cheap: the scores are computed once)
     none_weight: float = 1.0  # weight of the listwise term on reasoning="none" scores (0 = off)
+    served_users_per_step: int = 0  # more users per step for the listwise term after greedy (served) rationales
+    served_weight: float = 1.0
+    served_objective: str = "pl"  # pl: REINFORCE on PL rankings rewarded by NDCG@k | top1: -log P_PL(positive first)
     lr: float = 5e-5
     beta: float = 0.04  # weight of KL(policy || reference)
     k: int = 10  # NDCG@k reward
@@ -73,6 +82,9 @@ class RLConfig:
         assert self.rollouts >= 2, "group-normalised advantages need at least 2 rollouts per user"
         assert self.temperature > 0, "RL samples rationales: temperature must be > 0"
         assert self.steps > 0 and self.users_per_step > 0 and self.pl_samples >= 1 and self.none_weight >= 0
+        assert self.served_users_per_step >= 0 and self.served_weight >= 0
+        assert self.served_objective in ("pl", "top1"), "served_objective: pl or top1"
+        assert self.served_users_per_step == 0 or self.pl_samples >= 2, "served users need pl_samples >= 2"
         # the none-mode term's baseline is the mean over its M rankings: with M = 1 it would carry no gradient
         assert self.none_weight == 0 or self.pl_samples >= 2, "none_weight > 0 needs pl_samples >= 2"
 
@@ -109,6 +121,7 @@ class StepStats:
     reward: float  # mean NDCG@k of the PL-sampled rankings
     ndcg_greedy: float  # NDCG@k of sorting by score (what serving does), same rollouts
     ndcg_none: float | None  # NDCG@k of sorting the reasoning="none" scores (None when none_weight is 0)
+    ndcg_served: float | None  # NDCG@k of sorting the scores after greedy rationales (None when off)
     kl: float
     rationale_tokens: float
     score_std: float
@@ -152,12 +165,16 @@ class RLTrainer:
         self.max_tokens = config.max_rationale_tokens or checkpoint.manifest.max_rationale_tokens
         self.optimizer = torch.optim.AdamW(policy.parameters(), lr=config.lr, weight_decay=0.0)
 
-    def _rollouts(self, batch: list[Prompted], generator: torch.Generator) -> list[list[list[int]]]:
-        """Per user, G·(N+1) rationale id lists (rollout-major), re-encoded as the service scores them."""
-        G = self.config.rollouts
+    def _rollouts(
+        self, batch: list[Prompted], generator: torch.Generator, G: int | None = None, temperature: float | None = None
+    ) -> list[list[list[int]]]:
+        """Per user, G·(N+1) rationale id lists (rollout-major), re-encoded as the service scores them.
+        Defaults: the config's G and temperature; ``G=1, temperature=0`` gives the served (greedy) rationales."""
+        G = self.config.rollouts if G is None else G
+        temperature = self.config.temperature if temperature is None else temperature
         if self.engine is not None:
             prompts = [p.prefix + segment for p in batch for segment in p.segments]
-            per_prompt = iter(self.engine.sample(prompts, G, self.config.temperature, self.max_tokens, self.stop_ids))
+            per_prompt = iter(self.engine.sample(prompts, G, temperature, self.max_tokens, self.stop_ids))
             sampled = []
             for prompted in batch:
                 samples = [next(per_prompt) for _ in prompted.segments]  # (N, G)
@@ -167,7 +184,7 @@ class RLTrainer:
             with self.autocast:
                 sampled = sample_continuations(
                     self.policy, [p.prefix for p in batch], [p.segments * G for p in batch], self.pad_id,
-                    self.stop_ids, self.max_tokens, self.config.temperature, generator,
+                    self.stop_ids, self.max_tokens, temperature, generator,
                 )  # fmt: skip
         texts = self.encoder.tokenizer.batch_decode(sampled, skip_special_tokens=True)
         segments = self.encoder.encode_batch([contract.rationale_segment(contract.rationale_text(t)) for t in texts])
@@ -178,10 +195,10 @@ class RLTrainer:
             start += n
         return out
 
-    def _score_pass(self, model, batch: list[Prompted], rationales: list[list[list[int]]]):
+    def _score_pass(self, model, batch: list[Prompted], rationales: list[list[list[int]]], G: int | None = None):
         """Forward over prefix + candidate + rationale + cue. Returns per-suffix token log-probs over the
         trailing columns (S, K-1), the mask of the rationale tokens among them, and scores (S,)."""
-        G = self.config.rollouts
+        G = self.config.rollouts if G is None else G
         suffixes, spans = [], []
         for prompted, group in zip(batch, rationales, strict=True):
             rows = []
@@ -224,12 +241,37 @@ class RLTrainer:
         greedy = ndcg_at_k(sorted_order, relevance[:, 0], self.config.k)  # (G,)
         return rewards, pl_log_likelihood(expanded, ranking), greedy
 
-    def step(self, step: int, cases: list[RLCase]) -> StepStats:
+    def _served_term(self, batch: list[Prompted], generator: torch.Generator) -> tuple[torch.Tensor, float]:
+        """The listwise PL term on the scores after the rationales the service would write (greedy), and the
+        NDCG@k of sorting by those scores."""
+        rationales = self._rollouts(batch, generator, G=1, temperature=0.0)
+        self.policy.train()
+        with self.autocast:
+            _, _, scores = self._score_pass(self.policy, batch, rationales, G=1)
+        terms, ndcgs, row = [], [], 0
+        for prompted in batch:
+            n = len(prompted.segments)
+            user = scores[row : row + n].unsqueeze(0)  # (1, N)
+            row += n
+            rewards, pl, greedy = self._listwise(user, prompted.positive, self.config.pl_samples, generator)
+            if self.config.served_objective == "top1":  # the exact gradient of the PL top-1 log-likelihood
+                terms.append(-torch.log_softmax(user[0], -1)[prompted.positive])
+            else:
+                terms.append(-(split_advantages(rewards)[1] * pl).mean())
+            ndcgs.append(float(greedy.mean()))
+        return torch.stack(terms).mean(), sum(ndcgs) / len(ndcgs)
+
+    def step(self, step: int, cases: list[RLCase], served_cases: list[RLCase] = ()) -> StepStats:
+        """One update: G rollouts for each of ``cases``; the served-rationale term for ``served_cases``."""
         config = self.config
         G = config.rollouts
         generator = torch.Generator().manual_seed(config.seed * 1_000_003 + step)
         batch = [encode_case(self.checkpoint, c) for c in cases]
         rationales = self._rollouts(batch, generator)
+        served_loss, served_ndcg = None, None
+        if served_cases and config.served_weight > 0:
+            served_loss, served_ndcg = self._served_term([encode_case(self.checkpoint, c) for c in served_cases],
+                                                         generator)  # fmt: skip
 
         self.policy.train()
         with self.autocast:
@@ -267,13 +309,21 @@ class RLTrainer:
             lengths.append(mask[rows].sum(-1).mean())
             stds.append(user_scores.detach().std())
         loss = torch.stack(loss_terms).mean()
+        if served_loss is not None:
+            loss = loss + config.served_weight * served_loss
         optimizer_step(self.policy, self.optimizer, loss)
         if self.engine is not None:
             self.engine.sync(self.policy)  # the next rollouts sample from the updated policy
         mean = lambda xs: float(torch.stack(xs).mean())  # noqa: E731
         none_ndcg = mean(none_all) if none_all else None
-        return StepStats(step, float(loss.detach()), mean(rewards_all), mean(greedy_all), none_ndcg, mean(kls),
-                         mean(lengths), mean(stds))  # fmt: skip
+        return StepStats(step, float(loss.detach()), mean(rewards_all), mean(greedy_all), none_ndcg, served_ndcg,
+                         mean(kls), mean(lengths), mean(stds))  # fmt: skip
+
+
+def _window_mean(records: list[dict], key: str) -> str:
+    """Mean of an optional per-step figure over a log window, or 'off' when the term was disabled."""
+    values = [r[key] for r in records if r.get(key) is not None]
+    return f"{sum(values) / len(values):.3f}" if values else "off"
 
 
 def train_rl(base: Path, out: Path, cases: list[RLCase], config: RLConfig) -> dict:
@@ -304,20 +354,20 @@ def train_rl(base: Path, out: Path, cases: list[RLCase], config: RLConfig) -> di
     order = list(range(len(cases)))
     random.Random(config.seed).shuffle(order)
     last = min(config.steps, config.stop_after or config.steps)
+    per_step = config.users_per_step + config.served_users_per_step
     while step < last:
-        start = (step * config.users_per_step) % len(order)
-        picked = [cases[order[(start + i) % len(order)]] for i in range(config.users_per_step)]
-        stats = trainer.step(step, picked)
+        start = (step * per_step) % len(order)
+        picked = [cases[order[(start + i) % len(order)]] for i in range(per_step)]
+        stats = trainer.step(step, picked[: config.users_per_step], picked[config.users_per_step :])
         log.append(asdict(stats))
         step += 1
         if step % 10 == 0 or step == 1:
             recent = log[-10:]
             keys = ("reward", "ndcg_greedy", "kl", "rationale_tokens")
             avg = {k: sum(r[k] for r in recent) / len(recent) for k in keys}
-            none = [r["ndcg_none"] for r in recent if r["ndcg_none"] is not None]
-            none_text = f"{sum(none) / len(none):.3f}" if none else "off"
-            logger.info("rl step %d reward %.3f ndcg(sorted) %.3f ndcg(none) %s kl %.4f rationale %.1f tokens", step,
-                        avg["reward"], avg["ndcg_greedy"], none_text, avg["kl"], avg["rationale_tokens"])  # fmt: skip
+            logger.info("rl step %d reward %.3f ndcg(sorted) %.3f ndcg(none) %s ndcg(served) %s kl %.4f rationale %.1f "
+                        "tokens", step, avg["reward"], avg["ndcg_greedy"], _window_mean(recent, "ndcg_none"),
+                        _window_mean(recent, "ndcg_served"), avg["kl"], avg["rationale_tokens"])  # fmt: skip
         if step % config.checkpoint_every == 0 or step == last:
             policy.save_pretrained(out / "model", safe_serialization=True)
             save_state(state_path, trainer.optimizer, step, log=log)

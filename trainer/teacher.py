@@ -72,6 +72,7 @@ STOPWORDS = frozenset(
 )
 _WORD = re.compile(r"[a-z0-9']+")
 RECENT = 3  # co-occurrence is counted with the user's last few items
+POPULARITY_PHRASES = ("a best seller", "popular", "niche", "rarely bought")  # top 1%, top 10%, the rest, unseen
 
 
 def title_words(title: str) -> set[str]:
@@ -126,13 +127,13 @@ class BuiltinTeacher:
     def _popularity_phrase(self, item: str) -> str:
         rank = self._rank.get(item)
         if rank is None:
-            return "rarely bought"
+            return POPULARITY_PHRASES[3]
         share = rank / self._n
         if share < 0.01:
-            return "a best seller"
+            return POPULARITY_PHRASES[0]
         if share < 0.1:
-            return "popular"
-        return "niche"
+            return POPULARITY_PHRASES[1]
+        return POPULARITY_PHRASES[2]
 
     def rationale(self, history: Sequence[str], candidate: str) -> str:
         """One line, at most a few clauses, each a piece of evidence."""
@@ -155,3 +156,18 @@ class BuiltinTeacher:
 
     def rationales(self, pairs: Sequence[tuple[Sequence[str], str]]) -> list[str]:
         return [self.rationale(history, candidate) for history, candidate in pairs]
+
+
+def clause_kinds(rationale: str) -> dict[str, str]:
+    """What a rationale in the built-in teacher's style asserts, per kind of evidence, so a model's rationale
+    can be compared with the teacher's clause by clause (``trainer.diagnose``)."""
+    clauses = [c.strip().lower() for c in rationale.rstrip(".").split(";")]
+    shared = next((c for c in clauses if c.startswith("shares ")), None)
+    if any(c.startswith("often bought after") for c in clauses):
+        link = "linked"
+    elif "no link to recent items" in clauses:
+        link = "no link"
+    else:
+        link = "unstated"
+    popularity = next((p for p in POPULARITY_PHRASES if p in clauses), "unstated")
+    return {"shared title word": "yes" if shared else "no", "co-occurrence": link, "popularity": popularity}

@@ -150,7 +150,7 @@ def test_diagnose_compares_served_teacher_and_none_scores(tiny_data, tiny_sft, t
     result = _train("diagnose", "--model", str(tiny_sft), "--data", str(tiny_data), "--users", "12", "--out",
                     str(tmp_path / "d.json"))  # fmt: skip
     report = json.loads((tmp_path / "d.json").read_text())
-    assert set(report["ndcg@10"]) == {"served", "teacher", "none"} and report["users"] == 12
+    assert set(report["ndcg@10"]) == {"served", "teacher", "none", "clauses"} and report["users"] == 12
     assert all(0.0 <= m["mean"] <= 1.0 for m in report["ndcg@10"].values())
     assert set(report["clause_agreement"]) == {"shared title word", "co-occurrence", "popularity"}
     assert "teacher's rationale forced" in result.stdout

@@ -343,7 +343,7 @@ def diagnose_cmd(
 ) -> None:
     """Served rationale vs the teacher's rationale vs no rationale, on eval's test cases (plain torch): shows
     whether the model loses NDCG in the rationales it writes or in how its answer reads them."""
-    from trainer.diagnose import diagnose
+    from trainer.diagnose import clause_ceiling, diagnose
     from trainer.evaluate import build_cases, metrics_with_ci
     from trainer.teacher import BuiltinTeacher, TrainingStats
 
@@ -351,7 +351,9 @@ def diagnose_cmd(
     catalogue, sequences = _load(data)
     splits = _split(sequences, data)
     cases = build_cases(splits, catalogue, users, negatives, seed)
-    result = diagnose(model, catalogue, cases, BuiltinTeacher(catalogue, TrainingStats.from_splits(splits)))
+    teacher = BuiltinTeacher(catalogue, TrainingStats.from_splits(splits))
+    result = diagnose(model, catalogue, cases, teacher)
+    result.ranks["clauses"] = clause_ceiling(splits, catalogue, teacher, cases)
     ndcg = {mode: metrics_with_ci(ranks)["ndcg@10"] for mode, ranks in result.ranks.items()}
     agreement = {
         kind: {"all": t[0] / max(1, t[1]), "positives": t[2] / max(1, t[3])} for kind, t in result.agree.items()
@@ -363,7 +365,7 @@ def diagnose_cmd(
         out.write_text(json.dumps(report, indent=2))
     lines = [f"{len(cases)} test users, 1 + {negatives} random negatives, NDCG@10 (95% CI)"]
     labels = {"served": "served rationale (what users get)", "teacher": "teacher's rationale forced",
-              "none": 'reasoning="none"'}  # fmt: skip
+              "none": 'reasoning="none"', "clauses": "teacher's clauses, no model (ceiling)"}  # fmt: skip
     for mode, m in ndcg.items():
         lines.append(f"  {labels[mode]:36s} {m['mean']:.3f} [{m['ci_low']:.3f}, {m['ci_high']:.3f}]")
     lines.append("clause agreement with the teacher (all candidates / positives):")

@@ -6,7 +6,8 @@ so it also runs on a GPU machine without vLLM):
 - ``served``: the rationale the service writes (greedy, the manifest's token budget), then the answer;
 - ``teacher``: the built-in teacher's rationale put in its place, then the answer: the ranking the model
   would give if it recalled every piece of evidence the teacher counted;
-- ``none``: the ``reasoning="none"`` score.
+- ``none``: the ``reasoning="none"`` score;
+- ``clauses`` (no model): the best ranking the teacher's clauses alone allow (``clause_ceiling``).
 
 ``teacher`` far above ``served`` means the rationales are the bottleneck (the model cannot recall the
 evidence), not the scoring head. The clause agreement says which kind of evidence it gets wrong, over all
@@ -16,6 +17,8 @@ vLLM scores: on the shipped SFT checkpoint both gave NDCG@10 0.484 (full) and 0.
 
 from __future__ import annotations
 
+import random
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,7 +29,7 @@ from service import contract
 from service.checkpoint import open_checkpoint
 from service.protocol import ItemIn
 from service.ranking import prepare_prompts
-from trainer.data import Catalogue
+from trainer.data import Catalogue, UserSplit, sample_negatives
 from trainer.evaluate import EvalCase, positive_rank
 from trainer.policy import grouped_forward, sample_continuations
 from trainer.teacher import BuiltinTeacher, clause_kinds
@@ -108,3 +111,37 @@ def diagnose(
                 if item == case.target and len(out.examples) < 5 and mine != theirs:
                     out.examples.append({"candidate": catalogue.title(item), "served": mine, "teacher": theirs})
     return out
+
+
+def clause_ceiling(
+    splits: Sequence[UserSplit],
+    catalogue: Catalogue,
+    teacher: BuiltinTeacher,
+    cases: Sequence[EvalCase],
+    calibration_users: int = 6000,
+    seed: int = 1,
+) -> list[int]:
+    """Ranks of ``cases`` under the best use of the teacher's clauses alone: P(positive | clause kinds) counted
+    on other users' validation positions (1 + 19 random negatives), ties broken at random. What a model
+    that wrote the teacher's rationale and read it perfectly would score: the format's ceiling."""
+    rng = random.Random(seed)
+    held = {c.user_id for c in cases}
+    pool = [s for s in splits if s.user_id not in held]
+    items = sorted(catalogue.titles)
+    positives, totals = Counter(), Counter()
+    for split in rng.sample(pool, min(calibration_users, len(pool))):
+        exclude = {*split.train, split.valid_target, split.test_target}
+        candidates = [split.valid_target, *sample_negatives(rng, items, exclude, 19)]
+        for index, rationale in enumerate(teacher.rationales([(split.train, c) for c in candidates])):
+            key = tuple(sorted(clause_kinds(rationale).items()))
+            totals[key] += 1
+            positives[key] += index == 0
+    ranks = []
+    for case in cases:
+        keys = [
+            tuple(sorted(clause_kinds(r).items()))
+            for r in teacher.rationales([(case.history, c) for c in case.candidates])
+        ]
+        scores = [(positives[k] + 0.05) / (totals[k] + 1) + 1e-9 * rng.random() for k in keys]
+        ranks.append(positive_rank(scores, case.candidates, case.target))
+    return ranks

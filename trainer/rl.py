@@ -17,8 +17,9 @@ One step, for each of ``users_per_step`` users (1 positive + N negatives) and ea
    and the same listwise PL term on the scores after it (weight ``served_weight``). SFT taught the answer on
    the teacher's rationales; served rationales differ (the model cannot recall every co-occurrence the
    teacher counted), and an answer that trusts them blindly ranks worse than one that also reads the item.
-   This term tunes the scoring head on exactly the inputs it meets in serving, at about a fifth of a rollout
-   user's cost (one greedy pass, no reference pass).
+   This term tunes the scoring head on exactly the inputs it meets in serving. A served user costs about a
+   quarter of a rollout user (one greedy rationale per candidate instead of G sampled ones, no reference
+   pass), so 8 served users cost about as much as 2 rollout users.
 
 The log-probs are those of the re-encoded rationale in the scored sequence, which is what the model
 conditions its answer on (sampled and re-encoded ids differ only where the BPE merges differently).

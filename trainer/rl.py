@@ -14,7 +14,8 @@ One step, for each of ``users_per_step`` users (1 positive + N negatives) and ea
 6. with ``none_weight`` > 0, the same listwise PL term on the user's ``reasoning="none"`` scores, so the
    mode the service offers without rationales is tuned by the same reward instead of drifting;
 7. with ``served_users_per_step`` > 0, that many more users get the rationale the service would write (greedy)
-   and the same listwise PL term on the scores after it (weight ``served_weight``). SFT taught the answer on
+   and a listwise term on the scores after it (weight ``served_weight``): the PL term above (``pl``) or the
+   exact PL top-1 log-likelihood of the positive (``top1``, lower variance). SFT taught the answer on
    the teacher's rationales; served rationales differ (the model cannot recall every co-occurrence the
    teacher counted), and an answer that trusts them blindly ranks worse than one that also reads the item.
    This term tunes the scoring head on exactly the inputs it meets in serving. A served user costs about a
@@ -85,7 +86,9 @@ class RLConfig:
         assert self.steps > 0 and self.users_per_step > 0 and self.pl_samples >= 1 and self.none_weight >= 0
         assert self.served_users_per_step >= 0 and self.served_weight >= 0
         assert self.served_objective in ("pl", "top1"), "served_objective: pl or top1"
-        assert self.served_users_per_step == 0 or self.pl_samples >= 2, "served users need pl_samples >= 2"
+        assert self.served_users_per_step == 0 or self.served_objective == "top1" or self.pl_samples >= 2, (
+            "the pl served objective needs pl_samples >= 2"
+        )
         # the none-mode term's baseline is the mean over its M rankings: with M = 1 it would carry no gradient
         assert self.none_weight == 0 or self.pl_samples >= 2, "none_weight > 0 needs pl_samples >= 2"
 

@@ -47,6 +47,13 @@ def _toy_cases(n: int, seed: int) -> list[RLCase]:
     return cases
 
 
+def _positive_margin(scores: torch.Tensor, held: list) -> float:
+    """Mean over cases of the positive's score minus the mean score of its negatives; scores (cases · N,)."""
+    scores = scores.view(len(held), -1)
+    own = scores[torch.arange(len(held)), torch.tensor([p.positive for p in held])]
+    return float((own - (scores.sum(-1) - own) / (scores.shape[-1] - 1)).mean())
+
+
 def test_grouped_forward_equals_plain_forward(toy_checkpoint):
     model = _model(toy_checkpoint).eval()
     prefixes = [[5, 6, 7, 8, 9, 10], [11, 12, 13]]
@@ -123,10 +130,7 @@ def test_none_weight_tunes_the_no_reasoning_scores(toy_checkpoint):
 
     def margin(trainer: RLTrainer) -> float:
         with torch.no_grad():
-            scores = trainer._none_scores(trainer.policy.eval(), held).view(len(held), -1)
-        positive = torch.tensor([p.positive for p in held])
-        own = scores[torch.arange(len(held)), positive]
-        return float((own - (scores.sum(-1) - own) / (scores.shape[-1] - 1)).mean())
+            return _positive_margin(trainer._none_scores(trainer.policy.eval(), held), held)
 
     margins = {}
     for weight in (0.0, 1.0):
@@ -153,10 +157,7 @@ def test_served_users_tune_the_scores_after_greedy_rationales(toy_checkpoint, ob
         with torch.no_grad():
             rationales = trainer._rollouts(held, generator, G=1, temperature=0.0)
             _, _, scores = trainer._score_pass(trainer.policy.eval(), held, rationales, G=1)
-        scores = scores.view(len(held), -1)
-        positive = torch.tensor([p.positive for p in held])
-        own = scores[torch.arange(len(held)), positive]
-        return float((own - (scores.sum(-1) - own) / (scores.shape[-1] - 1)).mean())
+        return _positive_margin(scores, held)
 
     gains = {}
     for served in (0, 4):

@@ -367,7 +367,7 @@ def diagnose_cmd(
     labels = {"served": "served rationale (what users get)", "teacher": "teacher's rationale forced",
               "none": 'reasoning="none"', "clauses": "teacher's clauses, no model (ceiling)"}  # fmt: skip
     for mode, m in ndcg.items():
-        lines.append(f"  {labels[mode]:36s} {m['mean']:.3f} [{m['ci_low']:.3f}, {m['ci_high']:.3f}]")
+        lines.append(f"  {labels[mode]:38s} {m['mean']:.3f} [{m['ci_low']:.3f}, {m['ci_high']:.3f}]")
     lines.append("clause agreement with the teacher (all candidates / positives):")
     for kind, a in agreement.items():
         lines.append(f"  {kind:20s} {a['all']:.3f} / {a['positives']:.3f}")

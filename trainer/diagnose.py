@@ -27,11 +27,10 @@ import torch
 
 from service import contract
 from service.checkpoint import open_checkpoint
-from service.protocol import ItemIn
-from service.ranking import prepare_prompts
 from trainer.data import Catalogue, UserSplit, sample_negatives
 from trainer.evaluate import EvalCase, positive_rank
 from trainer.policy import grouped_forward, sample_continuations
+from trainer.rl import RLCase, encode_case
 from trainer.teacher import BuiltinTeacher, clause_kinds
 
 
@@ -42,10 +41,10 @@ class Diagnosis:
     examples: list[dict[str, str]] = field(default_factory=list)  # a few positives: served vs teacher
 
     def count(self, served: str, taught: str, positive: bool) -> None:
-        mine, theirs = clause_kinds(served), clause_kinds(taught)
-        for kind in sorted(set(mine) | set(theirs)):
+        theirs = clause_kinds(taught)
+        for kind, value in clause_kinds(served).items():
             tally = self.agree.setdefault(kind, [0, 0, 0, 0])
-            same = mine.get(kind) == theirs.get(kind)
+            same = value == theirs[kind]
             tally[0] += same
             tally[1] += 1
             if positive:
@@ -66,47 +65,43 @@ def diagnose(
     pad = encoder.tokenizer.pad_token_id or 0
     stops = set(contract.rationale_stop_token_ids(encoder, min(model.config.vocab_size, len(encoder.tokenizer))))
     cue = encoder.encode(contract.ANSWER_CUE)
-    items = lambda ids: [ItemIn(item_id=i, title=catalogue.title(i)) for i in ids]  # noqa: E731
+    titles = lambda ids: [catalogue.title(i) for i in ids]  # noqa: E731
 
-    @torch.no_grad()
-    def scores(prefixes: list[list[int]], suffixes: list[list[list[int]]]) -> list[float]:
-        logp = torch.log_softmax(
-            grouped_forward(model, prefixes, suffixes, pad, logits_to_keep=1).logits[:, -1].float(), -1
-        )
-        return (logp[:, yes] - logp[:, no]).tolist()
-
-    def with_rationales(segments: list[list[list[int]]], texts: list[str]) -> list[list[list[int]]]:
-        encoded = iter(encoder.encode_batch([contract.rationale_segment(t) for t in texts]))
-        return [[segment + next(encoded) + cue for segment in group] for group in segments]
+    def with_rationales(segments: list[list[int]], texts: list[str]) -> list[list[int]]:
+        encoded = encoder.encode_batch([contract.rationale_segment(t) for t in texts])
+        return [segment + rationale + cue for segment, rationale in zip(segments, encoded, strict=True)]
 
     out = Diagnosis()
     for start in range(0, len(cases), batch):
         chunk = cases[start : start + batch]
-        full = [prepare_prompts(checkpoint, items(c.history), items(c.candidates), "full") for c in chunk]
-        prefixes = [p.prefix_ids for p in full]
-        segments = [[job.prompt_ids[len(p.prefix_ids) :] for job in p.jobs] for p in full]
+        # the RL stage's encoding: the service's prompts for both modes, the history prefix shared
+        prompted = [encode_case(checkpoint, RLCase(titles(c.history), titles(c.candidates), positive=0)) for c in chunk]
+        prefixes = [p.prefix for p in prompted]
         with torch.no_grad():
-            generated = sample_continuations(model, prefixes, segments, pad, stops,
+            generated = sample_continuations(model, prefixes, [p.segments for p in prompted], pad, stops,
                                              checkpoint.manifest.max_rationale_tokens, temperature=0.0)  # fmt: skip
-        served = [
+        served = iter(
             contract.rationale_text(t) for t in encoder.tokenizer.batch_decode(generated, skip_special_tokens=True)
-        ]
-        taught = teacher.rationales([(c.history, item) for c in chunk for item in c.candidates])
-        none = [prepare_prompts(checkpoint, items(c.history), items(c.candidates), "none") for c in chunk]
-        per_mode = {
-            "served": iter(scores(prefixes, with_rationales(segments, served))),
-            "teacher": iter(scores(prefixes, with_rationales(segments, taught))),
-            "none": iter(scores([p.prefix_ids for p in none],
-                                [[job.prompt_ids[len(p.prefix_ids) :] + cue for job in p.jobs] for p in none])),
-        }  # fmt: skip
-        texts = iter(zip(served, taught, strict=True))
-        for case in chunk:
-            for mode, values in per_mode.items():
+        )
+        pairs = []  # per user: (served, teacher) rationale per candidate
+        rows = []  # per user: served rows, teacher rows, none rows; one packed forward runs each prefix once
+        for case, p in zip(chunk, prompted, strict=True):
+            mine = [next(served) for _ in p.segments]
+            taught = teacher.rationales([(case.history, item) for item in case.candidates])
+            pairs.append(list(zip(mine, taught, strict=True)))
+            rows.append(with_rationales(p.segments, mine) + with_rationales(p.segments, taught)
+                        + [segment + cue for segment in p.none_segments])  # fmt: skip
+        with torch.no_grad():
+            logp = torch.log_softmax(
+                grouped_forward(model, prefixes, rows, pad, logits_to_keep=1).logits[:, -1].float(), -1
+            )
+        values = iter((logp[:, yes] - logp[:, no]).tolist())
+        for case, texts in zip(chunk, pairs, strict=True):
+            for mode in ("served", "teacher", "none"):  # the order of each user's rows above
                 out.ranks[mode].append(
                     positive_rank([next(values) for _ in case.candidates], case.candidates, case.target)
                 )
-            for item in case.candidates:
-                mine, theirs = next(texts)
+            for item, (mine, theirs) in zip(case.candidates, texts, strict=True):
                 out.count(mine, theirs, item == case.target)
                 if item == case.target and len(out.examples) < 5 and mine != theirs:
                     out.examples.append({"candidate": catalogue.title(item), "served": mine, "teacher": theirs})

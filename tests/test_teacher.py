@@ -57,3 +57,21 @@ def test_clause_kinds_read_back_what_the_teacher_states():
         "co-occurrence": "unstated",
         "popularity": "unstated",
     }
+
+
+def test_misrecalled_rationales_flip_only_the_link_clause():
+    """SFT's simulated recall errors: a true link dropped, a false one added (with the most recent item), the
+    other clauses as the teacher wrote them; rate 0 never flips, rate 1 always does."""
+    import random
+
+    splits = leave_one_out({"u1": ["1", "2", "3", "7", "5"], "u2": ["1", "2", "4", "6"], "u3": ["3", "4", "5", "6"]})
+    teacher = BuiltinTeacher(CATALOGUE, TrainingStats.from_splits(splits))
+    rng = random.Random(0)
+    dropped = teacher.misrecalled(["1"], "2", drop_link=1.0, add_link=0.0, rng=rng)
+    assert clause_kinds(dropped) == {**clause_kinds(teacher.rationale(["1"], "2")), "co-occurrence": "no link"}
+    added = teacher.misrecalled(["4", "5"], "6", drop_link=0.0, add_link=1.0, rng=rng)
+    assert "often bought after fifa 18" in added.lower()  # the most recent history item
+    assert clause_kinds(added)["popularity"] == clause_kinds(teacher.rationale(["4", "5"], "6"))["popularity"]
+    assert teacher.misrecalled(["1"], "2", drop_link=0.0, add_link=1.0, rng=rng) is None  # linked: only drop applies
+    assert teacher.misrecalled(["5"], "6", drop_link=1.0, add_link=0.0, rng=rng) is None  # unlinked: only add
+    assert teacher.misrecalled([], "6", drop_link=1.0, add_link=1.0, rng=rng) is None  # no history, no link clause

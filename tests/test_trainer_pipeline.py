@@ -214,3 +214,32 @@ def test_init_model_from_a_local_base_model(tiny_model, tmp_path):
     assert checkpoint.model_version.startswith("qwen-like-")
     assert checkpoint.manifest.provenance["base_model"] == str(raw)
     assert not (raw / "manifest.json").exists()  # the source directory is left untouched
+
+
+def test_sft_misrecalled_rows_train_the_answer_only(tiny_data, tiny_model):
+    """--drop-link/--add-link: the answer sees a wrong link clause, but the wrong rationale itself is never a
+    target; with both rates 0 the examples are exactly the default ones (the noise draws its own stream)."""
+    from service import contract
+    from trainer.cli import _load, _split
+    from trainer.sft import SFTConfig, build_examples
+    from trainer.teacher import BuiltinTeacher, TrainingStats
+
+    catalogue, sequences = _load(tiny_data)
+    splits = _split(sequences, tiny_data)
+    teacher = BuiltinTeacher(catalogue, TrainingStats.from_splits(splits))
+    checkpoint = open_checkpoint(tiny_model)
+    answer_and_cue = len(checkpoint.encoder.encode(contract.ANSWER_CUE)) + 1
+    common = {"users": 40, "targets_per_user": 2}
+    plain = build_examples(checkpoint, catalogue, splits, teacher, SFTConfig(**common))
+    assert plain == build_examples(checkpoint, catalogue, splits, teacher,
+                                   SFTConfig(**common, drop_link=0.0, add_link=0.0))  # fmt: skip
+    noisy = build_examples(checkpoint, catalogue, splits, teacher, SFTConfig(**common, drop_link=1.0, add_link=1.0))
+    assert [e.prefix for e in noisy] == [e.prefix for e in plain]
+    for before, after in zip(plain, noisy, strict=True):
+        for (plain_ids, plain_trained), (noisy_ids, noisy_trained) in zip(before.rows, after.rows, strict=True):
+            assert plain_trained > answer_and_cue  # a full-mode row trains rationale, cue and answer
+            assert noisy_trained == answer_and_cue  # every row flipped (history is never empty): answer only
+            assert noisy_ids[-1] == plain_ids[-1]  # the label is unchanged
+            assert noisy_ids != plain_ids  # the link clause was rewritten
+    with pytest.raises(AssertionError, match="probabilities"):
+        SFTConfig(drop_link=1.5)

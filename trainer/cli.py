@@ -172,6 +172,10 @@ def sft_cmd(
     negatives: int = 3,
     targets_per_user: Annotated[int, typer.Option(help="Training-prefix positions per user used as targets.")] = 1,
     none_fraction: Annotated[float, typer.Option(help="Share of examples without a rationale.")] = 0.0,
+    drop_link: Annotated[
+        float, typer.Option(help="P(a true co-occurrence link is dropped from the rationale the answer sees).")
+    ] = 0.0,
+    add_link: Annotated[float, typer.Option(help="P(a false co-occurrence link is added to it).")] = 0.0,
     steps: int = 300,
     batch_size: Annotated[int, typer.Option(help="Examples per step (each 1 + N candidates).")] = 8,
     lr: float = 1e-3,
@@ -210,9 +214,14 @@ def sft_cmd(
                              api=teacher_api, concurrency=teacher_concurrency)  # type: ignore[arg-type]  # fmt: skip
     else:
         teacher = BuiltinTeacher(catalogue, TrainingStats.from_splits(splits))
+    if teacher_url and (drop_link or add_link):
+        raise typer.BadParameter("only with the built-in teacher (it rewrites its clause)", param_hint="--drop-link")
+    for value, hint in ((drop_link, "--drop-link"), (add_link, "--add-link")):
+        if not 0 <= value <= 1:
+            raise typer.BadParameter(f"a probability in [0, 1], got {value}", param_hint=hint)
     config = SFTConfig(users=users, negatives=negatives, targets_per_user=targets_per_user,
-                       none_fraction=none_fraction, steps=steps, batch_size=batch_size, lr=lr, seed=seed,
-                       stop_after=stop_after)  # fmt: skip
+                       none_fraction=none_fraction, drop_link=drop_link, add_link=add_link, steps=steps,
+                       batch_size=batch_size, lr=lr, seed=seed, stop_after=stop_after)  # fmt: skip
     summary = train_sft(base, out, catalogue, splits, teacher, config)
     teacher_name = f"{teacher_url} {teacher_model}" if teacher_url else "builtin"
     provenance = {**summary, "command": _command_line(), "base": str(base), "base_model_version": base_version,

@@ -27,7 +27,7 @@ from service.ranking import prepare_prompts
 from trainer.data import Catalogue, UserSplit, sample_negatives
 from trainer.loop import load_state, optimizer_step, save_state, training_device
 from trainer.policy import grouped_forward
-from trainer.teacher import Teacher
+from trainer.teacher import BuiltinTeacher, Teacher
 
 logger = logging.getLogger(__name__)
 
@@ -38,6 +38,10 @@ class SFTConfig:
     negatives: int = 3  # negatives per positive (pointwise labels: 1 yes + N no)
     targets_per_user: int = 1  # positions of a user's training prefix used as targets (latest first)
     none_fraction: float = 0.0  # share of examples in reasoning="none" form (so one model serves both modes)
+    # misrecalled rationales (built-in teacher): P(a true co-occurrence link is dropped), P(a false one is added);
+    # such rows train the answer only, never the wrong rationale (see BuiltinTeacher.misrecalled)
+    drop_link: float = 0.0
+    add_link: float = 0.0
     steps: int = 300
     batch_size: int = 8  # examples (each 1 + N candidate rows sharing one history prefix)
     lr: float = 1e-3  # from-scratch tiny models; use ~1e-5 for a pretrained base model
@@ -50,6 +54,7 @@ class SFTConfig:
     def __post_init__(self) -> None:
         assert self.users > 0 and self.steps > 0 and self.batch_size > 0, "users, steps, batch_size must be > 0"
         assert self.negatives >= 1, "SFT needs negatives (answer 'no') as well as positives"
+        assert 0 <= self.drop_link <= 1 and 0 <= self.add_link <= 1, "drop_link and add_link are probabilities"
 
 
 @dataclass(frozen=True)
@@ -87,18 +92,34 @@ def build_examples(
                     for item, job in zip(candidates, prepared.jobs, strict=True)]  # fmt: skip
             pending.append((prepared.prefix_ids, rows, mode))
     pairs = [(history, item) for _, rows, mode in pending if mode == "full" for _, history, item, _ in rows]
-    rationales = iter(encoder.encode_batch([contract.rationale_segment(r) for r in teacher.rationales(pairs)]))
+    texts = teacher.rationales(pairs)
+    misrecalled = _misrecall(teacher, pairs, config)
+    texts = [wrong or right for wrong, right in zip(misrecalled, texts, strict=True)]
+    rationales = iter(encoder.encode_batch([contract.rationale_segment(r) for r in texts]))
+    answer_only = iter(wrong is not None for wrong in misrecalled)
     examples = []
     for prefix, rows, mode in pending:
         built = []
         for segment, _, _, label in rows:
             answer = [yes if label else no]
             # "none" is scored as prompt + cue (no Reasoning line); "full" as prompt + rationale + cue
-            target = (next(rationales) if mode == "full" else []) + cue + answer
-            built.append((segment + target, len(target)))
+            rationale = next(rationales) if mode == "full" else []
+            target = rationale + cue + answer
+            trained = len(cue) + 1 if mode == "full" and next(answer_only) else len(target)
+            built.append((segment + target, trained))
         examples.append(Example(prefix, built))
     rng.shuffle(examples)
     return examples
+
+
+def _misrecall(teacher: Teacher, pairs: list, config: SFTConfig) -> list[str | None]:
+    """Per full-mode pair, a misrecalled rationale or None (``SFTConfig.drop_link`` / ``add_link``)."""
+    if not (config.drop_link or config.add_link):
+        return [None] * len(pairs)
+    if not isinstance(teacher, BuiltinTeacher):
+        raise ValueError("drop_link/add_link rewrite the built-in teacher's co-occurrence clause: use that teacher")
+    rng = random.Random(f"misrecall-{config.seed}")  # its own stream: the examples drawn do not change
+    return [teacher.misrecalled(history, item, config.drop_link, config.add_link, rng) for history, item in pairs]
 
 
 def batch_loss(model, batch: list[Example], pad_id: int) -> torch.Tensor:

@@ -9,6 +9,7 @@ write is evidence it could compute from the prompt and what it memorised in trai
 
 from __future__ import annotations
 
+import random
 import re
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Sequence
@@ -135,8 +136,9 @@ class BuiltinTeacher:
             return POPULARITY_PHRASES[1]
         return POPULARITY_PHRASES[2]
 
-    def rationale(self, history: Sequence[str], candidate: str) -> str:
-        """One line, at most a few clauses, each a piece of evidence."""
+    def rationale(self, history: Sequence[str], candidate: str, flip_link: bool = False) -> str:
+        """One line, at most a few clauses, each a piece of evidence. ``flip_link`` writes the co-occurrence
+        clause wrong (a link dropped, or one claimed with the most recent item): see ``misrecalled``."""
         title = self.catalogue.title(candidate)
         words = title_words(title)
         clauses = []
@@ -146,7 +148,10 @@ class BuiltinTeacher:
                 clauses.append(f"shares '{shared[0]}' with {self.catalogue.title(item)}")
                 break
         count, source = self.stats.cooccurrence(history, candidate)
-        if count and source is not None:
+        linked = bool(count and source is not None)
+        if flip_link and history:
+            linked, source = not linked, history[-1]
+        if linked and source is not None:
             clauses.append(f"often bought after {self.catalogue.title(source)}")
         elif history:
             clauses.append("no link to recent items")
@@ -156,6 +161,24 @@ class BuiltinTeacher:
 
     def rationales(self, pairs: Sequence[tuple[Sequence[str], str]]) -> list[str]:
         return [self.rationale(history, candidate) for history, candidate in pairs]
+
+    def misrecalled(
+        self, history: Sequence[str], candidate: str, drop_link: float, add_link: float, rng: random.Random
+    ) -> str | None:
+        """The rationale with its co-occurrence clause recalled wrong, or None (kept right this time).
+
+        A small model cannot recall every co-occurrence the teacher counted: its served rationales miss
+        links on positives and, more rarely, claim links that are not there (``r2rank-train diagnose``).
+        SFT shows the answer such rationales (probability ``drop_link`` for a true link, ``add_link`` for
+        none), label-blind, so the answer learns how far its own rationale can be trusted. One draw per
+        pair whatever the rates, so the rest of the run's sampling does not depend on them."""
+        if not history:
+            return None
+        draw = rng.random()
+        linked = self.stats.cooccurrence(history, candidate)[0] > 0
+        if draw < (drop_link if linked else add_link):
+            return self.rationale(history, candidate, flip_link=True)
+        return None
 
 
 def clause_kinds(rationale: str) -> dict[str, str]:

@@ -79,6 +79,7 @@ eval: setup
 	$(PY) -m trainer.cli eval --model $(RUN)/sft/model --model $(RUN)/rl/model --users 1000 --out docs/eval
 	$(PY) -m trainer.cli eval --model $(RUN)/sft/model --model $(RUN)/rl/model --retriever sasrec --users 1000 \
 		--out docs/eval-sasrec
+	$(PY) -m trainer.cli eval --model $(SHIP) --users 6000 --reasoning full --out docs/eval-6k
 	$(PY) -m trainer.cli export --model $(SHIP) --out models/default --report docs/eval/eval.json
 
 clean:

@@ -64,8 +64,10 @@ def test_sft_resume_gives_the_same_state(tiny_data, tiny_model, tmp_path):
 def test_eval_baselines_and_metrics(tiny_data, tmp_path):
     """Baselines only (fast): the report has every metric with a CI and random sits near its expectation."""
     _train("eval", "--data", str(tiny_data), "--users", "150", "--out", str(tmp_path / "eval"))
-    report = json.loads((tmp_path / "eval" / "eval.json").read_text())["results"]
-    assert set(report) == {"random", "popularity", "co-occurrence + pop"}
+    written = json.loads((tmp_path / "eval" / "eval.json").read_text())
+    report = written["results"]
+    assert set(report) == {"random", "popularity", "popularity (all pre-test)", "co-occurrence + pop"}
+    assert written["paired_differences"] == {}  # paired differences are for models, never baseline vs baseline
     for metrics in report.values():
         for name in ("ndcg@10", "hr@5", "hr@10", "mrr"):
             assert metrics[name]["ci_low"] <= metrics[name]["mean"] <= metrics[name]["ci_high"]
@@ -81,6 +83,17 @@ def test_metrics_on_fixed_lists():
     assert positive_rank([0.5, 0.5, 0.1], ["t", "a", "b"], "t") == 1  # a tie counts against the target
     m = metrics_with_ci([0, 0, 1, 10])
     assert m["hr@10"]["mean"] == pytest.approx(0.75) and m["mrr"]["mean"] == pytest.approx((1 + 1 + 0.5 + 1 / 11) / 4)
+
+
+def test_pretest_popularity_counts_validation_items_never_test_targets():
+    from trainer.data import UserSplit
+    from trainer.evaluate import EvalCase, popularity_scorer, pretest_popularity_scorer
+    from trainer.teacher import TrainingStats
+
+    splits = [UserSplit("u1", ["a", "b"], "v", "t1"), UserSplit("u2", ["a"], "v", "b")]
+    case = EvalCase("u1", ["a", "b", "v"], ["t1", "a", "b", "v"], "t1")
+    assert pretest_popularity_scorer(splits)(case) == [0.0, 2.0, 1.0, 2.0]  # "b" as u2's test target not counted
+    assert popularity_scorer(TrainingStats.from_splits(splits))(case) == [0.0, 2.0, 1.0, 0.0]
 
 
 def test_data_stage_candidate_sets(tiny_data, tmp_path):

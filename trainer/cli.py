@@ -294,6 +294,7 @@ def eval_cmd(
     import asyncio
 
     from trainer.evaluate import (
+        PRETEST_POPULARITY,
         build_cases,
         cooccurrence_scorer,
         metrics_with_ci,
@@ -301,6 +302,7 @@ def eval_cmd(
         paired_difference,
         popularity_scorer,
         positive_rank,
+        pretest_popularity_scorer,
         random_scorer,
         read_retriever_lists,
         write_report,
@@ -319,17 +321,20 @@ def eval_cmd(
     cases = build_cases(splits, catalogue, users, negatives, seed, lists)
     results, ranks = {}, {}
     for name, scorer in (("random", random_scorer(seed)), ("popularity", popularity_scorer(stats)),
+                         (PRETEST_POPULARITY, pretest_popularity_scorer(splits)),
                          ("co-occurrence + pop", cooccurrence_scorer(stats))):  # fmt: skip
         ranks[name] = [positive_rank(scorer(c), c.candidates, c.target) for c in cases]
+    models = []  # "<model_version> (<mode>)", in order; baseline names may end in ")" too
     for path in model:
         label = _checkpoint(path, "--model").model_version
         for mode in reasoning.split(","):
-            ranks[f"{label} ({mode})"] = asyncio.run(model_ranks(path, catalogue, cases, mode))
+            models.append(f"{label} ({mode})")
+            ranks[models[-1]] = asyncio.run(model_ranks(path, catalogue, cases, mode))
     results = {name: metrics_with_ci(r) for name, r in ranks.items()}
     differences = {}
-    models = [n for n in ranks if n.endswith(")")]
     for name in models:
-        differences[f"{name} − popularity"] = paired_difference(ranks[name], ranks["popularity"])
+        for baseline in ("popularity", PRETEST_POPULARITY):
+            differences[f"{name} − {baseline}"] = paired_difference(ranks[name], ranks[baseline])
         if name.endswith("(full)") and name.replace("(full)", "(none)") in ranks:
             differences[f"{name} − (none)"] = paired_difference(ranks[name], ranks[name.replace("(full)", "(none)")])
     for mode in reasoning.split(","):

@@ -2,9 +2,9 @@
 
 Protocol (the paper's): per test user, history = everything before the test target; candidates = the target
 + N negatives (random, popularity-weighted, or a retriever's list such as ``Games-6k.sasrec``), never an
-item of the user's history. Baselines use training-split statistics only. The model is scored through the
-SAME code path as the service — ``Ranker`` over the in-process vLLM engine — so offline numbers are what
-users get.
+item of the user's history. Baselines use training-split statistics, except ``popularity (all pre-test)``,
+which also counts validation items. The model is scored through the SAME code path as the service —
+``Ranker`` over the in-process vLLM engine — so offline numbers are what users get.
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import json
 import random
+from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -116,6 +117,19 @@ def random_scorer(seed: int) -> Scorer:
 
 def popularity_scorer(stats: TrainingStats) -> Scorer:
     return lambda case: [float(stats.popularity.get(i, 0)) for i in case.candidates]
+
+
+PRETEST_POPULARITY = "popularity (all pre-test)"
+
+
+def pretest_popularity_scorer(splits: Sequence[UserSplit]) -> Scorer:
+    """Popularity over every interaction before each user's test item (training + validation items).
+
+    The stronger baseline a production system would have at test time; the models learn their counts from
+    training prefixes only (plus the validation items RL ranks), so ``popularity`` is the like-for-like one
+    and this one the bar to clear. Test targets are never counted."""
+    counts = Counter(item for split in splits for item in split.test_history)
+    return lambda case: [float(counts.get(i, 0)) for i in case.candidates]
 
 
 def cooccurrence_scorer(stats: TrainingStats) -> Scorer:

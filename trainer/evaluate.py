@@ -13,7 +13,7 @@ import asyncio
 import json
 import random
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -115,8 +115,13 @@ def random_scorer(seed: int) -> Scorer:
     return lambda case: [rng.random() for _ in case.candidates]
 
 
+def count_scorer(counts: Mapping[str, int]) -> Scorer:
+    """Each candidate scored by its interaction count (0 if never seen): the popularity baselines' rule."""
+    return lambda case: [float(counts.get(i, 0)) for i in case.candidates]
+
+
 def popularity_scorer(stats: TrainingStats) -> Scorer:
-    return lambda case: [float(stats.popularity.get(i, 0)) for i in case.candidates]
+    return count_scorer(stats.popularity)
 
 
 PRETEST_POPULARITY = "popularity (all pre-test)"
@@ -128,8 +133,7 @@ def pretest_popularity_scorer(splits: Sequence[UserSplit]) -> Scorer:
     The stronger baseline a production system would have at test time; the models learn their counts from
     training prefixes only (plus the validation items RL ranks), so ``popularity`` is the like-for-like one
     and this one the bar to clear. Test targets are never counted."""
-    counts = Counter(item for split in splits for item in split.test_history)
-    return lambda case: [float(counts.get(i, 0)) for i in case.candidates]
+    return count_scorer(Counter(item for split in splits for item in split.test_history))
 
 
 def cooccurrence_scorer(stats: TrainingStats) -> Scorer:

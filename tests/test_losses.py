@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from trainer.losses import (
+    candidate_advantages,
     expected_ndcg_random,
     group_advantages,
     hit_rate_at_k,
@@ -84,6 +85,21 @@ def test_split_advantages_separate_rollout_and_ranking_luck():
     rationale, ranking = split_advantages(torch.tensor([[1.0], [0.0]]))
     assert rationale.tolist() == pytest.approx([1, -1], abs=1e-4)
     assert ranking.squeeze(-1).tolist() == pytest.approx(rationale.tolist())
+
+
+def test_candidate_advantages_credit_each_rationale_with_its_own_effect():
+    # 2 rollouts × 4 candidates, the positive is item 0. Item 1 is a close rival, items 2 and 3 are far below.
+    # rollout 0 scores the positive high and the rival low, rollout 1 the other way round
+    scores = torch.tensor([[2.0, 1.0, -20.0, -20.0], [1.0, 2.0, -20.0, -30.0]])
+    generator = torch.Generator().manual_seed(0)
+    adv = candidate_advantages(scores, positive=0, k=10, samples=256, generator=generator)
+    assert adv[0, 0] > 0 > adv[1, 0]  # the positive's rationale that scored it higher is credited
+    assert adv[0, 1] > 0 > adv[1, 1]  # the rival's rationale that scored it lower is credited
+    assert adv[:, 2:].abs().max() < 1e-4  # far-below negatives did not change the ranking: no credit
+    assert adv.mean(0).abs().max() < 1e-5  # zero mean over rollouts for every candidate
+    # identical rollouts carry no signal
+    same = candidate_advantages(scores[:1].expand(3, 4), positive=0, generator=torch.Generator().manual_seed(0))
+    assert same.abs().max() == 0.0
 
 
 def test_group_advantages_and_kl():

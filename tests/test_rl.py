@@ -109,16 +109,18 @@ def test_rl_scores_and_logprobs_match_the_service_definition(toy_checkpoint):
         assert int(mask[row].sum()) == len(rationale)
 
 
-def test_rl_raises_the_reward_on_a_toy_task(toy_checkpoint):
+@pytest.mark.parametrize("credit", ["rollout", "candidate"])
+def test_rl_raises_the_reward_on_a_toy_task(toy_checkpoint, credit):
     """The positive is always the one "Gold" title among 8: a ranker can learn it only from the reward."""
     torch.manual_seed(0)
     policy, reference = _model(toy_checkpoint), _model(toy_checkpoint).eval()
-    config = RLConfig(steps=40, users_per_step=4, rollouts=4, lr=3e-3, beta=0.0, temperature=1.0, seed=0)
+    config = RLConfig(steps=40, users_per_step=4, rollouts=4, lr=3e-3, beta=0.0, temperature=1.0, seed=0,
+                      rationale_credit=credit)  # fmt: skip
     trainer = RLTrainer(toy_checkpoint, policy, reference, config)
     cases = _toy_cases(160, seed=1)
     rewards = [trainer.step(step, cases[4 * step : 4 * step + 4]).reward for step in range(config.steps)]
     first, last = sum(rewards[:8]) / 8, sum(rewards[-8:]) / 8
-    print(f"toy RL reward: first 8 steps {first:.3f}, last 8 steps {last:.3f}")
+    print(f"toy RL reward ({credit} credit): first 8 steps {first:.3f}, last 8 steps {last:.3f}")
     assert last > first + 0.2, (first, last, rewards)
 
 

@@ -249,6 +249,9 @@ def rl_cmd(
     ] = 0,
     served_weight: Annotated[float, typer.Option(help="Weight of that served-rationale term.")] = 1.0,
     served_objective: Annotated[str, typer.Option(help="pl (REINFORCE on NDCG) or top1 (PL top-1 likelihood).")] = "pl",
+    rationale_credit: Annotated[
+        str, typer.Option(help="rollout (each rationale gets its rollout's reward) or candidate (its own effect).")
+    ] = "rollout",
     lr: float = 5e-5,
     beta: Annotated[float, typer.Option(help="Weight of KL(policy || SFT reference).")] = 0.04,
     seed: int = 0,
@@ -269,7 +272,8 @@ def rl_cmd(
     cases = rl_cases(splits, catalogue, users, negatives, seed)
     config = RLConfig(steps=steps, users_per_step=users_per_step, rollouts=rollouts, temperature=temperature,
                       pl_samples=pl_samples, none_weight=none_weight, served_users_per_step=served_users_per_step,
-                      served_weight=served_weight, served_objective=served_objective, lr=lr, beta=beta, seed=seed,
+                      served_weight=served_weight, served_objective=served_objective,
+                      rationale_credit=rationale_credit, lr=lr, beta=beta, seed=seed,
                       stop_after=stop_after, rollout_engine=rollout_engine)  # fmt: skip
     summary = train_rl(base, out, cases, config)
     provenance = {**summary, "command": _command_line(), "base": str(base), "base_model_version": base_version,

@@ -76,6 +76,40 @@ def split_advantages(rewards: torch.Tensor, eps: float = 1e-6) -> tuple[torch.Te
     return rationale, ranking
 
 
+def candidate_advantages(
+    scores: torch.Tensor,
+    positive: int,
+    k: int = 10,
+    samples: int = 16,
+    generator: torch.Generator | None = None,
+    eps: float = 1e-6,
+) -> torch.Tensor:
+    """Per-rationale advantages for one user's G rollouts × N candidates. scores: (G, N) → (G, N).
+
+    Candidates are scored pointwise, so candidate i's rationale moves only s_i; crediting every rationale of a
+    rollout with the whole list's reward (``split_advantages``) blurs 20 decisions into one number. Here
+    rationale (g, i) is credited with the expected NDCG@k (under Plackett–Luce) of the list where item i takes
+    rollout g's score and every other item its mean score over the G rollouts, minus the mean of that over g:
+    the effect of that one rationale on the list reward. The same Gumbel draws serve every (g, i) (common
+    random numbers), so the differences come from the scores and not from sampling luck. A negative far below
+    the positive, or a positive far above the rest, gets ~0: its rationale did not change the ranking.
+    Advantages are scaled by the user's std over all G·N (GRPO-style), 0 when nothing mattered.
+    """
+    G, n = scores.shape
+    own = scores.detach().float()
+    context = own.mean(0)  # (N,) each item's mean score over the rollouts
+    swapped = context.expand(G, n, n).clone()  # (G, N, N): row (g, i) is the context list ...
+    items = torch.arange(n, device=own.device)
+    swapped[:, items, items] = own  # ... with item i's score from rollout g
+    uniform = torch.rand((samples, n), generator=generator, dtype=torch.float32).to(own.device)  # CPU generator
+    gumbel = -torch.log((-torch.log(uniform.clamp_min(1e-20))).clamp_min(1e-20))  # (M, N)
+    noisy = swapped.unsqueeze(2) + gumbel  # (G, N, M, N): argsort of each row is a PL sample
+    rank_of_positive = (noisy > noisy[..., positive : positive + 1]).sum(-1)  # (G, N, M)
+    reward = ndcg_single_positive(rank_of_positive, k).mean(-1)  # (G, N) expected NDCG@k
+    centred = reward - reward.mean(0, keepdim=True)
+    return centred / (centred.std(unbiased=False) + eps)
+
+
 def masked_sum(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """Sum over the last dim where mask is set. values, mask: (..., T) → (...)."""
     return (values * mask).sum(-1)

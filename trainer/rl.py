@@ -43,7 +43,14 @@ from service.protocol import ItemIn
 from service.ranking import prepare_prompts
 from trainer.data import Catalogue, UserSplit, sample_negatives
 from trainer.loop import load_state, optimizer_step, save_state, training_device
-from trainer.losses import kl_k3, ndcg_at_k, pl_log_likelihood, sample_pl_ranking, split_advantages
+from trainer.losses import (
+    candidate_advantages,
+    kl_k3,
+    ndcg_at_k,
+    pl_log_likelihood,
+    sample_pl_ranking,
+    split_advantages,
+)
 from trainer.policy import grouped_forward, sample_continuations
 from trainer.rollouts import VLLMRollouts
 
@@ -70,6 +77,8 @@ class RLConfig:
     served_users_per_step: int = 0  # more users per step for the listwise term after greedy (served) rationales
     served_weight: float = 1.0
     served_objective: str = "pl"  # pl: REINFORCE on PL rankings rewarded by NDCG@k | top1: -log P_PL(positive first)
+    # which reward a rationale's tokens get: the whole rollout's (rollout) or its own candidate's effect on it
+    rationale_credit: str = "rollout"
     lr: float = 5e-5
     beta: float = 0.04  # weight of KL(policy || reference)
     k: int = 10  # NDCG@k reward
@@ -86,6 +95,7 @@ class RLConfig:
         assert self.steps > 0 and self.users_per_step > 0 and self.pl_samples >= 1 and self.none_weight >= 0
         assert self.served_users_per_step >= 0 and self.served_weight >= 0
         assert self.served_objective in ("pl", "top1"), "served_objective: pl or top1"
+        assert self.rationale_credit in ("rollout", "candidate"), "rationale_credit: rollout or candidate"
         assert self.served_users_per_step == 0 or self.served_objective == "top1" or self.pl_samples >= 2, (
             "the pl served objective needs pl_samples >= 2"
         )
@@ -293,12 +303,18 @@ class RLTrainer:
             user_scores = scores[rows].view(G, n)  # (G, N)
             rewards, pl, greedy = self._listwise(user_scores, prompted.positive, config.pl_samples, generator)
             rationale_adv, ranking_adv = split_advantages(rewards)  # (G,), (G, M)
-            # per rollout: mean log-prob over all its rationale tokens (GRPO-style length normalisation keeps
-            # hundreds of token terms from drowning the scoring head's PL term under gradient clipping)
             tokens = mask[rows].view(G, n, -1)
-            rationale_logp = (token_logp[rows].view(G, n, -1) * tokens).sum((1, 2)) / tokens.sum((1, 2)).clamp_min(1)
+            token_sums = (token_logp[rows].view(G, n, -1) * tokens).sum(-1)  # (G, N)
+            if config.rationale_credit == "candidate":  # each rationale: its own effect on the list reward
+                credit = candidate_advantages(user_scores, prompted.positive, config.k, config.pl_samples, generator)
+                rationale_term = (credit * token_sums / tokens.sum(-1).clamp_min(1)).mean()
+            else:
+                # per rollout: mean log-prob over all its rationale tokens (GRPO-style length normalisation
+                # keeps hundreds of token terms from drowning the scoring head's PL term under gradient clipping)
+                rationale_logp = token_sums.sum(-1) / tokens.sum((1, 2)).clamp_min(1)
+                rationale_term = (rationale_adv * rationale_logp).mean()
             kl = kl_k3(token_logp[rows], ref_logp[rows], mask[rows])  # (G·N,)
-            loss = -(rationale_adv * rationale_logp).mean() - (ranking_adv * pl).mean() + config.beta * kl.mean()
+            loss = -rationale_term - (ranking_adv * pl).mean() + config.beta * kl.mean()
             if none_scores is not None:
                 user_none = none_scores[none_row : none_row + n].unsqueeze(0)  # (1, N)
                 none_row += n

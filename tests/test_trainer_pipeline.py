@@ -73,6 +73,9 @@ def test_eval_baselines_and_metrics(tiny_data, tmp_path):
             assert metrics[name]["ci_low"] <= metrics[name]["mean"] <= metrics[name]["ci_high"]
     assert 0.1 < report["random"]["ndcg@10"]["mean"] < 0.35
     assert (tmp_path / "eval" / "eval.png").stat().st_size > 0
+    ranks = json.loads((tmp_path / "eval" / "ranks.json").read_text())
+    assert len(ranks["users"]) == len(set(ranks["users"])) == 150 and set(ranks["ranks"]) == set(report)
+    assert all(0 <= r < 20 for per_user in ranks["ranks"].values() for r in per_user)
     assert "NDCG@10" in (tmp_path / "eval" / "eval.md").read_text()
 
 

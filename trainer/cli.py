@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import random
 import shlex
@@ -341,12 +342,14 @@ def eval_cmd(
             differences[f"{name} − {baseline}"] = paired_difference(ranks[name], ranks[baseline])
         if name.endswith("(full)") and name.replace("(full)", "(none)") in ranks:
             differences[f"{name} − (none)"] = paired_difference(ranks[name], ranks[name.replace("(full)", "(none)")])
-    for mode in reasoning.split(","):
+    for mode in reasoning.split(","):  # every pair of models in one mode, later − earlier in --model order
         in_mode = [n for n in models if n.endswith(f"({mode})")]
-        for earlier, later in zip(in_mode, in_mode[1:], strict=False):
+        for earlier, later in itertools.combinations(in_mode, 2):
             differences[f"{later} − {earlier}"] = paired_difference(ranks[later], ranks[earlier])
     title = f"{len(cases)} test users, 1 positive + {negatives} {retriever or 'random'} negatives"
     write_report(results, out, title, _command_line(), differences)
+    # per-user ranks of the positive, so a later run on the same users can be paired without re-scoring
+    (out / "ranks.json").write_text(json.dumps({"users": [c.user_id for c in cases], "ranks": ranks}))
     typer.echo((out / "eval.md").read_text())
 
 

@@ -65,7 +65,7 @@ INIT_ARGS ?= --seed 0 --pretrain-epochs 1
 SFT_ARGS ?= --users 10000 --targets-per-user 2 --negatives 3 --none-fraction 0.3 --steps 1200 --batch-size 16 --lr 1.5e-3 \
 	--drop-link 0.25 --add-link 0.075
 RL_ARGS  ?= --users 6000 --negatives 19 --rollouts 4 --users-per-step 2 --steps 100 --lr 5e-5 --beta 0.04 \
-	--pl-samples 16 --none-weight 1.0 --served-users-per-step 8 --served-objective top1
+	--pl-samples 16 --none-weight 1.0 --served-users-per-step 8 --served-objective top1 --rationale-credit candidate
 
 train: setup
 	$(PY) -m trainer.cli init-model --out $(RUN)/init $(INIT_ARGS)

@@ -25,11 +25,19 @@ def pl_log_likelihood(scores: torch.Tensor, ranking: torch.Tensor) -> torch.Tens
     return (ordered - suffix_lse).sum(-1)
 
 
+def gumbel_noise(
+    shape: torch.Size | tuple[int, ...], generator: torch.Generator | None, device: torch.device
+) -> torch.Tensor:
+    """Standard Gumbel draws: argsort(scores + this) is an exact Plackett–Luce sample. Drawn on the CPU (where
+    the seeded generator lives) and moved to ``device``."""
+    uniform = torch.rand(shape, generator=generator, dtype=torch.float32).to(device)
+    return -torch.log((-torch.log(uniform.clamp_min(1e-20))).clamp_min(1e-20))
+
+
 def sample_pl_ranking(scores: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
     """Sample rankings from Plackett–Luce via the Gumbel trick: argsort(s + Gumbel noise) is an exact PL
     sample. scores: (..., N) → (..., N) permutation, best first."""
-    uniform = torch.rand(scores.shape, generator=generator, dtype=torch.float32).to(scores.device)  # CPU generator
-    gumbel = -torch.log((-torch.log(uniform.clamp_min(1e-20))).clamp_min(1e-20))
+    gumbel = gumbel_noise(scores.shape, generator, scores.device)
     return torch.argsort(scores.detach().float() + gumbel, dim=-1, descending=True)
 
 
@@ -101,8 +109,7 @@ def candidate_advantages(
     swapped = context.expand(G, n, n).clone()  # (G, N, N): row (g, i) is the context list ...
     items = torch.arange(n, device=own.device)
     swapped[:, items, items] = own  # ... with item i's score from rollout g
-    uniform = torch.rand((samples, n), generator=generator, dtype=torch.float32).to(own.device)  # CPU generator
-    gumbel = -torch.log((-torch.log(uniform.clamp_min(1e-20))).clamp_min(1e-20))  # (M, N)
+    gumbel = gumbel_noise((samples, n), generator, own.device)  # (M, N)
     noisy = swapped.unsqueeze(2) + gumbel  # (G, N, M, N): argsort of each row is a PL sample
     rank_of_positive = (noisy > noisy[..., positive : positive + 1]).sum(-1)  # (G, N, M)
     reward = ndcg_single_positive(rank_of_positive, k).mean(-1)  # (G, N) expected NDCG@k

@@ -179,6 +179,9 @@ def sft_cmd(
     add_link: Annotated[float, typer.Option(help="P(a false co-occurrence link is added to it).")] = 0.0,
     steps: int = 300,
     batch_size: Annotated[int, typer.Option(help="Examples per step (each 1 + N candidates).")] = 8,
+    micro_batch: Annotated[
+        int, typer.Option(help="Examples per forward pass, grouped by length; the update does not depend on it.")
+    ] = 2,
     lr: float = 1e-3,
     seed: int = 0,
     name: str = "sft",
@@ -222,7 +225,8 @@ def sft_cmd(
             raise typer.BadParameter(f"a probability in [0, 1], got {value}", param_hint=hint)
     config = SFTConfig(users=users, negatives=negatives, targets_per_user=targets_per_user,
                        none_fraction=none_fraction, drop_link=drop_link, add_link=add_link, steps=steps,
-                       batch_size=batch_size, lr=lr, seed=seed, stop_after=stop_after)  # fmt: skip
+                       batch_size=batch_size, micro_batch=micro_batch, lr=lr, seed=seed,
+                       stop_after=stop_after)  # fmt: skip
     summary = train_sft(base, out, catalogue, splits, teacher, config)
     teacher_name = f"{teacher_url} {teacher_model}" if teacher_url else "builtin"
     provenance = {**summary, "command": _command_line(), "base": str(base), "base_model_version": base_version,

@@ -4,6 +4,7 @@ resume state that makes each stage continue where an interrupted run stopped."""
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -21,11 +22,20 @@ def training_device() -> tuple[torch.device, torch.autocast]:
     return device, torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda" and precision == "bf16")
 
 
-def optimizer_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, loss: torch.Tensor) -> None:
+def optimizer_step(
+    model: torch.nn.Module, optimizer: torch.optim.Optimizer, loss: torch.Tensor | Iterable[torch.Tensor]
+) -> float:
+    """One clipped update; returns the loss. ``loss`` may be an iterable of parts that sum to the step's loss
+    (micro-batches): each is backpropagated as soon as it is produced, so a lazy iterable keeps only one
+    micro-batch's graph alive, and the gradients add up to those of the whole batch."""
     optimizer.zero_grad(set_to_none=True)
-    loss.backward()
+    total = 0.0
+    for part in [loss] if isinstance(loss, torch.Tensor) else loss:
+        part.backward()
+        total += float(part.detach())
     torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
     optimizer.step()
+    return total
 
 
 def save_state(path: Path, optimizer: torch.optim.Optimizer, step: int, **progress: Any) -> None:

@@ -32,10 +32,13 @@ from __future__ import annotations
 import json
 import logging
 import random
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
+from itertools import chain
 from pathlib import Path
 
 import torch
+from torch import Tensor
 
 from service import contract
 from service.checkpoint import Checkpoint, open_checkpoint
@@ -255,56 +258,42 @@ class RLTrainer:
         greedy = ndcg_at_k(sorted_order, relevance[:, 0], self.config.k)  # (G,)
         return rewards, pl_log_likelihood(expanded, ranking), greedy
 
-    def _served_term(self, batch: list[Prompted], generator: torch.Generator) -> tuple[torch.Tensor, float]:
-        """The listwise PL term on the scores after the rationales the service would write (greedy), and the
-        NDCG@k of sorting by those scores."""
+    def _served_parts(self, batch: list[Prompted], generator: torch.Generator, ndcgs: list[float]) -> Iterator[Tensor]:
+        """Per served user, its share of the listwise term on the scores after the rationales the service would
+        write (greedy); appends the NDCG@k of sorting by those scores to ``ndcgs``."""
         rationales = self._rollouts(batch, generator, G=1, temperature=0.0)
         self.policy.train()
-        with self.autocast:
-            _, _, scores = self._score_pass(self.policy, batch, rationales, G=1)
-        terms, ndcgs, row = [], [], 0
-        for prompted in batch:
-            n = len(prompted.segments)
-            user = scores[row : row + n].unsqueeze(0)  # (1, N)
-            row += n
+        for prompted, rationale in zip(batch, rationales, strict=True):
+            with self.autocast:
+                _, _, scores = self._score_pass(self.policy, [prompted], [rationale], G=1)
+            user = scores.unsqueeze(0)  # (1, N)
             rewards, pl, greedy = self._listwise(user, prompted.positive, self.config.pl_samples, generator)
             if self.config.served_objective == "top1":  # the exact gradient of the PL top-1 log-likelihood
-                terms.append(-torch.log_softmax(user[0], -1)[prompted.positive])
+                term = -torch.log_softmax(user[0], -1)[prompted.positive]
             else:
-                terms.append(-(split_advantages(rewards)[1] * pl).mean())
+                term = -(split_advantages(rewards)[1] * pl).mean()
             ndcgs.append(float(greedy.mean()))
-        return torch.stack(terms).mean(), sum(ndcgs) / len(ndcgs)
+            yield self.config.served_weight * term / len(batch)
 
-    def step(self, step: int, cases: list[RLCase], served_cases: list[RLCase] = ()) -> StepStats:
-        """One update: G rollouts for each of ``cases``; the served-rationale term for ``served_cases``."""
+    def _user_parts(
+        self, batch: list[Prompted], rationales: list[list[list[int]]], generator: torch.Generator, stats: list[dict]
+    ) -> Iterator[Tensor]:
+        """Per rollout user, its share of the loss; appends the user's figures (reward, NDCG, KL...) to ``stats``."""
         config = self.config
         G = config.rollouts
-        generator = torch.Generator().manual_seed(config.seed * 1_000_003 + step)
-        batch = [encode_case(self.checkpoint, c) for c in cases]
-        rationales = self._rollouts(batch, generator)
-        served_loss, served_ndcg = None, None
-        if served_cases and config.served_weight > 0:
-            served_loss, served_ndcg = self._served_term([encode_case(self.checkpoint, c) for c in served_cases],
-                                                         generator)  # fmt: skip
-
         self.policy.train()
-        with self.autocast:
-            token_logp, mask, scores = self._score_pass(self.policy, batch, rationales)
-            none_scores = self._none_scores(self.policy, batch) if config.none_weight > 0 else None
-            with torch.no_grad():
-                ref_logp, _, _ = self._score_pass(self.reference, batch, rationales)
-
-        loss_terms, rewards_all, greedy_all, none_all, kls, lengths, stds = [], [], [], [], [], [], []
-        row = none_row = 0
-        for prompted in batch:
+        for prompted, group in zip(batch, rationales, strict=True):
             n = len(prompted.segments)
-            rows = slice(row, row + G * n)
-            row += G * n
-            user_scores = scores[rows].view(G, n)  # (G, N)
+            with self.autocast:
+                token_logp, mask, scores = self._score_pass(self.policy, [prompted], [group])
+                none_scores = self._none_scores(self.policy, [prompted]) if config.none_weight > 0 else None
+                with torch.no_grad():
+                    ref_logp, _, _ = self._score_pass(self.reference, [prompted], [group])
+            user_scores = scores.view(G, n)  # (G, N)
             rewards, pl, greedy = self._listwise(user_scores, prompted.positive, config.pl_samples, generator)
             rationale_adv, ranking_adv = split_advantages(rewards)  # (G,), (G, M)
-            tokens = mask[rows].view(G, n, -1)
-            token_sums = (token_logp[rows].view(G, n, -1) * tokens).sum(-1)  # (G, N)
+            tokens = mask.view(G, n, -1)
+            token_sums = (token_logp.view(G, n, -1) * tokens).sum(-1)  # (G, N)
             if config.rationale_credit == "candidate":  # each rationale: its own effect on the list reward
                 credit = candidate_advantages(user_scores, prompted.positive, config.k, config.pl_samples, generator)
                 rationale_term = (credit * token_sums / tokens.sum(-1).clamp_min(1)).mean()
@@ -313,31 +302,42 @@ class RLTrainer:
                 # keeps hundreds of token terms from drowning the scoring head's PL term under gradient clipping)
                 rationale_logp = token_sums.sum(-1) / tokens.sum((1, 2)).clamp_min(1)
                 rationale_term = (rationale_adv * rationale_logp).mean()
-            kl = kl_k3(token_logp[rows], ref_logp[rows], mask[rows])  # (G·N,)
+            kl = kl_k3(token_logp, ref_logp, mask)  # (G·N,)
             loss = -rationale_term - (ranking_adv * pl).mean() + config.beta * kl.mean()
+            none_ndcg = None
             if none_scores is not None:
-                user_none = none_scores[none_row : none_row + n].unsqueeze(0)  # (1, N)
-                none_row += n
-                none_rewards, none_pl, none_greedy = self._listwise(user_none, prompted.positive,
+                none_rewards, none_pl, none_greedy = self._listwise(none_scores.unsqueeze(0), prompted.positive,
                                                                     config.pl_samples, generator)  # fmt: skip
                 loss = loss - config.none_weight * (split_advantages(none_rewards)[1] * none_pl).mean()
-                none_all.append(none_greedy.mean())
-            loss_terms.append(loss)
-            rewards_all.append(rewards.mean())
-            greedy_all.append(greedy.mean())
-            kls.append(kl.mean().detach())
-            lengths.append(mask[rows].sum(-1).mean())
-            stds.append(user_scores.detach().std())
-        loss = torch.stack(loss_terms).mean()
-        if served_loss is not None:
-            loss = loss + config.served_weight * served_loss
-        optimizer_step(self.policy, self.optimizer, loss)
+                none_ndcg = float(none_greedy.mean())
+            stats.append({"reward": float(rewards.mean()), "greedy": float(greedy.mean()), "none": none_ndcg,
+                          "kl": float(kl.detach().mean()), "length": float(mask.sum(-1).mean()),
+                          "std": float(user_scores.detach().std())})  # fmt: skip
+            yield loss / len(batch)
+
+    def step(self, step: int, cases: list[RLCase], served_cases: list[RLCase] = ()) -> StepStats:
+        """One update: G rollouts for each of ``cases``; the served-rationale term for ``served_cases``.
+
+        Rationales are sampled for all users at once (one decoding loop), but the passes that carry gradients
+        run user by user, each backpropagated before the next: users' histories differ in length by up to
+        ten times, so one padded pass over all of them would be mostly padding. The gradient is the same."""
+        config = self.config
+        generator = torch.Generator().manual_seed(config.seed * 1_000_003 + step)
+        batch = [encode_case(self.checkpoint, c) for c in cases]
+        rationales = self._rollouts(batch, generator)
+        served = [encode_case(self.checkpoint, c) for c in served_cases] if config.served_weight > 0 else []
+        served_ndcgs: list[float] = []
+        users: list[dict] = []
+        parts = chain(self._served_parts(served, generator, served_ndcgs) if served else (),
+                      self._user_parts(batch, rationales, generator, users))  # fmt: skip
+        loss = optimizer_step(self.policy, self.optimizer, parts)
         if self.engine is not None:
             self.engine.sync(self.policy)  # the next rollouts sample from the updated policy
-        mean = lambda xs: float(torch.stack(xs).mean())  # noqa: E731
-        none_ndcg = mean(none_all) if none_all else None
-        return StepStats(step, float(loss.detach()), mean(rewards_all), mean(greedy_all), none_ndcg, served_ndcg,
-                         mean(kls), mean(lengths), mean(stds))  # fmt: skip
+        mean = lambda key: sum(u[key] for u in users) / len(users)  # noqa: E731
+        none_ndcg = mean("none") if config.none_weight > 0 else None
+        served_ndcg = sum(served_ndcgs) / len(served_ndcgs) if served_ndcgs else None
+        return StepStats(step, loss, mean("reward"), mean("greedy"), none_ndcg, served_ndcg, mean("kl"),
+                         mean("length"), mean("std"))  # fmt: skip
 
 
 def _window_mean(records: list[dict], key: str) -> str:

@@ -2,10 +2,11 @@
 
     python -m loadtest.bench_sft_step [--model models/default] [--steps 8] [--micro-batch 2]
 
-Builds SFT examples exactly as the Makefile's ``SFT_ARGS`` do (built-in teacher, 1 + 3 candidates, 30%
-``none`` form), then times forward + backward + optimiser step on the same batches, alternating the two
-settings so drift on a shared machine hits both alike. Prints seconds per step each way, the ratio, and the
-share of real (non-pad) tokens each way.
+Builds SFT examples shaped like the Makefile's ``SFT_ARGS`` (built-in teacher, 2 target positions per user,
+1 + 3 candidates, 30% ``none`` form; ``steps x batch-size`` users, without the misrecall flags), then times
+forward + backward + optimiser step on the same batches, alternating the two settings so drift on a shared
+machine hits both alike. Prints seconds per step each way, the ratio, and the share of real (non-pad)
+tokens each way.
 """
 
 from __future__ import annotations

@@ -3,6 +3,8 @@ resume state that makes each stage continue where an interrupted run stopped."""
 
 from __future__ import annotations
 
+import logging
+import math
 import os
 from collections.abc import Iterable
 from pathlib import Path
@@ -10,12 +12,22 @@ from typing import Any
 
 import torch
 
+logger = logging.getLogger(__name__)
+
 
 def training_device() -> tuple[torch.device, torch.autocast]:
     """CUDA when present, computing in bfloat16 over float32 master weights; otherwise the CPU in float32
     (faster than emulated bf16 on CPUs without AVX-512). ``R2RANK_TRAIN_PRECISION=fp32`` keeps a GPU in
-    float32 too (numerics closest to a CPU run, for comparing runs across machines)."""
+    float32 too (numerics closest to a CPU run, for comparing runs across machines).
+
+    On CUDA it also turns off cuDNN's attention kernel for this process. Its bf16 backward returns NaN query
+    gradients when an explicit mask is passed, the sequence length is 64 mod 128 and a query row attends to
+    nothing, e.g. a left-pad row (pytorch/pytorch#196678, torch 2.11 on H100/H200). Padded training batches
+    meet that now and then, and one NaN gradient poisons every weight. SDPA's flash and memory-efficient
+    kernels then run the same attention."""
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.type == "cuda":
+        torch.backends.cuda.enable_cudnn_sdp(False)
     precision = os.environ.get("R2RANK_TRAIN_PRECISION", "bf16")
     if precision not in ("bf16", "fp32"):
         raise ValueError(f"R2RANK_TRAIN_PRECISION must be bf16 or fp32, got {precision!r}")
@@ -27,13 +39,20 @@ def optimizer_step(
 ) -> float:
     """One clipped update; returns the loss. ``loss`` may be an iterable of parts that sum to the step's loss
     (micro-batches): each is backpropagated as soon as it is produced, so a lazy iterable keeps only one
-    micro-batch's graph alive, and the gradients add up to those of the whole batch."""
+    micro-batch's graph alive, and the gradients add up to those of the whole batch.
+
+    A step whose gradient is not finite (an inf or NaN anywhere) is skipped with a warning: the weights and
+    the optimiser's moments stay as they were, instead of every weight turning NaN for the rest of the run."""
     optimizer.zero_grad(set_to_none=True)
     total = 0.0
     for part in [loss] if isinstance(loss, torch.Tensor) else loss:
         part.backward()
         total += float(part.detach())
-    torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+    norm = float(torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0))
+    if not math.isfinite(norm):
+        optimizer.zero_grad(set_to_none=True)
+        logger.warning("non-finite gradient (norm %s, loss %s): update skipped, weights unchanged", norm, total)
+        return total
     optimizer.step()
     return total
 

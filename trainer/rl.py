@@ -29,6 +29,7 @@ One optimiser step per batch of rollouts (on-policy REINFORCE with group-normali
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import logging
 import random
@@ -346,6 +347,19 @@ def _window_mean(records: list[dict], key: str) -> str:
     return f"{sum(values) / len(values):.3f}" if values else "off"
 
 
+def _use_vllm_rollouts(rollout_engine: str, device: torch.device) -> bool:
+    """``vllm`` always (failing loudly where vLLM is missing); ``auto`` on a GPU where vLLM is installed, else
+    the torch sampler, with a warning on a GPU, where vLLM would be the fast path."""
+    if rollout_engine != "auto":
+        return rollout_engine == "vllm"
+    if device.type != "cuda":
+        return False
+    if importlib.util.find_spec("vllm") is None:
+        logger.warning("vLLM is not installed: RL samples rationales with torch (slower on a GPU)")
+        return False
+    return True
+
+
 def train_rl(base: Path, out: Path, cases: list[RLCase], config: RLConfig) -> dict:
     """RL-tune ``base`` (an SFT checkpoint, also the KL reference) into ``out/model``; resumable."""
     from transformers import AutoModelForCausalLM
@@ -361,9 +375,7 @@ def train_rl(base: Path, out: Path, cases: list[RLCase], config: RLConfig) -> di
     for parameter in reference.parameters():
         parameter.requires_grad_(False)
     engine = None
-    if config.rollout_engine == "vllm" or (config.rollout_engine == "auto" and device.type == "cuda"):
-        from trainer.rollouts import VLLMRollouts
-
+    if _use_vllm_rollouts(config.rollout_engine, device):
         engine = VLLMRollouts(start_from, dtype="bfloat16" if device.type == "cuda" else "float32")
     trainer = RLTrainer(checkpoint, policy, reference, config, engine)
     step, log = 0, []

@@ -23,12 +23,13 @@ def test_a_non_finite_gradient_skips_the_update_and_says_so(caplog):
     x = torch.ones(3, 4)
     nan_part = model(x).sum() * float("nan")  # one bad micro-batch among good ones poisons the summed gradient
     with caplog.at_level(logging.WARNING, logger="trainer.loop"):
-        optimizer_step(model, optimizer, iter([model(x).sum(), nan_part, model(x).mean()]))
-    assert "update skipped" in caplog.text
+        outcome = optimizer_step(model, optimizer, iter([model(x).sum(), nan_part, model(x).mean()]))
+    assert not outcome.applied and "update skipped" in caplog.text
     assert all(torch.equal(b, p) for b, p in zip(before, model.parameters(), strict=True))
     assert not optimizer.state  # no Adam moments were updated with NaN either
 
-    optimizer_step(model, optimizer, model(x).sum())  # the next finite step trains as usual
+    outcome = optimizer_step(model, optimizer, model(x).sum())  # the next finite step trains as usual
+    assert outcome.applied and outcome.grad_norm > 0
     assert all(torch.isfinite(p).all() for p in model.parameters())
     assert not all(torch.equal(b, p) for b, p in zip(before, model.parameters(), strict=True))
 

@@ -233,7 +233,7 @@ def sft_cmd(
                   "data": data.name, "teacher": teacher_name}  # fmt: skip
     manifest = write_checkpoint_manifest(out / "model", name, provenance)
     typer.echo(json.dumps({"model_version": manifest.model_version, **{k: summary[k] for k in (
-        "examples", "loss_first_10", "loss_last_10")}}))  # fmt: skip
+        "examples", "loss_first_10", "loss_last_10", "skipped_updates")}}))  # fmt: skip
 
 
 @app.command("rl")
@@ -285,7 +285,7 @@ def rl_cmd(
                   "data": data.name, "users": len(cases)}  # fmt: skip
     manifest = write_checkpoint_manifest(out / "model", name, provenance)
     typer.echo(json.dumps({"model_version": manifest.model_version, **{k: summary[k] for k in (
-        "steps_done", "reward_first", "reward_last", "kl_last")}}))  # fmt: skip
+        "steps_done", "reward_first", "reward_last", "kl_last", "skipped_updates")}}))  # fmt: skip
 
 
 @app.command("eval")

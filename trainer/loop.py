@@ -7,6 +7,7 @@ import logging
 import math
 import os
 from collections.abc import Iterable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -34,10 +35,19 @@ def training_device() -> tuple[torch.device, torch.autocast]:
     return device, torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda" and precision == "bf16")
 
 
+@dataclass(frozen=True)
+class StepOutcome:
+    """What one optimiser step did: the stages log the loss and gradient norm, and count skipped updates."""
+
+    loss: float
+    grad_norm: float  # before clipping
+    applied: bool  # False: the gradient was not finite and the weights were left as they were
+
+
 def optimizer_step(
     model: torch.nn.Module, optimizer: torch.optim.Optimizer, loss: torch.Tensor | Iterable[torch.Tensor]
-) -> float:
-    """One clipped update; returns the loss. ``loss`` may be an iterable of parts that sum to the step's loss
+) -> StepOutcome:
+    """One clipped update. ``loss`` may be an iterable of parts that sum to the step's loss
     (micro-batches): each is backpropagated as soon as it is produced, so a lazy iterable keeps only one
     micro-batch's graph alive, and the gradients add up to those of the whole batch.
 
@@ -52,9 +62,9 @@ def optimizer_step(
     if not math.isfinite(norm):
         optimizer.zero_grad(set_to_none=True)
         logger.warning("non-finite gradient (norm %s, loss %s): update skipped, weights unchanged", norm, total)
-        return total
+        return StepOutcome(total, norm, applied=False)
     optimizer.step()
-    return total
+    return StepOutcome(total, norm, applied=True)
 
 
 def save_state(path: Path, optimizer: torch.optim.Optimizer, step: int, **progress: Any) -> None:

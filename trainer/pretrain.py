@@ -103,9 +103,7 @@ def pretrain_lm(
         progress = min(1.0, step / steps)
         for group in optimizer.param_groups:  # warm-up, then cosine to 10% of the peak
             group["lr"] = config.lr * warm * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress)))
-        loss = model(**_batch(chunk, pad_id)).loss
-        optimizer_step(model, optimizer, loss)
-        losses.append(loss.item())
+        losses.append(optimizer_step(model, optimizer, model(**_batch(chunk, pad_id)).loss).loss)
         step += 1
         if step % 20 == 0:
             logger.info("pretrain step %d/%d loss %.4f", step, steps, losses[-1])

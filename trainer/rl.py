@@ -143,6 +143,8 @@ class StepStats:
     kl: float
     rationale_tokens: float
     score_std: float
+    grad_norm: float | None  # before clipping; None when it was not finite
+    update_applied: bool  # False: a non-finite gradient, and the step left the weights as they were
 
 
 def rl_cases(splits: list[UserSplit], catalogue: Catalogue, users: int, negatives: int, seed: int) -> list[RLCase]:
@@ -331,14 +333,15 @@ class RLTrainer:
         users: list[dict] = []
         parts = chain(self._served_parts(served, generator, served_ndcgs) if served else (),
                       self._user_parts(batch, rationales, generator, users))  # fmt: skip
-        loss = optimizer_step(self.policy, self.optimizer, parts)
-        if self.engine is not None:
+        outcome = optimizer_step(self.policy, self.optimizer, parts)
+        if self.engine is not None and outcome.applied:
             self.engine.sync(self.policy)  # the next rollouts sample from the updated policy
         mean = lambda key: sum(u[key] for u in users) / len(users)  # noqa: E731
         none_ndcg = mean("none") if config.none_weight > 0 else None
         served_ndcg = sum(served_ndcgs) / len(served_ndcgs) if served_ndcgs else None
-        return StepStats(step, loss, mean("reward"), mean("greedy"), none_ndcg, served_ndcg, mean("kl"),
-                         mean("length"), mean("std"))  # fmt: skip
+        return StepStats(step, outcome.loss, mean("reward"), mean("greedy"), none_ndcg, served_ndcg, mean("kl"),
+                         mean("length"), mean("std"), outcome.grad_norm if outcome.applied else None,
+                         outcome.applied)  # fmt: skip
 
 
 def _window_mean(records: list[dict], key: str) -> str:
@@ -412,6 +415,7 @@ def train_rl(base: Path, out: Path, cases: list[RLCase], config: RLConfig) -> di
         "reward_first": sum(r["reward"] for r in log[:window]) / window,
         "reward_last": sum(r["reward"] for r in log[-window:]) / window,
         "kl_last": sum(r["kl"] for r in log[-window:]) / window,
+        "skipped_updates": sum(not r.get("update_applied", True) for r in log),
     }
     (out / "rl_log.json").write_text(json.dumps({"log": log, **summary}, indent=2))
     return summary

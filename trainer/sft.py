@@ -189,10 +189,10 @@ def train_sft(
     device, autocast = training_device()
     model = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=torch.float32).to(device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
-    step, losses = 0, []
+    step, losses, skipped = 0, [], []
     state = load_state(state_path, optimizer)
     if state is not None:
-        step, losses = state["step"], state["losses"]
+        step, losses, skipped = state["step"], state["losses"], state.get("skipped_steps", [])
         logger.info("resumed SFT at step %d", step)
     pad_id = checkpoint.encoder.tokenizer.pad_token_id or 0
     model.train()
@@ -202,15 +202,19 @@ def train_sft(
         batch = examples[start : start + config.batch_size] or examples[: config.batch_size]
         for group in optimizer.param_groups:
             group["lr"] = lr_at(step, config)
-        losses.append(optimizer_step(model, optimizer, step_losses(model, batch, pad_id, config.micro_batch, autocast)))
+        outcome = optimizer_step(model, optimizer, step_losses(model, batch, pad_id, config.micro_batch, autocast))
+        losses.append(outcome.loss)
+        if not outcome.applied:
+            skipped.append(step)
         step += 1
         if step % 10 == 0:
             logger.info("sft step %d loss %.4f lr %.2e", step, losses[-1], lr_at(step, config))
         if step % config.checkpoint_every == 0 or step == last:
             model.save_pretrained(out / "model", safe_serialization=True)
-            save_state(state_path, optimizer, step, losses=losses)
+            save_state(state_path, optimizer, step, losses=losses, skipped_steps=skipped)
     checkpoint.encoder.tokenizer.save_pretrained(out / "model")
     summary = {"stage": "sft", "examples": len(examples), "config": asdict(config),
+               "skipped_updates": len(skipped),
                "loss_first_10": sum(losses[:10]) / max(1, len(losses[:10])),
                "loss_last_10": sum(losses[-10:]) / max(1, len(losses[-10:]))}  # fmt: skip
     (out / "sft_log.json").write_text(json.dumps({"losses": losses, **summary}, indent=2))

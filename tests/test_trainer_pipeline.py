@@ -45,6 +45,7 @@ def test_sft_loss_goes_down_and_output_is_servable(tiny_data, tiny_model, tmp_pa
                     "--users", "100", "--steps", "40", "--batch-size", "8", "--lr", "3e-3")  # fmt: skip
     summary = json.loads(result.stdout.strip().splitlines()[-1])
     assert summary["loss_last_10"] < 0.8 * summary["loss_first_10"], summary
+    assert summary["skipped_updates"] == 0
     checkpoint = open_checkpoint(tmp_path / "sft" / "model")  # manifest written, format and answer ids checked
     assert checkpoint.model_version.startswith("sft-")
     assert checkpoint.manifest.provenance["stage"] == "sft"
@@ -142,7 +143,9 @@ def test_rl_resume_gives_the_same_state_and_a_servable_checkpoint(tiny_data, tin
         assert a["reward"] == pytest.approx(b["reward"], abs=1e-6) and a["loss"] == pytest.approx(b["loss"], rel=1e-4)
     for row in logs[0]:
         assert 0 <= row["reward"] <= 1 and row["kl"] >= 0 and row["rationale_tokens"] >= 0
+        assert row["update_applied"] and row["grad_norm"] > 0
     summary = json.loads(straight.stdout.strip().splitlines()[-1])
+    assert summary["skipped_updates"] == 0
     checkpoint = open_checkpoint(tmp_path / "straight" / "model")
     assert summary["model_version"] == checkpoint.model_version and checkpoint.model_version.startswith("rl-")
     assert checkpoint.manifest.provenance["stage"] == "rl"

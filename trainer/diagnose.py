@@ -55,13 +55,13 @@ class Diagnosis:
 def diagnose(
     model_dir: Path, catalogue: Catalogue, cases: Sequence[EvalCase], teacher: BuiltinTeacher, batch: int = 16
 ) -> Diagnosis:
-    from transformers import AutoModelForCausalLM
+    from trainer.attention import load_causal_lm
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     checkpoint = open_checkpoint(model_dir)
     encoder = checkpoint.encoder
     yes, no = checkpoint.answer_ids
-    model = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=torch.float32).to(device).eval()
+    model = load_causal_lm(model_dir, device).eval()
     pad = encoder.tokenizer.pad_token_id or 0
     stops = set(contract.rationale_stop_token_ids(encoder, min(model.config.vocab_size, len(encoder.tokenizer))))
     cue = encoder.encode(contract.ANSWER_CUE)

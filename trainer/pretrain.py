@@ -81,12 +81,12 @@ def pretrain_lm(
     model_dir: Path, checkpoint: Checkpoint, catalogue: Catalogue, splits: list[UserSplit], config: PretrainConfig
 ) -> dict:
     """Train the model in ``model_dir`` in place (its tokenizer is already there)."""
-    from transformers import AutoModelForCausalLM
+    from trainer.attention import load_causal_lm
 
     torch.manual_seed(config.seed)
     batches = length_bucketed_batches(lm_sequences(checkpoint, catalogue, splits), config.batch_size, config.seed)
     steps = max(1, math.ceil(config.epochs * len(batches)))
-    model = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=torch.float32)
+    model = load_causal_lm(model_dir)
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     step, losses = 0, []
     state_path = model_dir / STATE

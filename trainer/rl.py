@@ -365,7 +365,7 @@ def _use_vllm_rollouts(rollout_engine: str, device: torch.device) -> bool:
 
 def train_rl(base: Path, out: Path, cases: list[RLCase], config: RLConfig) -> dict:
     """RL-tune ``base`` (an SFT checkpoint, also the KL reference) into ``out/model``; resumable."""
-    from transformers import AutoModelForCausalLM
+    from trainer.attention import load_causal_lm
 
     checkpoint = open_checkpoint(base)
     out.mkdir(parents=True, exist_ok=True)
@@ -373,8 +373,8 @@ def train_rl(base: Path, out: Path, cases: list[RLCase], config: RLConfig) -> di
     resumed = state_path.exists()
     start_from = out / "model" if resumed else base
     device, _ = training_device()
-    policy = AutoModelForCausalLM.from_pretrained(str(start_from), dtype=torch.float32).to(device)
-    reference = AutoModelForCausalLM.from_pretrained(str(base), dtype=torch.float32).to(device).eval()
+    policy = load_causal_lm(start_from, device)
+    reference = load_causal_lm(base, device).eval()
     for parameter in reference.parameters():
         parameter.requires_grad_(False)
     engine = None

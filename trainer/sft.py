@@ -178,7 +178,7 @@ def train_sft(
     base: Path, out: Path, catalogue: Catalogue, splits: list[UserSplit], teacher: Teacher, config: SFTConfig
 ) -> dict:
     """Fine-tune ``base`` into ``out``; resumes from ``out/state.pt`` if an earlier run was interrupted."""
-    from transformers import AutoModelForCausalLM
+    from trainer.attention import load_causal_lm
 
     torch.manual_seed(config.seed)
     checkpoint = open_checkpoint(base)
@@ -187,7 +187,7 @@ def train_sft(
     state_path = out / "state.pt"
     model_dir = out / "model" if state_path.exists() else base
     device, autocast = training_device()
-    model = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=torch.float32).to(device)
+    model = load_causal_lm(model_dir, device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     step, losses, skipped = 0, [], []
     state = load_state(state_path, optimizer)

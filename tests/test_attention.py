@@ -6,19 +6,16 @@ from __future__ import annotations
 import pytest
 import torch
 
+from tests.toy_model import build_toy_model
 from trainer.attention import ATTENTION, load_causal_lm
-from trainer.modeling import TinyModelConfig, init_model
 from trainer.policy import sample_categorical
 
 
 @pytest.fixture(scope="module")
 def grouped_model_dir(tmp_path_factory):
     """A tiny Qwen2 with grouped heads (4 query heads of 32 dims share 2 key/value heads), as the shipped model has."""
-    out = tmp_path_factory.mktemp("gqa") / "model"
-    config = TinyModelConfig(vocab_size=300, hidden_size=128, intermediate_size=128, num_hidden_layers=2,
-                             num_attention_heads=4, num_key_value_heads=2)  # fmt: skip
-    init_model([f"Title {i} of Series {i % 7}" for i in range(200)], out, config, seed=0)
-    return out
+    return build_toy_model(tmp_path_factory.mktemp("gqa") / "model", hidden_size=128, num_attention_heads=4,
+                           num_key_value_heads=2)  # fmt: skip
 
 
 def test_trainer_attention_matches_transformers_sdpa_on_a_padded_batch(grouped_model_dir):

@@ -10,8 +10,8 @@ import torch
 
 from service import contract
 from service.checkpoint import open_checkpoint
+from tests.toy_model import build_toy_model
 from trainer.export import write_checkpoint_manifest
-from trainer.modeling import TinyModelConfig, init_model
 from trainer.policy import grouped_forward, sample_continuations
 from trainer.rl import RLCase, RLConfig, RLTrainer, encode_case
 
@@ -22,10 +22,7 @@ PLAIN = [f"Plain Box {i}" for i in range(40)]
 
 @pytest.fixture(scope="module")
 def toy_checkpoint(tmp_path_factory):
-    out = tmp_path_factory.mktemp("toy") / "model"
-    config = TinyModelConfig(vocab_size=512, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                             num_attention_heads=2, num_key_value_heads=1)  # fmt: skip
-    init_model([*GOLD, *LEAD, *PLAIN] * 5, out, config, seed=0)
+    out = build_toy_model(tmp_path_factory.mktemp("toy") / "model", [*GOLD, *LEAD, *PLAIN] * 5, vocab_size=512)
     write_checkpoint_manifest(out, "toy", {"stage": "test"}, max_rationale_tokens=4)
     return open_checkpoint(out)
 

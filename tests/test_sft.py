@@ -8,18 +8,14 @@ import random
 import pytest
 import torch
 
+from tests.toy_model import build_toy_model
 from trainer.loop import optimizer_step
-from trainer.modeling import TinyModelConfig, init_model
 from trainer.sft import Example, micro_batches, step_losses, summed_token_nll, target_tokens
 
 
 @pytest.fixture(scope="module")
 def tiny_model_dir(tmp_path_factory):
-    out = tmp_path_factory.mktemp("sft-toy") / "model"
-    config = TinyModelConfig(vocab_size=300, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                             num_attention_heads=2, num_key_value_heads=1)  # fmt: skip
-    init_model([f"Title {i} of Series {i % 7}" for i in range(200)], out, config, seed=0)
-    return out
+    return build_toy_model(tmp_path_factory.mktemp("sft-toy") / "model")
 
 
 def _model(path):

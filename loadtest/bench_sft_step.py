@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-from service.checkpoint import open_checkpoint
+from service.checkpoint import Checkpoint, open_checkpoint
 from trainer.cli import DEFAULT_DATA
 from trainer.data import leave_one_out, load_dataset
 from trainer.loop import optimizer_step
@@ -37,6 +37,21 @@ def real_token_share(batch: list[Example], micro_batch: int) -> float:
     return real / padded
 
 
+def makefile_sft_batches(
+    model: Path, data: Path, steps: int, batch_size: int
+) -> tuple[Checkpoint, list[list[Example]]]:
+    """``steps`` SFT batches shaped like the Makefile's ``SFT_ARGS`` (without the misrecall flags), from
+    ``steps x batch_size`` users, for ``model``'s tokenizer."""
+    catalogue, sequences = load_dataset(data)
+    splits = leave_one_out(sequences)
+    checkpoint = open_checkpoint(model)
+    config = SFTConfig(users=steps * batch_size, targets_per_user=2, negatives=3, none_fraction=0.3,
+                       batch_size=batch_size)  # fmt: skip
+    teacher = BuiltinTeacher(catalogue, TrainingStats.from_splits(splits))
+    examples = build_examples(checkpoint, catalogue, splits, teacher, config)
+    return checkpoint, [examples[i : i + batch_size] for i in range(0, steps * batch_size, batch_size)]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", type=Path, default=Path("models/default"))
@@ -48,14 +63,7 @@ def main() -> None:
 
     from transformers import AutoModelForCausalLM
 
-    catalogue, sequences = load_dataset(args.data)
-    splits = leave_one_out(sequences)
-    checkpoint = open_checkpoint(args.model)
-    config = SFTConfig(users=args.steps * args.batch_size, targets_per_user=2, negatives=3, none_fraction=0.3,
-                       batch_size=args.batch_size)  # fmt: skip
-    teacher = BuiltinTeacher(catalogue, TrainingStats.from_splits(splits))
-    examples = build_examples(checkpoint, catalogue, splits, teacher, config)
-    batches = [examples[i : i + args.batch_size] for i in range(0, args.steps * args.batch_size, args.batch_size)]
+    checkpoint, batches = makefile_sft_batches(args.model, args.data, args.steps, args.batch_size)
     model = AutoModelForCausalLM.from_pretrained(str(args.model), dtype=torch.float32).train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=0.0)  # lr 0: every step sees the same weights
     pad_id = checkpoint.encoder.tokenizer.pad_token_id or 0

@@ -1,13 +1,15 @@
-"""The shared training-loop pieces: a non-finite gradient must not reach the weights; RL's rollout engine
-choice must not need vLLM where it is not installed."""
+"""The shared training-loop pieces: a non-finite gradient must not reach the weights; the precision setting
+is honoured and checked; RL's rollout engine choice must not need vLLM where it is not installed."""
 
 from __future__ import annotations
 
 import logging
 
+import pytest
 import torch
 
-from trainer.loop import optimizer_step
+from tests.toy_model import build_toy_model
+from trainer.loop import optimizer_step, training_device
 from trainer.rl import _use_vllm_rollouts
 
 
@@ -43,3 +45,42 @@ def test_rollout_engine_choice(monkeypatch):
     assert not _use_vllm_rollouts("auto", cuda)  # a GPU without vLLM falls back to the torch sampler
     monkeypatch.setattr("importlib.util.find_spec", lambda name: object())
     assert _use_vllm_rollouts("auto", cuda)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the CPU's defaults")
+def test_training_precision_on_a_cpu(monkeypatch):
+    """``auto`` keeps a CPU in float32 (the shipped recipe); ``bf16`` asks for bf16 autocast there too; a
+    typo is refused by the variable's name, not silently trained in another precision."""
+    for precision, bf16 in [("auto", False), ("fp32", False), ("bf16", True)]:
+        monkeypatch.setenv("R2RANK_TRAIN_PRECISION", precision)
+        device, autocast = training_device()
+        assert device.type == "cpu" and autocast.device == "cpu"
+        assert autocast._enabled is bf16 and (not bf16 or autocast.fast_dtype == torch.bfloat16)
+    monkeypatch.delenv("R2RANK_TRAIN_PRECISION")
+    assert not training_device()[1]._enabled
+    monkeypatch.setenv("R2RANK_TRAIN_PRECISION", "fp16")
+    with pytest.raises(ValueError, match="R2RANK_TRAIN_PRECISION"):
+        training_device()
+
+
+def test_a_bf16_step_on_the_cpu_trains_float32_weights(tmp_path, monkeypatch):
+    """Under CPU bf16 autocast the loss is close to the float32 one, the gradient is finite, and the update
+    lands in float32 weights (autocast computes in bf16; it must not turn the model into bf16)."""
+    from trainer.attention import load_causal_lm
+
+    model = load_causal_lm(build_toy_model(tmp_path / "toy")).train()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    ids = torch.randint(2, 300, (3, 24), generator=torch.Generator().manual_seed(0))
+    batch = {"input_ids": ids, "labels": ids, "attention_mask": torch.ones_like(ids)}
+    with torch.no_grad():
+        reference = float(model(**batch).loss)
+    monkeypatch.setenv("R2RANK_TRAIN_PRECISION", "bf16")
+    _, autocast = training_device()
+    before = [p.detach().clone() for p in model.parameters()]
+    with autocast:
+        loss = model(**batch).loss
+    assert float(loss) == pytest.approx(reference, rel=0.02)
+    outcome = optimizer_step(model, optimizer, loss)
+    assert outcome.applied
+    assert all(p.dtype == torch.float32 and torch.isfinite(p).all() for p in model.parameters())
+    assert not all(torch.equal(b, p) for b, p in zip(before, model.parameters(), strict=True))

@@ -16,10 +16,28 @@ import torch
 logger = logging.getLogger(__name__)
 
 
+PRECISIONS = ("auto", "bf16", "fp32")
+
+
+def cpu_has_native_bf16() -> bool:
+    """Whether this CPU multiplies bf16 in hardware (AVX512-BF16 or AMX-BF16). Without it torch emulates
+    bf16 and a bf16 matmul is slower than a float32 one."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
 def training_device() -> tuple[torch.device, torch.autocast]:
-    """CUDA when present, computing in bfloat16 over float32 master weights; otherwise the CPU in float32
-    (faster than emulated bf16 on CPUs without AVX-512). ``R2RANK_TRAIN_PRECISION=fp32`` keeps a GPU in
-    float32 too (numerics closest to a CPU run, for comparing runs across machines).
+    """The device and the autocast context every training stage computes under.
+
+    ``R2RANK_TRAIN_PRECISION`` picks the arithmetic; the weights and optimiser stay float32 in every case:
+    - ``auto`` (default): bf16 autocast on CUDA, float32 on a CPU (the recipe the shipped model was made
+      with; a CPU without bf16 hardware would only emulate it);
+    - ``bf16``: bf16 autocast on the CPU too. On CPUs with AVX512-BF16 or AMX a bf16 matmul runs ~2.5x
+      faster than float32 (``python -m loadtest.bench_precision``); the model differs from a float32 run;
+    - ``fp32``: float32 everywhere (a GPU run whose numerics are closest to a CPU run).
 
     On CUDA it also turns off cuDNN's attention kernel for this process. Its bf16 backward returns NaN query
     gradients when an explicit mask is passed, the sequence length is 64 mod 128 and a query row attends to
@@ -29,10 +47,13 @@ def training_device() -> tuple[torch.device, torch.autocast]:
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if device.type == "cuda":
         torch.backends.cuda.enable_cudnn_sdp(False)
-    precision = os.environ.get("R2RANK_TRAIN_PRECISION", "bf16")
-    if precision not in ("bf16", "fp32"):
-        raise ValueError(f"R2RANK_TRAIN_PRECISION must be bf16 or fp32, got {precision!r}")
-    return device, torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda" and precision == "bf16")
+    precision = os.environ.get("R2RANK_TRAIN_PRECISION", "auto")
+    if precision not in PRECISIONS:
+        raise ValueError(f"R2RANK_TRAIN_PRECISION must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+    bf16 = precision == "bf16" or (precision == "auto" and device.type == "cuda")
+    if bf16 and device.type == "cpu" and not cpu_has_native_bf16():
+        logger.warning("R2RANK_TRAIN_PRECISION=bf16 on a CPU without AVX512-BF16/AMX: bf16 is emulated (slow)")
+    return device, torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16)
 
 
 @dataclass(frozen=True)

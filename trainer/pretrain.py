@@ -22,7 +22,7 @@ from service.checkpoint import Checkpoint
 from service.protocol import ItemIn
 from service.ranking import prepare_prompts
 from trainer.data import Catalogue, UserSplit
-from trainer.loop import load_state, optimizer_step, save_state
+from trainer.loop import load_state, optimizer_step, save_state, training_device
 
 logger = logging.getLogger(__name__)
 STATE = "pretrain_state.pt"
@@ -86,7 +86,8 @@ def pretrain_lm(
     torch.manual_seed(config.seed)
     batches = length_bucketed_batches(lm_sequences(checkpoint, catalogue, splits), config.batch_size, config.seed)
     steps = max(1, math.ceil(config.epochs * len(batches)))
-    model = load_causal_lm(model_dir)
+    device, autocast = training_device()
+    model = load_causal_lm(model_dir, device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     step, losses = 0, []
     state_path = model_dir / STATE
@@ -103,7 +104,9 @@ def pretrain_lm(
         progress = min(1.0, step / steps)
         for group in optimizer.param_groups:  # warm-up, then cosine to 10% of the peak
             group["lr"] = config.lr * warm * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress)))
-        losses.append(optimizer_step(model, optimizer, model(**_batch(chunk, pad_id)).loss).loss)
+        with autocast:
+            loss = model(**{name: t.to(device) for name, t in _batch(chunk, pad_id).items()}).loss
+        losses.append(optimizer_step(model, optimizer, loss).loss)
         step += 1
         if step % 20 == 0:
             logger.info("pretrain step %d/%d loss %.4f", step, steps, losses[-1])

@@ -1,0 +1,89 @@
+"""Training step time on this CPU in float32 vs bf16 autocast (``R2RANK_TRAIN_PRECISION``), side by side.
+
+    python -m loadtest.bench_precision [--model models/default] [--steps 6]
+
+Times two of the Makefile's stages from the same weights (lr 0, so every step sees them unchanged),
+alternating the two precisions so drift on a shared machine hits both alike:
+- an SFT step: 16 examples shaped like ``SFT_ARGS``, in micro-batches of 2 (the stage's default);
+- an LM pre-training step: 32 training prefixes, length-bucketed as ``init-model`` batches them.
+
+Prints seconds per step each way, the ratio, the mean loss each way (bf16 should stay close), and whether
+this CPU has bf16 hardware (AVX512-BF16 or AMX): without it bf16 is emulated and the ratio falls below 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import statistics
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+
+from loadtest.bench_sft_step import makefile_sft_batches
+from trainer.attention import load_causal_lm
+from trainer.cli import DEFAULT_DATA
+from trainer.data import leave_one_out, load_dataset
+from trainer.loop import cpu_has_native_bf16, optimizer_step
+from trainer.pretrain import _batch, length_bucketed_batches, lm_sequences
+from trainer.sft import SFTConfig, step_losses
+
+PRECISIONS = {
+    "float32": contextlib.nullcontext,
+    "bf16 autocast": lambda: torch.autocast("cpu", dtype=torch.bfloat16),
+}
+
+
+def time_steps(step: Callable[[object, contextlib.AbstractContextManager], float], batches: list) -> dict:
+    """Mean seconds and loss per step for each precision, alternating on the same batches (first: warm-up)."""
+    seconds: dict[str, list[float]] = {name: [] for name in PRECISIONS}
+    losses: dict[str, list[float]] = {name: [] for name in PRECISIONS}
+    for warmup, batch in [(True, batches[0]), *((False, b) for b in batches)]:
+        for name, context in PRECISIONS.items():
+            started = time.perf_counter()
+            loss = step(batch, context())
+            if not warmup:
+                seconds[name].append(time.perf_counter() - started)
+                losses[name].append(loss)
+    return {name: (statistics.mean(seconds[name]), statistics.mean(losses[name])) for name in PRECISIONS}
+
+
+def report(stage: str, results: dict) -> None:
+    for name, (secs, loss) in results.items():
+        print(f"{stage:>9} {name:>14}: {secs:.3f} s/step, mean loss {loss:.4f}")
+    (fp32, _), (bf16, _) = results.values()
+    print(f"{stage:>9} speed-up with bf16 autocast: {fp32 / bf16:.2f}x")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", type=Path, default=Path("models/default"))
+    parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
+    parser.add_argument("--steps", type=int, default=6, help="timed steps per precision and stage")
+    args = parser.parse_args()
+
+    model = load_causal_lm(args.model).train()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=0.0)
+    checkpoint, sft_batches = makefile_sft_batches(args.model, args.data, args.steps + 1, 16)
+    pad_id = checkpoint.encoder.tokenizer.pad_token_id or 0
+
+    def sft_step(batch, context) -> float:
+        return optimizer_step(model, optimizer, step_losses(model, batch, pad_id, SFTConfig.micro_batch, context)).loss
+
+    def pretrain_step(chunk, context) -> float:
+        with context:
+            loss = model(**_batch(chunk, pad_id)).loss
+        return optimizer_step(model, optimizer, loss).loss
+
+    catalogue, sequences = load_dataset(args.data)
+    splits = leave_one_out(sequences)[: 32 * 50]  # one length-bucketing window of init-model's batches
+    lm_batches = length_bucketed_batches(lm_sequences(checkpoint, catalogue, splits), 32, seed=0)[: args.steps + 1]
+    print(f"{torch.get_num_threads()} threads; bf16 in hardware (AVX512-BF16/AMX): {cpu_has_native_bf16()}")
+    report("sft", time_steps(sft_step, sft_batches))
+    report("pretrain", time_steps(pretrain_step, lm_batches))
+
+
+if __name__ == "__main__":
+    main()

@@ -5,7 +5,8 @@
 Times two of the Makefile's stages from the same weights (lr 0, so every step sees them unchanged),
 alternating the two precisions so drift on a shared machine hits both alike:
 - an SFT step: 16 examples shaped like ``SFT_ARGS``, in micro-batches of 2 (the stage's default);
-- an LM pre-training step: 32 training prefixes, length-bucketed as ``init-model`` batches them.
+- an LM pre-training step: batches spread evenly through ``init-model``'s epoch (32 training prefixes
+  each, length-bucketed).
 
 Prints seconds per step each way, the ratio, the mean loss each way (bf16 should stay close), and whether
 this CPU has bf16 hardware (AVX512-BF16 or AMX): without it bf16 is emulated and the ratio falls below 1.
@@ -78,8 +79,11 @@ def main() -> None:
         return optimizer_step(model, optimizer, loss).loss
 
     catalogue, sequences = load_dataset(args.data)
-    splits = leave_one_out(sequences)[: 32 * 50]  # one length-bucketing window of init-model's batches
-    lm_batches = length_bucketed_batches(lm_sequences(checkpoint, catalogue, splits), 32, seed=0)[: args.steps + 1]
+    lm_sequences_all = lm_sequences(checkpoint, catalogue, leave_one_out(sequences))
+    # evenly spaced through init-model's epoch: bf16 gains on long batches and not on short ones, so a run
+    # of neighbouring batches (one length bucket) over- or understates the stage's speed-up
+    epoch = length_bucketed_batches(lm_sequences_all, 32, seed=0)
+    lm_batches = epoch[:: len(epoch) // (args.steps + 1)][: args.steps + 1]
     print(f"{torch.get_num_threads()} threads; bf16 in hardware (AVX512-BF16/AMX): {cpu_has_native_bf16()}")
     report("sft", time_steps(sft_step, sft_batches))
     report("pretrain", time_steps(pretrain_step, lm_batches))

@@ -35,8 +35,9 @@ def training_device() -> tuple[torch.device, torch.autocast]:
     ``R2RANK_TRAIN_PRECISION`` picks the arithmetic; the weights and optimiser stay float32 in every case:
     - ``auto`` (default): bf16 autocast on CUDA, float32 on a CPU (the recipe the shipped model was made
       with; a CPU without bf16 hardware would only emulate it);
-    - ``bf16``: bf16 autocast on the CPU too. On CPUs with AVX512-BF16 or AMX a bf16 matmul runs ~2.5x
-      faster than float32 (``python -m loadtest.bench_precision``); the model differs from a float32 run;
+    - ``bf16``: bf16 autocast on the CPU too. With AVX512-BF16 a bf16 matmul ran ~2.5x faster than a
+      float32 one, but the small model's whole steps gain far less (``python -m loadtest.bench_precision``:
+      pre-training 1.34x, SFT 0.91x on an AMD EPYC); the model differs from a float32 run;
     - ``fp32``: float32 everywhere (a GPU run whose numerics are closest to a CPU run).
 
     On CUDA it also turns off cuDNN's attention kernel for this process. Its bf16 backward returns NaN query

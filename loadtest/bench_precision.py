@@ -24,14 +24,15 @@ from pathlib import Path
 import torch
 
 from loadtest.bench_sft_step import makefile_sft_batches
+from service.checkpoint import open_checkpoint
 from trainer.attention import load_causal_lm
 from trainer.cli import DEFAULT_DATA
 from trainer.data import leave_one_out, load_dataset
 from trainer.loop import cpu_has_native_bf16, optimizer_step
-from trainer.pretrain import _batch, length_bucketed_batches, lm_sequences
+from trainer.pretrain import length_bucketed_batches, lm_loss, lm_sequences
 from trainer.sft import SFTConfig, step_losses
 
-PRECISIONS = {
+SETTINGS = {
     "float32": contextlib.nullcontext,
     "bf16 autocast": lambda: torch.autocast("cpu", dtype=torch.bfloat16),
 }
@@ -39,16 +40,16 @@ PRECISIONS = {
 
 def time_steps(step: Callable[[object, contextlib.AbstractContextManager], float], batches: list) -> dict:
     """Mean seconds and loss per step for each precision, alternating on the same batches (first: warm-up)."""
-    seconds: dict[str, list[float]] = {name: [] for name in PRECISIONS}
-    losses: dict[str, list[float]] = {name: [] for name in PRECISIONS}
+    seconds: dict[str, list[float]] = {name: [] for name in SETTINGS}
+    losses: dict[str, list[float]] = {name: [] for name in SETTINGS}
     for warmup, batch in [(True, batches[0]), *((False, b) for b in batches)]:
-        for name, context in PRECISIONS.items():
+        for name, context in SETTINGS.items():
             started = time.perf_counter()
             loss = step(batch, context())
             if not warmup:
                 seconds[name].append(time.perf_counter() - started)
                 losses[name].append(loss)
-    return {name: (statistics.mean(seconds[name]), statistics.mean(losses[name])) for name in PRECISIONS}
+    return {name: (statistics.mean(seconds[name]), statistics.mean(losses[name])) for name in SETTINGS}
 
 
 def report(stage: str, results: dict) -> None:
@@ -67,7 +68,10 @@ def main() -> None:
 
     model = load_causal_lm(args.model).train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=0.0)
-    checkpoint, sft_batches = makefile_sft_batches(args.model, args.data, args.steps + 1, 16)
+    catalogue, sequences = load_dataset(args.data)
+    splits = leave_one_out(sequences)
+    checkpoint = open_checkpoint(args.model)
+    sft_batches = makefile_sft_batches(checkpoint, catalogue, splits, args.steps + 1, 16)
     pad_id = checkpoint.encoder.tokenizer.pad_token_id or 0
 
     def sft_step(batch, context) -> float:
@@ -75,14 +79,12 @@ def main() -> None:
 
     def pretrain_step(chunk, context) -> float:
         with context:
-            loss = model(**_batch(chunk, pad_id)).loss
+            loss = lm_loss(model, chunk, pad_id)
         return optimizer_step(model, optimizer, loss).loss
 
-    catalogue, sequences = load_dataset(args.data)
-    lm_sequences_all = lm_sequences(checkpoint, catalogue, leave_one_out(sequences))
     # evenly spaced through init-model's epoch: bf16 gains on long batches and not on short ones, so a run
     # of neighbouring batches (one length bucket) over- or understates the stage's speed-up
-    epoch = length_bucketed_batches(lm_sequences_all, 32, seed=0)
+    epoch = length_bucketed_batches(lm_sequences(checkpoint, catalogue, splits), 32, seed=0)
     lm_batches = epoch[:: len(epoch) // (args.steps + 1)][: args.steps + 1]
     print(f"{torch.get_num_threads()} threads; bf16 in hardware (AVX512-BF16/AMX): {cpu_has_native_bf16()}")
     report("sft", time_steps(sft_step, sft_batches))

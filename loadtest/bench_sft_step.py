@@ -21,7 +21,7 @@ import torch
 
 from service.checkpoint import Checkpoint, open_checkpoint
 from trainer.cli import DEFAULT_DATA
-from trainer.data import leave_one_out, load_dataset
+from trainer.data import Catalogue, UserSplit, leave_one_out, load_dataset
 from trainer.loop import optimizer_step
 from trainer.sft import Example, SFTConfig, build_examples, micro_batches, step_losses
 from trainer.teacher import BuiltinTeacher, TrainingStats
@@ -38,18 +38,15 @@ def real_token_share(batch: list[Example], micro_batch: int) -> float:
 
 
 def makefile_sft_batches(
-    model: Path, data: Path, steps: int, batch_size: int
-) -> tuple[Checkpoint, list[list[Example]]]:
+    checkpoint: Checkpoint, catalogue: Catalogue, splits: list[UserSplit], steps: int, batch_size: int
+) -> list[list[Example]]:
     """``steps`` SFT batches shaped like the Makefile's ``SFT_ARGS`` (without the misrecall flags), from
-    ``steps x batch_size`` users, for ``model``'s tokenizer."""
-    catalogue, sequences = load_dataset(data)
-    splits = leave_one_out(sequences)
-    checkpoint = open_checkpoint(model)
+    ``steps x batch_size`` users, for ``checkpoint``'s tokenizer."""
     config = SFTConfig(users=steps * batch_size, targets_per_user=2, negatives=3, none_fraction=0.3,
                        batch_size=batch_size)  # fmt: skip
     teacher = BuiltinTeacher(catalogue, TrainingStats.from_splits(splits))
     examples = build_examples(checkpoint, catalogue, splits, teacher, config)
-    return checkpoint, [examples[i : i + batch_size] for i in range(0, steps * batch_size, batch_size)]
+    return [examples[i : i + batch_size] for i in range(0, steps * batch_size, batch_size)]
 
 
 def main() -> None:
@@ -63,7 +60,9 @@ def main() -> None:
 
     from transformers import AutoModelForCausalLM
 
-    checkpoint, batches = makefile_sft_batches(args.model, args.data, args.steps, args.batch_size)
+    catalogue, sequences = load_dataset(args.data)
+    checkpoint = open_checkpoint(args.model)
+    batches = makefile_sft_batches(checkpoint, catalogue, leave_one_out(sequences), args.steps, args.batch_size)
     model = AutoModelForCausalLM.from_pretrained(str(args.model), dtype=torch.float32).train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=0.0)  # lr 0: every step sees the same weights
     pad_id = checkpoint.encoder.tokenizer.pad_token_id or 0

@@ -77,6 +77,11 @@ def _batch(sequences: list[list[int]], pad_id: int) -> dict[str, torch.Tensor]:
     return {"input_ids": ids, "labels": labels, "attention_mask": mask}
 
 
+def lm_loss(model, sequences: list[list[int]], pad_id: int) -> torch.Tensor:
+    """Mean next-token cross-entropy of one batch of sequences (right-padded; pads are not scored)."""
+    return model(**{name: t.to(model.device) for name, t in _batch(sequences, pad_id).items()}).loss
+
+
 def pretrain_lm(
     model_dir: Path, checkpoint: Checkpoint, catalogue: Catalogue, splits: list[UserSplit], config: PretrainConfig
 ) -> dict:
@@ -105,7 +110,7 @@ def pretrain_lm(
         for group in optimizer.param_groups:  # warm-up, then cosine to 10% of the peak
             group["lr"] = config.lr * warm * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress)))
         with autocast:
-            loss = model(**{name: t.to(device) for name, t in _batch(chunk, pad_id).items()}).loss
+            loss = lm_loss(model, chunk, pad_id)
         losses.append(optimizer_step(model, optimizer, loss).loss)
         step += 1
         if step % 20 == 0:

@@ -49,18 +49,27 @@ def test_rollout_engine_choice(monkeypatch):
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the CPU's defaults")
 def test_training_precision_on_a_cpu(monkeypatch):
-    """``auto`` keeps a CPU in float32 (the shipped recipe); ``bf16`` asks for bf16 autocast there too; a
-    typo is refused by the variable's name, not silently trained in another precision."""
-    for precision, bf16 in [("auto", False), ("fp32", False), ("bf16", True)]:
+    """``auto`` runs only LM pre-training in bf16 on a CPU, and only one with bf16 hardware (elsewhere bf16 is
+    emulated); ``bf16`` and ``fp32`` apply to every stage; a typo is refused by the variable's name, not
+    silently trained in another precision."""
+
+    def bf16(precision: str, stage: str, hardware: bool) -> bool:
         monkeypatch.setenv("R2RANK_TRAIN_PRECISION", precision)
-        device, autocast = training_device()
+        monkeypatch.setattr("trainer.loop.cpu_has_native_bf16", lambda: hardware)
+        device, autocast = training_device(stage)
         assert device.type == "cpu" and autocast.device == "cpu"
-        assert autocast._enabled is bf16 and (not bf16 or autocast.fast_dtype == torch.bfloat16)
+        assert not autocast._enabled or autocast.fast_dtype == torch.bfloat16
+        return autocast._enabled
+
+    for stage in ("pretrain", "sft", "rl"):
+        for hardware in (True, False):
+            assert bf16("auto", stage, hardware) is (stage == "pretrain" and hardware)
+            assert bf16("bf16", stage, hardware) and not bf16("fp32", stage, hardware)
     monkeypatch.delenv("R2RANK_TRAIN_PRECISION")
-    assert not training_device()[1]._enabled
+    assert not training_device("sft")[1]._enabled  # unset means auto
     monkeypatch.setenv("R2RANK_TRAIN_PRECISION", "fp16")
     with pytest.raises(ValueError, match="R2RANK_TRAIN_PRECISION"):
-        training_device()
+        training_device("sft")
 
 
 def test_a_bf16_step_on_the_cpu_trains_float32_weights(tmp_path, monkeypatch):
@@ -75,7 +84,7 @@ def test_a_bf16_step_on_the_cpu_trains_float32_weights(tmp_path, monkeypatch):
     with torch.no_grad():
         reference = float(model(**batch).loss)
     monkeypatch.setenv("R2RANK_TRAIN_PRECISION", "bf16")
-    _, autocast = training_device()
+    _, autocast = training_device("sft")
     before = [p.detach().clone() for p in model.parameters()]
     with autocast:
         loss = model(**batch).loss

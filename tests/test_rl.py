@@ -65,6 +65,32 @@ def test_grouped_forward_equals_plain_forward(toy_checkpoint):
             row += 1
 
 
+def test_lm_loss_with_a_shared_prefix_equals_a_plain_padded_forward(toy_checkpoint):
+    """Pre-training runs the tokens every sequence of a batch starts with once (``pretrain.lm_loss``): the
+    loss and every gradient must be those of the plain padded forward over whole sequences."""
+    from trainer.pretrain import _batch, lm_loss, shared_prefix_length
+
+    model = _model(toy_checkpoint).train()
+    shared = [5, 6, 7, 8, 9]
+    sequences = [shared + [20, 21, 22], shared + [23], shared + [24, 25, 26, 27, 28, 29], shared + [30, 31]]
+    assert shared_prefix_length(sequences) == len(shared)
+    assert shared_prefix_length([[5, 6], [5, 6, 7]]) == 1  # every row keeps a token of its own
+
+    def loss_and_grads(loss_of):
+        model.zero_grad(set_to_none=True)
+        loss = loss_of()
+        loss.backward()
+        return float(loss), [p.grad.clone() for p in model.parameters()]
+
+    plain_loss, plain_grads = loss_and_grads(lambda: model(**_batch(sequences, pad_id=1)).loss)
+    shared_loss, shared_grads = loss_and_grads(lambda: lm_loss(model, sequences, pad_id=1))
+    assert shared_loss == pytest.approx(plain_loss, rel=1e-5)
+    for plain, packed in zip(plain_grads, shared_grads, strict=True):
+        torch.testing.assert_close(packed, plain, atol=1e-5, rtol=1e-4)
+    unshared = [[40, 41, 42], [43, 44]]  # nothing shared: the plain forward itself
+    assert float(lm_loss(model, unshared, pad_id=1)) == pytest.approx(float(model(**_batch(unshared, 1)).loss))
+
+
 def test_greedy_sampling_equals_step_by_step_decoding(toy_checkpoint):
     model = _model(toy_checkpoint).eval()
     prefixes, suffixes = [[5, 6, 7], [8, 9]], [[[20, 21], [22]], [[23, 24, 25]]]

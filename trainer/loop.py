@@ -9,7 +9,7 @@ import os
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 
@@ -17,6 +17,12 @@ logger = logging.getLogger(__name__)
 
 
 PRECISIONS = ("auto", "bf16", "fp32")
+Stage = Literal["pretrain", "sft", "rl"]
+# Stages that ``auto`` runs under bf16 autocast on a CPU with bf16 hardware, because their steps are faster
+# there: ``python -m loadtest.bench_precision`` on an AMD EPYC with AVX512-BF16 measured LM pre-training 1.48x
+# faster in bf16, and SFT 0.91x (slower: its matmuls are small and attention's backward and the casts cost
+# more than bf16 saves).
+CPU_BF16_STAGES: frozenset[str] = frozenset({"pretrain"})
 
 
 def cpu_has_native_bf16() -> bool:
@@ -29,16 +35,16 @@ def cpu_has_native_bf16() -> bool:
     return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
-def training_device() -> tuple[torch.device, torch.autocast]:
-    """The device and the autocast context every training stage computes under.
+def training_device(stage: Stage) -> tuple[torch.device, torch.autocast]:
+    """The device and the autocast context ``stage`` computes under.
 
     ``R2RANK_TRAIN_PRECISION`` picks the arithmetic; the weights and optimiser stay float32 in every case:
-    - ``auto`` (default): bf16 autocast on CUDA, float32 on a CPU (the recipe the shipped model was made
-      with; a CPU without bf16 hardware would only emulate it);
-    - ``bf16``: bf16 autocast on the CPU too. With AVX512-BF16 a bf16 matmul ran ~2.5x faster than a
-      float32 one, but the small model's whole steps gain far less (``python -m loadtest.bench_precision``:
-      pre-training 1.34x, SFT 0.91x on an AMD EPYC); the model differs from a float32 run;
-    - ``fp32``: float32 everywhere (a GPU run whose numerics are closest to a CPU run).
+    - ``auto`` (default): bf16 autocast on CUDA; on a CPU, bf16 autocast for the stages in
+      ``CPU_BF16_STAGES`` where the CPU multiplies bf16 in hardware (AVX512-BF16 or AMX), float32 otherwise
+      (without that hardware bf16 is only emulated, and slower);
+    - ``bf16``: bf16 autocast in every stage, on a CPU too;
+    - ``fp32``: float32 everywhere (a GPU run whose numerics are closest to a CPU run, or a CPU run that
+      makes the same bytes on every CPU type).
 
     On CUDA it also turns off cuDNN's attention kernel for this process. Its bf16 backward returns NaN query
     gradients when an explicit mask is passed, the sequence length is 64 mod 128 and a query row attends to
@@ -51,7 +57,10 @@ def training_device() -> tuple[torch.device, torch.autocast]:
     precision = os.environ.get("R2RANK_TRAIN_PRECISION", "auto")
     if precision not in PRECISIONS:
         raise ValueError(f"R2RANK_TRAIN_PRECISION must be one of {', '.join(PRECISIONS)}, got {precision!r}")
-    bf16 = precision == "bf16" or (precision == "auto" and device.type == "cuda")
+    if precision == "auto":
+        bf16 = device.type == "cuda" or (stage in CPU_BF16_STAGES and cpu_has_native_bf16())
+    else:
+        bf16 = precision == "bf16"
     if bf16 and device.type == "cpu" and not cpu_has_native_bf16():
         logger.warning("R2RANK_TRAIN_PRECISION=bf16 on a CPU without AVX512-BF16/AMX: bf16 is emulated (slow)")
     return device, torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16)

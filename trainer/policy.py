@@ -31,6 +31,7 @@ class PackedForward:
     cache: object  # the DynamicCache after the suffixes (for continuing generation)
     full_mask: torch.Tensor  # (S, P + L) attention mask over prefix and suffix
     group_of: torch.Tensor  # (S,) which prefix each suffix belongs to
+    prefix_logits: torch.Tensor  # (B, Kp, V): the last ``prefix_logits_to_keep`` columns of the prefix pass
 
 
 def _left_pad(rows: Sequence[Tokens], pad_id: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
@@ -50,22 +51,29 @@ def _positions(mask: torch.Tensor) -> torch.Tensor:
 
 
 def grouped_forward(
-    model, prefixes: Sequence[Tokens], suffixes: Sequence[Sequence[Tokens]], pad_id: int, logits_to_keep: int = 0
+    model,
+    prefixes: Sequence[Tokens],
+    suffixes: Sequence[Sequence[Tokens]],
+    pad_id: int,
+    logits_to_keep: int = 0,
+    prefix_logits_to_keep: int = 1,
 ) -> PackedForward:
     """Run each prefix once and every suffix of that prefix on top of its cache.
 
     prefixes: B token lists; suffixes: for each prefix, its list of suffix token lists (S in total).
     Gradients flow through the prefix too (it is computed once, with the graph kept). ``logits_to_keep``
     > 0 projects only the last that many columns onto the vocabulary (the expensive part on a small model);
-    with left padding those are the same trailing tokens of every row.
+    with left padding those are the same trailing tokens of every row. ``prefix_logits_to_keep`` does the
+    same for the prefix pass (its last column predicts each suffix's first token; 0 keeps every column, for
+    a loss on the prefix's own tokens).
     """
     from transformers import DynamicCache
 
     device = model.device
     prefix_ids, prefix_mask = _left_pad(prefixes, pad_id, device)  # (B, P)
     cache = DynamicCache()
-    model(input_ids=prefix_ids, attention_mask=prefix_mask, position_ids=_positions(prefix_mask),
-          past_key_values=cache, use_cache=True, logits_to_keep=1)  # fmt: skip
+    prefix_out = model(input_ids=prefix_ids, attention_mask=prefix_mask, position_ids=_positions(prefix_mask),
+                       past_key_values=cache, use_cache=True, logits_to_keep=prefix_logits_to_keep)  # fmt: skip
     counts = torch.tensor([len(s) for s in suffixes], device=device)
     group_of = torch.repeat_interleave(torch.arange(len(prefixes), device=device), counts)  # (S,)
     cache.reorder_cache(group_of)  # repeat each prefix's keys/values for its suffixes
@@ -75,7 +83,7 @@ def grouped_forward(
     positions = _positions(full_mask)[:, prefix_ids.shape[1] :]
     out = model(input_ids=suffix_ids, attention_mask=full_mask, position_ids=positions, past_key_values=cache,
                 use_cache=True, logits_to_keep=logits_to_keep)  # fmt: skip
-    return PackedForward(out.logits, suffix_mask, suffix_ids, cache, full_mask, group_of)
+    return PackedForward(out.logits, suffix_mask, suffix_ids, cache, full_mask, group_of, prefix_out.logits)
 
 
 def sample_categorical(probs: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:

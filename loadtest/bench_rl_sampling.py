@@ -24,7 +24,7 @@ import trainer.policy as policy
 from service.checkpoint import open_checkpoint
 from trainer.attention import load_causal_lm
 from trainer.cli import DEFAULT_DATA, _load, _split
-from trainer.rl import RLConfig, RLTrainer, rl_cases
+from trainer.rl import RLCase, RLConfig, RLTrainer, StepStats, rl_cases
 
 
 def multinomial(probs: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
@@ -48,6 +48,25 @@ def make_trainer(model_dir: Path, attention: str) -> RLTrainer:
     return RLTrainer(open_checkpoint(model_dir), load(), reference, config)
 
 
+def timed_step(trainer: RLTrainer, step: int, picked: list[RLCase]) -> tuple[float, float, StepStats]:
+    """One RL step on ``picked`` (the first 2 users get rollouts, the rest the served term): its seconds, the
+    seconds spent sampling rationales within it, and its stats."""
+    sampled = 0.0
+    inner = type(trainer)._rollouts
+
+    def timed_rollouts(*args, **kwargs):
+        nonlocal sampled
+        started = time.perf_counter()
+        out = inner(trainer, *args, **kwargs)
+        sampled += time.perf_counter() - started
+        return out
+
+    trainer._rollouts = timed_rollouts
+    started = time.perf_counter()
+    stats = trainer.step(step, picked[:2], picked[2:])
+    return time.perf_counter() - started, sampled, stats
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", type=Path, default=Path("models/default"))
@@ -66,21 +85,9 @@ def main() -> None:
         picked = cases[step * 10 : step * 10 + 10]
         for name, (trainer, sampler) in arms.items():
             policy.sample_categorical = sampler
-            sampled = 0.0
-            inner = type(trainer)._rollouts
-
-            def timed_rollouts(*a, _inner=inner, _trainer=trainer, **k):
-                nonlocal sampled
-                started = time.perf_counter()
-                out = _inner(_trainer, *a, **k)
-                sampled += time.perf_counter() - started
-                return out
-
-            trainer._rollouts = timed_rollouts
-            started = time.perf_counter()
-            trainer.step(step, picked[:2], picked[2:])
+            seconds, sampled, _ = timed_step(trainer, step, picked)
             if step:
-                step_seconds[name].append(time.perf_counter() - started)
+                step_seconds[name].append(seconds)
                 sampling_seconds[name].append(sampled)
     for name in arms:
         print(f"{name:>34}: {statistics.mean(step_seconds[name]):.2f} s/step, of which sampling "

@@ -38,18 +38,24 @@ SETTINGS = {
 }
 
 
-def time_steps(step: Callable[[object, contextlib.AbstractContextManager], float], batches: list) -> dict:
-    """Mean seconds and loss per step for each precision, alternating on the same batches (first: warm-up)."""
-    seconds: dict[str, list[float]] = {name: [] for name in SETTINGS}
-    losses: dict[str, list[float]] = {name: [] for name in SETTINGS}
-    for warmup, batch in [(True, batches[0]), *((False, b) for b in batches)]:
-        for name, context in SETTINGS.items():
+def time_arms(arms: dict[str, Callable[[object], float]], warmup: object, batches: list) -> dict:
+    """Mean seconds and loss per step of each arm (a function of one batch that returns its loss): the arms
+    alternate on the same batches, so drift on a shared machine hits them alike, after one warm-up step each."""
+    seconds: dict[str, list[float]] = {name: [] for name in arms}
+    losses: dict[str, list[float]] = {name: [] for name in arms}
+    for timed, batch in [(False, warmup), *((True, b) for b in batches)]:
+        for name, step in arms.items():
             started = time.perf_counter()
-            loss = step(batch, context())
-            if not warmup:
+            loss = step(batch)
+            if timed:
                 seconds[name].append(time.perf_counter() - started)
                 losses[name].append(loss)
-    return {name: (statistics.mean(seconds[name]), statistics.mean(losses[name])) for name in SETTINGS}
+    return {name: (statistics.mean(seconds[name]), statistics.mean(losses[name])) for name in arms}
+
+
+def per_precision(step: Callable[[object, contextlib.AbstractContextManager], float]) -> dict:
+    """One arm per precision setting: ``step(batch, context)`` under each."""
+    return {name: (lambda batch, context=context: step(batch, context())) for name, context in SETTINGS.items()}
 
 
 def report(stage: str, results: dict) -> None:
@@ -87,8 +93,8 @@ def main() -> None:
     epoch = length_bucketed_batches(lm_sequences(checkpoint, catalogue, splits), 32, seed=0)
     lm_batches = epoch[:: len(epoch) // (args.steps + 1)][: args.steps + 1]
     print(f"{torch.get_num_threads()} threads; bf16 in hardware (AVX512-BF16/AMX): {cpu_has_native_bf16()}")
-    report("sft", time_steps(sft_step, sft_batches))
-    report("pretrain", time_steps(pretrain_step, lm_batches))
+    report("sft", time_arms(per_precision(sft_step), sft_batches[0], sft_batches))
+    report("pretrain", time_arms(per_precision(pretrain_step), lm_batches[0], lm_batches))
 
 
 if __name__ == "__main__":

@@ -17,11 +17,12 @@ from __future__ import annotations
 import argparse
 import contextlib
 import statistics
-import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
 
+from loadtest.bench_precision import time_arms
 from service.checkpoint import open_checkpoint
 from trainer.attention import load_causal_lm
 from trainer.cli import DEFAULT_DATA
@@ -44,29 +45,29 @@ def main() -> None:
     pad_id = checkpoint.encoder.tokenizer.pad_token_id or 0
     model = load_causal_lm(args.model).train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=0.0)
-    arms = {
-        "plain padded, float32": (lambda b: model(**_batch(b, pad_id)).loss, contextlib.nullcontext),
-        "shared prefix, float32": (lambda b: lm_loss(model, b, pad_id), contextlib.nullcontext),
-        "shared prefix, bf16": (lambda b: lm_loss(model, b, pad_id), lambda: torch.autocast("cpu", torch.bfloat16)),
-    }
-    seconds: dict[str, list[float]] = {name: [] for name in arms}
-    losses: dict[str, list[float]] = {name: [] for name in arms}
-    for index, batch in enumerate(batches):
-        for name, (loss_of, context) in arms.items():
-            started = time.perf_counter()
+
+    def step_with(loss_of: Callable[[list], torch.Tensor], context: Callable[[], contextlib.AbstractContextManager]):
+        def step(batch: list) -> float:
             with context():
                 loss = loss_of(batch)
-            outcome = optimizer_step(model, optimizer, loss)
-            if index:
-                seconds[name].append(time.perf_counter() - started)
-                losses[name].append(outcome.loss)
+            return optimizer_step(model, optimizer, loss).loss
+
+        return step
+
+    bf16 = lambda: torch.autocast("cpu", dtype=torch.bfloat16)  # noqa: E731
+    arms = {
+        "plain padded, float32": step_with(lambda b: model(**_batch(b, pad_id)).loss, contextlib.nullcontext),
+        "shared prefix, float32": step_with(lambda b: lm_loss(model, b, pad_id), contextlib.nullcontext),
+        "shared prefix, bf16": step_with(lambda b: lm_loss(model, b, pad_id), bf16),
+    }
+    results = time_arms(arms, batches[0], batches[1:])
     shared = statistics.mean(shared_prefix_length(b) for b in batches)
     tokens = statistics.mean(sum(map(len, b)) / len(b) for b in batches)
     print(f"{torch.get_num_threads()} threads; bf16 in hardware (AVX512-BF16/AMX): {cpu_has_native_bf16()}; "
           f"shared prefix {shared:.0f} of {tokens:.0f} tokens per sequence on average")  # fmt: skip
-    for name in arms:
-        print(f"{name:>24}: {statistics.mean(seconds[name]):.3f} s/step, mean loss {statistics.mean(losses[name]):.4f}")
-    plain, shared_fp32, shared_bf16 = (statistics.mean(seconds[name]) for name in arms)
+    for name, (secs, loss) in results.items():
+        print(f"{name:>24}: {secs:.3f} s/step, mean loss {loss:.4f}")
+    plain, shared_fp32, shared_bf16 = (secs for secs, _ in results.values())
     print(f"speed-up: shared prefix {plain / shared_fp32:.2f}x; bf16 on top {shared_fp32 / shared_bf16:.2f}x; "
           f"together {plain / shared_bf16:.2f}x ({args.steps} steps per arm, alternating)")  # fmt: skip
 

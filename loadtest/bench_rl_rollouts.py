@@ -18,22 +18,10 @@ from pathlib import Path
 
 import torch
 
-from loadtest.bench_rl_sampling import timed_step
-from service.checkpoint import open_checkpoint
-from trainer.attention import load_causal_lm
+from loadtest.bench_rl_sampling import make_trainer, timed_step
 from trainer.cli import DEFAULT_DATA, _load, _split
-from trainer.rl import RLConfig, RLTrainer, rl_cases
+from trainer.rl import rl_cases
 from trainer.rollouts import VLLMRollouts
-
-
-def make_trainer(model_dir: Path, engine: VLLMRollouts | None) -> RLTrainer:
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    reference = load_causal_lm(model_dir, device).eval()
-    for parameter in reference.parameters():
-        parameter.requires_grad_(False)
-    config = RLConfig(users_per_step=2, served_users_per_step=8, served_objective="top1",
-                      rationale_credit="candidate", lr=0.0)  # fmt: skip
-    return RLTrainer(open_checkpoint(model_dir), load_causal_lm(model_dir, device), reference, config, engine)
 
 
 def main() -> None:
@@ -48,7 +36,9 @@ def main() -> None:
     started = time.perf_counter()
     engine = VLLMRollouts(args.model, dtype="bfloat16" if torch.cuda.is_available() else "float32")
     startup = time.perf_counter() - started
-    arms = {"torch": make_trainer(args.model, None), "vllm": make_trainer(args.model, engine)}
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    arms = {"torch": make_trainer(args.model, "r2rank", None, device),
+            "vllm": make_trainer(args.model, "r2rank", engine, device)}  # fmt: skip
     step_seconds: dict[str, list[float]] = {name: [] for name in arms}
     sampling_seconds: dict[str, list[float]] = {name: [] for name in arms}
     for step in range(args.steps + 1):  # step 0 warms up

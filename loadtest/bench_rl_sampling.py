@@ -25,6 +25,7 @@ from service.checkpoint import open_checkpoint
 from trainer.attention import load_causal_lm
 from trainer.cli import DEFAULT_DATA, _load, _split
 from trainer.rl import RLCase, RLConfig, RLTrainer, StepStats, rl_cases
+from trainer.rollouts import VLLMRollouts
 
 
 def multinomial(probs: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
@@ -32,20 +33,26 @@ def multinomial(probs: torch.Tensor, generator: torch.Generator | None = None) -
     return torch.multinomial(probs.cpu(), 1, generator=generator).squeeze(-1).to(probs.device)
 
 
-def make_trainer(model_dir: Path, attention: str) -> RLTrainer:
+def make_trainer(
+    model_dir: Path, attention: str, engine: VLLMRollouts | None = None, device: torch.device | str = "cpu"
+) -> RLTrainer:
+    """An RL trainer in the Makefile's step shape with lr 0 (every step starts from the same weights), its
+    models on ``device`` with ``attention`` (``sdpa``: transformers' own; else the trainer's), rationales
+    sampled by ``engine`` (vLLM) or, when None, by torch."""
     from transformers import AutoModelForCausalLM
 
     def load():
         if attention == "sdpa":
-            return AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=torch.float32, attn_implementation="sdpa")
-        return load_causal_lm(model_dir)
+            return AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=torch.float32,
+                                                        attn_implementation="sdpa").to(device)  # fmt: skip
+        return load_causal_lm(model_dir, device)
 
     reference = load().eval()
     for parameter in reference.parameters():
         parameter.requires_grad_(False)
     config = RLConfig(users_per_step=2, served_users_per_step=8, served_objective="top1",
-                      rationale_credit="candidate", lr=0.0, rollout_engine="torch")  # fmt: skip
-    return RLTrainer(open_checkpoint(model_dir), load(), reference, config)
+                      rationale_credit="candidate", lr=0.0, rollout_engine="vllm" if engine else "torch")  # fmt: skip
+    return RLTrainer(open_checkpoint(model_dir), load(), reference, config, engine)
 
 
 def timed_step(trainer: RLTrainer, step: int, picked: list[RLCase]) -> tuple[float, float, StepStats]:

@@ -1,4 +1,5 @@
-"""SFT's micro-batching: grouping a step's examples by length must not change the update."""
+"""SFT's forward and micro-batching: packing an example's rows into one sequence, and grouping a step's
+examples by length, must not change the loss or the update."""
 
 from __future__ import annotations
 
@@ -10,7 +11,8 @@ import torch
 
 from tests.toy_model import build_toy_model
 from trainer.loop import optimizer_step
-from trainer.sft import Example, micro_batches, step_losses, summed_token_nll, target_tokens
+from trainer.packing import target_log_probs
+from trainer.sft import Example, micro_batches, packed_length, step_losses, summed_token_nll, target_tokens
 
 
 @pytest.fixture(scope="module")
@@ -48,8 +50,45 @@ def test_micro_batches_keep_every_example_and_group_similar_lengths():
     groups = micro_batches(batch, 3)
     assert [len(g) for g in groups] == [3, 3, 3, 3, 3, 1]
     assert sorted(map(id, (e for g in groups for e in g))) == sorted(map(id, batch))
-    longest_row = [max(len(ids) for e in g for ids, _ in e.rows) for g in groups]
-    assert longest_row == sorted(longest_row)
+    longest = [max(map(packed_length, g)) for g in groups]
+    assert longest == sorted(longest)
+
+
+def _plain_target_log_probs(model, batch: list[Example]) -> torch.Tensor:
+    """The reference: each ``prefix + row`` on its own, unpadded, through the model's ordinary forward."""
+    parts = []
+    for example in batch:
+        for ids, n in example.rows:
+            sequence = torch.tensor([[*example.prefix, *ids]])
+            logp = torch.log_softmax(model(input_ids=sequence).logits[0].float(), -1)
+            targets = sequence[0, -n:]
+            parts.append(logp[-n - 1 : -1].gather(-1, targets.unsqueeze(-1)).squeeze(-1))
+    return torch.cat(parts)
+
+
+@pytest.mark.parametrize("attention", ["sdpa", "r2rank_sdpa"])
+def test_packed_rows_compute_what_each_row_computes_alone(tiny_model_dir, attention):
+    """Every row of a packed example sees its prefix and itself only: log-probabilities and gradients equal
+    those of each ``prefix + row`` run alone, for examples of different lengths (pads) and rows trained on
+    every token (whose first target is predicted from the prefix's last token)."""
+    from transformers import AutoModelForCausalLM
+
+    import trainer.attention  # noqa: F401  (registers r2rank_sdpa)
+
+    batch = _examples(3, seed=3)
+    batch[1] = Example(batch[1].prefix, [(ids, len(ids)) for ids, _ in batch[1].rows] + [([7], 1)])
+    model = AutoModelForCausalLM.from_pretrained(str(tiny_model_dir), dtype=torch.float32,
+                                                 attn_implementation=attention)  # fmt: skip
+    packed = target_log_probs(model, [e.prefix for e in batch], [e.rows for e in batch], pad_id=1)
+    packed.sum().backward()
+    packed_grads = _gradients(model)
+    model.zero_grad()
+    plain = _plain_target_log_probs(model, batch)
+    plain.sum().backward()
+    assert packed.shape == plain.shape == (target_tokens(batch),)
+    torch.testing.assert_close(packed, plain, atol=1e-5, rtol=1e-5)
+    for got, want in zip(packed_grads, _gradients(model), strict=True):
+        torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-4)
 
 
 @pytest.mark.parametrize("micro_batch", [1, 3, 16])

@@ -5,9 +5,10 @@ the item at it; the last ``targets_per_user`` positions are used) with N sampled
 by the service's own ``prepare_prompts`` (same cleaning, caps and token segmentation as serving), followed by
 ``encode(rationale segment) + encode(answer cue) + [yes|no]`` — exactly the ids the service scores; a share
 of examples (``none_fraction``) uses the ``reasoning="none"`` form, prompt + cue + answer, so one model
-serves both modes. The loss is next-token cross-entropy on everything after the prompt. The history prefix
-is run once per example for all its candidates, and a step's examples go through the model in small
-micro-batches of similar length (``micro_batch``), their gradients summed: the same update, far less padding.
+serves both modes. The loss is next-token cross-entropy on everything after the prompt. Each example's history
+prefix and all its candidate rows run as one packed sequence (``trainer/packing.py``: the prefix once, no
+padding between rows, the vocabulary projection only where a loss is taken), and a step's examples go
+through the model in small micro-batches of similar length (``micro_batch``), their gradients summed.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from service.protocol import ItemIn
 from service.ranking import prepare_prompts
 from trainer.data import Catalogue, UserSplit, sample_negatives
 from trainer.loop import load_state, optimizer_step, save_state, training_device
-from trainer.policy import grouped_forward
+from trainer.packing import target_log_probs
 from trainer.teacher import BuiltinTeacher, Teacher
 
 logger = logging.getLogger(__name__)
@@ -128,31 +129,25 @@ def _misrecall(teacher: Teacher, pairs: list, config: SFTConfig) -> list[str | N
 
 def summed_token_nll(model, batch: list[Example], pad_id: int) -> torch.Tensor:
     """Summed next-token cross-entropy over every target token of the batch (rationale, cue, answer), each
-    history prefix run once for all its candidates (``grouped_forward``)."""
-    keep = max(n for example in batch for _, n in example.rows) + 1
-    packed = grouped_forward(model, [e.prefix for e in batch], [[ids for ids, _ in e.rows] for e in batch], pad_id,
-                             logits_to_keep=keep)  # fmt: skip
-    logp = torch.log_softmax(packed.logits.float(), dim=-1)[:, :-1]  # (S, K-1, V)
-    targets = packed.suffix_ids[:, -keep + 1 :]  # (S, K-1): column c is predicted at column c-1
-    token_logp = torch.gather(logp, -1, targets.unsqueeze(-1)).squeeze(-1)
-    mask = torch.zeros_like(token_logp)
-    for row, n in enumerate(n for example in batch for _, n in example.rows):
-        mask[row, keep - 1 - n :] = 1.0
-    return -(token_logp * mask).sum()
+    example's prefix and candidate rows run as one packed sequence (``target_log_probs``)."""
+    return -target_log_probs(model, [e.prefix for e in batch], [e.rows for e in batch], pad_id).sum()
 
 
 def target_tokens(batch: list[Example]) -> int:
     return sum(n for example in batch for _, n in example.rows)
 
 
-def micro_batches(batch: list[Example], size: int) -> list[list[Example]]:
-    """The step's examples in groups of ``size`` with similar shapes (longest candidate row, then prefix).
+def packed_length(example: Example) -> int:
+    return len(example.prefix) + sum(len(ids) for ids, _ in example.rows)
 
-    One forward over a whole step is mostly padding: prefixes run from a few dozen to hundreds of tokens, and
-    ``none``-mode rows are a third as long as rationale rows. Measured on the Makefile's SFT batches, 37% of
-    the padded prefix and 36% of the padded suffix tokens were real; grouping by shape cuts the waste, and
-    the summed loss (hence the gradient) is the same."""
-    ordered = sorted(batch, key=lambda e: (max(len(ids) for ids, _ in e.rows), len(e.prefix)))
+
+def micro_batches(batch: list[Example], size: int) -> list[list[Example]]:
+    """The step's examples in groups of ``size`` with similar packed lengths (prefix + all candidate rows).
+
+    A packed example runs from about a hundred to several hundred tokens (history lengths vary most), and
+    a micro-batch pads its examples to the longest, so grouping by length cuts the waste; the summed loss
+    (hence the gradient) is the same."""
+    ordered = sorted(batch, key=packed_length)
     return [ordered[start : start + size] for start in range(0, len(ordered), size)]
 
 

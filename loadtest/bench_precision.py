@@ -16,13 +16,12 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import statistics
-import time
 from collections.abc import Callable
 from pathlib import Path
 
 import torch
 
+from loadtest.arms import time_arms
 from loadtest.bench_sft_step import makefile_sft_batches
 from service.checkpoint import open_checkpoint
 from trainer.attention import load_causal_lm
@@ -36,21 +35,6 @@ SETTINGS = {
     "float32": contextlib.nullcontext,
     "bf16 autocast": lambda: torch.autocast("cpu", dtype=torch.bfloat16),
 }
-
-
-def time_arms(arms: dict[str, Callable[[object], float]], warmup: object, batches: list) -> dict:
-    """Mean seconds and loss per step of each arm (a function of one batch that returns its loss): the arms
-    alternate on the same batches, so drift on a shared machine hits them alike, after one warm-up step each."""
-    seconds: dict[str, list[float]] = {name: [] for name in arms}
-    losses: dict[str, list[float]] = {name: [] for name in arms}
-    for timed, batch in [(False, warmup), *((True, b) for b in batches)]:
-        for name, step in arms.items():
-            started = time.perf_counter()
-            loss = step(batch)
-            if timed:
-                seconds[name].append(time.perf_counter() - started)
-                losses[name].append(loss)
-    return {name: (statistics.mean(seconds[name]), statistics.mean(losses[name])) for name in arms}
 
 
 def per_precision(step: Callable[[object, contextlib.AbstractContextManager], float]) -> dict:

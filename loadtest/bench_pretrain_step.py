@@ -22,7 +22,7 @@ from pathlib import Path
 
 import torch
 
-from loadtest.bench_precision import time_arms
+from loadtest.arms import time_arms
 from service.checkpoint import open_checkpoint
 from trainer.attention import load_causal_lm
 from trainer.cli import DEFAULT_DATA

@@ -25,13 +25,14 @@ Tokens = Sequence[int]
 class PackedForward:
     """Result of ``grouped_forward``: logits over each suffix, aligned to the suffix tokens."""
 
-    logits: torch.Tensor  # (S, K, V): logits[s, t] predicts the token after suffix column L-K+t
+    logits: torch.Tensor | None  # (S, K, V): logits[s, t] predicts the token after suffix column L-K+t
     suffix_mask: torch.Tensor  # (S, L) 1 on real suffix tokens (left-padded)
     suffix_ids: torch.Tensor  # (S, L)
     cache: object  # the DynamicCache after the suffixes (for continuing generation)
     full_mask: torch.Tensor  # (S, P + L) attention mask over prefix and suffix
     group_of: torch.Tensor  # (S,) which prefix each suffix belongs to
     prefix_logits: torch.Tensor  # (B, Kp, V): the last ``prefix_logits_to_keep`` columns of the prefix pass
+    hidden: torch.Tensor | None = None  # (S, K, H) instead of ``logits`` when ``project=False``
 
 
 def _left_pad(rows: Sequence[Tokens], pad_id: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
@@ -57,6 +58,7 @@ def grouped_forward(
     pad_id: int,
     logits_to_keep: int = 0,
     prefix_logits_to_keep: int = 1,
+    project: bool = True,
 ) -> PackedForward:
     """Run each prefix once and every suffix of that prefix on top of its cache.
 
@@ -65,7 +67,8 @@ def grouped_forward(
     > 0 projects only the last that many columns onto the vocabulary (the expensive part on a small model);
     with left padding those are the same trailing tokens of every row. ``prefix_logits_to_keep`` does the
     same for the prefix pass (its last column predicts each suffix's first token; 0 keeps every column, for
-    a loss on the prefix's own tokens).
+    a loss on the prefix's own tokens). ``project=False`` returns the final hidden states of those columns
+    instead of logits (``hidden``), for a caller that projects only the positions it needs.
     """
     from transformers import DynamicCache
 
@@ -81,8 +84,13 @@ def grouped_forward(
     suffix_ids, suffix_mask = _left_pad(flat, pad_id, device)  # (S, L)
     full_mask = torch.cat([prefix_mask[group_of], suffix_mask], dim=1)  # (S, P + L)
     positions = _positions(full_mask)[:, prefix_ids.shape[1] :]
-    out = model(input_ids=suffix_ids, attention_mask=full_mask, position_ids=positions, past_key_values=cache,
-                use_cache=True, logits_to_keep=logits_to_keep)  # fmt: skip
+    inputs = dict(input_ids=suffix_ids, attention_mask=full_mask, position_ids=positions, past_key_values=cache,
+                  use_cache=True)  # fmt: skip
+    if not project:
+        hidden = model.get_decoder()(**inputs).last_hidden_state
+        hidden = hidden[:, -logits_to_keep:] if logits_to_keep else hidden
+        return PackedForward(None, suffix_mask, suffix_ids, cache, full_mask, group_of, prefix_out.logits, hidden)
+    out = model(**inputs, logits_to_keep=logits_to_keep)
     return PackedForward(out.logits, suffix_mask, suffix_ids, cache, full_mask, group_of, prefix_out.logits)
 
 

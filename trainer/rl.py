@@ -215,9 +215,15 @@ class RLTrainer:
             start += n
         return out
 
-    def _score_pass(self, model, batch: list[Prompted], rationales: list[list[list[int]]], G: int | None = None):
+    def _score_pass(self, model, batch: list[Prompted], rationales: list[list[list[int]]], G: int | None = None,
+                    token_logps: bool = True):  # fmt: skip
         """Forward over prefix + candidate + rationale + cue. Returns per-suffix token log-probs over the
-        trailing columns (S, K-1), the mask of the rationale tokens among them, and scores (S,)."""
+        trailing columns (S, K-1), the mask of the rationale tokens among them, and scores (S,).
+
+        Only the answer position and the rationale tokens are projected onto the vocabulary (rows are padded
+        to the longest rationale, so most trailing columns of short rows are neither); ``token_logps=False``
+        projects the answer position alone, for a caller that needs the scores only. Positions outside the
+        mask hold 0 in the log-probs."""
         G = self.config.rollouts if G is None else G
         suffixes, spans = [], []
         for prompted, group in zip(batch, rationales, strict=True):
@@ -229,15 +235,21 @@ class RLTrainer:
             suffixes.append(rows)
         assert all(len(r) == G * len(p.segments) for r, p in zip(suffixes, batch, strict=True))
         keep = max(n for _, n in spans) + len(self.cue) + 1  # rationale, cue and the token before them
-        packed = grouped_forward(model, [p.prefix for p in batch], suffixes, self.pad_id, logits_to_keep=keep)
-        logp = torch.log_softmax(packed.logits.float(), dim=-1)  # (S, K, V)
-        scores = logp[:, -1, self.yes] - logp[:, -1, self.no]  # (S,): the answer position is the last column
-        targets = packed.suffix_ids[:, -keep + 1 :]  # (S, K-1): token at column c is predicted at c-1
-        token_logp = torch.gather(logp[:, :-1], -1, targets.unsqueeze(-1)).squeeze(-1)  # (S, K-1)
-        mask = torch.zeros_like(token_logp)
+        packed = grouped_forward(model, [p.prefix for p in batch], suffixes, self.pad_id, logits_to_keep=keep,
+                                 project=False)  # fmt: skip
+        head = model.get_output_embeddings()
+        answer = torch.log_softmax(head(packed.hidden[:, -1]).float(), dim=-1)  # the answer position is last
+        scores = answer[:, self.yes] - answer[:, self.no]  # (S,)
+        mask = torch.zeros(len(spans), keep - 1, device=scores.device)  # column c predicts suffix column c+1
         cue = len(self.cue)
         for row, (_, n) in enumerate(spans):
             mask[row, keep - 1 - cue - n : keep - 1 - cue] = 1.0  # the rationale's n tokens, before the cue
+        token_logp = torch.zeros_like(mask)
+        if token_logps:
+            rows, columns = mask.nonzero(as_tuple=True)
+            targets = packed.suffix_ids[:, -keep + 1 :][rows, columns]
+            logp = torch.log_softmax(head(packed.hidden[rows, columns]).float(), dim=-1)
+            token_logp = token_logp.index_put((rows, columns), logp.gather(-1, targets.unsqueeze(-1)).squeeze(-1))
         return token_logp, mask, scores
 
     def _none_scores(self, model, batch: list[Prompted]) -> torch.Tensor:
@@ -268,7 +280,7 @@ class RLTrainer:
         self.policy.train()
         for prompted, rationale in zip(batch, rationales, strict=True):
             with self.autocast:
-                _, _, scores = self._score_pass(self.policy, [prompted], [rationale], G=1)
+                _, _, scores = self._score_pass(self.policy, [prompted], [rationale], G=1, token_logps=False)
             user = scores.unsqueeze(0)  # (1, N)
             rewards, pl, greedy = self._listwise(user, prompted.positive, self.config.pl_samples, generator)
             if self.config.served_objective == "top1":  # the exact gradient of the PL top-1 log-likelihood

@@ -14,17 +14,14 @@ their losses should agree. Prints seconds per step, the mean loss, and the speed
 
 from __future__ import annotations
 
-import argparse
 import statistics
 import types
-from pathlib import Path
 
 import torch
 
-from loadtest.bench_rl_sampling import make_trainer, timed_step
-from trainer.cli import DEFAULT_DATA, _load, _split
+from loadtest.bench_rl_sampling import alternate_steps, make_trainer, rl_bench_setup
 from trainer.policy import grouped_forward
-from trainer.rl import Prompted, RLTrainer, rl_cases
+from trainer.rl import Prompted, RLTrainer
 
 
 def score_pass_every_column(self: RLTrainer, model, batch: list[Prompted], rationales, G=None, token_logps=True):
@@ -50,28 +47,15 @@ def score_pass_every_column(self: RLTrainer, model, batch: list[Prompted], ratio
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", type=Path, default=Path("models/default"))
-    parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
-    parser.add_argument("--steps", type=int, default=3)
-    args = parser.parse_args()
-    catalogue, sequences = _load(args.data)
-    cases = rl_cases(_split(sequences, args.data), catalogue, 1000, 19, seed=0)
+    args, cases = rl_bench_setup(__doc__.splitlines()[0])
     before = make_trainer(args.model, "r2rank")
     before._score_pass = types.MethodType(score_pass_every_column, before)
     arms = {"every trailing column": before, "read positions only": make_trainer(args.model, "r2rank")}
-    seconds: dict[str, list[float]] = {name: [] for name in arms}
-    losses: dict[str, list[float]] = {name: [] for name in arms}
-    for step in range(args.steps + 1):  # step 0 warms up
-        picked = cases[step * 10 : step * 10 + 10]
-        for name, trainer in arms.items():
-            elapsed, _, stats = timed_step(trainer, step, picked)
-            if step:
-                seconds[name].append(elapsed)
-                losses[name].append(stats.loss)
-    for name in arms:
-        print(f"{name:>22}: {statistics.mean(seconds[name]):.2f} s/step, mean loss {statistics.mean(losses[name]):.5f}")
-    slow, fast = (statistics.mean(v) for v in seconds.values())
+    results = alternate_steps(arms, cases, args.steps)
+    for name, timed in results.items():
+        loss = statistics.mean(t.stats.loss for t in timed)
+        print(f"{name:>22}: {statistics.mean(t.seconds for t in timed):.2f} s/step, mean loss {loss:.5f}")
+    slow, fast = (statistics.mean(t.seconds for t in timed) for timed in results.values())
     print(f"speed-up per RL step: {slow / fast:.2f}x ({args.steps} steps each, alternating, "
           f"{torch.get_num_threads()} threads)")  # fmt: skip
 

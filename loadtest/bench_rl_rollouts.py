@@ -11,27 +11,17 @@ Prints the engine's start-up time, seconds per step and the part spent sampling,
 
 from __future__ import annotations
 
-import argparse
 import statistics
 import time
-from pathlib import Path
 
 import torch
 
-from loadtest.bench_rl_sampling import make_trainer, timed_step
-from trainer.cli import DEFAULT_DATA, _load, _split
-from trainer.rl import rl_cases
+from loadtest.bench_rl_sampling import alternate_steps, make_trainer, rl_bench_setup
 from trainer.rollouts import VLLMRollouts
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", type=Path, default=Path("models/default"))
-    parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
-    parser.add_argument("--steps", type=int, default=4, help="timed steps per engine (after one warm-up step)")
-    args = parser.parse_args()
-    catalogue, sequences = _load(args.data)
-    cases = rl_cases(_split(sequences, args.data), catalogue, 1000, 19, seed=0)
+    args, cases = rl_bench_setup(__doc__.splitlines()[0], steps=4)
 
     started = time.perf_counter()
     engine = VLLMRollouts(args.model, dtype="bfloat16" if torch.cuda.is_available() else "float32")
@@ -39,22 +29,16 @@ def main() -> None:
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     arms = {"torch": make_trainer(args.model, "r2rank", None, device),
             "vllm": make_trainer(args.model, "r2rank", engine, device)}  # fmt: skip
-    step_seconds: dict[str, list[float]] = {name: [] for name in arms}
-    sampling_seconds: dict[str, list[float]] = {name: [] for name in arms}
-    for step in range(args.steps + 1):  # step 0 warms up
-        picked = cases[step * 10 : step * 10 + 10]
-        for name, trainer in arms.items():
-            seconds, sampled, stats = timed_step(trainer, step, picked)
-            if step:
-                step_seconds[name].append(seconds)
-                sampling_seconds[name].append(sampled)
-            served, length = stats.ndcg_served, stats.rationale_tokens
-            print(f"step {step} {name:>5}: served NDCG@10 {served:.3f}, rationale {length:.1f} tokens")
+    results = alternate_steps(arms, cases, args.steps)
+    for step in range(args.steps):
+        for name, timed in results.items():
+            served, length = timed[step].stats.ndcg_served, timed[step].stats.rationale_tokens
+            print(f"step {step + 1} {name:>5}: served NDCG@10 {served:.3f}, rationale {length:.1f} tokens")
     print(f"vLLM engine start-up: {startup:.1f} s; {torch.get_num_threads()} torch threads")
-    for name in arms:
-        print(f"{name:>5}: {statistics.mean(step_seconds[name]):.2f} s/step, of which sampling "
-              f"{statistics.mean(sampling_seconds[name]):.2f} s")  # fmt: skip
-    torch_s, vllm_s = (statistics.mean(step_seconds[name]) for name in arms)
+    for name, timed in results.items():
+        print(f"{name:>5}: {statistics.mean(t.seconds for t in timed):.2f} s/step, of which sampling "
+              f"{statistics.mean(t.sampling for t in timed):.2f} s")  # fmt: skip
+    torch_s, vllm_s = (statistics.mean(t.seconds for t in results[name]) for name in arms)
     print(f"speed-up per RL step with vLLM rollouts: {torch_s / vllm_s:.2f}x ({args.steps} steps each, alternating); "
           f"break-even after {startup / max(torch_s - vllm_s, 1e-9):.0f} steps")  # fmt: skip
 

@@ -16,7 +16,9 @@ from __future__ import annotations
 import argparse
 import statistics
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 
@@ -55,7 +57,13 @@ def make_trainer(
     return RLTrainer(open_checkpoint(model_dir), load(), reference, config, engine)
 
 
-def timed_step(trainer: RLTrainer, step: int, picked: list[RLCase]) -> tuple[float, float, StepStats]:
+class TimedStep(NamedTuple):
+    seconds: float  # the whole step
+    sampling: float  # of which sampling rationales
+    stats: StepStats
+
+
+def timed_step(trainer: RLTrainer, step: int, picked: list[RLCase]) -> TimedStep:
     """One RL step on ``picked`` (the first 2 users get rollouts, the rest the served term): its seconds, the
     seconds spent sampling rationales within it, and its stats."""
     sampled = 0.0
@@ -71,35 +79,55 @@ def timed_step(trainer: RLTrainer, step: int, picked: list[RLCase]) -> tuple[flo
     trainer._rollouts = timed_rollouts
     started = time.perf_counter()
     stats = trainer.step(step, picked[:2], picked[2:])
-    return time.perf_counter() - started, sampled, stats
+    return TimedStep(time.perf_counter() - started, sampled, stats)
+
+
+def alternate_steps(
+    arms: dict[str, RLTrainer], cases: list[RLCase], steps: int, before_step: Callable[[str], None] | None = None
+) -> dict[str, list[TimedStep]]:
+    """``steps`` timed RL steps per arm after one warm-up step, the arms alternating on the same 10 users per
+    step (2 rollout users + 8 served), so drift on a shared machine hits them alike. ``before_step(name)``
+    runs before each arm's step (e.g. to switch a module-level function)."""
+    results: dict[str, list[TimedStep]] = {name: [] for name in arms}
+    for step in range(steps + 1):  # step 0 warms up
+        picked = cases[step * 10 : step * 10 + 10]
+        for name, trainer in arms.items():
+            if before_step is not None:
+                before_step(name)
+            timed = timed_step(trainer, step, picked)
+            if step:
+                results[name].append(timed)
+    return results
+
+
+def rl_bench_setup(description: str, steps: int = 3) -> tuple[argparse.Namespace, list[RLCase]]:
+    """The RL benchmarks' command line (``--model``, ``--data``, ``--steps``) and their users: 1,000 RL cases
+    of 1 + 19 candidates, seeded, taken 10 per step."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--model", type=Path, default=Path("models/default"))
+    parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
+    parser.add_argument("--steps", type=int, default=steps, help="timed steps per arm (after one warm-up step)")
+    args = parser.parse_args()
+    catalogue, sequences = _load(args.data)
+    return args, rl_cases(_split(sequences, args.data), catalogue, 1000, 19, seed=0)
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", type=Path, default=Path("models/default"))
-    parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
-    parser.add_argument("--steps", type=int, default=3)
-    args = parser.parse_args()
-    catalogue, sequences = _load(args.data)
-    cases = rl_cases(_split(sequences, args.data), catalogue, 1000, 19, seed=0)
+    args, cases = rl_bench_setup(__doc__.splitlines()[0])
     arms = {
         "before (sdpa + multinomial)": (make_trainer(args.model, "sdpa"), multinomial),
         "after (enable_gqa + inverse CDF)": (make_trainer(args.model, "r2rank"), policy.sample_categorical),
     }
-    step_seconds = {name: [] for name in arms}
-    sampling_seconds = {name: [] for name in arms}
-    for step in range(args.steps + 1):  # step 0 warms up
-        picked = cases[step * 10 : step * 10 + 10]
-        for name, (trainer, sampler) in arms.items():
-            policy.sample_categorical = sampler
-            seconds, sampled, _ = timed_step(trainer, step, picked)
-            if step:
-                step_seconds[name].append(seconds)
-                sampling_seconds[name].append(sampled)
-    for name in arms:
-        print(f"{name:>34}: {statistics.mean(step_seconds[name]):.2f} s/step, of which sampling "
-              f"{statistics.mean(sampling_seconds[name]):.2f} s")  # fmt: skip
-    before, after = (statistics.mean(v) for v in step_seconds.values())
+    samplers = {name: sampler for name, (_, sampler) in arms.items()}
+
+    def use_sampler(name: str) -> None:
+        policy.sample_categorical = samplers[name]
+
+    results = alternate_steps({name: trainer for name, (trainer, _) in arms.items()}, cases, args.steps, use_sampler)
+    for name, timed in results.items():
+        print(f"{name:>34}: {statistics.mean(t.seconds for t in timed):.2f} s/step, of which sampling "
+              f"{statistics.mean(t.sampling for t in timed):.2f} s")  # fmt: skip
+    before, after = (statistics.mean(t.seconds for t in timed) for timed in results.values())
     print(f"speed-up per RL step: {before / after:.2f}x ({args.steps} steps each, alternating, "
           f"{torch.get_num_threads()} threads)")  # fmt: skip
 

@@ -1,11 +1,26 @@
-"""Side-by-side timing for the benchmarks: arms alternate on the same batches, so drift on a shared machine
-(another process, thermal or host changes) hits every arm alike and their ratio stays meaningful."""
+"""What the training benchmarks share: side-by-side timing, where arms alternate on the same batches so drift
+on a shared machine (another process, thermal or host changes) hits every arm alike and their ratio stays
+meaningful, and the command line every one of them takes."""
 
 from __future__ import annotations
 
+import argparse
 import statistics
 import time
 from collections.abc import Callable
+from pathlib import Path
+
+from trainer.cli import DEFAULT_DATA
+
+
+def bench_parser(doc: str, steps: int, steps_help: str = "timed steps per arm") -> argparse.ArgumentParser:
+    """``--model``, ``--data`` and ``--steps`` (default ``steps``), with ``doc`` (the module's) as the help;
+    a benchmark adds its own options before parsing."""
+    parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", type=Path, default=Path("models/default"))
+    parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
+    parser.add_argument("--steps", type=int, default=steps, help=steps_help)
+    return parser
 
 
 def time_arms(arms: dict[str, Callable[[object], float]], warmup: object, batches: list) -> dict:

@@ -14,18 +14,15 @@ this CPU has bf16 hardware (AVX512-BF16 or AMX): without it bf16 is emulated and
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 from collections.abc import Callable
-from pathlib import Path
 
 import torch
 
-from loadtest.arms import time_arms
+from loadtest.arms import bench_parser, time_arms
 from loadtest.bench_sft_step import makefile_sft_batches
 from service.checkpoint import open_checkpoint
 from trainer.attention import load_causal_lm
-from trainer.cli import DEFAULT_DATA
 from trainer.data import leave_one_out, load_dataset
 from trainer.loop import cpu_has_native_bf16, optimizer_step
 from trainer.pretrain import length_bucketed_batches, lm_loss, lm_sequences
@@ -50,11 +47,7 @@ def report(stage: str, results: dict) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", type=Path, default=Path("models/default"))
-    parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
-    parser.add_argument("--steps", type=int, default=6, help="timed steps per precision and stage")
-    args = parser.parse_args()
+    args = bench_parser(__doc__, steps=6, steps_help="timed steps per precision and stage").parse_args()
 
     model = load_causal_lm(args.model).train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=0.0)

@@ -14,29 +14,22 @@ Prints seconds per step, the mean loss of each arm and the speed-ups.
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import statistics
 from collections.abc import Callable
-from pathlib import Path
 
 import torch
 
-from loadtest.arms import time_arms
+from loadtest.arms import bench_parser, time_arms
 from service.checkpoint import open_checkpoint
 from trainer.attention import load_causal_lm
-from trainer.cli import DEFAULT_DATA
 from trainer.data import leave_one_out, load_dataset
 from trainer.loop import cpu_has_native_bf16, optimizer_step
 from trainer.pretrain import _batch, length_bucketed_batches, lm_loss, lm_sequences, shared_prefix_length
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", type=Path, default=Path("models/default"))
-    parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
-    parser.add_argument("--steps", type=int, default=16, help="timed steps per arm")
-    args = parser.parse_args()
+    args = bench_parser(__doc__, steps=16).parse_args()
 
     checkpoint = open_checkpoint(args.model)
     catalogue, sequences = load_dataset(args.data)

@@ -23,9 +23,10 @@ from typing import NamedTuple
 import torch
 
 import trainer.policy as policy
+from loadtest.arms import bench_parser
 from service.checkpoint import open_checkpoint
 from trainer.attention import load_causal_lm
-from trainer.cli import DEFAULT_DATA, _load, _split
+from trainer.cli import _load, _split
 from trainer.rl import RLCase, RLConfig, RLTrainer, StepStats, rl_cases
 from trainer.rollouts import VLLMRollouts
 
@@ -103,11 +104,7 @@ def alternate_steps(
 def rl_bench_setup(description: str, steps: int = 3) -> tuple[argparse.Namespace, list[RLCase]]:
     """The RL benchmarks' command line (``--model``, ``--data``, ``--steps``) and their users: 1,000 RL cases
     of 1 + 19 candidates, seeded, taken 10 per step."""
-    parser = argparse.ArgumentParser(description=description)
-    parser.add_argument("--model", type=Path, default=Path("models/default"))
-    parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
-    parser.add_argument("--steps", type=int, default=steps, help="timed steps per arm (after one warm-up step)")
-    args = parser.parse_args()
+    args = bench_parser(description, steps, "timed steps per arm (after one warm-up step)").parse_args()
     catalogue, sequences = _load(args.data)
     return args, rl_cases(_split(sequences, args.data), catalogue, 1000, 19, seed=0)
 

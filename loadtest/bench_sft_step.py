@@ -18,18 +18,15 @@ Prints seconds per step and the mean loss each way (they should agree), the rati
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import statistics
 from collections.abc import Iterator
-from pathlib import Path
 
 import torch
 
-from loadtest.arms import time_arms
+from loadtest.arms import bench_parser, time_arms
 from service.checkpoint import Checkpoint, open_checkpoint
 from trainer.attention import load_causal_lm
-from trainer.cli import DEFAULT_DATA
 from trainer.data import Catalogue, UserSplit, leave_one_out, load_dataset
 from trainer.loop import optimizer_step
 from trainer.policy import grouped_forward
@@ -92,10 +89,7 @@ def makefile_sft_batches(
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", type=Path, default=Path("models/default"))
-    parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
-    parser.add_argument("--steps", type=int, default=8, help="timed steps per setting")
+    parser = bench_parser(__doc__, steps=8, steps_help="timed steps per layout")
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--micro-batch", type=int, default=SFTConfig.micro_batch)
     args = parser.parse_args()

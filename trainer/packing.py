@@ -9,8 +9,9 @@ half of the positions projected onto the vocabulary. Here each example is one pa
 
 with a block mask: a row's tokens attend to the prefix and to their own earlier tokens, never to another
 row; position ids restart after the prefix for every row. So every row computes what the contiguous
-``prefix + row`` would (a test checks logits and gradients against ``grouped_forward``), pads only fill out
-the micro-batch's shortest examples, and the vocabulary projection runs only where a loss is taken.
+``prefix + row`` would (``tests/test_sft.py`` checks log-probabilities and gradients against each
+``prefix + row`` run alone), pads only fill out the micro-batch's shorter examples, and the vocabulary
+projection runs only where a loss is taken.
 
 The price is dense attention over the packed sequence (a few hundred tokens), small next to the projections
 it saves at this model's sizes: ``python -m loadtest.bench_sft_step`` measures the two side by side.

@@ -13,6 +13,7 @@ ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1 VIRTUAL_ENV=/opt/venv PAT
 RUN python -m venv /opt/venv
 WORKDIR /src
 COPY pyproject.toml README.md deploy/constraints-cpu.txt ./
+COPY contract ./contract
 COPY service ./service
 COPY trainer ./trainer
 COPY loadtest ./loadtest
@@ -33,6 +34,7 @@ FROM ${VLLM_GPU_IMAGE} AS runtime-gpu
 ENV PIP_NO_CACHE_DIR=1 R2RANK_DTYPE=auto
 WORKDIR /src
 COPY pyproject.toml README.md ./
+COPY contract ./contract
 COPY service ./service
 COPY trainer ./trainer
 COPY loadtest ./loadtest

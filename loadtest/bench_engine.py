@@ -26,14 +26,12 @@ from pathlib import Path
 
 import httpx
 
+from contract.checkpoint import open_checkpoint
 from loadtest.procs import VLLM_CPU_ENV, start_service
-from service import contract
-from service.checkpoint import open_checkpoint
 from service.config import Settings
 from service.demo import DemoData
 from service.engine.vllm_local import rationale_sampling_params
 from service.protocol import RankRequest
-from service.ranking import prepare_prompts
 
 WARMUP_USERS = 4
 RESULT_TAG = "R2RANK_BENCH_RESULT "  # vLLM logs to stdout too; the child's figure is on the tagged line
@@ -51,32 +49,32 @@ def run_raw_engine(model: Path, bodies_by_phase: dict[str, list[dict]], reasonin
 
     settings = Settings(model_path=model)
     checkpoint = open_checkpoint(model)
+    assembler = checkpoint.prompts
     yes, no = checkpoint.answer_ids
     max_tokens = settings.max_rationale_tokens or checkpoint.manifest.max_rationale_tokens
-    cue = checkpoint.encoder.encode(contract.ANSWER_CUE)
     llm = LLM(
         str(model), dtype=settings.dtype, max_model_len=settings.max_model_len, enable_prefix_caching=True,
         seed=0, max_num_seqs=settings.max_num_seqs, disable_log_stats=True,
     )  # fmt: skip
-    newline_ids = contract.rationale_stop_token_ids(checkpoint.encoder, len(checkpoint.encoder.tokenizer))
-    gen = rationale_sampling_params(max_tokens, newline_ids)  # the service's own generation parameters
+    newline_ids = set(assembler.stop_ids)
+    gen = rationale_sampling_params(max_tokens, sorted(newline_ids))  # the service's own generation parameters
     score = SamplingParams(temperature=0.0, max_tokens=1, logprob_token_ids=[yes, no], detokenize=False)
 
     def one_pass(bodies: list[dict]) -> int:
         jobs = []
         for body in bodies:
             request = RankRequest.model_validate(body)
-            jobs += prepare_prompts(checkpoint, request.history, request.candidates, request.reasoning).jobs
+            titles = [i.title or "" for i in request.history or []], [i.title or "" for i in request.candidates]
+            prompts = assembler.prompts(*titles, request.reasoning)
+            jobs += [prompts.prompt_ids(i) for i in range(len(prompts.segments))]
         if reasoning == "full":
-            outs = llm.generate([TokensPrompt(prompt_token_ids=j.prompt_ids) for j in jobs], gen, use_tqdm=False)
-            score_ids = []
-            for job, out in zip(jobs, outs, strict=True):
-                ids = [t for t in out.outputs[0].token_ids if t not in newline_ids]
-                text = contract.rationale_text(checkpoint.encoder.decode(ids))
-                rationale_ids = checkpoint.encoder.encode(contract.rationale_segment(text))
-                score_ids.append(job.prompt_ids + rationale_ids + cue)
+            outs = llm.generate([TokensPrompt(prompt_token_ids=ids) for ids in jobs], gen, use_tqdm=False)
+            texts = [checkpoint.encoder.decode([t for t in out.outputs[0].token_ids if t not in newline_ids])
+                     for out in outs]  # fmt: skip
+            rationales = assembler.rationale_ids(texts)
+            score_ids = [assembler.score_input(ids, r) for ids, r in zip(jobs, rationales, strict=True)]
         else:
-            score_ids = [job.prompt_ids + cue for job in jobs]
+            score_ids = [assembler.score_input(ids) for ids in jobs]
         llm.generate([TokensPrompt(prompt_token_ids=ids) for ids in score_ids], score, use_tqdm=False)
         return len(jobs)
 

@@ -18,12 +18,11 @@ from pathlib import Path
 
 import httpx
 
+from contract.checkpoint import open_checkpoint
 from loadtest.procs import DEFAULT_MODEL, start_service
-from service import contract
-from service.checkpoint import open_checkpoint
 from service.demo import DemoData
 from service.protocol import RankRequest
-from service.ranking import prepare_prompts, rank_order
+from service.ranking import rank_order
 
 
 def naive_scores(model_dir: Path, bodies: list[dict]) -> tuple[float, list[list[float]]]:
@@ -32,28 +31,28 @@ def naive_scores(model_dir: Path, bodies: list[dict]) -> tuple[float, list[list[
 
     checkpoint = open_checkpoint(model_dir)
     model = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=torch.float32).eval()
-    encoder = checkpoint.encoder
+    encoder, assembler = checkpoint.encoder, checkpoint.prompts
     yes, no = checkpoint.answer_ids
-    cue = encoder.encode(contract.ANSWER_CUE)
-    newline_ids = contract.rationale_stop_token_ids(encoder, len(encoder.tokenizer))
+    newline_ids = assembler.stop_ids
     max_new = checkpoint.manifest.max_rationale_tokens
     all_scores, items = [], 0
     started = time.perf_counter()
     with torch.inference_mode():
         for body in bodies:
             request = RankRequest.model_validate(body)
-            jobs = prepare_prompts(checkpoint, request.history, request.candidates, request.reasoning).jobs
+            prompts = assembler.prompts([i.title or "" for i in request.history or []],
+                                        [i.title or "" for i in request.candidates], request.reasoning)  # fmt: skip
             scores = []
-            for job in jobs:
-                ids = torch.tensor([job.prompt_ids])
+            for index in range(len(prompts.segments)):
+                prompt_ids = prompts.prompt_ids(index)
+                ids = torch.tensor([prompt_ids])
                 out = model.generate(ids, max_new_tokens=max_new, do_sample=False, eos_token_id=newline_ids,
-                                     pad_token_id=encoder.tokenizer.pad_token_id)  # fmt: skip
+                                     pad_token_id=encoder.pad_token_id)  # fmt: skip
                 generated = [t for t in out[0, ids.shape[1] :].tolist() if t not in newline_ids]
-                text = contract.rationale_text(encoder.decode(generated))
-                score_ids = job.prompt_ids + encoder.encode(contract.rationale_segment(text)) + cue
-                logits = model(torch.tensor([score_ids])).logits[0, -1].float()
+                rationale = assembler.rationale_ids([encoder.decode(generated)])[0]
+                logits = model(torch.tensor([assembler.score_input(prompt_ids, rationale)])).logits[0, -1].float()
                 logprobs = torch.log_softmax(logits, dim=-1)
-                scores.append(contract.score_from_logprobs(logprobs[yes].item(), logprobs[no].item()))
+                scores.append(assembler.score(logprobs[yes].item(), logprobs[no].item()))
                 items += 1
             all_scores.append(scores)
     return items / (time.perf_counter() - started), all_scores

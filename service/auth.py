@@ -14,15 +14,13 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import json
 import secrets
 from typing import Literal
 
 from fastapi import Request
-from redis.exceptions import RedisError
 
-from service.errors import ApiError
-from service.store import RedisStore, StoreUnavailable
+from service.exceptions import Forbidden, StoreUnavailable, Unauthenticated
+from service.store import RedisStore
 
 Scope = Literal["rank", "admin"]
 SCOPES: tuple[Scope, ...] = ("rank", "admin")
@@ -58,15 +56,15 @@ class KeyStore:
                 return scopes
         if self.store is None:
             return None
-        raw = await self.store.client.hget(f"{self.store.prefix}:apikeys", digest)
-        return set(json.loads(raw)) if raw else None
+        stored = await self.store.get_api_key_scopes(digest)
+        return set(stored) if stored is not None else None
 
     async def add(self, scopes: list[str]) -> str:
         """Create a key in Redis; returns it (the only time it is ever seen in clear)."""
         if self.store is None:
             raise RuntimeError("no Redis store configured")
         key = new_key()
-        await self.store.client.hset(f"{self.store.prefix}:apikeys", hash_key(key), json.dumps(sorted(scopes)))
+        await self.store.put_api_key(hash_key(key), scopes)
         return key
 
 
@@ -78,21 +76,18 @@ def require(scope: Scope):
         if not state.settings.auth_enabled:
             return
         key = _presented_key(request)
-        unauthorized = {"WWW-Authenticate": "Bearer"}
         if key is None:
             state.metrics.rejected.labels("unauthenticated").inc()
-            raise ApiError(401, "missing API key: send 'Authorization: Bearer <key>'", "unauthenticated",
-                           headers=unauthorized)  # fmt: skip
+            raise Unauthenticated("missing API key: send 'Authorization: Bearer <key>'")
         try:
             scopes = await state.keys.scopes(key)
-        except (StoreUnavailable, RedisError, OSError) as exc:
-            raise ApiError(503, f"cannot verify API key right now: {type(exc).__name__}", "store_unavailable",
-                           headers={"Retry-After": "1"}) from exc  # fmt: skip
+        except StoreUnavailable as exc:
+            raise StoreUnavailable("cannot verify API key right now: the key store is unreachable") from exc
         if scopes is None:
             state.metrics.rejected.labels("unauthenticated").inc()
-            raise ApiError(401, "unknown API key", "unauthenticated", headers=unauthorized)
+            raise Unauthenticated("unknown API key")
         if scope not in scopes and "admin" not in scopes:
             state.metrics.rejected.labels("forbidden").inc()
-            raise ApiError(403, f"this API key lacks the {scope!r} scope", "forbidden")
+            raise Forbidden(f"this API key lacks the {scope!r} scope")
 
     return check

@@ -30,8 +30,8 @@ def serve(
     """Serve /rank with the configured engine. Settings come from R2RANK_* variables; flags override them."""
     import uvicorn
 
+    from contract.checkpoint import CheckpointError
     from service.app import create_app
-    from service.checkpoint import CheckpointError
     from service.config import Settings
     from service.logs import configure_logging
 
@@ -126,6 +126,24 @@ def add_key(
             await store.close()
 
     typer.echo(asyncio.run(create()))
+
+
+@app.command("openapi")
+def openapi_cmd(
+    out: Annotated[Path | None, typer.Option(help="Write the schema here (default: print it).")] = None,
+) -> None:
+    """The API's OpenAPI schema as the service serves it at /openapi.json (docs/openapi.json is this output)."""
+    import json
+
+    from service.app import create_app
+    from service.config import Settings
+
+    schema = create_app(Settings(redis_url=None)).openapi()
+    text = json.dumps(schema, indent=2, sort_keys=True, ensure_ascii=False) + "\n"
+    if out is None:
+        typer.echo(text, nl=False)
+    else:
+        out.write_text(text, encoding="utf-8")
 
 
 @app.command("hash-key")

@@ -77,12 +77,13 @@ def _item(value: ItemLike) -> dict[str, Any]:
 
 def rank_body(
     candidates: Sequence[ItemLike],
-    user_id: str | None,
-    history: Sequence[ItemLike] | None,
-    top_k: int | None,
-    include_rationales: bool,
-    reasoning: str,
-    request_id: str | None,
+    user_id: str | None = None,
+    history: Sequence[ItemLike] | None = None,
+    top_k: int | None = None,
+    include_rationales: bool = False,
+    reasoning: str = "full",
+    request_id: str | None = None,
+    deadline_ms: int | None = None,
 ) -> dict[str, Any]:
     """The JSON body of POST /rank (also used by the load test, which sends it with its own HTTP client)."""
     body: dict[str, Any] = {
@@ -90,7 +91,7 @@ def rank_body(
         "include_rationales": include_rationales,
         "reasoning": reasoning,
     }
-    optional = {"user_id": user_id, "top_k": top_k, "request_id": request_id}
+    optional = {"user_id": user_id, "top_k": top_k, "request_id": request_id, "deadline_ms": deadline_ms}
     body.update({k: v for k, v in optional.items() if v is not None})
     if history is not None:
         body["history"] = [_item(h) for h in history]
@@ -168,9 +169,11 @@ class R2RankClient(_Base):
         include_rationales: bool = False,
         reasoning: str = "full",
         request_id: str | None = None,
+        deadline_ms: int | None = None,
     ) -> RankResponse:
-        """Rank ``candidates`` (ids, or ``{"item_id", "title"}``) for a user (stored or inline history)."""
-        body = rank_body(candidates, user_id, history, top_k, include_rationales, reasoning, request_id)
+        """Rank ``candidates`` (ids, or ``{"item_id", "title"}``) for a user (stored or inline history);
+        with ``deadline_ms``, items not scored in time come back ranked by a fallback (``degraded``)."""
+        body = rank_body(candidates, user_id, history, top_k, include_rationales, reasoning, request_id, deadline_ms)
         return self._request("POST", "/rank", RankResponse, json=body)
 
     def put_history(self, user_id: str, items: Iterable[str | Mapping[str, Any]]) -> HistoryOut:
@@ -255,8 +258,9 @@ class AsyncR2RankClient(_Base):
         include_rationales: bool = False,
         reasoning: str = "full",
         request_id: str | None = None,
+        deadline_ms: int | None = None,
     ) -> RankResponse:
-        body = rank_body(candidates, user_id, history, top_k, include_rationales, reasoning, request_id)
+        body = rank_body(candidates, user_id, history, top_k, include_rationales, reasoning, request_id, deadline_ms)
         return await self._request("POST", "/rank", RankResponse, json=body)
 
     async def put_history(self, user_id: str, items: Iterable[str | Mapping[str, Any]]) -> HistoryOut:

@@ -5,13 +5,32 @@ from __future__ import annotations
 
 import logging
 from contextvars import ContextVar
+from dataclasses import dataclass
 
-request_id_var: ContextVar[str | None] = ContextVar("request_id", default=None)
+
+@dataclass
+class RequestContext:
+    """What every log line of one request carries. Mutable on purpose: the id is resolved once at the edge,
+    and a body ``request_id`` (for callers that cannot set headers) replaces the generated one before any work,
+    visible to the middleware that writes the reply header and the access line."""
+
+    request_id: str
+    from_header: bool = False
+
+    def adopt(self, request_id: str | None) -> str:
+        """The request's id: the header's if one came, else ``request_id`` if given, else the generated one."""
+        if request_id and not self.from_header:
+            self.request_id = request_id
+        return self.request_id
+
+
+request_context: ContextVar[RequestContext | None] = ContextVar("request_context", default=None)
 
 
 class RequestIdFilter(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
-        record.request_id = request_id_var.get()
+        context = request_context.get()
+        record.request_id = context.request_id if context else None
         return True
 
 

@@ -10,21 +10,34 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
-from service.checkpoint import Checkpoint, CheckpointError, open_checkpoint
-from service.engine.base import EngineError, ReasoningEngine
-from service.errors import ApiError
-
-if TYPE_CHECKING:
-    from service.state import ServiceState
+from contract.checkpoint import Checkpoint, CheckpointError, open_checkpoint
+from service.config import Settings
+from service.engine.base import ReasoningEngine
+from service.engine.factory import build_engine
+from service.exceptions import Conflict, EngineError, InvalidRequest
+from service.metrics import Metrics
+from service.ranking import warm_up_engine
 
 logger = logging.getLogger(__name__)
 
 GATE_METRIC = "ndcg@10"
 DRAIN_TIMEOUT_S = 120.0
+
+EngineFactory = Callable[[Settings, Checkpoint], ReasoningEngine]
+
+
+class EngineHolder(Protocol):
+    """Whoever serves with an engine (the app's state): what is served now, and how to point it elsewhere."""
+
+    engine: ReasoningEngine
+
+    def swap_engine(self, engine: ReasoningEngine) -> None: ...
 
 
 def describe(checkpoint: Checkpoint) -> dict[str, Any]:
@@ -37,16 +50,34 @@ def describe(checkpoint: Checkpoint) -> dict[str, Any]:
     }
 
 
+def gate_score(checkpoint: Checkpoint) -> float | None:
+    """The checkpoint's recorded gate metric, or None when it has none or it is not a finite number."""
+    value = checkpoint.manifest.metrics.get(GATE_METRIC)
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        return None
+    return float(value)
+
+
 class ModelManager:
-    def __init__(self, state: ServiceState, models_root: Path) -> None:
-        self.state = state
+    def __init__(
+        self,
+        holder: EngineHolder,
+        settings: Settings,
+        metrics: Metrics,
+        models_root: Path,
+        engine_factory: EngineFactory = build_engine,
+    ) -> None:
+        self.holder = holder
+        self.settings = settings
+        self.metrics = metrics
         self.models_root = models_root.resolve()
+        self.engine_factory = engine_factory
         self.previous: Checkpoint | None = None
         self._lock = asyncio.Lock()  # one swap at a time
 
     def status(self) -> dict[str, Any]:
         return {
-            "current": describe(self.state.engine.checkpoint),
+            "current": describe(self.holder.engine.checkpoint),
             "previous": describe(self.previous) if self.previous else None,
             "models_root": str(self.models_root),
         }
@@ -54,27 +85,26 @@ class ModelManager:
     def _open(self, path: str) -> Checkpoint:
         resolved = Path(path).resolve()
         if not resolved.is_relative_to(self.models_root):
-            raise ApiError(422, f"path: {resolved} is outside R2RANK_MODELS_ROOT ({self.models_root})",
-                           "invalid_request", "path")  # fmt: skip
+            raise InvalidRequest(f"path: {resolved} is outside R2RANK_MODELS_ROOT ({self.models_root})", "path")
         try:
             return open_checkpoint(resolved)
         except CheckpointError as exc:
-            raise ApiError(422, f"path: {exc}", "invalid_request", "path") from exc
+            raise InvalidRequest(f"path: {exc}", "path") from exc
 
     def _gate(self, new: Checkpoint, force: bool) -> None:
-        old_score = self.state.engine.checkpoint.manifest.metrics.get(GATE_METRIC)
-        new_score = new.manifest.metrics.get(GATE_METRIC)
+        serving = self.holder.engine
+        old_score, new_score = gate_score(serving.checkpoint), gate_score(new)
         if force or old_score is None or new_score is None:
             return
-        if float(new_score) < float(old_score):
-            raise ApiError(409, f"{new.model_version} has {GATE_METRIC}={new_score}, worse than the serving "
-                           f"{self.state.engine.model_version} ({old_score}); publish with force=true to override",
-                           "eval_gate", "force")  # fmt: skip
+        if new_score < old_score:
+            raise Conflict(f"{new.model_version} has {GATE_METRIC}={new_score}, worse than the serving "
+                           f"{serving.model_version} ({old_score}); publish with force=true to override",
+                           "force", "eval_gate")  # fmt: skip
 
     async def publish(self, path: str, force: bool = False) -> dict[str, Any]:
-        if self.state.settings.engine != "local":
-            raise ApiError(409, "hot reload swaps in-process engines; with R2RANK_ENGINE=remote, roll the vLLM "
-                           "servers and restart the API pods", "unsupported", "path")  # fmt: skip
+        if self.settings.engine != "local":
+            raise Conflict("hot reload swaps in-process engines; with R2RANK_ENGINE=remote, roll the vLLM "
+                           "servers and restart the API pods", "path", "unsupported")  # fmt: skip
         async with self._lock:
             checkpoint = self._open(path)
             self._gate(checkpoint, force)
@@ -83,25 +113,22 @@ class ModelManager:
     async def rollback(self) -> dict[str, Any]:
         async with self._lock:
             if self.previous is None:
-                raise ApiError(409, "no previous model to roll back to", "no_previous_model")
+                raise Conflict("no previous model to roll back to", type_="no_previous_model")
             return await self._swap_to(self._open(str(self.previous.path)))
 
     async def _swap_to(self, checkpoint: Checkpoint) -> dict[str, Any]:
-        from service.state import build_engine, warm_up_engine
-
         started = time.monotonic()
-        settings = self.state.settings.model_copy(update={"model_path": checkpoint.path})
-        new_engine = build_engine(settings, checkpoint)
+        settings = self.settings.model_copy(update={"model_path": checkpoint.path})
+        new_engine = self.engine_factory(settings, checkpoint)
         try:
             await new_engine.start()
             await new_engine.check_health()
-            await warm_up_engine(new_engine, settings, self.state.metrics)
-        except (EngineError, ApiError) as exc:
+            await warm_up_engine(new_engine, settings, self.metrics)
+        except Exception as exc:  # noqa: BLE001 - whatever failed, the new engine must not keep running
             await new_engine.close()
-            raise ApiError(503, f"new model failed to start, still serving the old one: {exc}",
-                           "engine_unavailable") from exc  # fmt: skip
-        old_engine = self.state.engine
-        self.state.swap_engine(new_engine)  # atomic for the event loop: the next request sees the new engine
+            raise EngineError(f"new model failed to start, still serving the old one: {exc}") from exc
+        old_engine = self.holder.engine
+        self.holder.swap_engine(new_engine)  # atomic for the event loop: the next request sees the new engine
         self.previous = old_engine.checkpoint
         logger.info("model swapped: %s -> %s", old_engine.model_version, new_engine.model_version)
         asyncio.create_task(self._drain_and_close(old_engine))

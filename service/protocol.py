@@ -4,11 +4,30 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints, field_validator
 
 ItemId = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=256)]
 Title = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=2000)]
 HARD_MAX_CANDIDATES = 1000  # schema bound; the configured R2RANK_MAX_CANDIDATES (default 200) is checked too
+
+
+MAX_REQUEST_ID_CHARS = 128
+
+
+def valid_request_id(value: str) -> bool:
+    """1..128 printable ASCII characters, no surrounding spaces: safe in a header, a log line and a key."""
+    return 0 < len(value) <= MAX_REQUEST_ID_CHARS and value.isascii() and value.isprintable() and value == value.strip()
+
+
+def _request_id(value: str) -> str:
+    if not valid_request_id(value):
+        raise ValueError(f"at most {MAX_REQUEST_ID_CHARS} printable ASCII characters, no surrounding spaces")
+    return value
+
+
+RequestId = Annotated[
+    str, StringConstraints(min_length=1, max_length=MAX_REQUEST_ID_CHARS), AfterValidator(_request_id)
+]
 
 
 class ItemIn(BaseModel):
@@ -55,7 +74,9 @@ class RankRequest(BaseModel):
     reasoning: Literal["full", "none"] = Field(
         "full", description="'full': reason, then score; 'none': score straight after the candidate (cheaper)."
     )
-    request_id: Annotated[str, StringConstraints(min_length=1, max_length=128)] | None = None
+    request_id: RequestId | None = Field(
+        None, description="Echoed in the reply and the logs; the X-Request-Id header wins when both are sent."
+    )
     deadline_ms: int | None = Field(
         None,
         ge=1,
@@ -117,12 +138,21 @@ class ErrorResponse(BaseModel):
 
 
 ERROR_RESPONSES = {
+    401: {"model": ErrorResponse, "description": "API keys are on and the request has no known key."},
+    403: {"model": ErrorResponse, "description": "The API key lacks the scope this route needs."},
+    413: {"model": ErrorResponse, "description": "The body is larger than R2RANK_MAX_BODY_BYTES."},
     422: {"model": ErrorResponse, "description": "Invalid request; `error.param` names the field."},
     503: {
         "model": ErrorResponse,
         "description": "Engine not ready or failed, or Redis unreachable (then nothing was stored); "
         "retry after `Retry-After`.",
     },
+}
+
+
+RANKING_ERROR_RESPONSES = {
+    **ERROR_RESPONSES,
+    429: {"model": ErrorResponse, "description": "Overloaded: engine work in flight is at its bound; retry later."},
 }
 
 

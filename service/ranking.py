@@ -1,66 +1,33 @@
 """The /rank pipeline: validate → history → titles → prompts (contract) → score cache → engine → sort.
 
-Kept free of HTTP: the router hands it a ``RankRequest`` and gets a ``RankResponse`` back, so the same
-pipeline serves other front doors (e.g. a rerank API) and is testable without a server.
+Free of HTTP: it takes a ``RankRequest`` and its request id and returns a ``RankResponse``, raising domain
+errors (``service.exceptions``) that the edge turns into statuses, so the same pipeline serves other front
+doors (the rerank API, the trainer's eval) and is testable without a server.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-import uuid
 from collections.abc import Sequence
-from dataclasses import dataclass
 
-from service import contract
-from service.checkpoint import Checkpoint
+from contract.assembly import RequestPrompts
 from service.config import Settings
 from service.engine.base import ItemScore, ReasoningEngine, ScoringJob
-from service.errors import ApiError
+from service.exceptions import InvalidRequest, Overloaded, StoreUnavailable
 from service.metrics import Metrics
 from service.protocol import ItemIn, RankedItem, RankRequest, RankResponse, ScoreSource
-from service.store import (
-    CachedScore,
-    RedisStore,
-    StoreUnavailable,
-    score_cache_field,
-    score_cache_fingerprint,
-)
+from service.store import CachedScore, RedisStore, score_cache_field, score_cache_fingerprint
 
 logger = logging.getLogger(__name__)
 
 CACHE_BACKOFF_S = 5.0  # after a cache failure, skip the cache this long instead of paying Redis timeouts
 
-
-@dataclass(frozen=True)
-class PreparedRequest:
-    """A request turned into engine jobs; the history prefix is tokenized once for all candidates."""
-
-    prefix_text: str
-    prefix_ids: list[int]  # every job's prompt starts with these ids
-    candidate_titles: list[str]
-    jobs: list[ScoringJob]
-
-
-def prepare_prompts(
-    checkpoint: Checkpoint, history: Sequence[ItemIn], candidates: Sequence[ItemIn], reasoning: contract.Reasoning
-) -> PreparedRequest:
-    """Titles must be resolved (not None) by now."""
-    manifest = checkpoint.manifest
-    encoder = checkpoint.encoder
-
-    recent = history[-manifest.max_history_items :]
-    cleaned = [contract.clean_title(item.title or "") for item in (*recent, *candidates)]
-    safe = contract.truncate_all_to_tokens(cleaned, encoder, manifest.max_title_tokens)
-    history_titles, candidate_titles = safe[: len(recent)], safe[len(recent) :]
-    titles = contract.select_history(
-        [t for t in history_titles if t], encoder, manifest.max_history_items, manifest.max_history_tokens
-    )
-    prefix_text = contract.history_prefix(titles)
-    prefix_ids = encoder.encode(prefix_text)
-    segments = encoder.encode_batch([contract.candidate_segment(title, reasoning) for title in candidate_titles])
-    jobs = [ScoringJob(prefix_ids + segment_ids, reasoning) for segment_ids in segments]
-    return PreparedRequest(prefix_text, prefix_ids, candidate_titles, jobs)
+WARMUP_REQUEST = RankRequest(
+    history=[ItemIn(item_id="w1", title="Warm-up history item")],
+    candidates=[ItemIn(item_id="w2", title="Warm-up candidate A"), ItemIn(item_id="w3", title="Warm-up candidate B")],
+    reasoning="full",
+)
 
 
 def rank_order(item_ids: Sequence[str], scores: Sequence[float]) -> list[int]:
@@ -68,8 +35,9 @@ def rank_order(item_ids: Sequence[str], scores: Sequence[float]) -> list[int]:
     return sorted(range(len(item_ids)), key=lambda i: (-scores[i], item_ids[i]))
 
 
-def _unavailable(what: str, exc: Exception) -> ApiError:
-    return ApiError(503, f"{what}: {exc}", "store_unavailable", headers={"Retry-After": "1"})
+async def warm_up_engine(engine: ReasoningEngine, settings: Settings, metrics: Metrics) -> None:
+    """One real ranking on ``engine``. No Redis: a cached score must never stand in for engine work."""
+    await Ranker(engine, settings, metrics, store=None).rank(WARMUP_REQUEST, "warmup")
 
 
 class Ranker:
@@ -86,37 +54,27 @@ class Ranker:
     def validate(self, request: RankRequest) -> None:
         """Limits that depend on settings (the schema holds the static ones)."""
         if len(request.candidates) > self.settings.max_candidates:
-            raise ApiError(
-                422,
+            raise InvalidRequest(
                 f"candidates: at most {self.settings.max_candidates} per request, got {len(request.candidates)}",
-                "invalid_request",
                 "candidates",
             )
         if request.history is not None and len(request.history) > self.settings.max_history_request:
-            raise ApiError(
-                422,
-                f"history: at most {self.settings.max_history_request} items, got {len(request.history)}",
-                "invalid_request",
-                "history",
+            raise InvalidRequest(
+                f"history: at most {self.settings.max_history_request} items, got {len(request.history)}", "history"
             )
         limit = self.settings.max_title_chars
         for field, items in (("candidates", request.candidates), ("history", request.history or [])):
             for index, item in enumerate(items):
                 if item.title is not None and len(item.title) > limit:
                     param = f"{field}.{index}.title"
-                    raise ApiError(422, f"{param}: longer than {limit} characters", "invalid_request", param)
+                    raise InvalidRequest(f"{param}: longer than {limit} characters", param)
         if request.include_rationales and request.reasoning == "none":
-            raise ApiError(
-                422,
-                "include_rationales: no rationale exists with reasoning='none'",
-                "invalid_request",
-                "include_rationales",
-            )
+            raise InvalidRequest("include_rationales: no rationale exists with reasoning='none'", "include_rationales")
 
     # --- resolution ---------------------------------------------------------------------------------------
     def _require_store(self, param: str) -> RedisStore:
         if self.store is None:
-            raise ApiError(422, f"{param}: no store is configured; send it inline", "invalid_request", param)
+            raise InvalidRequest(f"{param}: no store is configured; send it inline", param)
         return self.store
 
     async def _history(self, request: RankRequest) -> list[ItemIn]:
@@ -129,7 +87,7 @@ class Ranker:
         try:
             stored = await store.get_history(request.user_id)
         except StoreUnavailable as exc:
-            raise _unavailable("user history unreachable", exc) from exc
+            raise StoreUnavailable(f"user history unreachable: {exc}") from exc
         return [ItemIn(item_id=entry.item_id) for entry in stored[-self.settings.max_history_request :]]
 
     async def _with_titles(self, history: list[ItemIn], candidates: list[ItemIn]) -> tuple[list[ItemIn], list[ItemIn]]:
@@ -143,14 +101,12 @@ class Ranker:
         try:
             found = await store.get_items(missing)
         except StoreUnavailable as exc:
-            raise _unavailable("item catalogue unreachable", exc) from exc
+            raise StoreUnavailable(f"item catalogue unreachable: {exc}") from exc
         titles = {item_id: item["title"] for item_id, item in found.items()}
         unknown = [c.item_id for c in candidates if c.title is None and c.item_id not in titles]
         if unknown:
-            raise ApiError(
-                422,
+            raise InvalidRequest(
                 f"candidates: unknown item_id(s) without a title: {unknown[:50]} (send a title or PUT /items)",
-                "invalid_request",
                 "candidates",
             )
 
@@ -190,18 +146,15 @@ class Ranker:
         """Backpressure: a bounded amount of engine work in flight; beyond it a 429, not a growing queue."""
         if self._admitted_items + items > self.settings.max_inflight_items:
             self.metrics.rejected.labels("overloaded").inc()
-            raise ApiError(
-                429,
+            raise Overloaded(
                 f"overloaded: {self._admitted_items} items in flight (limit {self.settings.max_inflight_items}); "
-                "retry after Retry-After seconds",
-                "overloaded",
-                headers={"Retry-After": "1"},
+                "retry after Retry-After seconds"
             )
         self._admitted_items += items
 
     async def _score(
         self,
-        prepared: PreparedRequest,
+        prompts: RequestPrompts,
         candidates: list[ItemIn],
         reasoning: str,
         request_id: str,
@@ -214,16 +167,16 @@ class Ranker:
             engine.checkpoint.manifest.prompt_format,
             reasoning,
             engine.max_rationale_tokens,
-            prepared.prefix_text,
+            prompts.prefix.text,
         )
-        fields = [score_cache_field(c.item_id, t) for c, t in zip(candidates, prepared.candidate_titles, strict=True)]
+        fields = [score_cache_field(c.item_id, t) for c, t in zip(candidates, prompts.candidate_titles, strict=True)]
         cached = await self._cache_get(fingerprint, fields)
         misses = [i for i, field in enumerate(fields) if field not in cached]
         fresh: list[ItemScore | None] = []
         if misses:
             self._admit(len(misses))
             try:
-                jobs = [prepared.jobs[i] for i in misses]
+                jobs = [ScoringJob(prompts.prompt_ids(i), prompts.reasoning) for i in misses]
                 fresh = await engine.score_items(jobs, request_id, timeout_s=max(0.0, deadline - time.monotonic()))
             finally:
                 self._admitted_items -= len(misses)
@@ -252,9 +205,10 @@ class Ranker:
                 logger.warning("popularity fallback unavailable: %s", exc)
         return sorted(missing), "input_order"
 
-    async def rank(self, request: RankRequest, request_id: str | None = None) -> RankResponse:
+    async def rank(self, request: RankRequest, request_id: str) -> RankResponse:
         """Rank with the engine current when the request arrives: a model swap mid-request does not touch it
-        (``active_requests`` tells the swap when the old engine has drained)."""
+        (``active_requests`` tells the swap when the old engine has drained). ``request_id`` is the caller's
+        (resolved once, at the edge); engine request ids derive from it."""
         engine = self.engine
         engine.active_requests += 1
         try:
@@ -262,16 +216,17 @@ class Ranker:
         finally:
             engine.active_requests -= 1
 
-    async def _rank(self, request: RankRequest, request_id: str | None, engine: ReasoningEngine) -> RankResponse:
+    async def _rank(self, request: RankRequest, request_id: str, engine: ReasoningEngine) -> RankResponse:
         started = time.perf_counter()
         deadline = time.monotonic() + (request.deadline_ms or self.settings.default_deadline_ms) / 1000
         self.validate(request)
-        request_id = request_id or request.request_id or uuid.uuid4().hex
         history, candidates = await self._with_titles(await self._history(request), list(request.candidates))
-        prepared = prepare_prompts(engine.checkpoint, history, candidates, request.reasoning)
+        prompts = engine.prompts.prompts(
+            [item.title or "" for item in history], [item.title or "" for item in candidates], request.reasoning
+        )
 
         engine_started = time.perf_counter()
-        results, sources = await self._score(prepared, candidates, request.reasoning, request_id, deadline, engine)
+        results, sources = await self._score(prompts, candidates, request.reasoning, request_id, deadline, engine)
         engine_s = time.perf_counter() - engine_started
         self.metrics.engine_latency.labels(request.reasoning).observe(engine_s)
 

@@ -9,11 +9,11 @@ probability of "yes" among the two answers, in (0, 1) and in the same order as t
 from __future__ import annotations
 
 import math
-import uuid
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError
 
+from service.exceptions import InvalidRequest
 from service.protocol import HARD_MAX_CANDIDATES, ItemIn, RankRequest, RankResponse
 
 DocumentText = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=2000)]
@@ -84,7 +84,19 @@ def _text(document: str | DocumentObject) -> str:
     return document if isinstance(document, str) else document.text
 
 
-def to_rank_request(body: RerankRequest, request_id: str | None) -> RankRequest:
+def to_rank_request(body: RerankRequest) -> RankRequest:
+    """The /rank request a rerank body stands for; a query or document /rank cannot take is a 422 naming the
+    rerank field (``query``, ``documents``)."""
+    try:
+        return _rank_request(body)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        field = str(first["loc"][0]) if first["loc"] else "query"
+        param = {"candidates": "documents"}.get(field, "query")
+        raise InvalidRequest(f"{param}: {first['msg']}", param) from None
+
+
+def _rank_request(body: RerankRequest) -> RankRequest:
     query = body.query.strip()
     user_id: str | None = None
     history: list[ItemIn] | None
@@ -99,7 +111,6 @@ def to_rank_request(body: RerankRequest, request_id: str | None) -> RankRequest:
         candidates=[ItemIn(item_id=str(i), title=_text(d)) for i, d in enumerate(body.documents)],
         top_k=body.top_n,
         reasoning=body.reasoning,
-        request_id=request_id or f"rerank-{uuid.uuid4().hex}",
     )
 
 

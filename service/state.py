@@ -10,58 +10,16 @@ from pathlib import Path
 from tenacity import AsyncRetrying, retry_if_exception_type, wait_exponential
 
 from service.auth import KeyStore
-from service.checkpoint import Checkpoint, open_checkpoint
 from service.config import Settings
 from service.engine.base import EngineError, ReasoningEngine
 from service.metrics import Metrics
 from service.model_manager import ModelManager
-from service.protocol import ItemIn, RankRequest
-from service.ranking import Ranker
+from service.ranking import Ranker, warm_up_engine
 from service.store import RedisStore, StoreUnavailable
 
 logger = logging.getLogger(__name__)
 
 HEALTH_CHECK_INTERVAL_S = 2.0
-
-WARMUP_REQUEST = RankRequest(
-    history=[ItemIn(item_id="w1", title="Warm-up history item")],
-    candidates=[ItemIn(item_id="w2", title="Warm-up candidate A"), ItemIn(item_id="w3", title="Warm-up candidate B")],
-    reasoning="full",
-    request_id="warmup",
-)
-
-
-async def warm_up_engine(engine: ReasoningEngine, settings: Settings, metrics: Metrics) -> None:
-    """One real ranking on ``engine``. No Redis: a cached score must never stand in for engine work."""
-    await Ranker(engine, settings, metrics, store=None).rank(WARMUP_REQUEST)
-
-
-def build_engine(settings: Settings, checkpoint: Checkpoint) -> ReasoningEngine:
-    """The backend the settings ask for (imports vLLM only for the local one)."""
-    if settings.engine == "remote":
-        from service.engine.vllm_remote import RemoteVLLMEngine
-
-        return RemoteVLLMEngine(
-            checkpoint,
-            base_url=settings.engine_url or "",
-            served_model_name=settings.engine_model_name,
-            timeout_s=settings.engine_timeout_s,
-            api_key=settings.engine_api_key,
-            max_rationale_tokens=settings.max_rationale_tokens,
-        )
-    from service.engine.vllm_local import LocalEngineOptions, LocalVLLMEngine
-
-    settings.apply_vllm_cpu_env()
-    options = LocalEngineOptions(
-        dtype=settings.dtype,
-        max_model_len=settings.max_model_len,
-        enable_prefix_caching=settings.enable_prefix_caching,
-        enforce_eager=settings.enforce_eager,
-        max_num_seqs=settings.max_num_seqs,
-        max_num_batched_tokens=settings.max_num_batched_tokens,
-        gpu_memory_utilization=settings.gpu_memory_utilization,
-    )
-    return LocalVLLMEngine(checkpoint, options, max_rationale_tokens=settings.max_rationale_tokens)
 
 
 @dataclass
@@ -84,7 +42,8 @@ class ServiceState:
         ranker = Ranker(engine, settings, metrics, store)
         keys = KeyStore(settings.api_keys, store)
         state = cls(settings=settings, engine=engine, metrics=metrics, ranker=ranker, store=store, keys=keys)
-        state.models = ModelManager(state, settings.models_root or Path(settings.model_path).resolve().parent)
+        models_root = settings.models_root or Path(settings.model_path).resolve().parent
+        state.models = ModelManager(state, settings, metrics, models_root)
         state._publish_model_info()
         metrics.engine_inflight.set_function(lambda: state.engine.inflight_items)
         return state
@@ -180,7 +139,3 @@ def build_store(settings: Settings) -> RedisStore | None:
         score_ttl_s=settings.score_cache_ttl_s,
         timeout_s=settings.redis_timeout_s,
     )
-
-
-def load_checkpoint(settings: Settings) -> Checkpoint:
-    return open_checkpoint(settings.model_path)

@@ -13,8 +13,10 @@ so the multi-key Lua scripts below stay on one slot):
     P:sc:{<fingerprint>}    HASH  "<item_id>|<title hash>" -> JSON {"s": score, "r": rationale|null}
                                   fingerprint = sha256(model_version, prompt_format, reasoning, rationale cap,
                                   the exact history prefix text); every key has a TTL
+    P:apikeys               HASH  sha256(API key) -> JSON list of scopes (``r2rank-serve add-key``)
 
-Every write is one atomic script or MULTI, so a 2xx means the whole write is in Redis. Failures raise
+This class owns every key: nothing else in the service builds a key or calls the Redis client. Every write
+is one atomic script or MULTI, so a 2xx means the whole write is in Redis. Failures raise
 ``StoreUnavailable`` (the API answers 503); reads for the score cache degrade to misses instead.
 """
 
@@ -31,6 +33,10 @@ from redis.asyncio import Redis
 from redis.backoff import ExponentialBackoff
 from redis.exceptions import RedisError
 from redis.retry import Retry
+
+from service.exceptions import StoreUnavailable
+
+__all__ = ["CachedScore", "HistoryEntry", "RedisStore", "StoreUnavailable"]
 
 logger = logging.getLogger(__name__)
 
@@ -78,10 +84,6 @@ if tonumber(ARGV[2]) > 0 then
 end
 return redis.call('ZCARD', KEYS[1])
 """
-
-
-class StoreUnavailable(RuntimeError):
-    """Redis could not be reached or answered an error: nothing was (or can be known to be) stored."""
 
 
 @dataclass(frozen=True)
@@ -155,6 +157,10 @@ class RedisStore:
     def _score_key(self, fingerprint: str) -> str:
         return f"{self.prefix}:sc:{{{fingerprint}}}"
 
+    @property
+    def _api_keys_key(self) -> str:
+        return f"{self.prefix}:apikeys"
+
     # --- lifecycle ----------------------------------------------------------------------------------------
     async def ping(self) -> None:
         await self._call(self.client.ping())
@@ -162,10 +168,13 @@ class RedisStore:
     async def close(self) -> None:
         await self.client.aclose()
 
-    async def _call(self, awaitable):
+    async def _call(self, awaitable, write: str | None = None):
+        """Await a Redis call; a failure becomes ``StoreUnavailable`` (for a write: saying nothing was stored)."""
         try:
             return await awaitable
         except (RedisError, OSError) as exc:
+            if write is not None:
+                raise StoreUnavailable(f"redis unavailable while {write}, nothing was stored: {exc}") from exc
             raise StoreUnavailable(f"redis unavailable: {exc}") from exc
 
     # --- histories --------------------------------------------------------------------------------------
@@ -177,7 +186,7 @@ class RedisStore:
         args: list[Any] = [self.history_max, self.user_ttl_s]
         for item_id, timestamp in entries:
             args += [repr(float(timestamp)), item_id]
-        length = int(await self._call(self._replace(keys=self._user_keys(user_id), args=args)))
+        length = int(await self._call(self._replace(keys=self._user_keys(user_id), args=args), "replacing the history"))
         await self._count_interactions([item_id for item_id, _ in entries])
         return length
 
@@ -189,7 +198,7 @@ class RedisStore:
             item_id, "" if timestamp is None else repr(float(timestamp)), event_id or "",
             self.history_max, self.user_ttl_s, EVENT_IDS_KEPT,
         ]  # fmt: skip
-        stored, length = await self._call(self._append(keys=self._user_keys(user_id), args=args))
+        stored, length = await self._call(self._append(keys=self._user_keys(user_id), args=args), "appending the event")
         if stored:
             await self._count_interactions([item_id])
         return bool(stored), int(length)
@@ -208,7 +217,7 @@ class RedisStore:
             logger.warning("popularity count skipped: %s", exc)
 
     async def delete_history(self, user_id: str) -> bool:
-        return bool(await self._call(self.client.delete(*self._user_keys(user_id))))
+        return bool(await self._call(self.client.delete(*self._user_keys(user_id)), "deleting the history"))
 
     # --- catalogue ----------------------------------------------------------------------------------------
     async def upsert_items(self, items: Iterable[dict[str, Any]]) -> int:
@@ -220,7 +229,7 @@ class RedisStore:
             fields = list(rows.items())
             for start in range(0, len(fields), ITEM_BATCH):
                 pipe.hset(self._items_key, mapping=dict(fields[start : start + ITEM_BATCH]))
-            await self._call(pipe.execute())
+            await self._call(pipe.execute(), "storing the items")
         return len(rows)
 
     async def count_items(self) -> int:
@@ -258,6 +267,16 @@ class RedisStore:
             pipe.hset(key, mapping=mapping)
             pipe.expire(key, self.score_ttl_s)
             await self._call(pipe.execute())
+
+    # --- API keys -----------------------------------------------------------------------------------------
+    async def get_api_key_scopes(self, key_digest: str) -> list[str] | None:
+        """The scopes stored for a key's sha256 digest, or None for an unknown key."""
+        raw = await self._call(self.client.hget(self._api_keys_key, key_digest))
+        return json.loads(raw) if raw else None
+
+    async def put_api_key(self, key_digest: str, scopes: Sequence[str]) -> None:
+        entry = json.dumps(sorted(scopes))
+        await self._call(self.client.hset(self._api_keys_key, key_digest, entry), "storing the key")
 
     # --- maintenance --------------------------------------------------------------------------------------
     async def delete_prefix(self) -> int:

@@ -10,9 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from contract.checkpoint import CheckpointError, content_hash, open_checkpoint, read_manifest
 from loadtest.procs import DEFAULT_MODEL, REPO_ROOT
-from service.checkpoint import CheckpointError, open_checkpoint, read_manifest
-from trainer.export import content_hash
 
 
 @pytest.fixture

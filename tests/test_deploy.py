@@ -13,8 +13,8 @@ import httpx
 import pytest
 import yaml
 
+from contract.checkpoint import open_checkpoint
 from loadtest.procs import DEFAULT_MODEL, REPO_ROOT, free_port
-from service.checkpoint import open_checkpoint
 
 VENV_BIN = Path(sys.executable).parent
 K8S_VERSION = "1.30.0"

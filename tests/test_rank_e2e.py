@@ -8,8 +8,8 @@ import random
 import httpx
 import pytest
 
+from contract.checkpoint import open_checkpoint
 from loadtest.procs import DEFAULT_MODEL
-from service.checkpoint import open_checkpoint
 from service.ranking import rank_order
 
 SHIPPED_VERSION = open_checkpoint(DEFAULT_MODEL).model_version

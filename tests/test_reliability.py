@@ -69,6 +69,62 @@ def test_body_too_large_is_413(client):
     assert client.get("/healthz").status_code == 200
 
 
+def test_413_reaches_a_client_that_sends_the_whole_body_first(service):
+    """urllib sends the whole body, then reads: it must read the 413 in the error shape, not a reset."""
+    import urllib.error
+    import urllib.request
+
+    big = json.dumps({"candidates": [{"item_id": str(i), "title": "x" * 1999} for i in range(2500)]}).encode()
+    request = urllib.request.Request(f"{service.url}/rank", data=big, headers={"content-type": "application/json"})
+    with pytest.raises(urllib.error.HTTPError) as raised:
+        urllib.request.urlopen(request, timeout=60)
+    assert raised.value.code == 413
+    error = json.loads(raised.value.read())["error"]
+    assert error["type"] == "request_too_large" and error["param"] == "body"
+
+
+def test_oversized_chunked_body_is_413(client):
+    """No Content-Length (chunked): the limit is enforced while the body streams in."""
+
+    def chunks():
+        for _ in range(80):
+            yield b"x" * 65536  # 5 MiB in all, over the 4 MiB limit
+
+    response = client.post("/rank", content=chunks(), headers={"content-type": "application/json"})
+    assert response.status_code == 413, response.text
+    assert response.json()["error"]["type"] == "request_too_large"
+    assert client.get("/healthz").status_code == 200
+
+
+def test_one_request_id_in_reply_body_header_and_logs(guarded, demo):
+    """Resolved once: the X-Request-Id header, else the body's request_id, else a new id; the reply body, the
+    reply header and the access log line carry the same id."""
+    body = demo.rank_request(demo.users[74], n_candidates=2, reasoning="none")
+    sent = {
+        "generated": ({}, body),
+        "from the body": ({}, {**body, "request_id": "body-id-" + uuid.uuid4().hex[:6]}),
+        "from the header": ({"X-Request-Id": "header-id-" + uuid.uuid4().hex[:6]}, {**body, "request_id": "ignored"}),
+    }
+    ids = {}
+    for case, (headers, payload) in sent.items():
+        response = httpx.post(f"{guarded.url}/rank", json=payload, headers={**_auth(RANK_KEY), **headers})
+        assert response.status_code == 200, response.text
+        ids[case] = response.json()["request_id"]
+        assert response.headers["x-request-id"] == ids[case], case
+    assert ids["from the body"] == sent["from the body"][1]["request_id"]
+    assert ids["from the header"] == sent["from the header"][0]["X-Request-Id"]
+    rerank_body = {"query": "Halo 3", "documents": ["Halo 4"], "reasoning": "none"}
+    rerank = httpx.post(f"{guarded.url}/v1/rerank", json=rerank_body, headers=_auth(RANK_KEY))
+    assert rerank.status_code == 200 and rerank.json()["id"] == rerank.headers["x-request-id"]
+    ids["rerank"] = rerank.json()["id"]
+    time.sleep(0.5)
+    records = [json.loads(line) for line in guarded.log_tail(2_000_000).splitlines() if line.startswith("{")]
+    access = {r["request_id"] for r in records if r.get("logger") == "r2rank.access"}
+    assert set(ids.values()) <= access, (ids, "missing from the access log")
+    too_long = httpx.post(f"{guarded.url}/rank", json=body, headers={**_auth(RANK_KEY), "X-Request-Id": "x" * 129})
+    assert too_long.status_code == 422 and too_long.json()["error"]["param"] == "X-Request-Id"
+
+
 @pytest.fixture(scope="module")
 def guarded(log_dir, redis_prefix) -> ServerProcess:
     """A second service: API keys on, a small in-flight bound. The SIGTERM test ends it."""

@@ -148,8 +148,8 @@ def test_sft_with_a_teacher_url_trains_on_its_rationales(vllm_server, tiny_data,
     import subprocess
     import sys
 
+    from contract.checkpoint import open_checkpoint
     from loadtest.procs import REPO_ROOT
-    from service.checkpoint import open_checkpoint
 
     tiny = ["--vocab-size", "1024", "--hidden-size", "64", "--intermediate-size", "128", "--layers", "2",
             "--heads", "2", "--kv-heads", "1"]  # fmt: skip

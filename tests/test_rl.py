@@ -8,12 +8,12 @@ import random
 import pytest
 import torch
 
-from service import contract
-from service.checkpoint import open_checkpoint
+from contract import prompt
+from contract.checkpoint import open_checkpoint, write_checkpoint_manifest
 from tests.toy_model import build_toy_model
-from trainer.export import write_checkpoint_manifest
+from trainer.config import RLConfig
 from trainer.policy import grouped_forward, sample_continuations
-from trainer.rl import RLCase, RLConfig, RLTrainer, encode_case
+from trainer.rl import RLCase, RLTrainer, encode_case
 
 GOLD = [f"Gold Star {i}" for i in range(40)]
 LEAD = [f"Lead Brick {i}" for i in range(40)]
@@ -68,7 +68,7 @@ def test_grouped_forward_equals_plain_forward(toy_checkpoint):
 def test_lm_loss_with_a_shared_prefix_equals_a_plain_padded_forward(toy_checkpoint):
     """Pre-training runs the tokens every sequence of a batch starts with once (``pretrain.lm_loss``): the
     loss and every gradient must be those of the plain padded forward over whole sequences."""
-    from trainer.pretrain import _batch, lm_loss, shared_prefix_length
+    from trainer.pretrain import lm_loss, padded_batch, shared_prefix_length
 
     model = _model(toy_checkpoint).train()
     shared = [5, 6, 7, 8, 9]
@@ -82,13 +82,13 @@ def test_lm_loss_with_a_shared_prefix_equals_a_plain_padded_forward(toy_checkpoi
         loss.backward()
         return float(loss), [p.grad.clone() for p in model.parameters()]
 
-    plain_loss, plain_grads = loss_and_grads(lambda: model(**_batch(sequences, pad_id=1)).loss)
+    plain_loss, plain_grads = loss_and_grads(lambda: model(**padded_batch(sequences, pad_id=1)).loss)
     shared_loss, shared_grads = loss_and_grads(lambda: lm_loss(model, sequences, pad_id=1))
     assert shared_loss == pytest.approx(plain_loss, rel=1e-5)
     for plain, packed in zip(plain_grads, shared_grads, strict=True):
         torch.testing.assert_close(packed, plain, atol=1e-5, rtol=1e-4)
     unshared = [[40, 41, 42], [43, 44]]  # nothing shared: the plain forward itself
-    assert float(lm_loss(model, unshared, pad_id=1)) == pytest.approx(float(model(**_batch(unshared, 1)).loss))
+    assert float(lm_loss(model, unshared, pad_id=1)) == pytest.approx(float(model(**padded_batch(unshared, 1)).loss))
 
 
 def test_greedy_sampling_equals_step_by_step_decoding(toy_checkpoint):
@@ -114,9 +114,9 @@ def test_rl_scores_and_logprobs_match_the_service_definition(toy_checkpoint):
     model = _model(toy_checkpoint).eval()
     trainer = RLTrainer(toy_checkpoint, model, model, RLConfig(rollouts=2))
     prompted = encode_case(toy_checkpoint, _toy_cases(1, seed=3)[0])
-    rationales = trainer._rollouts([prompted], torch.Generator().manual_seed(0))
+    rationales = trainer.rollouts([prompted], torch.Generator().manual_seed(0))
     with torch.no_grad():
-        token_logp, mask, scores = trainer._score_pass(model, [prompted], rationales)
+        token_logp, mask, scores = trainer.score_pass(model, [prompted], rationales)
     yes, no = toy_checkpoint.answer_ids
     for row in (0, 5, 9):
         rationale = rationales[0][row]
@@ -124,7 +124,7 @@ def test_rl_scores_and_logprobs_match_the_service_definition(toy_checkpoint):
         ids = prompted.prefix + segment + rationale + trainer.cue
         with torch.no_grad():
             logp = torch.log_softmax(model(input_ids=torch.tensor([ids])).logits[0], -1)
-        expected_score = contract.score_from_logprobs(float(logp[-1, yes]), float(logp[-1, no]))
+        expected_score = prompt.score_from_logprobs(float(logp[-1, yes]), float(logp[-1, no]))
         assert float(scores[row]) == pytest.approx(expected_score, abs=1e-4)
         start = len(prompted.prefix) + len(segment)
         expected = sum(float(logp[start - 1 + j, ids[start + j]]) for j in range(len(rationale)))
@@ -138,7 +138,7 @@ def test_rl_raises_the_reward_on_a_toy_task(toy_checkpoint, credit):
     torch.manual_seed(0)
     policy, reference = _model(toy_checkpoint), _model(toy_checkpoint).eval()
     config = RLConfig(steps=40, users_per_step=4, rollouts=4, lr=3e-3, beta=0.0, temperature=1.0, seed=0,
-                      rationale_credit=credit)  # fmt: skip
+                      rationale_credit=credit, served_users_per_step=0)  # fmt: skip
     trainer = RLTrainer(toy_checkpoint, policy, reference, config)
     cases = _toy_cases(160, seed=1)
     rewards = [trainer.step(step, cases[4 * step : 4 * step + 4]).reward for step in range(config.steps)]
@@ -155,12 +155,13 @@ def test_none_weight_tunes_the_no_reasoning_scores(toy_checkpoint):
 
     def margin(trainer: RLTrainer) -> float:
         with torch.no_grad():
-            return _positive_margin(trainer._none_scores(trainer.policy.eval(), held), held)
+            return _positive_margin(trainer.none_scores(trainer.policy.eval(), held), held)
 
     margins = {}
     for weight in (0.0, 1.0):
         torch.manual_seed(0)
-        config = RLConfig(steps=10, users_per_step=4, rollouts=2, lr=3e-3, beta=0.0, none_weight=weight, seed=0)
+        config = RLConfig(steps=10, users_per_step=4, rollouts=2, lr=3e-3, beta=0.0, none_weight=weight, seed=0,
+                          rationale_credit="rollout", served_users_per_step=0)  # fmt: skip
         trainer = RLTrainer(toy_checkpoint, _model(toy_checkpoint), _model(toy_checkpoint).eval(), config)
         before = margin(trainer)
         for step in range(config.steps):
@@ -180,15 +181,16 @@ def test_served_users_tune_the_scores_after_greedy_rationales(toy_checkpoint, ob
     def margin(trainer: RLTrainer) -> float:
         generator = torch.Generator().manual_seed(0)
         with torch.no_grad():
-            rationales = trainer._rollouts(held, generator, G=1, temperature=0.0)
-            _, _, scores = trainer._score_pass(trainer.policy.eval(), held, rationales, G=1)
+            rationales = trainer.rollouts(held, generator, G=1, temperature=0.0)
+            _, _, scores = trainer.score_pass(trainer.policy.eval(), held, rationales, G=1)
         return _positive_margin(scores, held)
 
     gains = {}
     for served in (0, 4):
         torch.manual_seed(0)
         config = RLConfig(steps=8, users_per_step=2, rollouts=2, lr=3e-3, beta=0.0, none_weight=0.0,
-                          served_users_per_step=served, served_objective=objective, seed=0)  # fmt: skip
+                          served_users_per_step=served, served_objective=objective, seed=0,
+                          rationale_credit="rollout")  # fmt: skip
         trainer = RLTrainer(toy_checkpoint, _model(toy_checkpoint), _model(toy_checkpoint).eval(), config)
         before = margin(trainer)
         for step in range(config.steps):
@@ -231,7 +233,8 @@ def test_vllm_rollouts_follow_the_policy_after_a_weight_sync(toy_checkpoint):
         assert after == torch_greedy(policy)
         assert after != before
 
-        config = RLConfig(rollouts=2, pl_samples=4, lr=1e-2, served_users_per_step=2, served_objective="top1")
+        config = RLConfig(rollouts=2, pl_samples=4, lr=1e-2, served_users_per_step=2, served_objective="top1",
+                          rationale_credit="rollout")  # fmt: skip
         trainer = RLTrainer(toy_checkpoint, policy, _model(toy_checkpoint).eval(), config, engine)
         weights = [p.detach().clone() for p in policy.parameters()]
         cases = _toy_cases(8, seed=6)

@@ -8,8 +8,8 @@ import uuid
 import httpx
 import pytest
 
+from contract.checkpoint import open_checkpoint
 from loadtest.procs import DEFAULT_MODEL, delete_prefix
-from service.checkpoint import open_checkpoint
 from service.config import Settings
 from service.engine.base import ReasoningEngine
 from service.metrics import Metrics
@@ -148,10 +148,10 @@ async def test_new_model_version_never_reuses_scores():
             manifest = checkpoint.manifest.model_copy(update={"model_version": version})
             engine = _ConstantEngine(dataclasses.replace(checkpoint, manifest=manifest))
             rankers.append(Ranker(engine, Settings(), Metrics(), store))
-        assert (await rankers[0].rank(request)).cache_hits == 0
-        assert (await rankers[0].rank(request)).cache_hits == 2
+        assert (await rankers[0].rank(request, "t1")).cache_hits == 0
+        assert (await rankers[0].rank(request, "t2")).cache_hits == 2
         calls = _ConstantEngine.calls
-        assert (await rankers[1].rank(request)).cache_hits == 0
+        assert (await rankers[1].rank(request, "t3")).cache_hits == 0
         assert _ConstantEngine.calls == calls + 2
     finally:
         await store.close()

@@ -5,7 +5,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
-from trainer.modeling import TinyModelConfig, init_model
+from trainer.config import TinyModelConfig
+from trainer.modeling import init_model
 
 TOY_TITLES = [f"Title {i} of Series {i % 7}" for i in range(200)]
 

@@ -5,7 +5,7 @@ repeats every key/value head to the query heads (``repeat_kv``), because CUDA's 
 mask and grouped heads together. That copies the whole key/value cache on every forward. In RL's sampling
 loop, 160 rows share two users' history prefixes, so each decoding step copied hundreds of MB. On a CPU,
 torch's SDPA takes the mask and the grouped heads together (``enable_gqa``) and gives the same result.
-``loadtest/bench_rl_sampling.py`` measures the difference.
+``python -m trainer.bench.rl_step --compare attention`` measures the difference.
 
 Models loaded with ``load_causal_lm`` use this path on a CPU when a mask is passed. Every other case (a
 GPU, no mask, no grouped heads) goes to transformers' own SDPA function unchanged.

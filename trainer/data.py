@@ -14,11 +14,17 @@ training prefix.
 from __future__ import annotations
 
 import json
+import logging
 import random
 from collections import defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "amazon-videogames"
+"""The Video Games data beside the project (``../shared/data/amazon-videogames``)."""
 
 
 class DataError(ValueError):
@@ -159,6 +165,21 @@ def leave_one_out(sequences: dict[str, list[str]], min_train: int = 1) -> list[U
             continue
         splits.append(UserSplit(user_id, items[:-2], items[-2], items[-1]))
     return splits
+
+
+def load_splits(source: Path) -> tuple[Catalogue, list[UserSplit]]:
+    """Read a dataset and split every user leave-one-out. Refuses data where most users are too short to
+    split (rather than silently training on the few that are not); a minority of short users is skipped with
+    a warning."""
+    catalogue, sequences = load_dataset(source)
+    splits = leave_one_out(sequences)
+    skipped = len(sequences) - len(splits)
+    if not splits or skipped > len(sequences) / 2:
+        raise DataError(f"{source}: {skipped} of {len(sequences)} users have fewer than 3 interactions "
+                        "(leave-one-out needs train + validation + test items)")  # fmt: skip
+    if skipped:
+        logger.warning("%s: skipped %d of %d users with fewer than 3 interactions", source, skipped, len(sequences))
+    return catalogue, splits
 
 
 def training_titles(splits: Iterable[UserSplit], catalogue: Catalogue) -> list[str]:

@@ -25,11 +25,11 @@ from pathlib import Path
 
 import torch
 
-from service import contract
-from service.checkpoint import open_checkpoint
+from contract.checkpoint import open_checkpoint
 from trainer.data import Catalogue, UserSplit, sample_negatives
 from trainer.evaluate import EvalCase, positive_rank
 from trainer.policy import grouped_forward, sample_continuations
+from trainer.progress import Progress
 from trainer.rl import RLCase, encode_case
 from trainer.teacher import BuiltinTeacher, clause_kinds
 
@@ -59,19 +59,19 @@ def diagnose(
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     checkpoint = open_checkpoint(model_dir)
-    encoder = checkpoint.encoder
+    assembler = checkpoint.prompts
     yes, no = checkpoint.answer_ids
     model = load_causal_lm(model_dir, device).eval()
-    pad = encoder.tokenizer.pad_token_id or 0
-    stops = set(contract.rationale_stop_token_ids(encoder, min(model.config.vocab_size, len(encoder.tokenizer))))
-    cue = encoder.encode(contract.ANSWER_CUE)
+    pad = checkpoint.encoder.pad_token_id
+    stops = set(assembler.stop_ids)
     titles = lambda ids: [catalogue.title(i) for i in ids]  # noqa: E731
 
     def with_rationales(segments: list[list[int]], texts: list[str]) -> list[list[int]]:
-        encoded = encoder.encode_batch([contract.rationale_segment(t) for t in texts])
-        return [segment + rationale + cue for segment, rationale in zip(segments, encoded, strict=True)]
+        encoded = assembler.rationale_ids(texts)
+        return [assembler.score_input(segment, rationale) for segment, rationale in zip(segments, encoded, strict=True)]
 
     out = Diagnosis()
+    progress = Progress("diagnose", len(cases), every=max(1, len(cases) // 10), unit="users")
     for start in range(0, len(cases), batch):
         chunk = cases[start : start + batch]
         # the RL stage's encoding: the service's prompts for both modes, the history prefix shared
@@ -80,9 +80,8 @@ def diagnose(
         with torch.no_grad():
             generated = sample_continuations(model, prefixes, [p.segments for p in prompted], pad, stops,
                                              checkpoint.manifest.max_rationale_tokens, temperature=0.0)  # fmt: skip
-        served = iter(
-            contract.rationale_text(t) for t in encoder.tokenizer.batch_decode(generated, skip_special_tokens=True)
-        )
+        decoded = checkpoint.encoder.tokenizer.batch_decode(generated, skip_special_tokens=True)
+        served = iter(assembler.rationale(t) for t in decoded)
         pairs = []  # per user: (served, teacher) rationale per candidate
         rows = []  # per user: served rows, teacher rows, none rows; one packed forward runs each prefix once
         for case, p in zip(chunk, prompted, strict=True):
@@ -90,7 +89,7 @@ def diagnose(
             taught = teacher.rationales([(case.history, item) for item in case.candidates])
             pairs.append(list(zip(mine, taught, strict=True)))
             rows.append(with_rationales(p.segments, mine) + with_rationales(p.segments, taught)
-                        + [segment + cue for segment in p.none_segments])  # fmt: skip
+                        + [assembler.score_input(segment) for segment in p.none_segments])  # fmt: skip
         with torch.no_grad():
             logp = torch.log_softmax(
                 grouped_forward(model, prefixes, rows, pad, logits_to_keep=1).logits[:, -1].float(), -1
@@ -105,6 +104,7 @@ def diagnose(
                 out.count(mine, theirs, item == case.target)
                 if item == case.target and len(out.examples) < 5 and mine != theirs:
                     out.examples.append({"candidate": catalogue.title(item), "served": mine, "teacher": theirs})
+        progress.update(start + len(chunk))
     return out
 
 

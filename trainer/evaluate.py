@@ -21,6 +21,7 @@ import torch
 
 from trainer.data import Catalogue, UserSplit, sample_negatives
 from trainer.losses import hit_rate_at_k, ndcg_single_positive, reciprocal_rank
+from trainer.progress import Progress
 from trainer.teacher import RECENT, TrainingStats
 
 
@@ -153,23 +154,29 @@ def cooccurrence_scorer(stats: TrainingStats) -> Scorer:
 async def model_ranks(
     model_dir: Path, catalogue: Catalogue, cases: Sequence[EvalCase], reasoning: str, concurrency: int = 16
 ) -> list[int]:
-    """Rank every case with the service's Ranker on an in-process vLLM engine (no Redis, no cache)."""
-    from service.checkpoint import open_checkpoint
+    """Rank every case with the service's Ranker on an in-process vLLM engine (no Redis, no cache): the
+    serving path itself, so offline numbers are what users get."""
+    from contract.checkpoint import open_checkpoint
     from service.config import Settings
+    from service.engine.factory import build_engine
     from service.metrics import Metrics
     from service.protocol import ItemIn, RankRequest
     from service.ranking import Ranker
-    from service.state import build_engine
 
     settings = Settings(model_path=model_dir, redis_url=None, default_deadline_ms=600_000,
                         max_inflight_items=100_000)  # fmt: skip
-    engine = build_engine(settings, open_checkpoint(model_dir))
+    checkpoint = open_checkpoint(model_dir)
+    engine = build_engine(settings, checkpoint)
     await engine.start()
     ranker = Ranker(engine, settings, Metrics(), store=None)
     semaphore = asyncio.Semaphore(concurrency)
     shuffler = random.Random(0)
+    progress = Progress(f"eval {checkpoint.model_version} ({reasoning})", len(cases),
+                        every=max(1, len(cases) // 10), unit="users")  # fmt: skip
+    finished = 0
 
-    async def one(case: EvalCase) -> int:
+    async def one(index: int, case: EvalCase) -> int:
+        nonlocal finished
         shown = list(case.candidates)
         shuffler.shuffle(shown)  # the model never sees the target in a fixed position
         request = RankRequest(
@@ -178,12 +185,14 @@ async def model_ranks(
             reasoning=reasoning,
         )
         async with semaphore:
-            response = await ranker.rank(request)
+            response = await ranker.rank(request, f"eval-{index}")
         scores = {item.item_id: item.score for item in response.items}
+        finished += 1
+        progress.update(finished)
         return positive_rank([scores[i] for i in case.candidates], case.candidates, case.target)
 
     try:
-        return list(await asyncio.gather(*(one(c) for c in cases)))
+        return list(await asyncio.gather(*(one(i, c) for i, c in enumerate(cases))))
     finally:
         await engine.close()
 

@@ -1,46 +1,49 @@
-"""Turning a trained HF directory into a checkpoint the service loads: the manifest."""
+"""Export: a trained checkpoint copied to a servable directory, its manifest carrying provenance and the eval
+metrics of the report that measured it (the service's hot-reload gate compares ``metrics["ndcg@10"]``)."""
 
 from __future__ import annotations
 
-import hashlib
+import json
+import shutil
+import tempfile
 from pathlib import Path
-from typing import Any
 
-from service import contract
-from service.checkpoint import AnswerTokenIds, HFEncoder, Manifest, open_checkpoint, write_manifest
+from contract.checkpoint import Manifest, open_checkpoint, write_checkpoint_manifest
 
-
-def content_hash(model_dir: Path) -> str:
-    """SHA-256 over weights, config and tokenizer: the same bytes give the same ``model_version``,
-    and any change of weights gives a new one (so score-cache entries can never be reused wrongly)."""
-    digest = hashlib.sha256()
-    for path in sorted(model_dir.iterdir()):
-        if path.suffix in {".safetensors", ".json"} and path.name != "manifest.json":
-            digest.update(path.name.encode())
-            digest.update(path.read_bytes())
-    return digest.hexdigest()
+SERVED_SUFFIXES = frozenset({".json", ".safetensors", ".txt", ".jinja"})
 
 
-def write_checkpoint_manifest(
-    model_dir: Path,
-    name: str,
-    provenance: dict[str, Any],
-    metrics: dict[str, Any] | None = None,
-    **limits: int,
-) -> Manifest:
-    """Write ``manifest.json`` for ``model_dir`` and check the service can open the result."""
-    from transformers import AutoTokenizer
+class ExportError(ValueError):
+    """The report does not describe this checkpoint; the message names the file and the key."""
 
-    encoder = HFEncoder(AutoTokenizer.from_pretrained(str(model_dir)))
-    yes, no = contract.answer_token_ids(encoder)
-    manifest = Manifest(
-        model_version=f"{name}-{content_hash(model_dir)[:12]}",
-        prompt_format=contract.PROMPT_FORMAT,
-        answer_token_ids=AnswerTokenIds(yes=yes, no=no),
-        provenance=provenance,
-        metrics=metrics or {},
-        **limits,
-    )
-    write_manifest(model_dir, manifest)
-    open_checkpoint(model_dir)  # fail here, not in production, if anything disagrees
+
+def report_metrics(report: Path, model_version: str, mode: str) -> dict:
+    """The metrics ``report`` (an eval.json) holds for ``model_version`` in ``mode``, and where they came from."""
+    evaluation = json.loads(report.read_text())
+    key = f"{model_version} ({mode})"
+    results = evaluation["results"]
+    if key not in results:
+        raise ExportError(f"{report} has no results for {key!r} (has {sorted(results)})")
+    metrics = {name: value["mean"] for name, value in results[key].items()}
+    metrics["eval"] = {"report": str(report), "title": evaluation["title"], "mode": mode}
+    return metrics
+
+
+def export_checkpoint(model: Path, out: Path, metrics: dict, command: str) -> Manifest:
+    """Copy weights + tokenizer to ``out`` with a fresh manifest; ``out`` is replaced whole, never left
+    half-written (the copy is staged beside it and renamed)."""
+    source = open_checkpoint(model)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))
+    for path in model.iterdir():
+        if path.is_file() and path.name != "manifest.json" and path.suffix in SERVED_SUFFIXES:
+            shutil.copy2(path, staging / path.name)
+            (staging / path.name).chmod(0o644)
+    staging.chmod(0o755)  # mkdtemp makes it 0700: a service running as another user must read it
+    name = source.model_version.rsplit("-", 1)[0]
+    provenance = {**source.manifest.provenance, "exported_from": str(model), "export_command": command}
+    manifest = write_checkpoint_manifest(staging, name, provenance, metrics)
+    if out.exists():
+        shutil.rmtree(out)
+    staging.rename(out)
     return manifest

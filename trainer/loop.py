@@ -19,9 +19,8 @@ logger = logging.getLogger(__name__)
 PRECISIONS = ("auto", "bf16", "fp32")
 Stage = Literal["pretrain", "sft", "rl"]
 # Stages that ``auto`` runs under bf16 autocast on a CPU with bf16 hardware, because their steps are faster
-# there. On an AMD EPYC with AVX512-BF16, ``python -m loadtest.bench_pretrain_step`` measured LM pre-training
-# 1.43x faster in bf16, and ``python -m loadtest.bench_precision`` SFT 0.91x (slower: its matmuls are small,
-# and attention's backward and the casts cost more than bf16 saves).
+# there (``python -m trainer.bench.precision`` times both stages both ways; docs/training.md has the figures:
+# pre-training gains, SFT's small matmuls do not).
 CPU_BF16_STAGES: frozenset[str] = frozenset({"pretrain"})
 
 

@@ -9,44 +9,26 @@ shipped default model can be rebuilt bit for bit.
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 
-from service import contract
+from contract import prompt
+from trainer.config import TinyModelConfig
 
 EOS_TOKEN = "<|endoftext|>"
 PAD_TOKEN = "<|pad|>"
 
 
-@dataclass(frozen=True)
-class TinyModelConfig:
-    """Sizes of the from-scratch model (defaults: ~4M parameters, ~17 MB in float32)."""
-
-    vocab_size: int = 4096  # BPE merges learned on titles + contract strings
-    hidden_size: int = 256
-    intermediate_size: int = 768
-    num_hidden_layers: int = 4
-    num_attention_heads: int = 4  # head_dim 64: a size vLLM's CPU attention supports
-    num_key_value_heads: int = 2
-    max_position_embeddings: int = 2048
-    rope_theta: float = 10000.0
-
-    def __post_init__(self) -> None:
-        assert self.hidden_size % self.num_attention_heads == 0, "hidden_size must divide by num_attention_heads"
-        head_dim = self.hidden_size // self.num_attention_heads
-        assert head_dim in (32, 64, 80, 96, 112, 128), f"head_dim {head_dim} is not one vLLM's CPU backend supports"
-        assert self.num_attention_heads % self.num_key_value_heads == 0, "heads must divide by kv heads"
-
-
 def contract_corpus(repeat: int = 200) -> list[str]:
     """Lines that make every contract string (cues, answer words, newline) common enough to become
     single tokens in the learned vocabulary."""
+    yes, no = prompt.ANSWER_CUE + prompt.ANSWER_YES, prompt.ANSWER_CUE + prompt.ANSWER_NO
     lines = [
-        contract.history_prefix(["Example Title"]),
-        contract.candidate_segment("Example Title", "full") + " reason" + contract.answer_segment(True),
-        contract.candidate_segment("Example Title", "none") + contract.answer_segment(False),
-        contract.ANSWER_CUE + contract.ANSWER_YES,
-        contract.ANSWER_CUE + contract.ANSWER_NO,
+        prompt.history_prefix(["Example Title"]),
+        prompt.candidate_segment("Example Title", "full") + " reason" + yes,
+        prompt.candidate_segment("Example Title", "none") + no,
+        yes,
+        no,
     ]
     return lines * repeat
 
@@ -115,3 +97,22 @@ def init_model(titles: list[str], out_dir: Path, config: TinyModelConfig, seed: 
         "parameters": sum(p.numel() for p in model.parameters()),
         "model_config": asdict(config),
     }
+
+
+def copy_base_model(base_model: Path, out: Path, name: str, command: str):
+    """A real model (a local HF checkpoint) as an r2rank starting point: its files copied to ``out`` with an
+    r2rank manifest. Raises ``ValueError`` naming what is wrong (not a checkpoint; a tokenizer that cannot
+    encode the answer tokens as one token each)."""
+    import shutil
+
+    from contract.checkpoint import CheckpointError, write_checkpoint_manifest
+    from contract.prompt import ContractError
+
+    if not (base_model / "config.json").is_file():
+        raise ValueError(f"{base_model}/config.json: not found (not a HF checkpoint)")
+    shutil.copytree(base_model, out, dirs_exist_ok=True, ignore=shutil.ignore_patterns("manifest.json"))
+    provenance = {"stage": "base-model", "base_model": str(base_model), "command": command}
+    try:
+        return write_checkpoint_manifest(out, name, provenance)
+    except (CheckpointError, ContractError) as exc:
+        raise ValueError(str(exc)) from exc

@@ -14,7 +14,7 @@ row; position ids restart after the prefix for every row. So every row computes 
 projection runs only where a loss is taken.
 
 The price is dense attention over the packed sequence (a few hundred tokens), small next to the projections
-it saves at this model's sizes: ``python -m loadtest.bench_sft_step`` measures the two side by side.
+it saves at this model's sizes (docs/training.md has the measured step times).
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Optional LM pre-training of a from-scratch model on training sequences, in the contract's own layout.
 
-Each user's training prefix is written exactly as the service writes a history (``prepare_prompts``:
+Each user's training prefix is written exactly as the service writes a history (``PromptAssembler``:
 instruction, header, one bullet per title, oldest first), and the model learns next-token prediction on it.
 A from-scratch model thereby learns which titles are common (popularity) and which follow which
 (co-occurrence) before SFT teaches it to answer yes/no: knowledge the ranker needs and that SFT alone,
@@ -13,43 +13,27 @@ from __future__ import annotations
 import logging
 import math
 import random
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
-from service.checkpoint import Checkpoint
-from service.protocol import ItemIn
-from service.ranking import prepare_prompts
+from contract.checkpoint import Checkpoint
+from trainer.config import PretrainConfig
 from trainer.data import Catalogue, UserSplit
 from trainer.loop import load_state, optimizer_step, save_state, training_device
 from trainer.policy import grouped_forward
+from trainer.progress import Progress
 
 logger = logging.getLogger(__name__)
 STATE = "pretrain_state.pt"
-
-
-@dataclass
-class PretrainConfig:
-    epochs: float = 3.0
-    batch_size: int = 32
-    lr: float = 2e-3
-    warmup_steps: int = 20
-    weight_decay: float = 0.01
-    checkpoint_every: int = 100
-    seed: int = 0
-    stop_after: int | None = None
+STEP_LOG = "pretrain_steps.jsonl"
 
 
 def lm_sequences(checkpoint: Checkpoint, catalogue: Catalogue, splits: list[UserSplit]) -> list[list[int]]:
     """One token sequence per user: their training prefix as the service would render a history."""
-    sequences = []
-    for split in splits:
-        history = [ItemIn(item_id=i, title=catalogue.title(i)) for i in split.train]
-        prepared = prepare_prompts(checkpoint, history, [], "none")
-        sequences.append(prepared.prefix_ids)
-    return sequences
+    return [checkpoint.prompts.history_prefix([catalogue.title(i) for i in split.train]).ids for split in splits]
 
 
 def length_bucketed_batches(sequences: list[list[int]], batch_size: int, seed: int) -> list[list[list[int]]]:
@@ -67,7 +51,8 @@ def length_bucketed_batches(sequences: list[list[int]], batch_size: int, seed: i
     return batches
 
 
-def _batch(sequences: list[list[int]], pad_id: int) -> dict[str, torch.Tensor]:
+def padded_batch(sequences: list[list[int]], pad_id: int) -> dict[str, torch.Tensor]:
+    """A plain right-padded LM batch (``model(**batch).loss`` is the ordinary HF loss over it)."""
     width = max(len(s) for s in sequences)
     ids = torch.full((len(sequences), width), pad_id, dtype=torch.long)
     labels = torch.full((len(sequences), width), -100, dtype=torch.long)
@@ -88,17 +73,18 @@ def shared_prefix_length(sequences: list[list[int]]) -> int:
     return max(0, shared)
 
 
-def lm_loss(model, sequences: list[list[int]], pad_id: int) -> torch.Tensor:
+def lm_loss(model, sequences: list[list[int]], pad_id: int, share_prefix: bool = True) -> torch.Tensor:
     """Mean next-token cross-entropy of one batch: every token after a sequence's first, equally weighted.
 
     Every training sequence starts with the contract's instruction and history header (28 tokens of an
     average 109 in the shipped layout). That shared prefix runs once per batch and its keys/values are
     repeated for every row (``grouped_forward``); the loss on its own tokens, the same in every row, counts
     once per row. So the loss and gradients are those of a plain padded forward over whole sequences (a test
-    checks both), for about a quarter less compute."""
-    shared = shared_prefix_length(sequences)
+    checks both), for about a quarter less compute. ``share_prefix=False`` runs the plain padded forward (the
+    baseline ``trainer.bench.pretrain_step`` times)."""
+    shared = shared_prefix_length(sequences) if share_prefix else 0
     if shared < 2:
-        return model(**{name: t.to(model.device) for name, t in _batch(sequences, pad_id).items()}).loss
+        return model(**{name: t.to(model.device) for name, t in padded_batch(sequences, pad_id).items()}).loss
     device = model.device
     prefix = sequences[0][:shared]
     packed = grouped_forward(model, [prefix], [[s[shared:] for s in sequences]], pad_id, logits_to_keep=0,
@@ -135,21 +121,23 @@ def pretrain_lm(
     if state is not None:
         step, losses = state["step"], state["losses"]
         logger.info("resumed LM pre-training at step %d", step)
-    pad_id = checkpoint.encoder.tokenizer.pad_token_id or 0
+    pad_id = checkpoint.encoder.pad_token_id
     last = min(steps, config.stop_after or steps)
+    progress = Progress("pretrain", steps, model_dir / STEP_LOG, done=step, every=20, shown=("loss", "lr"))
     model.train()
     while step < last:
         chunk = batches[step % len(batches)]
         warm = min(1.0, (step + 1) / config.warmup_steps)
-        progress = min(1.0, step / steps)
+        fraction = min(1.0, step / steps)
         for group in optimizer.param_groups:  # warm-up, then cosine to 10% of the peak
-            group["lr"] = config.lr * warm * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress)))
+            group["lr"] = config.lr * warm * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * fraction)))
         with autocast:
             loss = lm_loss(model, chunk, pad_id)
-        losses.append(optimizer_step(model, optimizer, loss).loss)
+        outcome = optimizer_step(model, optimizer, loss)
+        losses.append(outcome.loss)
         step += 1
-        if step % 20 == 0:
-            logger.info("pretrain step %d/%d loss %.4f", step, steps, losses[-1])
+        progress.update(step, loss=outcome.loss, lr=optimizer.param_groups[0]["lr"], grad_norm=outcome.grad_norm,
+                        applied=outcome.applied)  # fmt: skip
         if step % config.checkpoint_every == 0 or step == last:
             model.save_pretrained(model_dir, safe_serialization=True)
             save_state(state_path, optimizer, step, losses=losses)

@@ -3,8 +3,8 @@
 One step, for each of ``users_per_step`` users (1 positive + N negatives) and each of G rollouts:
 
 1. sample a rationale per candidate from the policy (temperature > 0), the history prefix shared;
-2. score each candidate exactly as the service does: ``prompt + encode(rationale segment) + encode(cue)``,
-   score = log P(yes) - log P(no) at the answer position (``contract.score_from_logprobs``);
+2. score each candidate exactly as the service does (``PromptAssembler.score_input``: prompt + the rationale's
+   ids + the answer cue), score = log P(yes) - log P(no) at the answer position;
 3. sample M rankings from the Plackett–Luce distribution over the scores; reward = NDCG@10 of each;
 4. advantages (``losses.split_advantages``): the rationale tokens get the rollout's mean reward normalised
    within the user's G rollouts; each PL ranking gets its reward minus its rollout's mean, so sampling luck
@@ -33,6 +33,7 @@ import importlib.util
 import json
 import logging
 import random
+import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from itertools import chain
@@ -41,10 +42,8 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from service import contract
-from service.checkpoint import Checkpoint, open_checkpoint
-from service.protocol import ItemIn
-from service.ranking import prepare_prompts
+from contract.checkpoint import Checkpoint, open_checkpoint
+from trainer.config import RLConfig
 from trainer.data import Catalogue, UserSplit, sample_negatives
 from trainer.loop import load_state, optimizer_step, save_state, training_device
 from trainer.losses import (
@@ -56,9 +55,12 @@ from trainer.losses import (
     split_advantages,
 )
 from trainer.policy import grouped_forward, sample_continuations
+from trainer.progress import Progress
 from trainer.rollouts import VLLMRollouts
 
 logger = logging.getLogger(__name__)
+
+STEP_LOG = "rl_steps.jsonl"
 
 
 @dataclass(frozen=True)
@@ -71,45 +73,8 @@ class RLCase:
 
 
 @dataclass
-class RLConfig:
-    steps: int = 200
-    users_per_step: int = 2
-    rollouts: int = 4  # G: rollouts per user (the advantage baseline is their mean)
-    temperature: float = 1.0
-    pl_samples: int = 16  # M: Plackett–Luce rankings drawn per rollout (cheap: the scores are computed once)
-    none_weight: float = 1.0  # weight of the listwise term on reasoning="none" scores (0 = off)
-    served_users_per_step: int = 0  # more users per step for the listwise term after greedy (served) rationales
-    served_weight: float = 1.0
-    served_objective: str = "pl"  # pl: REINFORCE on PL rankings rewarded by NDCG@k | top1: -log P_PL(positive first)
-    # which reward a rationale's tokens get: the whole rollout's (rollout) or its own candidate's effect on it
-    rationale_credit: str = "rollout"
-    lr: float = 5e-5
-    beta: float = 0.04  # weight of KL(policy || reference)
-    k: int = 10  # NDCG@k reward
-    max_rationale_tokens: int | None = None  # default: the checkpoint's manifest
-    checkpoint_every: int = 50
-    seed: int = 0
-    stop_after: int | None = None
-    rollout_engine: str = "auto"  # torch | vllm | auto (vllm on a GPU, torch on a CPU)
-
-    def __post_init__(self) -> None:
-        assert self.rollout_engine in ("torch", "vllm", "auto"), "rollout_engine: torch, vllm or auto"
-        assert self.rollouts >= 2, "group-normalised advantages need at least 2 rollouts per user"
-        assert self.temperature > 0, "RL samples rationales: temperature must be > 0"
-        assert self.steps > 0 and self.users_per_step > 0 and self.pl_samples >= 1 and self.none_weight >= 0
-        assert self.served_users_per_step >= 0 and self.served_weight >= 0
-        assert self.served_objective in ("pl", "top1"), "served_objective: pl or top1"
-        assert self.rationale_credit in ("rollout", "candidate"), "rationale_credit: rollout or candidate"
-        assert self.served_users_per_step == 0 or self.served_objective == "top1" or self.pl_samples >= 2, (
-            "the pl served objective needs pl_samples >= 2"
-        )
-        # the none-mode term's baseline is the mean over its M rankings: with M = 1 it would carry no gradient
-        assert self.none_weight == 0 or self.pl_samples >= 2, "none_weight > 0 needs pl_samples >= 2"
-
-
-@dataclass
 class Prompted:
-    """A case turned into token ids by the service's own ``prepare_prompts``."""
+    """A case turned into token ids by the contract's ``PromptAssembler`` (both modes, one history prefix)."""
 
     prefix: list[int]
     segments: list[list[int]]  # one per candidate: the candidate segment, ending at "Reasoning:"
@@ -118,18 +83,10 @@ class Prompted:
 
 
 def encode_case(checkpoint: Checkpoint, case: RLCase) -> Prompted:
-    history = [ItemIn(item_id=f"h{i}", title=t) for i, t in enumerate(case.history)]
-    candidates = [ItemIn(item_id=f"c{i}", title=t) for i, t in enumerate(case.candidates)]
-    full = prepare_prompts(checkpoint, history, candidates, "full")
-    none = prepare_prompts(checkpoint, history, candidates, "none")
-    n_prefix = len(full.prefix_ids)
-    assert none.prefix_ids == full.prefix_ids, "both modes share the history prefix (the contract)"
-    return Prompted(
-        full.prefix_ids,
-        [job.prompt_ids[n_prefix:] for job in full.jobs],
-        [job.prompt_ids[n_prefix:] for job in none.jobs],
-        case.positive,
-    )
+    full = checkpoint.prompts.prompts(case.history, case.candidates, "full")
+    none = checkpoint.prompts.prompts(case.history, case.candidates, "none")
+    assert none.prefix.ids == full.prefix.ids, "both modes share the history prefix (the contract)"
+    return Prompted(full.prefix.ids, full.segments, none.segments, case.positive)
 
 
 @dataclass
@@ -145,6 +102,8 @@ class StepStats:
     score_std: float
     grad_norm: float | None  # before clipping; None when it was not finite
     update_applied: bool  # False: a non-finite gradient, and the step left the weights as they were
+    seconds: float = 0.0  # the whole step
+    sampling_seconds: float = 0.0  # of which sampling rationales (rollouts and served)
 
 
 def rl_cases(splits: list[UserSplit], catalogue: Catalogue, users: int, negatives: int, seed: int) -> list[RLCase]:
@@ -175,21 +134,30 @@ class RLTrainer:
         self.policy = policy
         self.reference = reference
         self.config = config
-        encoder = checkpoint.encoder
-        self.encoder = encoder
-        self.pad_id = encoder.tokenizer.pad_token_id or 0
+        self.prompts = checkpoint.prompts
+        self.encoder = checkpoint.encoder
+        self.pad_id = checkpoint.encoder.pad_token_id
         self.yes, self.no = checkpoint.answer_ids
-        self.cue = encoder.encode(contract.ANSWER_CUE)
-        vocab = policy.get_input_embeddings().weight.shape[0]
-        self.stop_ids = set(contract.rationale_stop_token_ids(encoder, min(vocab, len(encoder.tokenizer))))
+        self.cue = self.prompts.answer_cue_ids
+        self.stop_ids = set(self.prompts.stop_ids)
         self.max_tokens = config.max_rationale_tokens or checkpoint.manifest.max_rationale_tokens
         self.optimizer = torch.optim.AdamW(policy.parameters(), lr=config.lr, weight_decay=0.0)
+        self._sampling_s = 0.0
 
-    def _rollouts(
+    def rollouts(
         self, batch: list[Prompted], generator: torch.Generator, G: int | None = None, temperature: float | None = None
     ) -> list[list[list[int]]]:
         """Per user, G·(N+1) rationale id lists (rollout-major), re-encoded as the service scores them.
         Defaults: the config's G and temperature; ``G=1, temperature=0`` gives the served (greedy) rationales."""
+        started = time.perf_counter()
+        try:
+            return self._sample(batch, generator, G, temperature)
+        finally:
+            self._sampling_s += time.perf_counter() - started
+
+    def _sample(
+        self, batch: list[Prompted], generator: torch.Generator, G: int | None, temperature: float | None
+    ) -> list[list[list[int]]]:
         G = self.config.rollouts if G is None else G
         temperature = self.config.temperature if temperature is None else temperature
         if self.engine is not None:
@@ -207,7 +175,7 @@ class RLTrainer:
                     self.stop_ids, self.max_tokens, temperature, generator,
                 )  # fmt: skip
         texts = self.encoder.tokenizer.batch_decode(sampled, skip_special_tokens=True)
-        segments = self.encoder.encode_batch([contract.rationale_segment(contract.rationale_text(t)) for t in texts])
+        segments = self.prompts.rationale_ids(texts)
         out, start = [], 0
         for prompted in batch:
             n = G * len(prompted.segments)
@@ -215,7 +183,7 @@ class RLTrainer:
             start += n
         return out
 
-    def _score_pass(self, model, batch: list[Prompted], rationales: list[list[list[int]]], G: int | None = None,
+    def score_pass(self, model, batch: list[Prompted], rationales: list[list[list[int]]], G: int | None = None,
                     token_logps: bool = True):  # fmt: skip
         """Forward over prefix + candidate + rationale + cue. Returns per-suffix token log-probs over the
         trailing columns (S, K-1), the mask of the rationale tokens among them, and scores (S,).
@@ -230,7 +198,7 @@ class RLTrainer:
             rows = []
             for i, rationale in enumerate(group):
                 segment = prompted.segments[i % len(prompted.segments)]
-                rows.append(segment + rationale + self.cue)
+                rows.append(self.prompts.score_input(segment, rationale))
                 spans.append((len(segment), len(rationale)))
             suffixes.append(rows)
         assert all(len(r) == G * len(p.segments) for r, p in zip(suffixes, batch, strict=True))
@@ -252,10 +220,10 @@ class RLTrainer:
             token_logp = token_logp.index_put((rows, columns), logp.gather(-1, targets.unsqueeze(-1)).squeeze(-1))
         return token_logp, mask, scores
 
-    def _none_scores(self, model, batch: list[Prompted]) -> torch.Tensor:
-        """reasoning="none" scores, (sum of N,): prompt + cue, the answer position last (as ``_score_pass``
+    def none_scores(self, model, batch: list[Prompted]) -> torch.Tensor:
+        """reasoning="none" scores, (sum of N,): prompt + cue, the answer position last (as ``score_pass``
         without the rationale)."""
-        suffixes = [[segment + self.cue for segment in p.none_segments] for p in batch]
+        suffixes = [[self.prompts.score_input(segment) for segment in p.none_segments] for p in batch]
         packed = grouped_forward(model, [p.prefix for p in batch], suffixes, self.pad_id, logits_to_keep=1)
         logp = torch.log_softmax(packed.logits[:, -1].float(), dim=-1)
         return logp[:, self.yes] - logp[:, self.no]
@@ -276,11 +244,11 @@ class RLTrainer:
     def _served_parts(self, batch: list[Prompted], generator: torch.Generator, ndcgs: list[float]) -> Iterator[Tensor]:
         """Per served user, its share of the listwise term on the scores after the rationales the service would
         write (greedy); appends the NDCG@k of sorting by those scores to ``ndcgs``."""
-        rationales = self._rollouts(batch, generator, G=1, temperature=0.0)
+        rationales = self.rollouts(batch, generator, G=1, temperature=0.0)
         self.policy.train()
         for prompted, rationale in zip(batch, rationales, strict=True):
             with self.autocast:
-                _, _, scores = self._score_pass(self.policy, [prompted], [rationale], G=1, token_logps=False)
+                _, _, scores = self.score_pass(self.policy, [prompted], [rationale], G=1, token_logps=False)
             user = scores.unsqueeze(0)  # (1, N)
             rewards, pl, greedy = self._listwise(user, prompted.positive, self.config.pl_samples, generator)
             if self.config.served_objective == "top1":  # the exact gradient of the PL top-1 log-likelihood
@@ -300,10 +268,10 @@ class RLTrainer:
         for prompted, group in zip(batch, rationales, strict=True):
             n = len(prompted.segments)
             with self.autocast:
-                token_logp, mask, scores = self._score_pass(self.policy, [prompted], [group])
-                none_scores = self._none_scores(self.policy, [prompted]) if config.none_weight > 0 else None
+                token_logp, mask, scores = self.score_pass(self.policy, [prompted], [group])
+                none_scores = self.none_scores(self.policy, [prompted]) if config.none_weight > 0 else None
                 with torch.no_grad():
-                    ref_logp, _, _ = self._score_pass(self.reference, [prompted], [group])
+                    ref_logp, _, _ = self.score_pass(self.reference, [prompted], [group])
             user_scores = scores.view(G, n)  # (G, N)
             rewards, pl, greedy = self._listwise(user_scores, prompted.positive, config.pl_samples, generator)
             rationale_adv, ranking_adv = split_advantages(rewards)  # (G,), (G, M)
@@ -337,9 +305,10 @@ class RLTrainer:
         run user by user, each backpropagated before the next: users' histories differ in length by up to
         ten times, so one padded pass over all of them would be mostly padding. The gradient is the same."""
         config = self.config
+        started, self._sampling_s = time.perf_counter(), 0.0
         generator = torch.Generator().manual_seed(config.seed * 1_000_003 + step)
         batch = [encode_case(self.checkpoint, c) for c in cases]
-        rationales = self._rollouts(batch, generator)
+        rationales = self.rollouts(batch, generator)
         served = [encode_case(self.checkpoint, c) for c in served_cases] if config.served_weight > 0 else []
         served_ndcgs: list[float] = []
         users: list[dict] = []
@@ -353,13 +322,13 @@ class RLTrainer:
         served_ndcg = sum(served_ndcgs) / len(served_ndcgs) if served_ndcgs else None
         return StepStats(step, outcome.loss, mean("reward"), mean("greedy"), none_ndcg, served_ndcg, mean("kl"),
                          mean("length"), mean("std"), outcome.grad_norm if outcome.applied else None,
-                         outcome.applied)  # fmt: skip
+                         outcome.applied, time.perf_counter() - started, self._sampling_s)  # fmt: skip
 
 
-def _window_mean(records: list[dict], key: str) -> str:
-    """Mean of an optional per-step figure over a log window, or 'off' when the term was disabled."""
+def _window_mean(records: list[dict], key: str) -> float | None:
+    """Mean of an optional per-step figure over a log window, or None when the term was disabled."""
     values = [r[key] for r in records if r.get(key) is not None]
-    return f"{sum(values) / len(values):.3f}" if values else "off"
+    return sum(values) / len(values) if values else None
 
 
 def _use_vllm_rollouts(rollout_engine: str, device: torch.device) -> bool:
@@ -402,19 +371,16 @@ def train_rl(base: Path, out: Path, cases: list[RLCase], config: RLConfig) -> di
     random.Random(config.seed).shuffle(order)
     last = min(config.steps, config.stop_after or config.steps)
     per_step = config.users_per_step + config.served_users_per_step
+    progress = Progress("rl", config.steps, out / STEP_LOG, done=step, shown=(
+        "reward_last10", "ndcg_greedy_last10", "ndcg_served_last10", "kl", "rationale_tokens"))  # fmt: skip
     while step < last:
         start = (step * per_step) % len(order)
         picked = [cases[order[(start + i) % len(order)]] for i in range(per_step)]
         stats = trainer.step(step, picked[: config.users_per_step], picked[config.users_per_step :])
         log.append(asdict(stats))
         step += 1
-        if step % 10 == 0 or step == 1:
-            recent = log[-10:]
-            keys = ("reward", "ndcg_greedy", "kl", "rationale_tokens")
-            avg = {k: sum(r[k] for r in recent) / len(recent) for k in keys}
-            logger.info("rl step %d reward %.3f ndcg(sorted) %.3f ndcg(none) %s ndcg(served) %s kl %.4f rationale %.1f "
-                        "tokens", step, avg["reward"], avg["ndcg_greedy"], _window_mean(recent, "ndcg_none"),
-                        _window_mean(recent, "ndcg_served"), avg["kl"], avg["rationale_tokens"])  # fmt: skip
+        windowed = {f"{k}_last10": _window_mean(log[-10:], k) for k in ("reward", "ndcg_greedy", "ndcg_served")}
+        progress.update(step, **{k: v for k, v in log[-1].items() if k != "step"}, **windowed)
         if step % config.checkpoint_every == 0 or step == last:
             policy.save_pretrained(out / "model", safe_serialization=True)
             save_state(state_path, trainer.optimizer, step, log=log)

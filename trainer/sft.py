@@ -2,8 +2,8 @@
 
 Each example is one target position of a user's TRAINING prefix (history = the items before it, positive =
 the item at it; the last ``targets_per_user`` positions are used) with N sampled negatives. Inputs are built
-by the service's own ``prepare_prompts`` (same cleaning, caps and token segmentation as serving), followed by
-``encode(rationale segment) + encode(answer cue) + [yes|no]`` — exactly the ids the service scores; a share
+by the contract's ``PromptAssembler`` (same cleaning, caps and token segmentation as serving), followed by
+the rationale's ids + the answer cue + [yes|no] — exactly the ids the service scores; a share
 of examples (``none_fraction``) uses the ``reasoning="none"`` form, prompt + cue + answer, so one model
 serves both modes. The loss is next-token cross-entropy on everything after the prompt. Each example's history
 prefix and all its candidate rows run as one packed sequence (``trainer/packing.py``: the prefix once, no
@@ -23,43 +23,18 @@ from pathlib import Path
 
 import torch
 
-from service import contract
-from service.checkpoint import Checkpoint, open_checkpoint
-from service.protocol import ItemIn
-from service.ranking import prepare_prompts
+from contract.checkpoint import Checkpoint, open_checkpoint
+from contract.prompt import Reasoning
+from trainer.config import SFTConfig
 from trainer.data import Catalogue, UserSplit, sample_negatives
 from trainer.loop import load_state, optimizer_step, save_state, training_device
 from trainer.packing import target_log_probs
+from trainer.progress import Progress
 from trainer.teacher import BuiltinTeacher, Teacher
 
 logger = logging.getLogger(__name__)
 
-
-@dataclass
-class SFTConfig:
-    users: int = 2000  # training users to draw examples from
-    negatives: int = 3  # negatives per positive (pointwise labels: 1 yes + N no)
-    targets_per_user: int = 1  # positions of a user's training prefix used as targets (latest first)
-    none_fraction: float = 0.0  # share of examples in reasoning="none" form (so one model serves both modes)
-    # misrecalled rationales (built-in teacher): P(a true co-occurrence link is dropped), P(a false one is added);
-    # such rows train the answer only, never the wrong rationale (see BuiltinTeacher.misrecalled)
-    drop_link: float = 0.0
-    add_link: float = 0.0
-    steps: int = 300
-    batch_size: int = 8  # examples (each 1 + N candidate rows sharing one history prefix)
-    micro_batch: int = 2  # examples per forward pass, grouped by length (same gradient, less padding)
-    lr: float = 1e-3  # from-scratch tiny models; use ~1e-5 for a pretrained base model
-    warmup_steps: int = 20
-    weight_decay: float = 0.01
-    checkpoint_every: int = 100
-    seed: int = 0
-    stop_after: int | None = None  # end this invocation after this step (checkpointed); rerun to resume
-
-    def __post_init__(self) -> None:
-        sizes = (self.users, self.steps, self.batch_size, self.micro_batch)
-        assert min(sizes) > 0, "users, steps, batch_size and micro_batch must be > 0"
-        assert self.negatives >= 1, "SFT needs negatives (answer 'no') as well as positives"
-        assert 0 <= self.drop_link <= 1 and 0 <= self.add_link <= 1, "drop_link and add_link are probabilities"
+STEP_LOG = "sft_steps.jsonl"
 
 
 @dataclass(frozen=True)
@@ -74,9 +49,7 @@ def build_examples(
     checkpoint: Checkpoint, catalogue: Catalogue, splits: list[UserSplit], teacher: Teacher, config: SFTConfig
 ) -> list[Example]:
     rng = random.Random(config.seed)
-    encoder = checkpoint.encoder
-    yes, no = checkpoint.answer_ids
-    cue = encoder.encode(contract.ANSWER_CUE)
+    assembler = checkpoint.prompts
     items = sorted(catalogue.titles)
     eligible = [s for s in splits if len(s.train) >= 2]
     pending = []  # (prefix ids, [(segment ids, history, item, label)], mode): rationales are fetched in one go
@@ -85,33 +58,28 @@ def build_examples(
         for end in range(len(split.train) - 1, max(0, len(split.train) - 1 - config.targets_per_user), -1):
             history, positive = split.train[:end], split.train[end]
             candidates = [positive, *sample_negatives(rng, items, exclude, config.negatives)]
-            mode: contract.Reasoning = "none" if rng.random() < config.none_fraction else "full"
-            prepared = prepare_prompts(
-                checkpoint,
-                [ItemIn(item_id=i, title=catalogue.title(i)) for i in history],
-                [ItemIn(item_id=i, title=catalogue.title(i)) for i in candidates],
-                mode,
-            )
-            n_prefix = len(prepared.prefix_ids)
-            rows = [(job.prompt_ids[n_prefix:], history, item, item == positive)
-                    for item, job in zip(candidates, prepared.jobs, strict=True)]  # fmt: skip
-            pending.append((prepared.prefix_ids, rows, mode))
+            mode: Reasoning = "none" if rng.random() < config.none_fraction else "full"
+            prompts = assembler.prompts([catalogue.title(i) for i in history], [catalogue.title(i) for i in candidates],
+                                        mode)  # fmt: skip
+            rows = [(segment, history, item, item == positive)
+                    for item, segment in zip(candidates, prompts.segments, strict=True)]  # fmt: skip
+            pending.append((prompts.prefix.ids, rows, mode))
     pairs = [(history, item) for _, rows, mode in pending if mode == "full" for _, history, item, _ in rows]
     texts = teacher.rationales(pairs)
     misrecalled = _misrecall(teacher, pairs, config)
     texts = [wrong or right for wrong, right in zip(misrecalled, texts, strict=True)]
-    rationales = iter(encoder.encode_batch([contract.rationale_segment(r) for r in texts]))
+    rationales = iter(assembler.rationale_ids(texts))
     answer_only = iter(wrong is not None for wrong in misrecalled)
+    answer_and_cue = len(assembler.answer_cue_ids) + 1
     examples = []
     for prefix, rows, mode in pending:
         built = []
         for segment, _, _, label in rows:
-            answer = [yes if label else no]
             # "none" is scored as prompt + cue (no Reasoning line); "full" as prompt + rationale + cue
-            rationale = next(rationales) if mode == "full" else []
-            target = rationale + cue + answer
-            trained = len(cue) + 1 if mode == "full" and next(answer_only) else len(target)
-            built.append((segment + target, trained))
+            row = assembler.score_input(segment, next(rationales) if mode == "full" else ())
+            row.append(assembler.answer_id(label))
+            trained = answer_and_cue if mode == "full" and next(answer_only) else len(row) - len(segment)
+            built.append((row, trained))
         examples.append(Example(prefix, built))
     rng.shuffle(examples)
     return examples
@@ -122,7 +90,9 @@ def _misrecall(teacher: Teacher, pairs: list, config: SFTConfig) -> list[str | N
     if not (config.drop_link or config.add_link):
         return [None] * len(pairs)
     if not isinstance(teacher, BuiltinTeacher):
-        raise ValueError("drop_link/add_link rewrite the built-in teacher's co-occurrence clause: use that teacher")
+        logger.warning("drop_link/add_link rewrite the built-in teacher's co-occurrence clause: ignored for %s",
+                       type(teacher).__name__)  # fmt: skip
+        return [None] * len(pairs)
     rng = random.Random(f"misrecall-{config.seed}")  # its own stream: the examples drawn do not change
     return [teacher.misrecalled(history, item, config.drop_link, config.add_link, rng) for history, item in pairs]
 
@@ -189,9 +159,10 @@ def train_sft(
     if state is not None:
         step, losses, skipped = state["step"], state["losses"], state.get("skipped_steps", [])
         logger.info("resumed SFT at step %d", step)
-    pad_id = checkpoint.encoder.tokenizer.pad_token_id or 0
+    pad_id = checkpoint.encoder.pad_token_id
     model.train()
     last = min(config.steps, config.stop_after or config.steps)
+    progress = Progress("sft", config.steps, out / STEP_LOG, done=step, shown=("loss", "lr"))
     while step < last:
         start = (step * config.batch_size) % len(examples)
         batch = examples[start : start + config.batch_size] or examples[: config.batch_size]
@@ -202,8 +173,8 @@ def train_sft(
         if not outcome.applied:
             skipped.append(step)
         step += 1
-        if step % 10 == 0:
-            logger.info("sft step %d loss %.4f lr %.2e", step, losses[-1], lr_at(step, config))
+        progress.update(step, loss=outcome.loss, lr=optimizer.param_groups[0]["lr"], grad_norm=outcome.grad_norm,
+                        applied=outcome.applied)  # fmt: skip
         if step % config.checkpoint_every == 0 or step == last:
             model.save_pretrained(out / "model", safe_serialization=True)
             save_state(state_path, optimizer, step, losses=losses, skipped_steps=skipped)

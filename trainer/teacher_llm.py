@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Literal
 
-from service import contract
+from contract.prompt import DEFAULT_MAX_HISTORY_ITEMS, clean_rationale
 from trainer.data import Catalogue
 
 logger = logging.getLogger(__name__)
@@ -31,7 +31,7 @@ SYSTEM = (
 
 
 def teacher_prompt(history: Sequence[str], candidate: str) -> str:
-    lines = "\n".join(f"- {title}" for title in history[-contract.DEFAULT_MAX_HISTORY_ITEMS :]) or "(no history)"
+    lines = "\n".join(f"- {title}" for title in history[-DEFAULT_MAX_HISTORY_ITEMS:]) or "(no history)"
     return f"History (oldest first):\n{lines}\nCandidate: {candidate}\nEvidence:"
 
 
@@ -93,7 +93,7 @@ class LLMTeacher:
 
             async def one(key: str, prompt: str) -> None:
                 async with gate:
-                    text = contract.clean_rationale(await self._ask(client, prompt))
+                    text = clean_rationale(await self._ask(client, prompt))
                 self._cache[key] = text
                 cache.write(json.dumps({"key": key, "prompt": prompt, "rationale": text}) + "\n")
                 cache.flush()  # every answer is kept even if the run dies half-way

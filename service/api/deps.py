@@ -6,7 +6,8 @@ from typing import Annotated
 
 from fastapi import Depends, Request
 
-from service.errors import ApiError
+from service.exceptions import EngineError, StoreUnavailable
+from service.logs import RequestContext, request_context
 from service.ranking import Ranker
 from service.state import ServiceState
 from service.store import RedisStore
@@ -19,22 +20,26 @@ def get_state(request: Request) -> ServiceState:
 def get_ranker(request: Request) -> Ranker:
     state: ServiceState = request.app.state.r2rank
     if not state.ready:
-        raise ApiError(
-            503,
-            f"ranking engine is not ready: {state.not_ready_reason}",
-            "engine_unavailable",
-            headers={"Retry-After": "5"},
-        )
+        raise EngineError(f"not ready: {state.not_ready_reason}", retry_after_s=5)
     return state.ranker
 
 
 def get_store(request: Request) -> RedisStore:
     store = request.app.state.r2rank.store
     if store is None:
-        raise ApiError(503, "no Redis store is configured (R2RANK_REDIS_URL is empty)", "store_unavailable")
+        raise StoreUnavailable("no Redis store is configured (R2RANK_REDIS_URL is empty)")
     return store
+
+
+def get_request_context() -> RequestContext:
+    """The request's id holder, set by ``ObserveMiddleware`` before anything else ran."""
+    context = request_context.get()
+    if context is None:  # only an app mounted without its middleware
+        raise RuntimeError("ObserveMiddleware is not installed")
+    return context
 
 
 StateDep = Annotated[ServiceState, Depends(get_state)]
 StoreDep = Annotated[RedisStore, Depends(get_store)]
 RankerDep = Annotated[Ranker, Depends(get_ranker)]
+RequestContextDep = Annotated[RequestContext, Depends(get_request_context)]

@@ -7,7 +7,7 @@ from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from service.api.deps import StateDep
-from service.engine.base import EngineError
+from service.exceptions import EngineError
 
 router = APIRouter(tags=["health"])
 

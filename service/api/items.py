@@ -6,11 +6,10 @@ from typing import Annotated
 
 from fastapi import APIRouter, Body, Depends, Path
 
-from service.api.deps import StateDep, StoreDep
+from service.api.deps import StoreDep
 from service.auth import require
-from service.errors import ApiError
+from service.exceptions import NotFound
 from service.protocol import ERROR_RESPONSES, CatalogItem, ErrorResponse, ItemsUpserted
-from service.store import StoreUnavailable
 
 ADMIN = [Depends(require("admin"))]  # writes
 READ = [Depends(require("rank"))]
@@ -32,15 +31,8 @@ async def put_items(
         ),
     ],
     store: StoreDep,
-    state: StateDep,
 ) -> ItemsUpserted:
-    try:
-        count = await store.upsert_items(item.model_dump() for item in items)
-    except StoreUnavailable as exc:
-        state.metrics.store_errors.labels("items").inc()
-        raise ApiError(503, f"catalogue unavailable, nothing was stored: {exc}", "store_unavailable",
-                       headers={"Retry-After": "1"}) from exc  # fmt: skip
-    return ItemsUpserted(upserted=count)
+    return ItemsUpserted(upserted=await store.upsert_items(item.model_dump() for item in items))
 
 
 @router.get(
@@ -50,14 +42,8 @@ async def put_items(
     responses={404: {"model": ErrorResponse, "description": "No such item in the catalogue."}},
     dependencies=READ,
 )
-async def get_item(
-    store: StoreDep, state: StateDep, item_id: Annotated[str, Path(min_length=1, max_length=256)]
-) -> CatalogItem:
-    try:
-        found = await store.get_items([item_id])
-    except StoreUnavailable as exc:
-        state.metrics.store_errors.labels("items").inc()
-        raise ApiError(503, f"catalogue unavailable: {exc}", "store_unavailable", headers={"Retry-After": "1"}) from exc
+async def get_item(store: StoreDep, item_id: Annotated[str, Path(min_length=1, max_length=256)]) -> CatalogItem:
+    found = await store.get_items([item_id])
     if item_id not in found:
-        raise ApiError(404, f"item_id: no item {item_id!r} in the catalogue", "not_found", "item_id")
+        raise NotFound(f"item_id: no item {item_id!r} in the catalogue", "item_id")
     return CatalogItem(item_id=item_id, **found[item_id])

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Depends
 
-from service.api.deps import RankerDep
+from service.api.deps import RankerDep, RequestContextDep
 from service.auth import require
-from service.protocol import ERROR_RESPONSES, RankRequest, RankResponse
+from service.protocol import RANKING_ERROR_RESPONSES, RankRequest, RankResponse
 
 router = APIRouter(tags=["rank"], dependencies=[Depends(require("rank"))])
 
@@ -15,11 +15,11 @@ router = APIRouter(tags=["rank"], dependencies=[Depends(require("rank"))])
     "/rank",
     response_model=RankResponse,
     response_model_exclude_unset=True,  # "rationale" only when asked for; "score": null stays
-    responses=ERROR_RESPONSES,
+    responses=RANKING_ERROR_RESPONSES,
     summary="Rank candidate items for one user",
 )
-async def rank(body: RankRequest, ranker: RankerDep, request: Request) -> RankResponse:
+async def rank(body: RankRequest, ranker: RankerDep, context: RequestContextDep) -> RankResponse:
     """Each candidate is reasoned about and scored on its own (no position bias); items come back by
-    score, best first. Reuses the `X-Request-Id` header as request id when given."""
-    request_id = request.headers.get("x-request-id") or body.request_id or request.state.request_id
-    return await ranker.rank(body, request_id=request_id)
+    score, best first. The request id is the `X-Request-Id` header, else the body's `request_id`, else a new
+    one; the reply body, the reply header and the logs carry the same."""
+    return await ranker.rank(body, context.adopt(body.request_id))

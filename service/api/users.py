@@ -6,11 +6,10 @@ import time
 
 from fastapi import APIRouter, Depends, Path, Response
 
-from service.api.deps import StateDep, StoreDep
+from service.api.deps import StoreDep
 from service.auth import require
-from service.errors import ApiError
 from service.protocol import ERROR_RESPONSES, EventIn, EventOut, HistoryEntryOut, HistoryOut, HistoryPut
-from service.store import HistoryEntry, StoreUnavailable
+from service.store import HistoryEntry
 
 ADMIN = [Depends(require("admin"))]  # writes
 READ = [Depends(require("rank"))]
@@ -18,12 +17,6 @@ READ = [Depends(require("rank"))]
 router = APIRouter(prefix="/users", tags=["users"], responses=ERROR_RESPONSES)
 
 UserId = Path(min_length=1, max_length=256, description="The caller's user id.")
-
-
-def _unavailable(exc: StoreUnavailable, state) -> ApiError:
-    state.metrics.store_errors.labels("users").inc()
-    return ApiError(503, f"user store unavailable, nothing was changed: {exc}", "store_unavailable",
-                    headers={"Retry-After": "1"})  # fmt: skip
 
 
 def _history_out(user_id: str, stored: list[HistoryEntry]) -> HistoryOut:
@@ -38,34 +31,23 @@ def _history_out(user_id: str, stored: list[HistoryEntry]) -> HistoryOut:
     summary="Replace a user's history (oldest first)",
     dependencies=ADMIN,
 )
-async def put_history(body: HistoryPut, store: StoreDep, state: StateDep, user_id: str = UserId) -> HistoryOut:
+async def put_history(body: HistoryPut, store: StoreDep, user_id: str = UserId) -> HistoryOut:
     now = time.time()
-    entries = [(e.item_id, e.timestamp if e.timestamp is not None else now) for e in body.items]
-    try:
-        await store.replace_history(user_id, entries)
-        stored = await store.get_history(user_id)
-    except StoreUnavailable as exc:
-        raise _unavailable(exc, state) from exc
-    return _history_out(user_id, stored)
+    await store.replace_history(user_id, [(e.item_id, e.timestamp if e.timestamp is not None else now)
+                                          for e in body.items])  # fmt: skip
+    return _history_out(user_id, await store.get_history(user_id))
 
 
 @router.get(
     "/{user_id}/history", response_model=HistoryOut, summary="A user's stored history, oldest first", dependencies=READ
 )
-async def get_history(store: StoreDep, state: StateDep, user_id: str = UserId) -> HistoryOut:
-    try:
-        stored = await store.get_history(user_id)
-    except StoreUnavailable as exc:
-        raise _unavailable(exc, state) from exc
-    return _history_out(user_id, stored)
+async def get_history(store: StoreDep, user_id: str = UserId) -> HistoryOut:
+    return _history_out(user_id, await store.get_history(user_id))
 
 
 @router.delete("/{user_id}/history", status_code=204, summary="Forget a user's history", dependencies=ADMIN)
-async def delete_history(store: StoreDep, state: StateDep, user_id: str = UserId) -> Response:
-    try:
-        await store.delete_history(user_id)
-    except StoreUnavailable as exc:
-        raise _unavailable(exc, state) from exc
+async def delete_history(store: StoreDep, user_id: str = UserId) -> Response:
+    await store.delete_history(user_id)
     return Response(status_code=204)
 
 
@@ -75,11 +57,8 @@ async def delete_history(store: StoreDep, state: StateDep, user_id: str = UserId
     summary="Append one interaction (idempotent by event_id)",
     dependencies=ADMIN,
 )
-async def post_event(body: EventIn, store: StoreDep, state: StateDep, user_id: str = UserId) -> EventOut:
+async def post_event(body: EventIn, store: StoreDep, user_id: str = UserId) -> EventOut:
     """Kept in timestamp order (arrival order for equal or missing timestamps), capped to the most recent
     `R2RANK_HISTORY_MAX` items. A retried event with the same `event_id` is stored once."""
-    try:
-        stored, length = await store.append_event(user_id, body.item_id, body.timestamp, body.event_id)
-    except StoreUnavailable as exc:
-        raise _unavailable(exc, state) from exc
+    stored, length = await store.append_event(user_id, body.item_id, body.timestamp, body.event_id)
     return EventOut(user_id=user_id, stored=stored, history_length=length)

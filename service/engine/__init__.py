@@ -1,0 +1,1 @@
+"""Reasoning engines: the interface (``base``), construction (``factory``) and the two vLLM backends."""

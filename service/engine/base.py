@@ -14,20 +14,19 @@ from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from service import contract
-from service.checkpoint import Checkpoint
+from contract.checkpoint import Checkpoint
+from contract.prompt import Reasoning
+from service.exceptions import EngineError
 
-
-class EngineError(RuntimeError):
-    """The engine failed or is unreachable: the caller gets a 503, not a 500."""
+__all__ = ["EngineError", "ItemScore", "ReasoningEngine", "ScoringJob"]
 
 
 @dataclass(frozen=True)
 class ScoringJob:
-    """One candidate of one request: ``prompt_ids`` = encode(prefix) + encode(candidate segment)."""
+    """One candidate of one request: its prompt ids (``RequestPrompts.prompt_ids``)."""
 
     prompt_ids: list[int]
-    reasoning: contract.Reasoning
+    reasoning: Reasoning
 
 
 @dataclass(frozen=True)
@@ -45,9 +44,8 @@ class ReasoningEngine(ABC):
     def __init__(self, checkpoint: Checkpoint, max_rationale_tokens: int | None = None) -> None:
         self.checkpoint = checkpoint
         self.max_rationale_tokens = max_rationale_tokens or checkpoint.manifest.max_rationale_tokens
+        self.prompts = checkpoint.prompts
         self.yes_id, self.no_id = checkpoint.answer_ids
-        self._cue_ids = checkpoint.encoder.encode(contract.ANSWER_CUE)
-        self.stop_token_ids = contract.rationale_stop_token_ids(checkpoint.encoder)
         self.inflight_items = 0
         self.active_requests = 0  # requests that hold this engine (drain before closing it after a swap)
 
@@ -124,16 +122,15 @@ class ReasoningEngine(ABC):
         self.inflight_items += 1
         try:
             rationale: str | None = None
+            rationale_ids: list[int] = []
             tokens = 0
             if job.reasoning == "full":
                 text, tokens = await self._generate_rationale(job.prompt_ids, f"{request_id}-r")
-                rationale = contract.rationale_text(text)
-                rationale_ids = self.checkpoint.encoder.encode(contract.rationale_segment(rationale))
-                score_ids = job.prompt_ids + rationale_ids + self._cue_ids
-            else:
-                score_ids = job.prompt_ids + self._cue_ids
+                rationale = self.prompts.rationale(text)
+                rationale_ids = self.prompts.rationale_ids([text])[0]
+            score_ids = self.prompts.score_input(job.prompt_ids, rationale_ids)
             lp_yes, lp_no = await self._answer_logprobs(score_ids, f"{request_id}-s")
-            result = ItemScore(contract.score_from_logprobs(lp_yes, lp_no), rationale, tokens)
+            result = ItemScore(self.prompts.score(lp_yes, lp_no), rationale, tokens)
         finally:
             self.inflight_items -= 1
         return result

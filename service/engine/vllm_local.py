@@ -1,7 +1,7 @@
 """In-process vLLM (``AsyncLLM``) backend.
 
 Prefix caching is on by default: all candidate prompts of one user start with the same token-exact history
-prefix (see ``service.contract``), so the history's KV blocks are computed once per user and reused for every
+prefix (see ``contract.assembly``), so the history's KV blocks are computed once per user and reused for every
 candidate — and again in the scoring pass, whose input extends the generation input.
 """
 
@@ -11,8 +11,7 @@ import asyncio
 import logging
 from dataclasses import dataclass
 
-from service import contract
-from service.checkpoint import Checkpoint
+from contract.checkpoint import Checkpoint
 from service.engine.base import EngineError, ReasoningEngine
 
 logger = logging.getLogger(__name__)
@@ -80,10 +79,7 @@ class LocalVLLMEngine(ReasoningEngine):
         # Engine construction blocks for tens of seconds (weights, compile, KV cache); keep the loop free.
         self._llm = await asyncio.to_thread(AsyncLLM.from_engine_args, args)
         eos = self.checkpoint.encoder.eos_token_id
-        vocab_size = len(self.checkpoint.encoder.tokenizer)
-        self._newline_ids = set(
-            await asyncio.to_thread(contract.rationale_stop_token_ids, self.checkpoint.encoder, vocab_size)
-        )
+        self._newline_ids = set(await asyncio.to_thread(lambda: self.prompts.stop_ids))
         self._gen_params = rationale_sampling_params(self.max_rationale_tokens, sorted(self._newline_ids))
         self._score_params = SamplingParams(
             temperature=0.0,

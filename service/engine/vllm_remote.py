@@ -9,12 +9,14 @@ shared history prefix its prefix cache keys on. Answer log-probs come back via v
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from typing import Any
 
 import httpx
 
-from service.checkpoint import Checkpoint
+from contract.checkpoint import Checkpoint
+from contract.prompt import RATIONALE_STOP
 from service.engine.base import EngineError, ReasoningEngine
 
 logger = logging.getLogger(__name__)
@@ -40,8 +42,10 @@ class RemoteVLLMEngine(ReasoningEngine):
         self.headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
         self.limits = httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections)
         self._client: httpx.AsyncClient | None = None
+        self._stop_ids: list[int] = []
 
     async def start(self) -> None:
+        self._stop_ids = await asyncio.to_thread(lambda: self.prompts.stop_ids)
         self._client = httpx.AsyncClient(
             base_url=self.base_url, timeout=self.timeout, limits=self.limits, headers=self.headers
         )
@@ -99,8 +103,8 @@ class RemoteVLLMEngine(ReasoningEngine):
                 "prompt": prompt_ids,
                 "max_tokens": self.max_rationale_tokens,
                 "temperature": 0.0,
-                "stop": ["\n"],
-                "stop_token_ids": self.stop_token_ids,
+                "stop": [RATIONALE_STOP],
+                "stop_token_ids": self._stop_ids,
                 "skip_special_tokens": True,
                 "request_id": request_id,
             }

@@ -1,0 +1,178 @@
+"""Prompt assembly: the ONE place where titles and rationales become the token ids a ranker sees.
+
+The service (ranking and both engines) and the trainer (pre-training, SFT, RL, diagnose, eval) all build
+their inputs here, so a model is trained on exactly the ids it is served with.
+
+Ids are built segment by segment (``encode(prefix) + encode(candidate) + encode(rationale) +
+encode(ANSWER_CUE)``) rather than by encoding the joined string: the history prefix is then a token-exact
+shared prefix of every candidate's prompt (vLLM's prefix cache hits, the trainer runs it once per user), and
+a request tokenizes its history once instead of once per candidate.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from functools import cached_property
+from typing import Protocol
+
+from contract import prompt
+from contract.prompt import Reasoning
+
+
+class Encoder(Protocol):
+    """What assembly needs from a tokenizer: text -> ids without special tokens, and back."""
+
+    def encode(self, text: str) -> list[int]: ...
+
+    def encode_batch(self, texts: Sequence[str]) -> list[list[int]]: ...
+
+    def decode(self, ids: Sequence[int]) -> str: ...
+
+    @property
+    def vocab_size(self) -> int: ...
+
+
+@dataclass(frozen=True)
+class PromptLimits:
+    """How much of a request reaches the model (recorded in the checkpoint's manifest)."""
+
+    max_history_items: int = prompt.DEFAULT_MAX_HISTORY_ITEMS
+    max_history_tokens: int = prompt.DEFAULT_MAX_HISTORY_TOKENS
+    max_title_tokens: int = prompt.DEFAULT_MAX_TITLE_TOKENS
+
+
+@dataclass(frozen=True)
+class HistoryPrefix:
+    text: str  # the rendered prefix: what the score cache keys on
+    ids: list[int]  # every candidate prompt of the request starts with these ids
+
+
+@dataclass(frozen=True)
+class RequestPrompts:
+    """One user's candidates as prompts: a shared history prefix and one segment per candidate."""
+
+    prefix: HistoryPrefix
+    candidate_titles: list[str]  # as the model sees them (cleaned, cut to the title budget)
+    segments: list[list[int]]  # per candidate, the ids after the prefix (ending at "Reasoning:" in full mode)
+    reasoning: Reasoning
+
+    def prompt_ids(self, index: int) -> list[int]:
+        """The prompt of candidate ``index``: where the rationale is generated (full) or the answer read (none)."""
+        return self.prefix.ids + self.segments[index]
+
+
+def truncate_all_to_tokens(texts: Sequence[str], encoder: Encoder, max_tokens: int) -> list[str]:
+    """Cut each text to at most ``max_tokens`` tokens, on a token boundary, with one batched tokenizer call."""
+    out = list(texts)
+    for i, ids in enumerate(encoder.encode_batch(out) if out else []):
+        if len(ids) > max_tokens:
+            out[i] = encoder.decode(ids[:max_tokens]).strip()
+    return out
+
+
+def select_history(
+    titles: Sequence[str],
+    encoder: Encoder | None,
+    max_items: int = prompt.DEFAULT_MAX_HISTORY_ITEMS,
+    max_tokens: int = prompt.DEFAULT_MAX_HISTORY_TOKENS,
+) -> list[str]:
+    """The most recent titles that fit both caps, still oldest first (recency matters most for what is next,
+    so items are dropped from the old end). Without an encoder only the item cap applies."""
+    recent = list(titles[-max_items:]) if max_items > 0 else []
+    if encoder is None or not recent:
+        return recent
+    costs = [len(ids) for ids in encoder.encode_batch([prompt.history_line(title) for title in recent])]
+    kept: list[str] = []
+    budget = max_tokens
+    for title, cost in zip(reversed(recent), reversed(costs), strict=True):
+        if cost > budget:
+            break
+        kept.append(title)
+        budget -= cost
+    kept.reverse()
+    return kept
+
+
+def answer_token_ids(encoder: Encoder) -> tuple[int, int]:
+    """The ids of ``" yes"`` and ``" no"``; each must be exactly one token for the score to be defined."""
+    ids = []
+    for text in prompt.ANSWER_TOKENS:
+        encoded = encoder.encode(text)
+        if len(encoded) != 1:
+            raise prompt.ContractError(
+                f"answer token {text!r} encodes to {len(encoded)} tokens {encoded}; it must be exactly one. "
+                "Train the tokenizer with the contract strings (r2rank-train init-model does) or pick a "
+                "base model whose vocabulary has it."
+            )
+        ids.append(encoded[0])
+    if ids[0] == ids[1]:
+        raise prompt.ContractError("the yes and no answer tokens encode to the same id")
+    return ids[0], ids[1]
+
+
+class PromptAssembler:
+    """Token ids of every part of the prompt for one tokenizer and one checkpoint's limits."""
+
+    def __init__(self, encoder: Encoder, limits: PromptLimits, answer_ids: tuple[int, int]) -> None:
+        self.encoder = encoder
+        self.limits = limits
+        self.answer_ids = answer_ids  # (yes, no)
+        self.answer_cue_ids = encoder.encode(prompt.ANSWER_CUE)
+
+    # --- prompts ----------------------------------------------------------------------------------------
+    def prompts(
+        self, history_titles: Sequence[str], candidate_titles: Sequence[str], reasoning: Reasoning
+    ) -> RequestPrompts:
+        """A request's prompts from raw (untrusted) titles, oldest history first.
+
+        Titles are cleaned and cut to the title budget in one tokenizer call; the history keeps the most
+        recent items that fit the item and token caps; empty titles leave the history."""
+        recent = list(history_titles[-self.limits.max_history_items :])
+        cleaned = [prompt.clean_title(title) for title in (*recent, *candidate_titles)]
+        safe = truncate_all_to_tokens(cleaned, self.encoder, self.limits.max_title_tokens)
+        history, candidates = safe[: len(recent)], safe[len(recent) :]
+        kept = select_history([t for t in history if t], self.encoder, self.limits.max_history_items,
+                              self.limits.max_history_tokens)  # fmt: skip
+        text = prompt.history_prefix(kept)
+        segments = self.encoder.encode_batch([prompt.candidate_segment(title, reasoning) for title in candidates])
+        return RequestPrompts(HistoryPrefix(text, self.encoder.encode(text)), candidates, segments, reasoning)
+
+    def history_prefix(self, history_titles: Sequence[str]) -> HistoryPrefix:
+        """The shared prefix alone (LM pre-training reads histories as the service renders them)."""
+        return self.prompts(history_titles, [], "none").prefix
+
+    # --- after the prompt -------------------------------------------------------------------------------
+    def rationale_ids(self, texts: Sequence[str]) -> list[list[int]]:
+        """Each rationale (generated text, or a teacher's) as the ids that follow ``Reasoning:``: cut at the
+        first stop, cleaned to one line, re-encoded. What the answer is conditioned on, in training and serving."""
+        return self.encoder.encode_batch([prompt.rationale_segment(text) for text in texts])
+
+    def score_input(self, ids: Sequence[int], rationale_ids: Sequence[int] = ()) -> list[int]:
+        """``ids`` (a prompt, or a candidate segment) + the rationale's ids (none in ``reasoning="none"``) +
+        the answer cue: the sequence whose last position holds the answer distribution."""
+        return [*ids, *rationale_ids, *self.answer_cue_ids]
+
+    def answer_id(self, label: bool) -> int:
+        """The supervised answer token (trainer only)."""
+        return self.answer_ids[0] if label else self.answer_ids[1]
+
+    @cached_property
+    def stop_ids(self) -> list[int]:
+        """Every token id whose text contains the rationale stop (a newline), over the whole vocabulary.
+
+        Stopping on token ids lets an engine skip incremental detokenization while it generates (the text is
+        cut at the first newline by ``prompt.rationale_text``). Vocabularies that merge newlines with
+        punctuation (Qwen's ".\\n") are covered because every such token is listed. Computed once (a pass
+        over the vocabulary: about a second for a 150k-token one)."""
+        decode = self.encoder.decode
+        return [i for i in range(self.encoder.vocab_size) if prompt.RATIONALE_STOP in decode([i])]
+
+    @staticmethod
+    def rationale(generated: str) -> str:
+        """The rationale text a generation stands for (what the service returns to the caller)."""
+        return prompt.rationale_text(generated)
+
+    @staticmethod
+    def score(logprob_yes: float, logprob_no: float) -> float:
+        return prompt.score_from_logprobs(logprob_yes, logprob_no)

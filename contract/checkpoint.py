@@ -1,0 +1,216 @@
+"""A ranker checkpoint on disk: Hugging Face weights + tokenizer + ``manifest.json``.
+
+The manifest is what makes a plain HF directory an r2rank ranker: which prompt format it was trained on
+(``prompt_format``), its answer token ids, the prompt limits and a ``model_version`` that names its bytes
+and keys the score cache. The trainer writes it (``write_checkpoint_manifest``), the service and the trainer
+read it (``open_checkpoint``), which refuses anything inconsistent before an engine spends a minute loading
+weights.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, Field, ValidationError
+
+from contract import prompt
+from contract.assembly import PromptAssembler, PromptLimits, answer_token_ids
+
+MANIFEST_NAME = "manifest.json"
+HASHED_SUFFIXES = frozenset({".safetensors", ".json"})
+
+
+class AnswerTokenIds(BaseModel):
+    yes: int = Field(ge=0)
+    no: int = Field(ge=0)
+
+
+class Manifest(BaseModel):
+    """What ``manifest.json`` holds. Unknown keys are kept (``provenance`` is free-form)."""
+
+    model_config = {"extra": "allow", "protected_namespaces": ()}
+
+    model_version: str = Field(min_length=1, description="Unique id of these weights; keys the score cache.")
+    prompt_format: str = Field(description="contract.prompt.PROMPT_FORMAT the model was trained on.")
+    answer_token_ids: AnswerTokenIds
+    max_history_items: int = Field(default=prompt.DEFAULT_MAX_HISTORY_ITEMS, ge=0)
+    max_history_tokens: int = Field(default=prompt.DEFAULT_MAX_HISTORY_TOKENS, ge=1)
+    max_title_tokens: int = Field(default=prompt.DEFAULT_MAX_TITLE_TOKENS, ge=1)
+    max_rationale_tokens: int = Field(default=prompt.DEFAULT_MAX_RATIONALE_TOKENS, ge=1)
+    provenance: dict[str, Any] = Field(default_factory=dict, description="How it was made: command, data, seed.")
+    metrics: dict[str, Any] = Field(default_factory=dict, description="Eval results, if any.")
+
+    @property
+    def limits(self) -> PromptLimits:
+        return PromptLimits(self.max_history_items, self.max_history_tokens, self.max_title_tokens)
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint directory that cannot be served; the message says which file/field and why."""
+
+
+class HFEncoder:
+    """Adapts a Hugging Face tokenizer to ``contract.assembly.Encoder`` (no special tokens added).
+
+    Fast tokenizers are called through their Rust backend directly: same ids as ``tokenizer.encode``
+    without its Python overhead, which is most of a cached /rank request's CPU time.
+    """
+
+    def __init__(self, tokenizer: Any, memo_size: int = 100_000) -> None:
+        self.tokenizer = tokenizer
+        self._backend = getattr(tokenizer, "backend_tokenizer", None)
+        self._memo: dict[str, list[int]] = {}
+        self._memo_size = memo_size
+
+    def encode(self, text: str) -> list[int]:
+        if self._backend is not None:
+            return self._backend.encode(text, add_special_tokens=False).ids
+        return self.tokenizer.encode(text, add_special_tokens=False)
+
+    def encode_batch(self, texts: Sequence[str]) -> list[list[int]]:
+        """One call for many texts, memoised: catalogue titles recur across requests, so most of a request's
+        titles and candidate segments are already tokenized. The memo is bounded (cleared when full)."""
+        out: list[list[int] | None] = [self._memo.get(t) for t in texts]
+        missing = [i for i, ids in enumerate(out) if ids is None]
+        if missing:
+            fresh = [texts[i] for i in missing]
+            if self._backend is not None:
+                encoded = [e.ids for e in self._backend.encode_batch(fresh, add_special_tokens=False)]
+            else:
+                encoded = [self.tokenizer.encode(t, add_special_tokens=False) for t in fresh]
+            if len(self._memo) + len(fresh) > self._memo_size:
+                self._memo.clear()
+            for i, text, ids in zip(missing, fresh, encoded, strict=True):
+                out[i] = self._memo[text] = ids
+        return out  # type: ignore[return-value]
+
+    def decode(self, ids: Sequence[int]) -> str:
+        return self.tokenizer.decode(list(ids), skip_special_tokens=True)
+
+    @property
+    def vocab_size(self) -> int:
+        return len(self.tokenizer)
+
+    @property
+    def eos_token_id(self) -> int | None:
+        return self.tokenizer.eos_token_id
+
+    @property
+    def pad_token_id(self) -> int:
+        return self.tokenizer.pad_token_id or 0
+
+
+def read_manifest(model_dir: Path) -> Manifest:
+    path = Path(model_dir) / MANIFEST_NAME
+    if not path.is_file():
+        raise CheckpointError(f"{path}: missing; an r2rank checkpoint needs a manifest (r2rank-train export writes it)")
+    try:
+        raw = json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise CheckpointError(f"{path}: not valid JSON (line {exc.lineno}): {exc.msg}") from exc
+    try:
+        return Manifest.model_validate(raw)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        field = ".".join(str(p) for p in first["loc"])
+        raise CheckpointError(f"{path}: field {field!r}: {first['msg']}") from exc
+
+
+def write_manifest(model_dir: Path, manifest: Manifest) -> Path:
+    path = Path(model_dir) / MANIFEST_NAME
+    path.write_text(json.dumps(manifest.model_dump(mode="json"), indent=2, sort_keys=True) + "\n")
+    return path
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    """A validated checkpoint: its directory, manifest, a tokenizer that agrees with it, and the prompt
+    assembler every consumer builds its inputs with."""
+
+    path: Path
+    manifest: Manifest
+    encoder: HFEncoder
+    prompts: PromptAssembler
+
+    @property
+    def model_version(self) -> str:
+        return self.manifest.model_version
+
+    @property
+    def answer_ids(self) -> tuple[int, int]:
+        return self.manifest.answer_token_ids.yes, self.manifest.answer_token_ids.no
+
+    def with_manifest(self, manifest: Manifest) -> Checkpoint:
+        """The same weights and tokenizer under another manifest (limits re-read from it)."""
+        return Checkpoint(self.path, manifest, self.encoder, PromptAssembler(self.encoder, manifest.limits,
+                                                                             self.answer_ids))  # fmt: skip
+
+
+def open_checkpoint(model_dir: str | Path) -> Checkpoint:
+    """Read and cross-check a checkpoint: format supported, answer ids match the tokenizer."""
+    from transformers import AutoTokenizer  # heavy import, only when a checkpoint is opened
+
+    path = Path(model_dir).resolve()
+    if not path.is_dir():
+        raise CheckpointError(f"{path}: model directory does not exist")
+    manifest = read_manifest(path)
+    try:
+        prompt.check_prompt_format(manifest.prompt_format)
+    except prompt.ContractError as exc:
+        raise CheckpointError(f"{path / MANIFEST_NAME}: {exc}") from exc
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(str(path))
+    except Exception as exc:  # noqa: BLE001 - any loader failure is a bad checkpoint
+        raise CheckpointError(f"{path}: tokenizer failed to load: {exc}") from exc
+    encoder = HFEncoder(tokenizer)
+    try:
+        ids = answer_token_ids(encoder)
+    except prompt.ContractError as exc:
+        raise CheckpointError(f"{path}: {exc}") from exc
+    expected = (manifest.answer_token_ids.yes, manifest.answer_token_ids.no)
+    if ids != expected:
+        raise CheckpointError(
+            f"{path / MANIFEST_NAME}: answer_token_ids {expected} disagree with the tokenizer's {ids}"
+        )
+    return Checkpoint(path, manifest, encoder, PromptAssembler(encoder, manifest.limits, ids))
+
+
+def content_hash(model_dir: Path) -> str:
+    """SHA-256 over weights, config and tokenizer: the same bytes give the same ``model_version``, and any
+    change of weights gives a new one (so score-cache entries can never be reused wrongly)."""
+    digest = hashlib.sha256()
+    for path in sorted(Path(model_dir).iterdir()):
+        if path.suffix in HASHED_SUFFIXES and path.name != MANIFEST_NAME:
+            digest.update(path.name.encode())
+            digest.update(path.read_bytes())
+    return digest.hexdigest()
+
+
+def write_checkpoint_manifest(
+    model_dir: Path,
+    name: str,
+    provenance: dict[str, Any],
+    metrics: dict[str, Any] | None = None,
+    **limits: int,
+) -> Manifest:
+    """Write ``manifest.json`` for ``model_dir`` (``model_version`` = ``name`` + its content hash) and check
+    that the result opens."""
+    from transformers import AutoTokenizer
+
+    yes, no = answer_token_ids(HFEncoder(AutoTokenizer.from_pretrained(str(model_dir))))
+    manifest = Manifest(
+        model_version=f"{name}-{content_hash(model_dir)[:12]}",
+        prompt_format=prompt.PROMPT_FORMAT,
+        answer_token_ids=AnswerTokenIds(yes=yes, no=no),
+        provenance=provenance,
+        metrics=metrics or {},
+        **limits,
+    )
+    write_manifest(model_dir, manifest)
+    open_checkpoint(model_dir)  # fail here, not in production, if anything disagrees
+    return manifest

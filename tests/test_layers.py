@@ -1,0 +1,124 @@
+"""The layers the folders show: contract at the bottom, service and trainer side by side on it, no circles.
+
+The import graph is read from the source (every import, including those inside functions, since a lazy
+import is still a dependency), so a circle hidden behind a function-level import fails here too.
+"""
+
+from __future__ import annotations
+
+import ast
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from loadtest.procs import REPO_ROOT
+
+PACKAGES = ("contract", "service", "trainer", "loadtest")
+
+
+def _module_name(path: Path) -> str:
+    parts = list(path.relative_to(REPO_ROOT).with_suffix("").parts)
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def _imports(path: Path, modules: set[str]) -> set[str]:
+    """First-party modules ``path`` imports (``from a.b import c`` counts ``a.b.c`` when that is a module)."""
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import):
+            names = [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            names = [f"{node.module}.{alias.name}" for alias in node.names] + [node.module]
+        else:
+            continue
+        for name in names:
+            while name and name not in modules:  # the deepest first-party module the name is in
+                name = name.rpartition(".")[0]
+            if name:
+                found.add(name)
+    return found
+
+
+@pytest.fixture(scope="module")
+def graph() -> dict[str, set[str]]:
+    files = {_module_name(p): p for package in PACKAGES for p in (REPO_ROOT / package).rglob("*.py")}
+    modules = set(files)
+    return {name: _imports(path, modules) - {name} for name, path in files.items()}
+
+
+def _cycle(graph: dict[str, set[str]]) -> list[str] | None:
+    """One import circle, if any, as the list of modules on it (packages' own __init__ edges excluded)."""
+    state: dict[str, int] = {}  # 1 on the stack, 2 done
+    stack: list[str] = []
+
+    def visit(node: str) -> list[str] | None:
+        state[node] = 1
+        stack.append(node)
+        for target in sorted(graph.get(node, ())):
+            if node.startswith(target + "."):  # a module importing its own package's __init__
+                continue
+            if state.get(target) == 1:
+                return stack[stack.index(target) :] + [target]
+            if target not in state and (found := visit(target)):
+                return found
+        stack.pop()
+        state[node] = 2
+        return None
+
+    for node in sorted(graph):
+        if node not in state and (found := visit(node)):
+            return found
+    return None
+
+
+def test_no_import_circle(graph):
+    assert _cycle(graph) is None, f"import circle: {' -> '.join(_cycle(graph) or [])}"
+
+
+def test_the_cycle_finder_finds_one():
+    """The check above can fail: a made-up circle is found."""
+    assert _cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
+    assert _cycle({"a": {"b"}, "b": set()}) is None
+
+
+def test_contract_is_a_leaf(graph):
+    for module, imported in graph.items():
+        if module.split(".")[0] == "contract":
+            assert all(name.split(".")[0] == "contract" for name in imported), (module, imported)
+
+
+def test_trainer_imports_the_service_only_for_eval_through_the_ranker(graph):
+    users = {module: sorted(i for i in imported if i.startswith("service")) for module, imported in graph.items()
+             if module.startswith("trainer")}  # fmt: skip
+    assert {module for module, imported in users.items() if imported} == {"trainer.evaluate"}, users
+
+
+def test_loadtest_does_not_import_the_trainer(graph):
+    for module, imported in graph.items():
+        if module.startswith("loadtest"):
+            assert not [i for i in imported if i.startswith("trainer")], module
+
+
+@pytest.mark.parametrize("module", ["trainer.sft", "trainer.rl", "trainer.pretrain", "contract.checkpoint"])
+def test_training_loads_no_web_framework_redis_or_prometheus(module):
+    code = (
+        f"import sys, {module}\n"
+        "bad = sorted(m for m in sys.modules if m.split('.')[0] in ('fastapi', 'starlette', 'redis', "
+        "'prometheus_client', 'uvicorn'))\n"
+        "print(','.join(bad))"
+    )
+    result = subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.strip() == "", f"{module} loads {result.stdout.strip()}"
+
+
+def test_readme_module_map_lists_every_module(graph):
+    """One line per module in the README's map, so a new module cannot go unlisted."""
+    readme = (REPO_ROOT / "README.md").read_text()
+    listed = set(re.findall(r"^([a-z0-9_]+(?:/[a-z0-9_]+)*\.py) ", readme, flags=re.MULTILINE))
+    modules = {str(p.relative_to(REPO_ROOT)) for package in PACKAGES for p in (REPO_ROOT / package).rglob("*.py")}
+    assert not modules - listed, f"README.md's module map lacks {sorted(modules - listed)}"
+    assert not listed - modules, f"README.md's module map lists modules that do not exist: {sorted(listed - modules)}"

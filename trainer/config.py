@@ -1,0 +1,192 @@
+"""Every training stage's settings, one dataclass per stage (the TRL way).
+
+The defaults ARE the shipped recipe (``make train`` passes nothing else), each field carries its help text
+(``metadata["help"]``, which the CLI shows), options with fixed values are ``Literal``, and ``__post_init__``
+refuses bad values with a ``ValueError`` that says what to change. The CLI takes its defaults and help from
+here and checks nothing itself. This module imports neither torch nor the service: ``r2rank-train --help``
+stays instant.
+"""
+
+from __future__ import annotations
+
+from dataclasses import MISSING, dataclass, field, fields
+from typing import Any, Literal, get_args
+
+RolloutEngine = Literal["torch", "vllm", "auto"]
+ServedObjective = Literal["pl", "top1"]
+RationaleCredit = Literal["rollout", "candidate"]
+TeacherApi = Literal["chat", "completions"]
+
+VLLM_CPU_HEAD_DIMS = (32, 64, 80, 96, 112, 128)
+
+
+def option(default: Any, help: str) -> Any:  # noqa: A002 - the name dataclass users read
+    """A config field with its help text."""
+    return field(default=default, metadata={"help": help})
+
+
+def help_of(config: type, name: str) -> str:
+    return next(f.metadata["help"] for f in fields(config) if f.name == name)
+
+
+def default_of(config: type, name: str) -> Any:
+    found = next(f for f in fields(config) if f.name == name)
+    return found.default if found.default is not MISSING else found.default_factory()  # type: ignore[misc]
+
+
+def _require(condition: bool, message: str) -> None:
+    if not condition:
+        raise ValueError(message)
+
+
+def _literal(value: object, allowed: object, name: str) -> None:
+    choices = get_args(allowed)
+    _require(value in choices, f"{name} must be one of {', '.join(map(repr, choices))}, got {value!r}")
+
+
+@dataclass(frozen=True)
+class TinyModelConfig:
+    """Sizes of the from-scratch model (defaults: ~4M parameters, ~17 MB in float32)."""
+
+    vocab_size: int = option(4096, "BPE vocabulary learned on training titles + contract strings.")
+    hidden_size: int = option(256, "Width of the model.")
+    intermediate_size: int = option(768, "Width of the MLP.")
+    num_hidden_layers: int = option(4, "Decoder layers.")
+    num_attention_heads: int = option(4, "Query heads; hidden_size / heads must be a head size vLLM's CPU runs.")
+    num_key_value_heads: int = option(2, "Key/value heads (grouped-query attention).")
+    max_position_embeddings: int = option(2048, "Longest sequence the model is built for.")
+    rope_theta: float = option(10000.0, "RoPE base.")
+
+    def __post_init__(self) -> None:
+        sizes = (self.vocab_size, self.hidden_size, self.intermediate_size, self.num_hidden_layers)
+        _require(min(sizes) > 0, "vocab_size, hidden_size, intermediate_size and layers must be > 0")
+        heads, kv_heads = self.num_attention_heads, self.num_key_value_heads
+        _require(
+            heads > 0 and self.hidden_size % heads == 0,
+            f"hidden_size ({self.hidden_size}) must be a multiple of heads ({heads})",
+        )
+        head_dim = self.hidden_size // heads
+        _require(
+            head_dim in VLLM_CPU_HEAD_DIMS,
+            f"hidden_size / heads = {head_dim}: pick sizes that give one of "
+            f"{VLLM_CPU_HEAD_DIMS} (the head sizes vLLM's CPU attention supports)",
+        )
+        _require(kv_heads > 0 and heads % kv_heads == 0, f"heads ({heads}) must be a multiple of kv_heads ({kv_heads})")
+
+
+@dataclass(frozen=True)
+class PretrainConfig:
+    """LM pre-training of a from-scratch model on training histories, rendered as the service renders them."""
+
+    epochs: float = option(1.0, "Passes over the training histories (0: no pre-training).")
+    batch_size: int = option(32, "Histories per step.")
+    lr: float = option(2e-3, "Peak learning rate (linear warm-up, cosine to 10%).")
+    warmup_steps: int = option(20, "Warm-up steps.")
+    weight_decay: float = option(0.01, "AdamW weight decay.")
+    checkpoint_every: int = option(100, "Save weights and optimiser state every N steps (resume point).")
+    seed: int = option(0, "Seed for batch order.")
+    stop_after: int | None = option(None, "Stop after this step (checkpointed); rerun to resume.")
+
+    def __post_init__(self) -> None:
+        _require(self.epochs >= 0, f"epochs must be >= 0, got {self.epochs}")
+        _require(self.batch_size > 0 and self.lr > 0, "batch_size and lr must be > 0")
+        _require(self.warmup_steps > 0 and self.checkpoint_every > 0, "warmup_steps and checkpoint_every must be > 0")
+
+
+@dataclass(frozen=True)
+class SFTConfig:
+    """Supervised cold start on teacher rationales."""
+
+    users: int = option(10_000, "Training users to draw examples from.")
+    negatives: int = option(3, "Negatives per positive (pointwise labels: 1 yes + N no).")
+    targets_per_user: int = option(2, "Positions of a user's training prefix used as targets, latest first.")
+    none_fraction: float = option(0.3, 'Share of examples in reasoning="none" form (one model serves both modes).')
+    drop_link: float = option(
+        0.25, "Built-in teacher only: P(a true co-occurrence link is dropped from the rationale the answer sees)."
+    )
+    add_link: float = option(0.075, "Built-in teacher only: P(a false co-occurrence link is added to it).")
+    steps: int = option(1200, "Optimiser steps.")
+    batch_size: int = option(16, "Examples per step (each 1 + N candidate rows sharing one history prefix).")
+    micro_batch: int = option(2, "Examples per forward pass, grouped by length; the update does not depend on it.")
+    lr: float = option(1.5e-3, "Peak learning rate (from-scratch tiny models; about 1e-5 for a pretrained base).")
+    warmup_steps: int = option(20, "Warm-up steps.")
+    weight_decay: float = option(0.01, "AdamW weight decay.")
+    checkpoint_every: int = option(100, "Save weights and optimiser state every N steps (resume point).")
+    seed: int = option(0, "Seed for examples, negatives and order.")
+    stop_after: int | None = option(None, "Checkpoint and stop after this step; rerun to resume.")
+
+    def __post_init__(self) -> None:
+        sizes = {
+            "users": self.users,
+            "steps": self.steps,
+            "batch_size": self.batch_size,
+            "micro_batch": self.micro_batch,
+            "targets_per_user": self.targets_per_user,
+        }
+        for name, value in sizes.items():
+            _require(value > 0, f"{name} must be > 0, got {value}")
+        _require(self.negatives >= 1, "negatives must be >= 1: SFT needs 'no' answers as well as 'yes'")
+        for name in ("none_fraction", "drop_link", "add_link"):
+            value = getattr(self, name)
+            _require(0 <= value <= 1, f"{name} is a probability: give a value in [0, 1], got {value}")
+        _require(self.lr > 0 and self.checkpoint_every > 0, "lr and checkpoint_every must be > 0")
+
+
+@dataclass(frozen=True)
+class TeacherConfig:
+    """Who writes SFT's rationales: the built-in teacher, or an LLM behind an OpenAI-compatible server."""
+
+    url: str | None = option(None, "OpenAI-compatible server (e.g. a vLLM server) that writes the rationales.")
+    model: str | None = option(None, "Model name at --teacher-url.")
+    api: TeacherApi = option("chat", "chat, or completions for models without a chat template.")
+    concurrency: int = option(16, "Requests in flight to the teacher.")
+
+    def __post_init__(self) -> None:
+        _literal(self.api, TeacherApi, "teacher api")
+        _require(self.url is None or bool(self.model), "--teacher-url needs --teacher-model (the served model name)")
+        _require(self.concurrency > 0, f"teacher concurrency must be > 0, got {self.concurrency}")
+
+
+@dataclass(frozen=True)
+class RLConfig:
+    """Listwise RL: G rollouts per user, Plackett–Luce rankings rewarded by NDCG@k."""
+
+    users: int = option(6000, "Training users to draw ranking tasks from (their validation position).")
+    negatives: int = option(19, "Negatives per user (1 positive + N candidates).")
+    steps: int = option(100, "Optimiser steps.")
+    users_per_step: int = option(2, "Rollout users per step.")
+    rollouts: int = option(4, "G: rollouts per user; advantages are normalised within them.")
+    temperature: float = option(1.0, "Sampling temperature of the rationales.")
+    pl_samples: int = option(16, "M: Plackett–Luce rankings sampled per rollout.")
+    none_weight: float = option(1.0, 'Weight of the listwise term on reasoning="none" scores (0: off).')
+    served_users_per_step: int = option(
+        8, "More users per step for the listwise term on scores after the greedy (served) rationales."
+    )
+    served_weight: float = option(1.0, "Weight of that served-rationale term.")
+    served_objective: ServedObjective = option("top1", "pl (REINFORCE on NDCG) or top1 (PL top-1 likelihood).")
+    rationale_credit: RationaleCredit = option(
+        "candidate", "rollout (each rationale gets its rollout's reward) or candidate (its own effect on it)."
+    )
+    lr: float = option(5e-5, "Learning rate.")
+    beta: float = option(0.04, "Weight of KL(policy || SFT reference).")
+    k: int = option(10, "NDCG@k reward.")
+    max_rationale_tokens: int | None = option(None, "Rationale budget (default: the checkpoint's manifest).")
+    checkpoint_every: int = option(50, "Save weights and optimiser state every N steps (resume point).")
+    seed: int = option(0, "Seed for users, negatives, sampling and order.")
+    stop_after: int | None = option(None, "Checkpoint and stop after this step; rerun to resume.")
+    rollout_engine: RolloutEngine = option("auto", "torch | vllm | auto (vllm on a GPU, torch on a CPU).")
+
+    def __post_init__(self) -> None:
+        _literal(self.rollout_engine, RolloutEngine, "rollout_engine")
+        _literal(self.served_objective, ServedObjective, "served_objective")
+        _literal(self.rationale_credit, RationaleCredit, "rationale_credit")
+        _require(self.rollouts >= 2, f"rollouts must be >= 2 (group-normalised advantages), got {self.rollouts}")
+        _require(self.temperature > 0, f"temperature must be > 0 (RL samples rationales), got {self.temperature}")
+        for name in ("users", "negatives", "steps", "users_per_step", "pl_samples", "k", "checkpoint_every"):
+            _require(getattr(self, name) > 0, f"{name} must be > 0, got {getattr(self, name)}")
+        for name in ("none_weight", "served_users_per_step", "served_weight", "beta"):
+            _require(getattr(self, name) >= 0, f"{name} must be >= 0, got {getattr(self, name)}")
+        pl_served = self.served_users_per_step > 0 and self.served_objective == "pl"
+        _require(not pl_served or self.pl_samples >= 2, "the pl served objective needs pl_samples >= 2")
+        # the none-mode term's baseline is the mean over its M rankings: with M = 1 it would carry no gradient
+        _require(self.none_weight == 0 or self.pl_samples >= 2, "none_weight > 0 needs pl_samples >= 2")

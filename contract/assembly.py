@@ -11,12 +11,14 @@ a request tokenizes its history once instead of once per candidate.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import cached_property
 from typing import Protocol
 
 from contract import prompt
+from contract.evidence import Evidence, EvidenceStats, Item, LeaveOut, compute_evidence_batch
 from contract.prompt import Reasoning
 
 
@@ -31,6 +33,9 @@ class Encoder(Protocol):
 
     @property
     def vocab_size(self) -> int: ...
+
+    @property
+    def special_texts(self) -> Sequence[str]: ...
 
 
 @dataclass(frozen=True)
@@ -53,13 +58,26 @@ class RequestPrompts:
     """One user's candidates as prompts: a shared history prefix and one segment per candidate."""
 
     prefix: HistoryPrefix
-    candidate_titles: list[str]  # as the model sees them (cleaned, cut to the title budget)
-    segments: list[list[int]]  # per candidate, the ids after the prefix (ending at "Reasoning:" in full mode)
+    history: list[Item]  # as the model sees it (cleaned, capped), oldest first: the last one is #1
+    candidates: list[Item]  # as the model sees them (cleaned, cut to the title budget)
+    evidence: list[Evidence]  # per candidate, what its Evidence line states
+    segment_texts: list[str]  # per candidate, the text after the prefix (candidate, evidence, cue)
+    segments: list[list[int]]  # per candidate, the ids of that text
     reasoning: Reasoning
+    answer_segments: list[list[int]]  # per candidate, the reasoning="none" segment: the answer read from evidence alone
+
+    @property
+    def candidate_titles(self) -> list[str]:
+        return [c.title for c in self.candidates]
 
     def prompt_ids(self, index: int) -> list[int]:
         """The prompt of candidate ``index``: where the rationale is generated (full) or the answer read (none)."""
         return self.prefix.ids + self.segments[index]
+
+    def evidence_only_ids(self, index: int) -> list[int]:
+        """Candidate ``index``'s ``reasoning="none"`` prompt (the same inputs without a rationale): where the
+        answer is read when a generated rationale may not be shown."""
+        return self.prefix.ids + self.answer_segments[index]
 
 
 def truncate_all_to_tokens(texts: Sequence[str], encoder: Encoder, max_tokens: int) -> list[str]:
@@ -82,7 +100,8 @@ def select_history(
     recent = list(titles[-max_items:]) if max_items > 0 else []
     if encoder is None or not recent:
         return recent
-    costs = [len(ids) for ids in encoder.encode_batch([prompt.history_line(title) for title in recent])]
+    lines = [prompt.history_line(len(recent) - i, t) for i, t in enumerate(recent)]  # the latest is #1
+    costs = [len(ids) for ids in encoder.encode_batch(lines)]
     kept: list[str] = []
     budget = max_tokens
     for title, cost in zip(reversed(recent), reversed(costs), strict=True):
@@ -112,35 +131,69 @@ def answer_token_ids(encoder: Encoder) -> tuple[int, int]:
 
 
 class PromptAssembler:
-    """Token ids of every part of the prompt for one tokenizer and one checkpoint's limits."""
+    """Token ids of every part of the prompt for one tokenizer, one checkpoint's limits and its evidence."""
 
-    def __init__(self, encoder: Encoder, limits: PromptLimits, answer_ids: tuple[int, int]) -> None:
+    def __init__(
+        self, encoder: Encoder, limits: PromptLimits, answer_ids: tuple[int, int], stats: EvidenceStats
+    ) -> None:
         self.encoder = encoder
         self.limits = limits
         self.answer_ids = answer_ids  # (yes, no)
+        self.stats = stats
         self.answer_cue_ids = encoder.encode(prompt.ANSWER_CUE)
+        specials = sorted((s for s in encoder.special_texts if s), key=len, reverse=True)
+        self._special = re.compile("|".join(map(re.escape, specials))) if specials else None
 
     # --- prompts ----------------------------------------------------------------------------------------
     def prompts(
-        self, history_titles: Sequence[str], candidate_titles: Sequence[str], reasoning: Reasoning
+        self,
+        history: Sequence[Item],
+        candidates: Sequence[Item],
+        reasoning: Reasoning,
+        leave_out: LeaveOut | None = None,
     ) -> RequestPrompts:
-        """A request's prompts from raw (untrusted) titles, oldest history first.
+        """A request's prompts from raw (untrusted) items, oldest history first.
 
         Titles are cleaned and cut to the title budget in one tokenizer call; the history keeps the most
-        recent items that fit the item and token caps; empty titles leave the history."""
-        recent = list(history_titles[-self.limits.max_history_items :])
-        cleaned = [prompt.clean_title(title) for title in (*recent, *candidate_titles)]
-        safe = truncate_all_to_tokens(cleaned, self.encoder, self.limits.max_title_tokens)
-        history, candidates = safe[: len(recent)], safe[len(recent) :]
-        kept = select_history([t for t in history if t], self.encoder, self.limits.max_history_items,
-                              self.limits.max_history_tokens)  # fmt: skip
-        text = prompt.history_prefix(kept)
-        segments = self.encoder.encode_batch([prompt.candidate_segment(title, reasoning) for title in candidates])
-        return RequestPrompts(HistoryPrefix(text, self.encoder.encode(text)), candidates, segments, reasoning)
+        recent items that fit the item and token caps (empty titles leave it); each candidate's evidence is
+        computed against that history (``leave_out``: a training example's own user, see
+        ``contract.evidence``)."""
+        kept, shown = self._select(history, candidates)
+        text = prompt.history_prefix([item.title for item in kept])
+        evidence = compute_evidence_batch(kept, shown, self.stats, leave_out)
+        texts = [prompt.candidate_segment(c.title, e.text(), reasoning) for c, e in zip(shown, evidence, strict=True)]
+        prefix = HistoryPrefix(text, self.encoder.encode(text))
+        segments = self.encoder.encode_batch(texts)
+        if reasoning == "none":
+            answer_segments = segments
+        else:
+            none_texts = [
+                prompt.candidate_segment(c.title, e.text(), "none") for c, e in zip(shown, evidence, strict=True)
+            ]
+            answer_segments = self.encoder.encode_batch(none_texts)
+        return RequestPrompts(prefix, kept, shown, evidence, texts, segments, reasoning, answer_segments)
 
-    def history_prefix(self, history_titles: Sequence[str]) -> HistoryPrefix:
+    def _plain(self, text: str) -> str:
+        """``text`` without the tokenizer's special-token strings (they would encode as control tokens)."""
+        return self._special.sub(" ", text) if self._special is not None and "<" in text else text
+
+    def history_prefix(self, history: Sequence[Item]) -> HistoryPrefix:
         """The shared prefix alone (LM pre-training reads histories as the service renders them)."""
-        return self.prompts(history_titles, [], "none").prefix
+        kept, _ = self._select(history, [])
+        text = prompt.history_prefix([item.title for item in kept])
+        return HistoryPrefix(text, self.encoder.encode(text))
+
+    def _select(self, history: Sequence[Item], candidates: Sequence[Item]) -> tuple[list[Item], list[Item]]:
+        """Cleaned items, titles cut to the budget (one tokenizer call); the history capped by items and tokens."""
+        recent = list(history[-self.limits.max_history_items :])
+        cleaned = [prompt.clean_title(self._plain(item.title)) for item in (*recent, *candidates)]
+        safe = truncate_all_to_tokens(cleaned, self.encoder, self.limits.max_title_tokens)
+        titled = [Item(item.item_id, title) for item, title in zip((*recent, *candidates), safe, strict=True)]
+        history_items = [item for item in titled[: len(recent)] if item.title]
+        kept_titles = select_history([item.title for item in history_items], self.encoder,
+                                     self.limits.max_history_items, self.limits.max_history_tokens)  # fmt: skip
+        kept = history_items[len(history_items) - len(kept_titles) :]
+        return kept, titled[len(recent) :]
 
     # --- after the prompt -------------------------------------------------------------------------------
     def rationale_ids(self, texts: Sequence[str]) -> list[list[int]]:

@@ -1,8 +1,9 @@
 """A ranker checkpoint on disk: Hugging Face weights + tokenizer + ``manifest.json``.
 
 The manifest is what makes a plain HF directory an r2rank ranker: which prompt format it was trained on
-(``prompt_format``), its answer token ids, the prompt limits and a ``model_version`` that names its bytes
-and keys the score cache. The trainer writes it (``write_checkpoint_manifest``), the service and the trainer
+(``prompt_format``), its answer token ids, the prompt limits, a ``model_version`` that names its bytes and
+the ``stats_version`` of the evidence statistics shipped beside the weights (``evidence.json.gz``); both
+versions key the score cache. The trainer writes it (``write_checkpoint_manifest``), the service and the trainer
 read it (``open_checkpoint``), which refuses anything inconsistent before an engine spends a minute loading
 weights.
 """
@@ -20,6 +21,7 @@ from pydantic import BaseModel, Field, ValidationError
 
 from contract import prompt
 from contract.assembly import PromptAssembler, PromptLimits, answer_token_ids
+from contract.evidence import EVIDENCE_FILE, EvidenceStats
 
 MANIFEST_NAME = "manifest.json"
 HASHED_SUFFIXES = frozenset({".safetensors", ".json"})
@@ -42,6 +44,7 @@ class Manifest(BaseModel):
     max_history_tokens: int = Field(default=prompt.DEFAULT_MAX_HISTORY_TOKENS, ge=1)
     max_title_tokens: int = Field(default=prompt.DEFAULT_MAX_TITLE_TOKENS, ge=1)
     max_rationale_tokens: int = Field(default=prompt.DEFAULT_MAX_RATIONALE_TOKENS, ge=1)
+    stats_version: str = Field(min_length=1, description="Version of the evidence statistics (evidence.json.gz).")
     provenance: dict[str, Any] = Field(default_factory=dict, description="How it was made: command, data, seed.")
     metrics: dict[str, Any] = Field(default_factory=dict, description="Eval results, if any.")
 
@@ -61,11 +64,12 @@ class HFEncoder:
     without its Python overhead, which is most of a cached /rank request's CPU time.
     """
 
-    def __init__(self, tokenizer: Any, memo_size: int = 100_000) -> None:
+    def __init__(self, tokenizer: Any, memo_bytes: int = 64 * 1024 * 1024) -> None:
         self.tokenizer = tokenizer
         self._backend = getattr(tokenizer, "backend_tokenizer", None)
         self._memo: dict[str, list[int]] = {}
-        self._memo_size = memo_size
+        self._memo_bytes_max = memo_bytes
+        self._memo_bytes = 0
 
     def encode(self, text: str) -> list[int]:
         if self._backend is not None:
@@ -74,7 +78,8 @@ class HFEncoder:
 
     def encode_batch(self, texts: Sequence[str]) -> list[list[int]]:
         """One call for many texts, memoised: catalogue titles recur across requests, so most of a request's
-        titles and candidate segments are already tokenized. The memo is bounded (cleared when full)."""
+        titles and candidate segments are already tokenized. The memo is bounded in bytes (an estimate of the
+        texts' and ids' size; cleared when full), so unique long titles cannot grow the process."""
         out: list[list[int] | None] = [self._memo.get(t) for t in texts]
         missing = [i for i, ids in enumerate(out) if ids is None]
         if missing:
@@ -83,10 +88,13 @@ class HFEncoder:
                 encoded = [e.ids for e in self._backend.encode_batch(fresh, add_special_tokens=False)]
             else:
                 encoded = [self.tokenizer.encode(t, add_special_tokens=False) for t in fresh]
-            if len(self._memo) + len(fresh) > self._memo_size:
+            size = sum(_memo_cost(text, ids) for text, ids in zip(fresh, encoded, strict=True))
+            if self._memo_bytes + size > self._memo_bytes_max:
                 self._memo.clear()
+                self._memo_bytes = 0
             for i, text, ids in zip(missing, fresh, encoded, strict=True):
                 out[i] = self._memo[text] = ids
+            self._memo_bytes += size
         return out  # type: ignore[return-value]
 
     def decode(self, ids: Sequence[int]) -> str:
@@ -97,12 +105,23 @@ class HFEncoder:
         return len(self.tokenizer)
 
     @property
+    def special_texts(self) -> list[str]:
+        """The tokenizer's special and added tokens' strings: text in a title that would encode as control."""
+        added = [token.content for token in getattr(self.tokenizer, "added_tokens_decoder", {}).values()]
+        return sorted(set(self.tokenizer.all_special_tokens) | set(added))
+
+    @property
     def eos_token_id(self) -> int | None:
         return self.tokenizer.eos_token_id
 
     @property
     def pad_token_id(self) -> int:
         return self.tokenizer.pad_token_id or 0
+
+
+def _memo_cost(text: str, ids: list[int]) -> int:
+    """Bytes one memo entry holds, about: the key string, the list and its ints, the dict slot."""
+    return 49 + len(text.encode("utf-8", "surrogatepass")) + 56 + 36 * len(ids) + 100
 
 
 def read_manifest(model_dir: Path) -> Manifest:
@@ -142,13 +161,17 @@ class Checkpoint:
         return self.manifest.model_version
 
     @property
+    def stats(self) -> EvidenceStats:
+        return self.prompts.stats
+
+    @property
     def answer_ids(self) -> tuple[int, int]:
         return self.manifest.answer_token_ids.yes, self.manifest.answer_token_ids.no
 
     def with_manifest(self, manifest: Manifest) -> Checkpoint:
-        """The same weights and tokenizer under another manifest (limits re-read from it)."""
-        return Checkpoint(self.path, manifest, self.encoder, PromptAssembler(self.encoder, manifest.limits,
-                                                                             self.answer_ids))  # fmt: skip
+        """The same weights, tokenizer and statistics under another manifest (limits re-read from it)."""
+        assembler = PromptAssembler(self.encoder, manifest.limits, self.answer_ids, self.stats)
+        return Checkpoint(self.path, manifest, self.encoder, assembler)
 
 
 def open_checkpoint(model_dir: str | Path) -> Checkpoint:
@@ -177,7 +200,22 @@ def open_checkpoint(model_dir: str | Path) -> Checkpoint:
         raise CheckpointError(
             f"{path / MANIFEST_NAME}: answer_token_ids {expected} disagree with the tokenizer's {ids}"
         )
-    return Checkpoint(path, manifest, encoder, PromptAssembler(encoder, manifest.limits, ids))
+    stats = read_stats(path)
+    if stats.version != manifest.stats_version:
+        raise CheckpointError(f"{path / EVIDENCE_FILE}: statistics version {stats.version} is not the manifest's "
+                              f"stats_version {manifest.stats_version}")  # fmt: skip
+    return Checkpoint(path, manifest, encoder, PromptAssembler(encoder, manifest.limits, ids, stats))
+
+
+def read_stats(model_dir: Path) -> EvidenceStats:
+    path = Path(model_dir) / EVIDENCE_FILE
+    if not path.is_file():
+        raise CheckpointError(f"{path}: missing; a ranker needs its evidence statistics (r2rank-train init-model "
+                              "writes them)")  # fmt: skip
+    try:
+        return EvidenceStats.load(model_dir)
+    except (OSError, ValueError, KeyError) as exc:
+        raise CheckpointError(f"{path}: unreadable: {exc}") from exc
 
 
 def content_hash(model_dir: Path) -> str:
@@ -207,6 +245,7 @@ def write_checkpoint_manifest(
         model_version=f"{name}-{content_hash(model_dir)[:12]}",
         prompt_format=prompt.PROMPT_FORMAT,
         answer_token_ids=AnswerTokenIds(yes=yes, no=no),
+        stats_version=read_stats(model_dir).version,
         provenance=provenance,
         metrics=metrics or {},
         **limits,

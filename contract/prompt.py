@@ -8,14 +8,17 @@ Layout of one item prompt (``reasoning="full"``)::
 
     <INSTRUCTION>
     History (oldest first):
-    - <title 1>
-    - <title n>                      <- shared prefix: identical for every candidate of a user
+    #3 <title>
+    #2 <title>
+    #1 <title>                       <- shared prefix: identical for every candidate of a user (#1 = latest)
     Candidate: <candidate title>
+    Evidence: follows #1 14x, older 2x; popularity 812 (top 3%); shares "zelda" with #2
     Reasoning: <rationale, generated, ends at RATIONALE_STOP>
     Answer: yes|no                   <- score = log P(" yes") - log P(" no") at this position
 
-With ``reasoning="none"`` the ``Reasoning:`` line is left out and the answer position follows the
-candidate directly.
+With ``reasoning="none"`` the ``Reasoning:`` line is left out and the answer position follows the evidence
+directly: both modes see the same inputs. The evidence (``contract.evidence``) is computed from training
+interactions; history items are referred to by ``#k``, so a rationale can cite them and be checked.
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ import re
 import unicodedata
 from typing import Literal
 
-PROMPT_FORMAT = "r2rank-pointwise-v1"
+PROMPT_FORMAT = "r2rank-grounded-v2"
 """Version of everything in this module. Bump it when any string or rule below changes."""
 
 SUPPORTED_PROMPT_FORMATS: frozenset[str] = frozenset({PROMPT_FORMAT})
@@ -34,12 +37,13 @@ Reasoning = Literal["full", "none"]
 REASONING_MODES: tuple[Reasoning, ...] = ("full", "none")
 
 INSTRUCTION = (
-    "Decide whether the user will interact with the candidate item next, given the items they interacted with before."
+    "Decide whether the user will interact with the candidate item next, given the items they interacted with "
+    "before (#1 is the latest) and the evidence from other users."
 )
 HISTORY_HEADER = "History (oldest first):"
-HISTORY_BULLET = "- "
 EMPTY_HISTORY = "(no history)"
 CANDIDATE_CUE = "Candidate:"
+EVIDENCE_CUE = "\nEvidence:"
 RATIONALE_CUE = "\nReasoning:"
 RATIONALE_STOP = "\n"
 """The rationale is one line: generation stops at the first newline."""
@@ -49,11 +53,14 @@ ANSWER_NO = " no"
 ANSWER_TOKENS: tuple[str, str] = (ANSWER_YES, ANSWER_NO)
 
 DEFAULT_MAX_HISTORY_ITEMS = 20
-DEFAULT_MAX_HISTORY_TOKENS = 512
-DEFAULT_MAX_TITLE_TOKENS = 48
+DEFAULT_MAX_HISTORY_TOKENS = 320  # with the title cap, bounds what a long-title catalogue costs (docs/training.md)
+DEFAULT_MAX_TITLE_TOKENS = 32
 DEFAULT_MAX_RATIONALE_TOKENS = 32
 
 _CONTROL_OR_SPACE = re.compile(r"\s+")
+_CUE_PHRASE = re.compile(
+    r"\b(?:candidate|evidence|reasoning|answer|history(?:\s*\(oldest first\))?)\s*:\s*(?:(?:yes|no)\b)?", re.IGNORECASE
+)
 
 
 class ContractError(ValueError):
@@ -61,17 +68,20 @@ class ContractError(ValueError):
 
 
 def clean_title(title: str) -> str:
-    """Make untrusted item text safe to splice into a prompt.
+    """Make untrusted item text safe to splice into a prompt: text, never control.
 
-    Newlines and other control characters would let a title end its line early and forge the
-    ``Answer:`` or ``Candidate:`` cue; every control/format character becomes a space, whitespace runs
-    collapse to one space, and the result is NFC-normalised and stripped.
+    Newlines and other control characters would let a title end its line early and forge a cue: every
+    control/format character becomes a space and whitespace runs collapse to one. NFKC folding first turns
+    look-alikes (fullwidth ``Ａｎｓｗｅｒ：``) into the plain characters, so the cue phrases the prompt uses
+    (``Answer: yes``, ``Reasoning:``, ``Evidence:``...) can then be removed wherever they stand. (Special-token
+    text such as ``<|endoftext|>`` depends on the tokenizer: ``PromptAssembler`` strips it.)
     """
-    if title.isascii() and title.isprintable():  # the common case: only spaces to collapse
-        return _CONTROL_OR_SPACE.sub(" ", title).strip()
-    normalised = unicodedata.normalize("NFC", title)
-    visible = "".join(" " if unicodedata.category(ch)[0] in ("C", "Z") else ch for ch in normalised)
-    return _CONTROL_OR_SPACE.sub(" ", visible).strip()
+    if not (title.isascii() and title.isprintable()):  # the common case needs no Unicode work
+        normalised = unicodedata.normalize("NFKC", title)
+        title = "".join(" " if unicodedata.category(ch)[0] in ("C", "Z") else ch for ch in normalised)
+    if ":" in title:
+        title = _CUE_PHRASE.sub(" ", title)
+    return _CONTROL_OR_SPACE.sub(" ", title).strip()
 
 
 def clean_rationale(text: str) -> str:
@@ -80,22 +90,24 @@ def clean_rationale(text: str) -> str:
 
 
 def history_prefix(history_titles: list[str] | tuple[str, ...]) -> str:
-    """The shared part of every item prompt of one user: instruction + history (oldest first)."""
-    lines = "".join(history_line(title) for title in history_titles) if history_titles else f"{EMPTY_HISTORY}\n"
+    """The shared part of every item prompt of one user: instruction + history, oldest first, the latest #1."""
+    n = len(history_titles)
+    lines = "".join(history_line(n - i, t) for i, t in enumerate(history_titles)) if n else f"{EMPTY_HISTORY}\n"
     return f"{INSTRUCTION}\n{HISTORY_HEADER}\n{lines}"
 
 
-def history_line(title: str) -> str:
+def history_line(ref: int, title: str) -> str:
     """One history entry as it appears in the prefix (its token cost is what the history budget counts)."""
-    return f"{HISTORY_BULLET}{title}\n"
+    return f"#{ref} {title}\n"
 
 
-def candidate_segment(candidate_title: str, reasoning: Reasoning) -> str:
-    """The per-item part after the prefix; in ``full`` mode it ends where the rationale starts."""
+def candidate_segment(candidate_title: str, evidence: str, reasoning: Reasoning) -> str:
+    """The per-item part after the prefix: the candidate and its evidence; in ``full`` mode it ends where the
+    rationale starts."""
     if reasoning not in REASONING_MODES:
         raise ValueError(f"reasoning must be one of {REASONING_MODES}, got {reasoning!r}")
-    line = f"{CANDIDATE_CUE} {candidate_title}"
-    return line + RATIONALE_CUE if reasoning == "full" else line
+    text = f"{CANDIDATE_CUE} {candidate_title}{EVIDENCE_CUE} {evidence}"
+    return text + RATIONALE_CUE if reasoning == "full" else text
 
 
 def rationale_text(generated: str) -> str:

@@ -1,26 +1,38 @@
-"""API keys with scopes. Off by default for the local demo; the deploy manifests turn it on.
+"""API keys with scopes and rates. Off by default for the local demo; the deploy manifests turn it on.
 
-Keys are never stored or configured in clear: settings and Redis hold ``sha256(key)`` hex digests mapped to
-scopes (``R2RANK_API_KEYS='{"<sha256>": ["rank"]}'`` or ``r2rank-serve add-key``). A request presents its key
-as ``Authorization: Bearer <key>`` or ``X-API-Key: <key>``. Scopes:
+Keys are never stored or configured in clear: settings and Redis hold ``sha256(key)`` hex digests. Two sources:
+
+- ``R2RANK_API_KEYS='{"<sha256>": ["rank"]}'``: configured, trusted as given;
+- Redis (``P:apikeys``), written by ``r2rank-serve keys add``: each entry carries an HMAC over its digest,
+  scopes and rates, made with the server secret ``R2RANK_KEY_SECRET``. An entry whose MAC does not verify is
+  not honoured, so write access to Redis is not admin access; without the secret no Redis key is honoured.
+
+A request presents its key as ``Authorization: Bearer <key>`` or ``X-API-Key: <key>``. Scopes:
 
 - ``rank``: POST /rank, /v1|v2/rerank, and reading histories and items;
 - ``admin``: everything ``rank`` may, plus writes (histories, events, catalogue) and model administration.
 
-Missing or unknown key → 401; known key without the scope → 403. Health and metrics stay open.
+Missing or unknown key → 401; known key without the scope → 403; over its rate → 429. Health and metrics stay
+open.
 """
 
 from __future__ import annotations
 
 import hashlib
 import hmac
+import json
+import logging
 import secrets
-from typing import Literal
+import time
+from dataclasses import dataclass, field
+from typing import Any, Literal
 
 from fastapi import Request
 
 from service.exceptions import Forbidden, StoreUnavailable, Unauthenticated
 from service.store import RedisStore
+
+logger = logging.getLogger(__name__)
 
 Scope = Literal["rank", "admin"]
 SCOPES: tuple[Scope, ...] = ("rank", "admin")
@@ -42,34 +54,117 @@ def _presented_key(request: Request) -> str | None:
     return request.headers.get("x-api-key") or None
 
 
-class KeyStore:
-    """Resolves a presented key to its scopes: configured hashes first, then Redis (``P:apikeys``)."""
+@dataclass(frozen=True)
+class KeyEntry:
+    """What a key may do: its scopes, and its rates (None: unlimited, requests and candidate items per second)."""
 
-    def __init__(self, configured: dict[str, list[str]], store: RedisStore | None) -> None:
-        self.configured = {digest.lower(): set(scopes) for digest, scopes in configured.items()}
+    scopes: frozenset[str]
+    name: str | None = None
+    requests_per_s: float | None = None
+    items_per_s: float | None = None
+    created: float = field(default_factory=time.time)
+
+    def payload(self, digest: str) -> dict[str, Any]:
+        return {"digest": digest, "scopes": sorted(self.scopes), "name": self.name,
+                "requests_per_s": self.requests_per_s, "items_per_s": self.items_per_s,
+                "created": self.created}  # fmt: skip
+
+
+def sign(secret: str, digest: str, entry: KeyEntry) -> str:
+    message = json.dumps(entry.payload(digest), sort_keys=True, separators=(",", ":")).encode()
+    return hmac.new(secret.encode(), message, hashlib.sha256).hexdigest()
+
+
+def encode_entry(secret: str, digest: str, entry: KeyEntry) -> str:
+    return json.dumps({**entry.payload(digest), "mac": sign(secret, digest, entry)}, sort_keys=True)
+
+
+def decode_entry(secret: str | None, digest: str, raw: str) -> KeyEntry | None:
+    """The entry, if it was written with ``secret`` for this digest; None for anything else (forged, edited,
+    moved to another digest, written before keys were signed, or no secret configured)."""
+    if not secret:
+        return None
+    try:
+        data = json.loads(raw)
+        entry = KeyEntry(frozenset(data["scopes"]), data.get("name"), data.get("requests_per_s"),
+                         data.get("items_per_s"), float(data["created"]))  # fmt: skip
+        mac = str(data["mac"])
+    except (ValueError, KeyError, TypeError):
+        return None
+    if data.get("digest") != digest or not hmac.compare_digest(mac, sign(secret, digest, entry)):
+        return None
+    if not entry.scopes <= set(SCOPES):
+        return None
+    return entry
+
+
+class KeyStore:
+    """Resolves a presented key to its entry: configured hashes first, then signed entries in Redis."""
+
+    def __init__(self, configured: dict[str, list[str]], store: RedisStore | None, secret: str | None = None) -> None:
+        self.configured = {digest.lower(): KeyEntry(frozenset(scopes), created=0.0)
+                           for digest, scopes in configured.items()}  # fmt: skip
         self.store = store
+        self.secret = secret
+
+    async def entry(self, key: str) -> KeyEntry | None:
+        digest = hash_key(key)
+        for known, entry in self.configured.items():
+            if hmac.compare_digest(known, digest):
+                return entry
+        if self.store is None or not self.secret:
+            return None
+        raw = await self.store.get_api_key(digest)
+        if raw is None:
+            return None
+        entry = decode_entry(self.secret, digest, raw)
+        if entry is None:
+            logger.warning("an API key entry in Redis failed its signature check; not honoured (digest %s...)",
+                           digest[:8])  # fmt: skip
+        return entry
 
     async def scopes(self, key: str) -> set[str] | None:
-        digest = hash_key(key)
-        for known, scopes in self.configured.items():
-            if hmac.compare_digest(known, digest):
-                return scopes
-        if self.store is None:
-            return None
-        stored = await self.store.get_api_key_scopes(digest)
-        return set(stored) if stored is not None else None
+        entry = await self.entry(key)
+        return set(entry.scopes) if entry is not None else None
 
-    async def add(self, scopes: list[str]) -> str:
-        """Create a key in Redis; returns it (the only time it is ever seen in clear)."""
+    def _require_store(self) -> RedisStore:
         if self.store is None:
-            raise RuntimeError("no Redis store configured")
+            raise RuntimeError("no Redis store configured (R2RANK_REDIS_URL)")
+        if not self.secret:
+            raise RuntimeError("R2RANK_KEY_SECRET is not set: keys in Redis must be signed with the server secret")
+        return self.store
+
+    async def add(
+        self, scopes: list[str], name: str | None = None, requests_per_s: float | None = None,
+        items_per_s: float | None = None,
+    ) -> str:  # fmt: skip
+        """Create a key in Redis; returns it (the only time it is ever seen in clear)."""
+        store = self._require_store()
         key = new_key()
-        await self.store.put_api_key(hash_key(key), scopes)
+        digest = hash_key(key)
+        entry = KeyEntry(frozenset(scopes), name, requests_per_s, items_per_s)
+        await store.put_api_key(digest, encode_entry(self.secret or "", digest, entry))
         return key
+
+    async def list(self) -> dict[str, KeyEntry | None]:
+        """Every key entry in Redis by digest (None: an entry whose signature does not verify)."""
+        store = self._require_store()
+        return {digest: decode_entry(self.secret, digest, raw) for digest, raw in (await store.api_keys()).items()}
+
+    async def revoke(self, digest_prefix: str) -> list[str]:
+        """Delete the Redis entries whose digest starts with ``digest_prefix`` (at least 8 characters)."""
+        if len(digest_prefix) < 8:
+            raise ValueError("give at least 8 characters of the key's sha256 (r2rank-serve keys list shows them)")
+        store = self._require_store()
+        matches = [d for d in await store.api_keys() if d.startswith(digest_prefix.lower())]
+        for digest in matches:
+            await store.delete_api_key(digest)
+        return matches
 
 
 def require(scope: Scope):
-    """FastAPI dependency: the request carries a key with ``scope`` (admin implies every scope)."""
+    """FastAPI dependency: the request carries a key with ``scope`` (admin implies every scope), within its
+    rate; the key's entry is left on ``request.state.api_key`` for the item-rate check."""
 
     async def check(request: Request) -> None:
         state = request.app.state.r2rank
@@ -80,14 +175,16 @@ def require(scope: Scope):
             state.metrics.rejected.labels("unauthenticated").inc()
             raise Unauthenticated("missing API key: send 'Authorization: Bearer <key>'")
         try:
-            scopes = await state.keys.scopes(key)
+            entry = await state.keys.entry(key)
         except StoreUnavailable as exc:
             raise StoreUnavailable("cannot verify API key right now: the key store is unreachable") from exc
-        if scopes is None:
+        if entry is None:
             state.metrics.rejected.labels("unauthenticated").inc()
             raise Unauthenticated("unknown API key")
-        if scope not in scopes and "admin" not in scopes:
+        if scope not in entry.scopes and "admin" not in entry.scopes:
             state.metrics.rejected.labels("forbidden").inc()
             raise Forbidden(f"this API key lacks the {scope!r} scope")
+        request.state.api_key = (hash_key(key), entry)
+        state.rates.take_request(hash_key(key), entry)
 
     return check

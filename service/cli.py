@@ -100,32 +100,98 @@ def load_demo(
     typer.echo(f"loaded {n_items} items and {n_users} user histories under prefix {settings.redis_prefix!r}")
 
 
-@app.command("add-key")
-def add_key(
-    scopes: Annotated[str, typer.Option(help="Comma-separated scopes: rank, admin.")] = "rank",
-) -> None:
-    """Create an API key, store its hash in Redis (R2RANK_REDIS_URL/PREFIX) and print the key once."""
-    import asyncio
+keys_app = typer.Typer(help="API keys in Redis: add, list, revoke (signed with R2RANK_KEY_SECRET).")
+app.add_typer(keys_app, name="keys")
 
-    from service.auth import SCOPES, KeyStore
+
+def _key_store():
+    from service.auth import KeyStore
     from service.config import Settings
     from service.state import build_store
+
+    settings = Settings()
+    store = build_store(settings)
+    if store is None:
+        raise typer.BadParameter("R2RANK_REDIS_URL is empty", param_hint="R2RANK_REDIS_URL")
+    if settings.key_secret is None:
+        raise typer.BadParameter("set R2RANK_KEY_SECRET: keys in Redis are signed with it, and only signed ones are "
+                                 "honoured", param_hint="R2RANK_KEY_SECRET")  # fmt: skip
+    return KeyStore({}, store, settings.key_secret.get_secret_value()), store
+
+
+def _run_on_keys(work):
+    import asyncio
+
+    keys, store = _key_store()
+
+    async def run():
+        try:
+            return await work(keys)
+        finally:
+            await store.close()
+
+    return asyncio.run(run())
+
+
+@keys_app.command("add")
+def keys_add(
+    scopes: Annotated[str, typer.Option(help="Comma-separated scopes: rank, admin.")] = "rank",
+    name: Annotated[str | None, typer.Option(help="Who the key is for (shown by `keys list`).")] = None,
+    requests_per_s: Annotated[float | None, typer.Option(help="Most requests per second (default: no limit).")] = None,
+    items_per_s: Annotated[
+        float | None, typer.Option(help="Most candidate items per second (default: no limit).")
+    ] = None,
+) -> None:
+    """Create an API key, store its signed hash in Redis and print the key once."""
+    from service.auth import SCOPES
 
     wanted = [s.strip() for s in scopes.split(",") if s.strip()]
     unknown = sorted(set(wanted) - set(SCOPES))
     if unknown or not wanted:
         raise typer.BadParameter(f"scopes must be among {list(SCOPES)}, got {wanted}", param_hint="--scopes")
-    store = build_store(Settings())
-    if store is None:
-        raise typer.BadParameter("R2RANK_REDIS_URL is empty", param_hint="R2RANK_REDIS_URL")
+    for value, hint in ((requests_per_s, "--requests-per-s"), (items_per_s, "--items-per-s")):
+        if value is not None and value <= 0:
+            raise typer.BadParameter(f"a rate must be > 0, got {value}", param_hint=hint)
+    typer.echo(_run_on_keys(lambda keys: keys.add(wanted, name, requests_per_s, items_per_s)))
 
-    async def create() -> str:
-        try:
-            return await KeyStore({}, store).add(wanted)
-        finally:
-            await store.close()
 
-    typer.echo(asyncio.run(create()))
+@keys_app.command("list")
+def keys_list() -> None:
+    """The keys in Redis: digest prefix, scopes, rates, name, created; an entry that fails its signature check
+    (written without the secret) is listed as FORGED and is not honoured."""
+    import datetime
+
+    entries = _run_on_keys(lambda keys: keys.list())
+    for digest, entry in sorted(entries.items()):
+        if entry is None:
+            typer.echo(f"{digest[:12]}  FORGED (not honoured)")
+            continue
+        created = datetime.datetime.fromtimestamp(entry.created, datetime.timezone.utc).isoformat(timespec="seconds")
+        rates = f"{entry.requests_per_s or '-'} req/s, {entry.items_per_s or '-'} items/s"
+        typer.echo(f"{digest[:12]}  {','.join(sorted(entry.scopes)):10s} {rates:24s} {entry.name or '-':20s} {created}")
+
+
+@keys_app.command("revoke")
+def keys_revoke(
+    digest: Annotated[str, typer.Argument(help="The key's sha256, or its first 8+ characters (`keys list`).")],
+) -> None:
+    """Delete a key from Redis: it is refused from the next request on."""
+    try:
+        revoked = _run_on_keys(lambda keys: keys.revoke(digest))
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc), param_hint="DIGEST") from exc
+    if not revoked:
+        typer.echo(f"no key starts with {digest}", err=True)
+        raise typer.Exit(1)
+    typer.echo(f"revoked {', '.join(d[:12] for d in revoked)}")
+
+
+@app.command("add-key")
+def add_key(
+    scopes: Annotated[str, typer.Option(help="Comma-separated scopes: rank, admin.")] = "rank",
+) -> None:
+    """Create an API key (the same as `keys add`)."""
+    keys_add(scopes=scopes, name=None, requests_per_s=None, items_per_s=None)
 
 
 @app.command("openapi")

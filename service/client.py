@@ -15,8 +15,10 @@ carrying the service's error body (``message``, ``type``, ``param``).
 from __future__ import annotations
 
 import time
+import uuid
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
+from urllib.parse import quote
 
 import httpx
 from tenacity import (
@@ -71,6 +73,11 @@ class _wait_retry_after(wait_base):
         return self.fallback(retry_state)
 
 
+def _segment(value: str) -> str:
+    """An id as ONE path segment: '/', '?', '#', '%' and the rest escaped, so no id can reach another route."""
+    return quote(value, safe="")
+
+
 def _item(value: ItemLike) -> dict[str, Any]:
     return {"item_id": value} if isinstance(value, str) else dict(value)
 
@@ -84,11 +91,13 @@ def rank_body(
     reasoning: str = "full",
     request_id: str | None = None,
     deadline_ms: int | None = None,
+    include_evidence: bool = False,
 ) -> dict[str, Any]:
     """The JSON body of POST /rank (also used by the load test, which sends it with its own HTTP client)."""
     body: dict[str, Any] = {
         "candidates": [_item(c) for c in candidates],
         "include_rationales": include_rationales,
+        "include_evidence": include_evidence,
         "reasoning": reasoning,
     }
     optional = {"user_id": user_id, "top_k": top_k, "request_id": request_id, "deadline_ms": deadline_ms}
@@ -170,34 +179,39 @@ class R2RankClient(_Base):
         reasoning: str = "full",
         request_id: str | None = None,
         deadline_ms: int | None = None,
+        include_evidence: bool = False,
     ) -> RankResponse:
         """Rank ``candidates`` (ids, or ``{"item_id", "title"}``) for a user (stored or inline history);
         with ``deadline_ms``, items not scored in time come back ranked by a fallback (``degraded``)."""
-        body = rank_body(candidates, user_id, history, top_k, include_rationales, reasoning, request_id, deadline_ms)
+        body = rank_body(candidates, user_id, history, top_k, include_rationales, reasoning, request_id,
+                         deadline_ms, include_evidence)  # fmt: skip
         return self._request("POST", "/rank", RankResponse, json=body)
 
     def put_history(self, user_id: str, items: Iterable[str | Mapping[str, Any]]) -> HistoryOut:
-        return self._request("PUT", f"/users/{user_id}/history", HistoryOut, json={"items": [_item(i) for i in items]})
+        return self._request(
+            "PUT", f"/users/{_segment(user_id)}/history", HistoryOut, json={"items": [_item(i) for i in items]}
+        )
 
     def get_history(self, user_id: str) -> HistoryOut:
-        return self._request("GET", f"/users/{user_id}/history", HistoryOut)
+        return self._request("GET", f"/users/{_segment(user_id)}/history", HistoryOut)
 
     def delete_history(self, user_id: str) -> None:
-        self._request("DELETE", f"/users/{user_id}/history", None)
+        self._request("DELETE", f"/users/{_segment(user_id)}/history", None)
 
     def add_event(
         self, user_id: str, item_id: str, timestamp: float | None = None, event_id: str | None = None
     ) -> EventOut:
-        """Append an interaction; pass ``event_id`` so a retried call is stored once."""
-        body = {"item_id": item_id, "timestamp": timestamp, "event_id": event_id}
+        """Append an interaction. Without ``event_id`` one is made here, before the first try, so the client's own
+        retries (after a 503 or a lost reply) store the event once."""
+        body = {"item_id": item_id, "timestamp": timestamp, "event_id": event_id or f"client-{uuid.uuid4().hex}"}
         body = {k: v for k, v in body.items() if v is not None}
-        return self._request("POST", f"/users/{user_id}/events", EventOut, json=body)
+        return self._request("POST", f"/users/{_segment(user_id)}/events", EventOut, json=body)
 
     def put_items(self, items: Iterable[Mapping[str, Any]]) -> ItemsUpserted:
         return self._request("PUT", "/items", ItemsUpserted, json=[dict(i) for i in items])
 
     def get_item(self, item_id: str) -> CatalogItem:
-        return self._request("GET", f"/items/{item_id}", CatalogItem)
+        return self._request("GET", f"/items/{_segment(item_id)}", CatalogItem)
 
     def wait_ready(self, timeout_s: float = 300.0) -> None:
         """Block until /readyz says ready (engine loaded and warmed up)."""
@@ -259,29 +273,31 @@ class AsyncR2RankClient(_Base):
         reasoning: str = "full",
         request_id: str | None = None,
         deadline_ms: int | None = None,
+        include_evidence: bool = False,
     ) -> RankResponse:
-        body = rank_body(candidates, user_id, history, top_k, include_rationales, reasoning, request_id, deadline_ms)
+        body = rank_body(candidates, user_id, history, top_k, include_rationales, reasoning, request_id,
+                         deadline_ms, include_evidence)  # fmt: skip
         return await self._request("POST", "/rank", RankResponse, json=body)
 
     async def put_history(self, user_id: str, items: Iterable[str | Mapping[str, Any]]) -> HistoryOut:
         body = {"items": [_item(i) for i in items]}
-        return await self._request("PUT", f"/users/{user_id}/history", HistoryOut, json=body)
+        return await self._request("PUT", f"/users/{_segment(user_id)}/history", HistoryOut, json=body)
 
     async def get_history(self, user_id: str) -> HistoryOut:
-        return await self._request("GET", f"/users/{user_id}/history", HistoryOut)
+        return await self._request("GET", f"/users/{_segment(user_id)}/history", HistoryOut)
 
     async def delete_history(self, user_id: str) -> None:
-        await self._request("DELETE", f"/users/{user_id}/history", None)
+        await self._request("DELETE", f"/users/{_segment(user_id)}/history", None)
 
     async def add_event(
         self, user_id: str, item_id: str, timestamp: float | None = None, event_id: str | None = None
     ) -> EventOut:
-        body = {"item_id": item_id, "timestamp": timestamp, "event_id": event_id}
+        body = {"item_id": item_id, "timestamp": timestamp, "event_id": event_id or f"client-{uuid.uuid4().hex}"}
         body = {k: v for k, v in body.items() if v is not None}
-        return await self._request("POST", f"/users/{user_id}/events", EventOut, json=body)
+        return await self._request("POST", f"/users/{_segment(user_id)}/events", EventOut, json=body)
 
     async def put_items(self, items: Iterable[Mapping[str, Any]]) -> ItemsUpserted:
         return await self._request("PUT", "/items", ItemsUpserted, json=[dict(i) for i in items])
 
     async def get_item(self, item_id: str) -> CatalogItem:
-        return await self._request("GET", f"/items/{item_id}", CatalogItem)
+        return await self._request("GET", f"/items/{_segment(item_id)}", CatalogItem)

@@ -6,10 +6,11 @@ import os
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
+PLACEHOLDER_SECRET = "CHANGE-ME"
 
 
 class Settings(BaseSettings):
@@ -69,6 +70,9 @@ class Settings(BaseSettings):
     api_keys: dict[str, list[Literal["rank", "admin"]]] = Field(
         default_factory=dict, description='JSON {"<sha256 of key>": ["rank"|"admin", ...]}; more keys in Redis.'
     )
+    key_secret: SecretStr | None = Field(
+        None, description="Signs the API key entries in Redis (r2rank-serve keys add); without it none is honoured."
+    )
 
     # --- reliability ---
     default_deadline_ms: int = Field(
@@ -76,6 +80,12 @@ class Settings(BaseSettings):
     )
     max_inflight_items: int = Field(
         1024, ge=1, description="Items admitted to the engine at once; beyond it /rank answers 429 (Retry-After)."
+    )
+    global_max_inflight_items: int | None = Field(
+        None,
+        ge=1,
+        description="With the remote engine: items in flight across every API pod (shared through "
+        "Redis), so autoscaled pods cannot overfill the one vLLM queue; unset: each pod's own bound only.",
     )
     max_body_bytes: int = Field(4 * 1024 * 1024, ge=1024, description="Largest request body; beyond it 413.")
     max_title_chars: int = Field(2000, ge=1, le=2000, description="Longest title accepted (422 beyond).")
@@ -86,6 +96,19 @@ class Settings(BaseSettings):
     def _remote_needs_url(self) -> Settings:
         if self.engine == "remote" and not self.engine_url:
             raise ValueError("R2RANK_ENGINE_URL is required when R2RANK_ENGINE=remote")
+        return self
+
+    @model_validator(mode="after")
+    def _no_placeholder_secrets(self) -> Settings:
+        """The deploy manifests ship CHANGE-ME placeholders: serving with one would be serving with no secret."""
+        secrets = {
+            "R2RANK_KEY_SECRET": self.key_secret.get_secret_value() if self.key_secret else "",
+            "R2RANK_ENGINE_API_KEY": self.engine_api_key or "",
+            "R2RANK_REDIS_URL": self.redis_url or "",
+        }
+        for name, value in secrets.items():
+            if PLACEHOLDER_SECRET in value:
+                raise ValueError(f"{name} holds the {PLACEHOLDER_SECRET} placeholder: set a real secret")
         return self
 
     def apply_vllm_cpu_env(self) -> None:

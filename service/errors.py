@@ -88,9 +88,10 @@ async def _service_error_handler(request: Request, exc: ServiceError) -> JSONRes
     if isinstance(exc, Unauthenticated):
         headers["WWW-Authenticate"] = "Bearer"
     if isinstance(exc, EngineError):
-        logger.warning("engine error: %s", exc)
+        logger.warning("engine error: %s (%s)", exc, exc.detail)
         message = f"ranking engine unavailable: {message}"
     if isinstance(exc, StoreUnavailable):
+        logger.warning("store error: %s (%s)", exc, exc.detail)
         request.app.state.r2rank.metrics.store_errors.labels(_operation(request)).inc()
     if status == 500:
         logger.error("domain error without a status: %r", exc)

@@ -13,10 +13,13 @@ class ServiceError(Exception):
 
     type: str = "internal_error"
 
-    def __init__(self, message: str, param: str | None = None, type_: str | None = None) -> None:
+    def __init__(
+        self, message: str, param: str | None = None, type_: str | None = None, detail: str | None = None
+    ) -> None:
         super().__init__(message)
         self.message = message
         self.param = param
+        self.detail = detail  # for the logs only: may name internal hosts and URLs, which replies never carry
         if type_ is not None:
             self.type = type_
 
@@ -58,8 +61,10 @@ class Forbidden(ServiceError):
 class RetryLater(ServiceError):
     """Transient: the caller should retry after ``retry_after_s``."""
 
-    def __init__(self, message: str, retry_after_s: float = 1.0, param: str | None = None) -> None:
-        super().__init__(message, param)
+    def __init__(
+        self, message: str, retry_after_s: float = 1.0, param: str | None = None, detail: str | None = None
+    ) -> None:
+        super().__init__(message, param, detail=detail)
         self.retry_after_s = retry_after_s
 
 

@@ -25,6 +25,11 @@ class Metrics:
             "r2rank_items_scored_total", "Candidate items scored by the engine.", ["reasoning"], registry=r
         )
         self.rationale_tokens = Counter("r2rank_rationale_tokens_total", "Rationale tokens generated.", registry=r)
+        self.rationales_withheld = Counter(
+            "r2rank_rationales_withheld_total",
+            "Rationales that cited what their evidence does not state: not shown, the item scored from its evidence.",
+            registry=r,
+        )
         self.engine_inflight = Gauge(
             "r2rank_engine_inflight_items", "Items submitted to the engine and not finished.", registry=r
         )

@@ -6,6 +6,8 @@ from typing import Annotated, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints, field_validator
 
+from contract.evidence import Evidence
+
 ItemId = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=256)]
 Title = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=2000)]
 HARD_MAX_CANDIDATES = 1000  # schema bound; the configured R2RANK_MAX_CANDIDATES (default 200) is checked too
@@ -56,6 +58,7 @@ class RankRequest(BaseModel):
                     ],
                     "top_k": 10,
                     "include_rationales": True,
+                    "include_evidence": True,
                     "reasoning": "full",
                 }
             ]
@@ -71,6 +74,9 @@ class RankRequest(BaseModel):
     )
     top_k: int | None = Field(None, ge=1, description="Return only the best k items (default: all).")
     include_rationales: bool = Field(False, description="Return each item's rationale (reasoning='full' only).")
+    include_evidence: bool = Field(
+        False, description="Return each item's evidence (what its prompt stated) as fields, to show or check reasons."
+    )
     reasoning: Literal["full", "none"] = Field(
         "full", description="'full': reason, then score; 'none': score straight after the candidate (cheaper)."
     )
@@ -102,6 +108,56 @@ class RankRequest(BaseModel):
 ScoreSource = Literal["engine", "cache", "popularity", "input_order"]
 
 
+class HistoryRef(BaseModel):
+    ref: int = Field(description="The history item's reference in the prompt and rationale: #1 is the latest.")
+    item_id: str
+    title: str = Field(description="The title as the model saw it.")
+
+
+class LinkOut(HistoryRef):
+    count: int = Field(description="Times the candidate followed this history item in training sequences.")
+
+
+class SharedWordOut(HistoryRef):
+    word: str
+
+
+class SharedAttributeOut(HistoryRef):
+    name: str
+    value: str
+
+
+class EvidenceOut(BaseModel):
+    """The facts the candidate's prompt stated (computed from training interactions); a rationale may cite only
+    these: each ``#k`` it names and each number it states appears here."""
+
+    text: str = Field(description="The prompt's Evidence line.")
+    links: list[LinkOut] = Field(description="Co-occurrence with the 5 latest history items, latest first.")
+    older_links: int = Field(description="Co-occurrence with older history items, summed.")
+    popularity: int = Field(description="Training interactions with the candidate.")
+    popularity_top_percent: int | None = Field(description="Its popularity rank as top p%; null: never seen.")
+    shared_word: SharedWordOut | None
+    attributes: list[SharedAttributeOut]
+
+    @classmethod
+    def from_evidence(cls, evidence: Evidence, titles: dict[int, str]) -> EvidenceOut:
+        word = evidence.shared_word
+        return cls(
+            text=evidence.text(),
+            links=[LinkOut(ref=k.ref, item_id=k.item_id, title=titles[k.ref], count=k.count) for k in evidence.links],
+            older_links=evidence.older_links,
+            popularity=evidence.popularity,
+            popularity_top_percent=evidence.popularity_top_percent,
+            shared_word=SharedWordOut(ref=word.ref, item_id=word.item_id, title=titles[word.ref], word=word.word)
+            if word
+            else None,
+            attributes=[
+                SharedAttributeOut(ref=a.ref, item_id=a.item_id, title=titles[a.ref], name=a.name, value=a.value)
+                for a in evidence.attributes
+            ],  # fmt: skip
+        )
+
+
 class RankedItem(BaseModel):
     item_id: str
     score: float | None = Field(
@@ -113,6 +169,13 @@ class RankedItem(BaseModel):
         "engine", description="engine or cache: a model score; popularity or input_order: a deadline fallback."
     )
     rationale: str | None = Field(None, description="Present only when include_rationales was true.")
+    rationale_withheld: bool | None = Field(
+        None,
+        description="With include_rationales: true when the model's rationale cited a count, item or "
+        "percentile its evidence does not state, so it is not shown and the score was read from the "
+        "evidence alone (include_evidence returns the facts themselves).",
+    )
+    evidence: EvidenceOut | None = Field(None, description="Present only when include_evidence was true.")
 
 
 class RankResponse(BaseModel):
@@ -157,11 +220,15 @@ RANKING_ERROR_RESPONSES = {
 
 
 # --- user histories and events -------------------------------------------------------------------------
+MAX_TIMESTAMP = 253_402_300_799.0  # 9999-12-31T23:59:59Z: a larger (or infinite) time would pin an entry as newest
+Timestamp = Annotated[float, Field(ge=0, le=MAX_TIMESTAMP, allow_inf_nan=False)]
+
+
 class HistoryEntryIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     item_id: ItemId
-    timestamp: float | None = Field(None, ge=0, description="Unix seconds; default: time of the call.")
+    timestamp: Timestamp | None = Field(None, description="Unix seconds (finite, before year 10000); default: now.")
 
 
 class HistoryPut(BaseModel):
@@ -189,7 +256,7 @@ class EventIn(BaseModel):
     )
 
     item_id: ItemId
-    timestamp: float | None = Field(None, ge=0, description="Unix seconds; default: Redis server time.")
+    timestamp: Timestamp | None = Field(None, description="Unix seconds (finite, before year 10000); default: now.")
     event_id: Annotated[str, StringConstraints(min_length=1, max_length=128)] | None = Field(
         None, description="Idempotency key: an event id already stored for this user is not stored again."
     )

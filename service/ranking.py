@@ -1,4 +1,4 @@
-"""The /rank pipeline: validate → history → titles → prompts (contract) → score cache → engine → sort.
+"""The /rank pipeline: validate → history → titles → evidence and prompts (contract) → score cache → engine → sort.
 
 Free of HTTP: it takes a ``RankRequest`` and its request id and returns a ``RankResponse``, raising domain
 errors (``service.exceptions``) that the edge turns into statuses, so the same pipeline serves other front
@@ -7,21 +7,26 @@ doors (the rerank API, the trainer's eval) and is testable without a server.
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import os
+import socket
 import time
 from collections.abc import Sequence
 
 from contract.assembly import RequestPrompts
+from contract.evidence import Evidence, Item
 from service.config import Settings
 from service.engine.base import ItemScore, ReasoningEngine, ScoringJob
 from service.exceptions import InvalidRequest, Overloaded, StoreUnavailable
 from service.metrics import Metrics
-from service.protocol import ItemIn, RankedItem, RankRequest, RankResponse, ScoreSource
+from service.protocol import EvidenceOut, ItemIn, RankedItem, RankRequest, RankResponse, ScoreSource
 from service.store import CachedScore, RedisStore, score_cache_field, score_cache_fingerprint
 
 logger = logging.getLogger(__name__)
 
 CACHE_BACKOFF_S = 5.0  # after a cache failure, skip the cache this long instead of paying Redis timeouts
+POD_ID = f"{socket.gethostname()}-{os.getpid()}"  # this process, in the engine budget shared through Redis
 
 WARMUP_REQUEST = RankRequest(
     history=[ItemIn(item_id="w1", title="Warm-up history item")],
@@ -33,6 +38,13 @@ WARMUP_REQUEST = RankRequest(
 def rank_order(item_ids: Sequence[str], scores: Sequence[float]) -> list[int]:
     """Indices by score descending; ties broken by item_id ascending, so the order is deterministic."""
     return sorted(range(len(item_ids)), key=lambda i: (-scores[i], item_ids[i]))
+
+
+def evidence_out(evidence: Evidence, history: list[Item]) -> EvidenceOut:
+    """The evidence as the API returns it: the prompt's line and its facts, each history reference with the
+    item it stands for (``#1`` = the latest item the model saw)."""
+    title = {len(history) - i: item.title for i, item in enumerate(history)}
+    return EvidenceOut.from_evidence(evidence, title)
 
 
 async def warm_up_engine(engine: ReasoningEngine, settings: Settings, metrics: Metrics) -> None:
@@ -87,7 +99,7 @@ class Ranker:
         try:
             stored = await store.get_history(request.user_id)
         except StoreUnavailable as exc:
-            raise StoreUnavailable(f"user history unreachable: {exc}") from exc
+            raise StoreUnavailable(f"user history unreachable: {exc}", detail=exc.detail) from exc
         return [ItemIn(item_id=entry.item_id) for entry in stored[-self.settings.max_history_request :]]
 
     async def _with_titles(self, history: list[ItemIn], candidates: list[ItemIn]) -> tuple[list[ItemIn], list[ItemIn]]:
@@ -101,7 +113,7 @@ class Ranker:
         try:
             found = await store.get_items(missing)
         except StoreUnavailable as exc:
-            raise StoreUnavailable(f"item catalogue unreachable: {exc}") from exc
+            raise StoreUnavailable(f"item catalogue unreachable: {exc}", detail=exc.detail) from exc
         titles = {item_id: item["title"] for item_id, item in found.items()}
         unknown = [c.item_id for c in candidates if c.title is None and c.item_id not in titles]
         if unknown:
@@ -143,7 +155,8 @@ class Ranker:
         self._cache_skip_until = time.monotonic() + CACHE_BACKOFF_S
 
     def _admit(self, items: int) -> None:
-        """Backpressure: a bounded amount of engine work in flight; beyond it a 429, not a growing queue."""
+        """Backpressure: a bounded amount of work in flight; beyond it a 429, not a growing queue. Checked
+        before any work (store lookups, tokenizing, the engine), so an overloaded service spends nothing."""
         if self._admitted_items + items > self.settings.max_inflight_items:
             self.metrics.rejected.labels("overloaded").inc()
             raise Overloaded(
@@ -151,6 +164,34 @@ class Ranker:
                 "retry after Retry-After seconds"
             )
         self._admitted_items += items
+
+    def _shares_the_engine(self) -> bool:
+        return self.settings.engine == "remote" and bool(self.settings.global_max_inflight_items) and (
+            self.store is not None)  # fmt: skip
+
+    async def _admit_globally(self, items: int) -> bool:
+        """With remote engines, the budget every API pod shares (through Redis): autoscaled pods together
+        cannot queue more than ``global_max_inflight_items`` on the engines. True when taken (release it);
+        Redis unreachable: the pod's own bound alone applies, with a warning."""
+        if not self._shares_the_engine():
+            return False
+        try:
+            taken = await self.store.admit_engine_items(POD_ID, items, self.settings.global_max_inflight_items,
+                                                        time.time())  # fmt: skip
+        except StoreUnavailable as exc:
+            logger.warning("global engine budget unavailable, admitting on this pod's bound: %s", exc)
+            return False
+        if not taken:
+            self.metrics.rejected.labels("overloaded").inc()
+            raise Overloaded(f"overloaded: the engines' shared budget ({self.settings.global_max_inflight_items} "
+                             "items across all API pods) is full; retry after Retry-After seconds")  # fmt: skip
+        return True
+
+    async def _release_globally(self, items: int) -> None:
+        try:
+            await self.store.release_engine_items(POD_ID, items, time.time())
+        except StoreUnavailable as exc:  # the stale-pod rule frees it if this pod stops beating
+            logger.warning("could not release %d items of the global engine budget: %s", items, exc)
 
     async def _score(
         self,
@@ -162,29 +203,35 @@ class Ranker:
         engine: ReasoningEngine,
     ) -> tuple[list[ItemScore | None], list[ScoreSource]]:
         """Model scores from the cache or the engine; ``None`` where the deadline came first."""
+        manifest = engine.checkpoint.manifest
         fingerprint = score_cache_fingerprint(
             engine.model_version,
-            engine.checkpoint.manifest.prompt_format,
+            manifest.prompt_format,
+            manifest.stats_version,
             reasoning,
             engine.max_rationale_tokens,
             prompts.prefix.text,
         )
-        fields = [score_cache_field(c.item_id, t) for c, t in zip(candidates, prompts.candidate_titles, strict=True)]
+        fields = [score_cache_field(c.item_id, t) for c, t in zip(candidates, prompts.segment_texts, strict=True)]
         cached = await self._cache_get(fingerprint, fields)
         misses = [i for i, field in enumerate(fields) if field not in cached]
         fresh: list[ItemScore | None] = []
         if misses:
-            self._admit(len(misses))
-            try:
-                jobs = [ScoringJob(prompts.prompt_ids(i), prompts.reasoning) for i in misses]
-                fresh = await engine.score_items(jobs, request_id, timeout_s=max(0.0, deadline - time.monotonic()))
-            finally:
-                self._admitted_items -= len(misses)
-        scored = {fields[i]: CachedScore(r.score, r.rationale) for i, r in zip(misses, fresh, strict=True) if r}
+            jobs = [ScoringJob(prompts.prompt_ids(i), prompts.reasoning, prompts.evidence[i].text(),
+                               prompts.evidence_only_ids(i)) for i in misses]  # fmt: skip
+            fresh = await engine.score_items(jobs, request_id, timeout_s=max(0.0, deadline - time.monotonic()))
+        scored = {
+            fields[i]: CachedScore(r.score, r.rationale, r.rationale_withheld)
+            for i, r in zip(misses, fresh, strict=True)
+            if r
+        }
         await self._cache_put(fingerprint, scored)
 
         results: list[ItemScore | None] = [
-            ItemScore(cached[f].score, cached[f].rationale) if f in cached else None for f in fields
+            ItemScore(cached[f].score, cached[f].rationale, rationale_withheld=cached[f].rationale_withheld)
+            if f in cached
+            else None
+            for f in fields
         ]
         sources: list[ScoreSource] = ["cache" if f in cached else "engine" for f in fields]
         for i, result in zip(misses, fresh, strict=True):
@@ -220,9 +267,28 @@ class Ranker:
         started = time.perf_counter()
         deadline = time.monotonic() + (request.deadline_ms or self.settings.default_deadline_ms) / 1000
         self.validate(request)
+        items = len(request.candidates)
+        self._admit(items)
+        try:
+            shared = await self._admit_globally(items)
+            try:
+                return await self._admitted(request, request_id, engine, started, deadline)
+            finally:
+                if shared:
+                    await self._release_globally(items)
+        finally:
+            self._admitted_items -= items
+
+    async def _admitted(
+        self, request: RankRequest, request_id: str, engine: ReasoningEngine, started: float, deadline: float
+    ) -> RankResponse:
         history, candidates = await self._with_titles(await self._history(request), list(request.candidates))
-        prompts = engine.prompts.prompts(
-            [item.title or "" for item in history], [item.title or "" for item in candidates], request.reasoning
+        # tokenizing up to 700 titles takes milliseconds of CPU: off the event loop, which keeps serving
+        prompts = await asyncio.to_thread(
+            engine.prompts.prompts,
+            [Item(i.item_id, i.title or "") for i in history],
+            [Item(c.item_id, c.title or "") for c in candidates],
+            request.reasoning,
         )
 
         engine_started = time.perf_counter()
@@ -249,6 +315,9 @@ class Ranker:
             item = RankedItem(item_id=ids[i], score=result.score if result else None, rank=rank, source=sources[i])
             if request.include_rationales:
                 item.rationale = result.rationale if result else None
+                item.rationale_withheld = bool(result and result.rationale_withheld)
+            if request.include_evidence:
+                item.evidence = evidence_out(prompts.evidence[i], prompts.history)
             items.append(item)
         return RankResponse(
             request_id=request_id,
@@ -265,3 +334,4 @@ class Ranker:
     def _record(self, reasoning: str, results: Sequence[ItemScore]) -> None:
         self.metrics.items_scored.labels(reasoning).inc(len(results))
         self.metrics.rationale_tokens.inc(sum(r.rationale_tokens for r in results))
+        self.metrics.rationales_withheld.inc(sum(r.rationale_withheld for r in results))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -14,12 +15,14 @@ from service.config import Settings
 from service.engine.base import EngineError, ReasoningEngine
 from service.metrics import Metrics
 from service.model_manager import ModelManager
-from service.ranking import Ranker, warm_up_engine
+from service.ranking import POD_ID, Ranker, warm_up_engine
+from service.rates import KeyRates
 from service.store import RedisStore, StoreUnavailable
 
 logger = logging.getLogger(__name__)
 
 HEALTH_CHECK_INTERVAL_S = 2.0
+STORE_CHECK_INTERVAL_S = 2.0
 
 
 @dataclass
@@ -30,18 +33,24 @@ class ServiceState:
     ranker: Ranker
     store: RedisStore | None = None
     keys: KeyStore | None = None
+    rates: KeyRates | None = None
     models: ModelManager | None = None
     ready: bool = False
     not_ready_reason: str | None = "starting"
     _warmup_task: asyncio.Task | None = field(default=None, repr=False)
+    _store_task: asyncio.Task | None = field(default=None, repr=False)
+    _store_ok: bool | None = field(default=None, repr=False)  # None: not checked yet
 
     @classmethod
     def create(cls, settings: Settings, engine: ReasoningEngine) -> ServiceState:
         metrics = Metrics()
         store = build_store(settings)
         ranker = Ranker(engine, settings, metrics, store)
-        keys = KeyStore(settings.api_keys, store)
-        state = cls(settings=settings, engine=engine, metrics=metrics, ranker=ranker, store=store, keys=keys)
+        secret = settings.key_secret.get_secret_value() if settings.key_secret else None
+        keys = KeyStore(settings.api_keys, store, secret)
+        rates = KeyRates(settings.max_candidates, metrics)
+        state = cls(settings=settings, engine=engine, metrics=metrics, ranker=ranker, store=store, keys=keys,
+                    rates=rates)  # fmt: skip
         models_root = settings.models_root or Path(settings.model_path).resolve().parent
         state.models = ModelManager(state, settings, metrics, models_root)
         state._publish_model_info()
@@ -64,15 +73,31 @@ class ServiceState:
         self.ranker.engine = engine
         self._publish_model_info()
 
-    async def store_status(self) -> dict[str, object]:
-        """Redis reachability, reported apart from the engine: inline /rank works without Redis."""
+    def store_status(self) -> dict[str, object]:
+        """Redis reachability as the background check last saw it, reported apart from the engine (inline /rank
+        works without Redis). Read without waiting: a slow Redis cannot make a readiness probe time out."""
         if self.store is None:
-            return {"configured": False, "ok": False, "detail": "R2RANK_REDIS_URL is empty"}
-        try:
-            await self.store.ping()
-        except StoreUnavailable as exc:
-            return {"configured": True, "ok": False, "detail": str(exc)}
-        return {"configured": True, "ok": True, "detail": None}
+            return {"configured": False, "ok": False, "detail": "no store configured"}
+        if self._store_ok is None:
+            return {"configured": True, "ok": False, "detail": "not checked yet"}
+        return {"configured": True, "ok": self._store_ok, "detail": None if self._store_ok else "unreachable"}
+
+    async def _watch_store(self) -> None:
+        """Ping Redis every few seconds (and keep this pod's place in the shared engine budget); failures are
+        logged with their cause, which replies never carry."""
+        while True:
+            try:
+                await self.store.ping()
+                if self.ranker._shares_the_engine():
+                    await self.store.engine_heartbeat(POD_ID, time.time())
+                if self._store_ok is False:
+                    logger.info("redis reachable again")
+                self._store_ok = True
+            except StoreUnavailable as exc:
+                if self._store_ok is not False:
+                    logger.warning("redis unreachable: %s", exc.detail or exc)
+                self._store_ok = False
+            await asyncio.sleep(STORE_CHECK_INTERVAL_S)
 
     async def start(self) -> None:
         """Start the engine (blocking: a local engine that cannot load should stop the process), then warm up
@@ -80,6 +105,8 @@ class ServiceState:
         starting and a failed engine is brought back without a process restart."""
         await self.engine.start()
         self._warmup_task = asyncio.create_task(self._supervise())
+        if self.store is not None:
+            self._store_task = asyncio.create_task(self._watch_store())
 
     def _set_ready(self, ready: bool, reason: str | None) -> None:
         if self.ready and not ready:
@@ -121,8 +148,9 @@ class ServiceState:
 
     async def stop(self) -> None:
         self._set_ready(False, "shutting down")
-        if self._warmup_task is not None and not self._warmup_task.done():
-            self._warmup_task.cancel()
+        for task in (self._warmup_task, self._store_task):
+            if task is not None and not task.done():
+                task.cancel()
         await self.engine.close()
         if self.store is not None:
             await self.store.close()

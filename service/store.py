@@ -1,23 +1,31 @@
 """Redis state: user histories, the item catalogue and the score cache.
 
-Key layout (one configurable prefix ``P``, default ``r2r``; per-user keys share a Redis-Cluster hash tag,
-so the multi-key Lua scripts below stay on one slot):
+Key layout (one configurable prefix ``P``, default ``r2r``; a user's keys share one hash tag, made from a
+digest of the user id, so no id can break the key's shape and the multi-key scripts below touch one slot):
 
-    P:{u:<user_id>}:hist    ZSET  member "<seq:012d>|<item_id>", score = event timestamp (s)
+    P:{u:<sha256(user_id)[:24]>}:hist  ZSET  member "<seq:012d>|<item_id>", score = event timestamp (s)
                                   -> history ordered by (timestamp, arrival); the same item may recur
-    P:{u:<user_id>}:ev      ZSET  event_id -> seq, the last EVENT_IDS_KEPT ids: idempotent appends
-    P:{u:<user_id>}:seq     STRING arrival counter
+    P:{u:<sha256(user_id)[:24]>}:ev    ZSET  event_id -> seq, the last EVENT_IDS_KEPT ids: idempotent appends
+    P:{u:<sha256(user_id)[:24]>}:seq   STRING arrival counter
     P:items                 HASH  item_id -> JSON {"title", ...extra fields}
     P:pop                   ZSET  item_id -> interactions seen (events and stored histories), best effort:
                                   the cheap fallback signal when a ranking misses its deadline
-    P:sc:{<fingerprint>}    HASH  "<item_id>|<title hash>" -> JSON {"s": score, "r": rationale|null}
-                                  fingerprint = sha256(model_version, prompt_format, reasoning, rationale cap,
-                                  the exact history prefix text); every key has a TTL
-    P:apikeys               HASH  sha256(API key) -> JSON list of scopes (``r2rank-serve add-key``)
+    P:sc:{<fingerprint>}    HASH  "<item_id>|<segment hash>" -> JSON {"s": score, "r": rationale|null,
+                                  "w": 1 when the rationale was withheld}
+                                  fingerprint = sha256(model_version, prompt_format, stats_version, reasoning,
+                                  rationale cap, the exact history prefix text); the field hashes the
+                                  candidate's whole segment (title and evidence); every key has a TTL
+    P:apikeys               HASH  sha256(API key) -> JSON entry (scopes, rates, name, created) with an HMAC
+                                  by the server secret (``r2rank-serve keys add``; unsigned entries refused)
 
 This class owns every key: nothing else in the service builds a key or calls the Redis client. Every write
 is one atomic script or MULTI, so a 2xx means the whole write is in Redis. Failures raise
 ``StoreUnavailable`` (the API answers 503); reads for the score cache degrade to misses instead.
+
+Calls are retried (twice, with backoff) only where a repeat cannot change the result: reads, replacements,
+upserts, deletes, and event appends, which always carry an event id (one is made before the first try when
+the caller sent none), so a retry after a lost reply finds the event already stored. The popularity counts,
+which a repeat would double, are sent once.
 """
 
 from __future__ import annotations
@@ -25,14 +33,15 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import uuid
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from redis.asyncio import Redis
+from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
 from redis.exceptions import RedisError
-from redis.retry import Retry
 
 from service.exceptions import StoreUnavailable
 
@@ -86,6 +95,25 @@ return redis.call('ZCARD', KEYS[1])
 """
 
 
+_ADMIT_ENGINE_ITEMS = """
+-- KEYS: inflight (HASH pod -> items), seen (HASH pod -> last heartbeat)   ARGV: pod, items, limit, now, stale_s
+local seen = redis.call('HGETALL', KEYS[2])
+for i = 1, #seen, 2 do
+  if tonumber(seen[i + 1]) < tonumber(ARGV[4]) - tonumber(ARGV[5]) then
+    redis.call('HDEL', KEYS[1], seen[i])
+    redis.call('HDEL', KEYS[2], seen[i])
+  end
+end
+local total = 0
+for _, v in ipairs(redis.call('HVALS', KEYS[1])) do total = total + tonumber(v) end
+redis.call('HSET', KEYS[2], ARGV[1], ARGV[4])
+if total + tonumber(ARGV[2]) > tonumber(ARGV[3]) then return 0 end
+redis.call('HINCRBY', KEYS[1], ARGV[1], ARGV[2])
+return 1
+"""
+ENGINE_POD_STALE_S = 10.0  # a pod silent this long (crashed) no longer holds engine budget
+
+
 @dataclass(frozen=True)
 class HistoryEntry:
     item_id: str
@@ -96,23 +124,30 @@ class HistoryEntry:
 class CachedScore:
     score: float
     rationale: str | None
+    rationale_withheld: bool = False
 
 
 def score_cache_fingerprint(
-    model_version: str, prompt_format: str, reasoning: str, max_rationale_tokens: int, prefix_text: str
+    model_version: str,
+    prompt_format: str,
+    stats_version: str,
+    reasoning: str,
+    max_rationale_tokens: int,
+    prefix_text: str,
 ) -> str:
     """Identifies everything the model saw before the candidate: a new event changes ``prefix_text``, a new
-    checkpoint changes ``model_version``; either gives a new key, so a stale score is never served."""
+    checkpoint changes ``model_version``, new statistics ``stats_version``; any of them gives a new key, so a
+    stale score is never served."""
     digest = hashlib.sha256()
-    for part in (model_version, prompt_format, reasoning, str(max_rationale_tokens), prefix_text):
+    for part in (model_version, prompt_format, stats_version, reasoning, str(max_rationale_tokens), prefix_text):
         digest.update(part.encode())
         digest.update(b"\x00")
     return digest.hexdigest()[:32]
 
 
-def score_cache_field(item_id: str, candidate_title: str) -> str:
-    """The candidate's title is part of its prompt, so it is part of its cache field."""
-    return f"{item_id}|{hashlib.sha256(candidate_title.encode()).hexdigest()[:16]}"
+def score_cache_field(item_id: str, candidate_segment: str) -> str:
+    """The candidate's part of the prompt (its title and evidence) is part of its cache field."""
+    return f"{item_id}|{hashlib.sha256(candidate_segment.encode()).hexdigest()[:16]}"
 
 
 class RedisStore:
@@ -138,12 +173,17 @@ class RedisStore:
             retry_on_timeout=True,
             health_check_interval=15,
         )
+        self._once = Redis.from_url(  # for the writes a repeat would change: never retried
+            url, decode_responses=True, socket_timeout=timeout_s, socket_connect_timeout=timeout_s,
+            retry=Retry(ExponentialBackoff(), retries=0), retry_on_timeout=False,
+        )  # fmt: skip
         self._append = self.client.register_script(_APPEND_EVENT)
         self._replace = self.client.register_script(_REPLACE_HISTORY)
+        self._admit_engine = self._once.register_script(_ADMIT_ENGINE_ITEMS)
 
     # --- keys -------------------------------------------------------------------------------------------
     def _user_keys(self, user_id: str) -> list[str]:
-        tag = f"{self.prefix}:{{u:{user_id}}}"
+        tag = f"{self.prefix}:{{u:{hashlib.sha256(user_id.encode()).hexdigest()[:24]}}}"
         return [f"{tag}:hist", f"{tag}:ev", f"{tag}:seq"]
 
     @property
@@ -167,15 +207,18 @@ class RedisStore:
 
     async def close(self) -> None:
         await self.client.aclose()
+        await self._once.aclose()
 
     async def _call(self, awaitable, write: str | None = None):
         """Await a Redis call; a failure becomes ``StoreUnavailable`` (for a write: saying nothing was stored)."""
         try:
             return await awaitable
         except (RedisError, OSError) as exc:
-            if write is not None:
-                raise StoreUnavailable(f"redis unavailable while {write}, nothing was stored: {exc}") from exc
-            raise StoreUnavailable(f"redis unavailable: {exc}") from exc
+            detail = f"{type(exc).__name__}: {exc}"  # may name the host: logged, never replied
+            if write is not None:  # a lost or late reply: the write may have happened; a repeat is harmless
+                raise StoreUnavailable(f"redis did not confirm {write}; retrying the same request is safe",
+                                       detail=detail) from exc  # fmt: skip
+            raise StoreUnavailable("redis unavailable", detail=detail) from exc
 
     # --- histories --------------------------------------------------------------------------------------
     async def get_history(self, user_id: str) -> list[HistoryEntry]:
@@ -187,18 +230,23 @@ class RedisStore:
         for item_id, timestamp in entries:
             args += [repr(float(timestamp)), item_id]
         length = int(await self._call(self._replace(keys=self._user_keys(user_id), args=args), "replacing the history"))
-        await self._count_interactions([item_id for item_id, _ in entries])
+        kept = sorted(range(len(entries)), key=lambda i: (float(entries[i][1]), i))[-self.history_max :]
+        await self._count_interactions([entries[i][0] for i in sorted(kept)])  # only what the history keeps
         return length
 
     async def append_event(
         self, user_id: str, item_id: str, timestamp: float | None, event_id: str | None
     ) -> tuple[bool, int]:
-        """Returns (stored, history length); ``stored`` is False for an event id seen before."""
+        """Returns (stored, history length); ``stored`` is False for an event id seen before. An event without an
+        id gets one here, before the first try, so a retry of this call stores it once."""
+        made_here = event_id is None
+        event_id = event_id or f"auto-{uuid.uuid4().hex}"
         args = [
             item_id, "" if timestamp is None else repr(float(timestamp)), event_id or "",
             self.history_max, self.user_ttl_s, EVENT_IDS_KEPT,
         ]  # fmt: skip
         stored, length = await self._call(self._append(keys=self._user_keys(user_id), args=args), "appending the event")
+        stored = stored or made_here  # an id made here can only have been stored by this call's earlier try
         if stored:
             await self._count_interactions([item_id])
         return bool(stored), int(length)
@@ -209,7 +257,7 @@ class RedisStore:
         if not item_ids:
             return
         try:
-            async with self.client.pipeline(transaction=False) as pipe:
+            async with self._once.pipeline(transaction=False) as pipe:
                 for item_id in item_ids:
                     pipe.zincrby(self._popularity_key, 1, item_id)
                 await pipe.execute()
@@ -255,33 +303,63 @@ class RedisStore:
         for field, raw in zip(fields, values, strict=True):
             if raw is not None:
                 data = json.loads(raw)
-                found[field] = CachedScore(float(data["s"]), data.get("r"))
+                found[field] = CachedScore(float(data["s"]), data.get("r"), bool(data.get("w")))
         return found
 
     async def put_scores(self, fingerprint: str, scores: dict[str, CachedScore]) -> None:
         if not scores:
             return
         key = self._score_key(fingerprint)
-        mapping = {field: json.dumps({"s": s.score, "r": s.rationale}) for field, s in scores.items()}
+        mapping = {
+            field: json.dumps({"s": s.score, "r": s.rationale, **({"w": 1} if s.rationale_withheld else {})})
+            for field, s in scores.items()
+        }
         async with self.client.pipeline(transaction=True) as pipe:
             pipe.hset(key, mapping=mapping)
             pipe.expire(key, self.score_ttl_s)
             await self._call(pipe.execute())
 
-    # --- API keys -----------------------------------------------------------------------------------------
-    async def get_api_key_scopes(self, key_digest: str) -> list[str] | None:
-        """The scopes stored for a key's sha256 digest, or None for an unknown key."""
-        raw = await self._call(self.client.hget(self._api_keys_key, key_digest))
-        return json.loads(raw) if raw else None
+    # --- API keys (entries are signed by service.auth; the store only keeps them) ---------------------------
+    async def get_api_key(self, key_digest: str) -> str | None:
+        """The entry stored for a key's sha256 digest, or None for an unknown key."""
+        return await self._call(self.client.hget(self._api_keys_key, key_digest))
 
-    async def put_api_key(self, key_digest: str, scopes: Sequence[str]) -> None:
-        entry = json.dumps(sorted(scopes))
+    async def put_api_key(self, key_digest: str, entry: str) -> None:
         await self._call(self.client.hset(self._api_keys_key, key_digest, entry), "storing the key")
 
+    async def api_keys(self) -> dict[str, str]:
+        return await self._call(self.client.hgetall(self._api_keys_key))
+
+    async def delete_api_key(self, key_digest: str) -> bool:
+        return bool(await self._call(self.client.hdel(self._api_keys_key, key_digest), "revoking the key"))
+
+    # --- the engine budget shared by every API pod (remote engines) -------------------------------------
+    @property
+    def _engine_keys(self) -> list[str]:
+        return [f"{self.prefix}:{{engine}}:inflight", f"{self.prefix}:{{engine}}:seen"]
+
+    async def admit_engine_items(self, pod: str, items: int, limit: int, now: float) -> bool:
+        """Take ``items`` of the global engine budget for ``pod`` if the pods' total stays within ``limit``
+        (pods without a heartbeat for ``ENGINE_POD_STALE_S`` are dropped first, so a crash frees its share)."""
+        args = [pod, items, limit, now, ENGINE_POD_STALE_S]
+        return bool(await self._call(self._admit_engine(keys=self._engine_keys, args=args), "admitting work"))
+
+    async def release_engine_items(self, pod: str, items: int, now: float) -> None:
+        inflight, seen = self._engine_keys
+        async with self._once.pipeline(transaction=True) as pipe:
+            pipe.hincrby(inflight, pod, -items)
+            pipe.hset(seen, pod, now)
+            await self._call(pipe.execute(), "releasing work")
+
+    async def engine_heartbeat(self, pod: str, now: float) -> None:
+        await self._call(self._once.hset(self._engine_keys[1], pod, now))
+
     # --- maintenance --------------------------------------------------------------------------------------
-    async def delete_prefix(self) -> int:
-        """Delete every key under the prefix (tests and demo resets)."""
+    async def delete_prefix(self, keep_api_keys: bool = True) -> int:
+        """Delete every key under the prefix (tests and demo resets); the API keys stay unless asked otherwise."""
         deleted = 0
         async for key in self.client.scan_iter(match=f"{self.prefix}:*", count=1000):
+            if keep_api_keys and key == self._api_keys_key:
+                continue
             deleted += await self.client.delete(key)
         return deleted

@@ -13,6 +13,17 @@ import redis
 
 from loadtest.procs import ServerProcess, delete_prefix, start_service
 from service.demo import DemoData
+from service.store import RedisStore
+
+
+@pytest.fixture
+async def store():
+    """A store on the shared Redis under a fresh prefix, histories capped at 5; its keys are deleted after."""
+    prefix = f"r2rtest-store-{uuid.uuid4().hex[:8]}"
+    store = RedisStore(REDIS_URL, prefix=prefix, history_max=5)
+    yield store
+    await store.close()
+    delete_prefix(prefix)
 
 
 @pytest.fixture(scope="session")

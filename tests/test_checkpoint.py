@@ -30,7 +30,8 @@ def _edit_manifest(model_dir: Path, **changes) -> None:
 
 def test_shipped_default_model_opens():
     checkpoint = open_checkpoint(DEFAULT_MODEL)
-    assert checkpoint.manifest.prompt_format == "r2rank-pointwise-v1"
+    assert checkpoint.manifest.prompt_format == "r2rank-grounded-v2"
+    assert checkpoint.manifest.stats_version == checkpoint.stats.version  # the statistics it was trained with
     assert checkpoint.model_version.rsplit("-", 1)[1] == content_hash(DEFAULT_MODEL)[:12]  # names its bytes
     size = sum(p.stat().st_size for p in DEFAULT_MODEL.iterdir())
     assert size <= 50 * 1024 * 1024
@@ -39,6 +40,15 @@ def test_shipped_default_model_opens():
 def test_other_prompt_format_refused(model_copy: Path):
     _edit_manifest(model_copy, prompt_format="someone-elses-v9")
     with pytest.raises(CheckpointError, match="someone-elses-v9.*not supported"):
+        open_checkpoint(model_copy)
+
+
+def test_statistics_must_be_there_and_be_the_manifests(model_copy: Path):
+    _edit_manifest(model_copy, stats_version="0123456789abcdef")
+    with pytest.raises(CheckpointError, match="evidence.json.gz.*not the manifest's stats_version"):
+        open_checkpoint(model_copy)
+    (model_copy / "evidence.json.gz").unlink()
+    with pytest.raises(CheckpointError, match="evidence.json.gz: missing"):
         open_checkpoint(model_copy)
 
 

@@ -57,6 +57,11 @@ def test_compose_file_is_valid(profile):
     assert config["services"]["vllm"]["profiles"] == ["remote-engine"]  # only with --profile remote-engine
     assert config["services"]["r2rank-remote"]["environment"]["R2RANK_ENGINE"] == "remote"
     assert "appendonly" in " ".join(config["services"]["redis"]["command"])
+    # Redis requires a password and the API's URL carries it; the remote engine requires a key the API sends
+    assert "--requirepass" in config["services"]["redis"]["command"]
+    assert config["services"]["r2rank"]["environment"]["R2RANK_REDIS_URL"].startswith("redis://:")
+    assert "--api-key" in config["services"]["vllm"]["command"]
+    assert config["services"]["r2rank-remote"]["environment"]["R2RANK_ENGINE_API_KEY"]
     dashboard = REPO_ROOT / "deploy/grafana/dashboards/r2rank.json"
     assert "r2rank_model_info" in dashboard.read_text()
 
@@ -79,12 +84,29 @@ def test_kustomize_overlays_render_and_validate(overlay, tmp_path):
     assert pod["securityContext"]["runAsNonRoot"] is True
     assert container["securityContext"]["readOnlyRootFilesystem"] is True
     assert {"startupProbe", "readinessProbe", "livenessProbe"} <= set(container)
+    for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
+        assert container[probe]["timeoutSeconds"] >= 1, probe  # explicit: /readyz never waits on Redis
     config = next(d for d in docs if d["kind"] == "ConfigMap")["data"]
     assert config["R2RANK_AUTH_ENABLED"] == "true"
+    # the trust boundary: secrets in the Secret (never the ConfigMap), Redis behind a password and a
+    # NetworkPolicy that lets only the API in, and (gpu) engines that require the API's key
+    secret = next(d for d in docs if d["kind"] == "Secret")["stringData"]
+    assert "R2RANK_REDIS_URL" not in config and secret["R2RANK_REDIS_URL"].startswith("redis://:")
+    assert {"R2RANK_KEY_SECRET", "REDIS_PASSWORD", "R2RANK_API_KEYS"} <= set(secret)
+    redis_args = next(d for d in docs if d["kind"] == "StatefulSet")["spec"]["template"]["spec"]["containers"][0][
+        "args"
+    ]
+    assert "--requirepass" in redis_args
+    policies = {d["metadata"]["name"]: d["spec"] for d in docs if d["kind"] == "NetworkPolicy"}
+    assert policies["default-deny-ingress"]["podSelector"] == {}
+    allowed = policies["redis-from-api-only"]["ingress"][0]["from"][0]["podSelector"]["matchLabels"]
+    assert allowed == {"app.kubernetes.io/name": "r2rank"}
     assert config["R2RANK_ENGINE"] == ("remote" if overlay == "gpu" else "local")
     if overlay == "gpu":
         engine = next(d for d in docs if d["kind"] == "Deployment" and d["metadata"]["name"] == "vllm-engine")
         assert engine["spec"]["template"]["spec"]["containers"][0]["resources"]["limits"]["nvidia.com/gpu"] == 1
+        assert "--api-key" in engine["spec"]["template"]["spec"]["containers"][0]["args"]
+        assert "vllm-engine-from-api-only" in policies
 
 
 @pytest.mark.engine

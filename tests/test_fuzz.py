@@ -7,6 +7,7 @@ under pytest 9), with a bounded number of examples per operation.
 
 from __future__ import annotations
 
+import httpx
 import pytest
 import schemathesis
 from hypothesis import HealthCheck, given, settings
@@ -24,6 +25,11 @@ def test_api_conforms_and_never_5xx(service):
     schema = schemathesis.openapi.from_url(f"{service.url}/openapi.json")
     operations = [result.ok() for result in schema.get_all_operations()]
     assert len(operations) >= 10
+    # the ranking routes declare X-Request-Id, so the hostile headers are generated there too
+    raw = httpx.get(f"{service.url}/openapi.json").json()["paths"]
+    for path in ("/rank", "/v1/rerank", "/v2/rerank"):
+        names = {p["name"] for p in raw[path]["post"].get("parameters", []) if p["in"] == "header"}
+        assert "X-Request-Id" in names, path
     tried = 0
     for operation in operations:
 

@@ -49,6 +49,32 @@ def test_rank_sorted_with_ranks_and_no_rationales_by_default(client, demo):
     assert result["timings_ms"]["total"] >= result["timings_ms"]["engine"] > 0
 
 
+def test_evidence_when_asked_is_what_the_prompt_stated(client, demo):
+    """include_evidence: each item's evidence as fields, its links pointing at history items by reference (#1 =
+    the latest), computed from the shipped statistics; the same evidence in both modes."""
+    from contract.evidence import Item
+
+    user = demo.users[2]
+    body = demo.rank_request(user, include_rationales=True, include_evidence=True)
+    result = _rank(client, body)
+    checkpoint = open_checkpoint(DEFAULT_MODEL)
+    stats = checkpoint.stats
+    history = [Item(i, demo.titles[i]) for i in user.history]
+    for item in result["items"]:
+        evidence = item["evidence"]
+        prompts = checkpoint.prompts.prompts(history, [Item(item["item_id"], demo.titles[item["item_id"]])], "full")
+        assert evidence["text"] == prompts.evidence[0].text()
+        latest_first = [shown.item_id for shown in reversed(prompts.history)]
+        for link in evidence["links"]:
+            assert latest_first[link["ref"] - 1] == link["item_id"] and link["title"] == demo.titles[link["item_id"]]
+            assert link["count"] == stats.follow_count(link["item_id"], item["item_id"])
+        assert isinstance(item["rationale"], str)
+    none = _rank(client, demo.rank_request(user, reasoning="none", include_evidence=True))
+    by_id = {i["item_id"]: i["evidence"] for i in result["items"]}
+    assert all(i["evidence"] == by_id[i["item_id"]] for i in none["items"])  # none sees the same evidence
+    assert all("evidence" not in i for i in _rank(client, demo.rank_request(user, reasoning="none"))["items"])
+
+
 def test_top_k_and_rationales_when_asked(client, demo):
     body = demo.rank_request(demo.users[1], top_k=5, include_rationales=True)
     result = _rank(client, body)

@@ -4,6 +4,7 @@ and every acknowledged write is still there after the restart."""
 from __future__ import annotations
 
 import asyncio
+import json
 import shutil
 import subprocess
 import time
@@ -33,7 +34,8 @@ class RedisServer:
     def start(self) -> None:
         self.proc = subprocess.Popen(
             [shutil.which("redis-server") or "redis-server", "--port", str(self.port), "--bind", "127.0.0.1",
-             "--dir", str(self.directory), "--appendonly", "yes", "--appendfsync", "always", "--save", ""],
+             "--dir", str(self.directory), "--appendonly", "yes", "--appendfsync", "always", "--save", "",
+             "--enable-debug-command", "local"],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         )  # fmt: skip
         deadline = time.monotonic() + 20
@@ -96,8 +98,14 @@ def test_outage_keeps_inline_ranking_and_loses_no_acknowledged_write(outage_setu
                 "/rank", json={"user_id": user_id, "candidates": [{"item_id": "a", "title": "A"}]}
             )
             assert by_user.status_code == 503 and "history" in by_user.json()["error"]["message"]
-            ready = (await http.get("/readyz")).json()
+            # readiness reads the background check's last result (a probe never waits on Redis): it turns soon
+            for _ in range(40):
+                ready = (await http.get("/readyz")).json()
+                if not ready["redis"]["ok"]:
+                    break
+                await asyncio.sleep(0.25)
             assert ready["ready"] is True and ready["redis"]["ok"] is False
+            assert "127.0.0.1" not in json.dumps(ready) and "127.0.0.1" not in write.text  # hosts only in logs
         await writer
         return inline
 
@@ -123,4 +131,31 @@ def test_outage_keeps_inline_ranking_and_loses_no_acknowledged_write(outage_setu
     assert len(stored) == len(set(stored)), "an event was stored twice"
     # every acknowledged event survived the crash, in order (a write whose reply was lost may be there too)
     assert [item for item in stored if item in set(acked_items)] == acked_items
+    for _ in range(40):
+        if httpx.get(f"{url}/readyz").json()["redis"]["ok"]:
+            break
+        time.sleep(0.25)
     assert httpx.get(f"{url}/readyz").json()["redis"]["ok"] is True
+
+
+def test_readiness_answers_at_once_while_redis_is_slow(outage_setup):
+    """Readiness reads the background Redis check: with Redis stalled for 3 s (DEBUG SLEEP), /readyz answers in
+    well under the probes' 1 s timeout and stays ready (inline ranking needs no Redis)."""
+    import threading
+
+    server, service = outage_setup
+    assert httpx.get(f"{service.url}/readyz").status_code == 200
+    stall = threading.Thread(target=lambda: redis.Redis(port=server.port).execute_command("DEBUG", "SLEEP", "3"))
+    stall.start()
+    time.sleep(0.3)  # the stall has begun
+    try:
+        timings = []
+        for _ in range(5):
+            started = time.monotonic()
+            response = httpx.get(f"{service.url}/readyz", timeout=5)
+            timings.append(time.monotonic() - started)
+            assert response.status_code == 200
+        print(f"/readyz while Redis stalls: slowest {max(timings) * 1000:.0f} ms")
+        assert max(timings) < 0.5, timings
+    finally:
+        stall.join()

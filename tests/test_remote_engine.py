@@ -70,6 +70,8 @@ def test_unreachable_remote_engine_gives_503_not_500(log_dir, demo):
         assert response.status_code == 503
         assert response.json()["error"]["type"] == "engine_unavailable"
         assert response.headers.get("retry-after")
+        host = dead_url.removeprefix("http://")
+        assert host not in ready.text and host not in response.text  # internal hosts only in the logs
     finally:
         service.stop()
 
@@ -127,11 +129,20 @@ def test_killed_remote_engine_gives_503_then_recovers(log_dir, demo):
 
 @pytest.mark.parametrize("api", ["chat", "completions"])
 def test_llm_teacher_asks_a_real_server_concurrently_and_caches(vllm_server, demo, tmp_path, api):
+    from contract.checkpoint import open_checkpoint
+    from contract.evidence import Item
     from trainer.data import Catalogue
+    from trainer.teacher import TeacherInput
     from trainer.teacher_llm import LLMTeacher
 
     catalogue = Catalogue(dict(demo.titles))
-    pairs = [(user.history, item) for user in demo.users[:8] for item in user.candidates[:3]]
+    assembler = open_checkpoint(DEFAULT_MODEL).prompts
+    pairs = []  # as the ranker's prompt shows them: numbered history, the candidate, its evidence
+    for user in demo.users[:8]:
+        prompts = assembler.prompts([Item(i, demo.titles[i]) for i in user.history],
+                                    [Item(i, demo.titles[i]) for i in user.candidates[:3]], "full")  # fmt: skip
+        shown = zip(prompts.candidates, prompts.evidence, strict=True)
+        pairs += [TeacherInput(prompts.history, candidate, evidence) for candidate, evidence in shown]
     cache = tmp_path / "teacher.jsonl"
     teacher = LLMTeacher(catalogue, vllm_server.url, str(DEFAULT_MODEL), cache, api=api, concurrency=8)
     first = teacher.rationales(pairs)
@@ -152,7 +163,7 @@ def test_sft_with_a_teacher_url_trains_on_its_rationales(vllm_server, tiny_data,
     from loadtest.procs import REPO_ROOT
 
     tiny = ["--vocab-size", "1024", "--hidden-size", "64", "--intermediate-size", "128", "--layers", "2",
-            "--heads", "2", "--kv-heads", "1"]  # fmt: skip
+            "--heads", "2", "--kv-heads", "1", "--pretrain-epochs", "0"]  # fmt: skip
     run = [sys.executable, "-m", "trainer.cli"]
     init = subprocess.run([*run, "init-model", "--out", str(tmp_path / "init"), "--data", str(tiny_data), *tiny],
                           cwd=REPO_ROOT, capture_output=True, text=True, timeout=300)  # fmt: skip

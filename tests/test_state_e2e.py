@@ -156,3 +156,39 @@ async def test_new_model_version_never_reuses_scores():
     finally:
         await store.close()
         delete_prefix(prefix)
+
+
+class _MiscopyingEngine(_ConstantEngine):
+    """Unit-test engine whose rationale cites a count no evidence states."""
+
+    async def _generate_rationale(self, prompt_ids, request_id):
+        return "Strong link: follows #1 99x; likely.", 9
+
+
+async def test_withheld_rationale_is_flagged_fresh_and_from_the_cache():
+    """A rationale citing what its evidence does not state is never served, and the reply says so, also when
+    the score comes back from the cache (where a null rationale alone could not tell)."""
+    prefix = f"r2rtest-wh-{uuid.uuid4().hex[:6]}"
+    store = RedisStore(REDIS_URL, prefix=prefix)
+    checkpoint = open_checkpoint(DEFAULT_MODEL)
+    request = RankRequest(
+        history=[ItemIn(item_id="244", title="Super Mario 3D World - Nintendo Wii U")],
+        candidates=[ItemIn(item_id="437", title="Super Smash Bros. - Nintendo Wii U"),
+                    ItemIn(item_id="3522", title="Destiny - Standard Edition - PlayStation 4")],
+        reasoning="full", include_rationales=True,
+    )  # fmt: skip
+    try:
+        miscopying = Ranker(_MiscopyingEngine(checkpoint), Settings(), Metrics(), store)
+        for expected_hits in (0, 2):
+            response = await miscopying.rank(request, "t")
+            assert response.cache_hits == expected_hits
+            assert [(i.rationale, i.rationale_withheld) for i in response.items] == [(None, True)] * 2
+        delete_prefix(prefix)
+        honest = Ranker(_ConstantEngine(checkpoint), Settings(), Metrics(), store)
+        for expected_hits in (0, 2):
+            response = await honest.rank(request, "t")
+            assert response.cache_hits == expected_hits
+            assert [(i.rationale, i.rationale_withheld) for i in response.items] == [("r", False)] * 2
+    finally:
+        await store.close()
+        delete_prefix(prefix)

@@ -13,15 +13,6 @@ from service.store import CachedScore, RedisStore, score_cache_field, score_cach
 from tests.conftest import REDIS_URL
 
 
-@pytest.fixture
-async def store():
-    prefix = f"r2rtest-store-{uuid.uuid4().hex[:8]}"
-    store = RedisStore(REDIS_URL, prefix=prefix, history_max=5)
-    yield store
-    await store.close()
-    delete_prefix(prefix)
-
-
 async def test_replace_get_delete_history(store):
     await store.replace_history("u1", [("a", 1.0), ("b", 2.0), ("c", 2.0)])
     assert [e.item_id for e in await store.get_history("u1")] == ["a", "b", "c"]
@@ -92,15 +83,21 @@ async def test_items_bulk_upsert_and_lookup(store):
 
 
 async def test_score_cache_keys_on_model_history_and_title(store):
-    fp = score_cache_fingerprint("m1", "fmt", "full", 32, "history text")
-    field = score_cache_field("42", "Mario Kart")
+    fp = score_cache_fingerprint("m1", "fmt", "stats1", "full", 32, "history text")
+    field = score_cache_field("42", "Candidate: Mario Kart\nEvidence: no links")
     await store.put_scores(fp, {field: CachedScore(1.5, "because")})
     assert await store.get_scores(fp, [field]) == {field: CachedScore(1.5, "because")}
-    # a new model version, a new history (event) or another title must all miss
-    assert await store.get_scores(score_cache_fingerprint("m2", "fmt", "full", 32, "history text"), [field]) == {}
-    assert await store.get_scores(score_cache_fingerprint("m1", "fmt", "full", 32, "history text+"), [field]) == {}
-    assert await store.get_scores(score_cache_fingerprint("m1", "fmt", "none", 32, "history text"), [field]) == {}
-    assert await store.get_scores(fp, [score_cache_field("42", "Mario Kart 2")]) == {}
+    # a new model version, new statistics, a new history (event), another mode, another title or evidence: misses
+    others = [
+        ("m2", "fmt", "stats1", "full", 32, "history text"),
+        ("m1", "fmt", "stats2", "full", 32, "history text"),
+        ("m1", "fmt", "stats1", "full", 32, "history text+"),
+        ("m1", "fmt", "stats1", "none", 32, "history text"),
+    ]
+    for other in others:
+        assert await store.get_scores(score_cache_fingerprint(*other), [field]) == {}
+    assert await store.get_scores(fp, [score_cache_field("42", "Candidate: Mario Kart 2\nEvidence: no links")]) == {}
+    assert await store.get_scores(fp, [score_cache_field("42", "Candidate: Mario Kart\nEvidence: follows #1 2x")]) == {}
     ttl = await store.client.ttl(store._score_key(fp))
     assert 0 < ttl <= store.score_ttl_s
 

@@ -1,9 +1,12 @@
-"""Training statistics and the built-in teacher: computed from training prefixes only, evidence-based."""
+"""Training statistics and the built-in teacher: counted on training prefixes only; rationales that weigh the
+evidence, cite only it, and carry a verdict the teacher's evidence model gives."""
 
 from __future__ import annotations
 
+from contract.evidence import Evidence, EvidenceStats, Item, Link, SharedWord, compute_evidence
 from trainer.data import Catalogue, UserSplit, leave_one_out
-from trainer.teacher import BuiltinTeacher, TrainingStats, clause_kinds, title_words
+from trainer.evaluate import TrainingStats
+from trainer.teacher import BuiltinTeacher, EvidenceModel, calibration_examples, clause_kinds, evidence_features
 
 CATALOGUE = Catalogue(
     {
@@ -26,52 +29,58 @@ def test_stats_never_see_targets():
     assert stats.popularity["7"] == 0 and stats.popularity["5"] == 0  # valid/test targets are not counted
     assert stats.popularity["1"] == 2
     assert stats.follows["1"]["2"] == 2 and stats.follows["2"]["3"] == 1
+    evidence_stats = EvidenceStats.from_sequences((s.train for s in splits), CATALOGUE.titles)
+    assert evidence_stats.popularity("7") == 0 and evidence_stats.follow_count("1", "2") == 2  # the same counts
 
 
-def test_teacher_rationale_states_the_evidence():
-    splits = leave_one_out({"u1": ["1", "2", "3", "7", "5"], "u2": ["1", "2", "4", "6"], "u3": ["3", "4", "5", "6"]})
-    teacher = BuiltinTeacher(CATALOGUE, TrainingStats.from_splits(splits))
-    franchise = teacher.rationale(["3"], "4")
-    assert franchise.startswith("Shares 'halo' with Halo 3 - Xbox 360") and franchise.endswith(".")
-    cooc = teacher.rationale(["1"], "2")
-    assert "often bought after Super Mario Odyssey" in cooc
-    unrelated = teacher.rationale(["5"], "6")
-    assert "no link to recent items" in unrelated.lower()
-    assert "\n" not in unrelated  # a rationale is one line (the contract's stop is a newline)
-    assert title_words("Halo 3 - Xbox 360") == {"halo"}
+TEACHER = BuiltinTeacher(EvidenceModel([1.0, 0.8, 0.6, 0.4, 0.2, 0.1, 0.3, 0.5, 0.5, 0.0], -2.0))
+
+
+def test_rationale_weighs_the_evidence_and_cites_it():
+    strong = Evidence((Link(1, "a", 14), Link(3, "b", 2)), 0, 812, 3, None, ())
+    assert TEACHER.rationale(strong) == "Strong link: follows #1 14x; top 3% popular: likely."
+    weak = Evidence((Link(4, "b", 1),), 0, 5, 60, SharedWord("zelda", 2, "c"), ())
+    assert TEACHER.rationale(weak) == 'Weak link: follows #4 1x; shares "zelda" with #2; niche, top 60%: possible.'
+    assert TEACHER.rationale(Evidence((), 5, 0, None, None, ())) == "Only older links (5x); a new item: unlikely."
+    assert "\n" not in TEACHER.rationale(weak)  # one line: the contract's stop is a newline
+
+
+def test_the_strongest_link_weighs_count_by_recency():
+    """#1 with 6 beats #4 with 10 (6/1 > 10/4): recent co-occurrence says more about what is next."""
+    evidence = Evidence((Link(1, "a", 6), Link(4, "b", 10)), 0, 100, 5, None, ())
+    assert "follows #1 6x" in TEACHER.rationale(evidence)
+
+
+def test_verdict_model_learns_that_links_matter():
+    """Fitted on calibration users' training positions (their own sequence left out of the counts), the weight
+    of a link with the latest item is positive: the verdict follows the evidence."""
+    orders = (["1", "2", "3", "4", "5", "6"], ["3", "4", "1", "2", "5", "6"])
+    sequences = {f"u{i}": orders[i % 2] for i in range(60)}
+    splits = leave_one_out(sequences)
+    stats = EvidenceStats.from_sequences((s.train for s in splits), CATALOGUE.titles)
+    evidence, labels = calibration_examples(splits, CATALOGUE, stats, users=60, negatives=1)
+    assert len(evidence) == 60 * 2 and sum(labels) == 60
+    model = EvidenceModel.fit(evidence, labels)
+    assert model.weights[0] > 0  # log count of links with #1
+    linked = compute_evidence([Item("1", CATALOGUE.title("1"))], Item("2", CATALOGUE.title("2")), stats)
+    unlinked = compute_evidence([Item("1", CATALOGUE.title("1"))], Item("7", CATALOGUE.title("7")), stats)
+    assert model.probability(linked) > model.probability(unlinked)
+    assert len(evidence_features(linked)) == len(model.weights)
 
 
 def test_clause_kinds_read_back_what_the_teacher_states():
     """``diagnose`` compares a model's rationale with the teacher's by these kinds; they must read the teacher's
     own sentences correctly, and say "unstated" for free text."""
-    splits = leave_one_out({"u1": ["1", "2", "3", "7", "5"], "u2": ["1", "2", "4", "6"], "u3": ["3", "4", "5", "6"]})
-    teacher = BuiltinTeacher(CATALOGUE, TrainingStats.from_splits(splits))
-    assert clause_kinds(teacher.rationale(["1"], "2")) == {
-        "shared title word": "yes",
-        "co-occurrence": "linked",
-        "popularity": teacher._popularity_phrase("2"),
+    weak = Evidence((Link(4, "b", 1),), 0, 5, 60, SharedWord("zelda", 2, "c"), ())
+    assert clause_kinds(TEACHER.rationale(weak)) == {
+        "link": "weak link",
+        "shared word": "yes",
+        "popularity": "niche",
+        "verdict": "possible",
     }
-    assert clause_kinds(teacher.rationale(["5"], "6"))["co-occurrence"] == "no link"
     assert clause_kinds("A great game.") == {
-        "shared title word": "no",
-        "co-occurrence": "unstated",
+        "link": "unstated",
+        "shared word": "no",
         "popularity": "unstated",
+        "verdict": "unstated",
     }
-
-
-def test_misrecalled_rationales_flip_only_the_link_clause():
-    """SFT's simulated recall errors: a true link dropped, a false one added (with the most recent item), the
-    other clauses as the teacher wrote them; rate 0 never flips, rate 1 always does."""
-    import random
-
-    splits = leave_one_out({"u1": ["1", "2", "3", "7", "5"], "u2": ["1", "2", "4", "6"], "u3": ["3", "4", "5", "6"]})
-    teacher = BuiltinTeacher(CATALOGUE, TrainingStats.from_splits(splits))
-    rng = random.Random(0)
-    dropped = teacher.misrecalled(["1"], "2", drop_link=1.0, add_link=0.0, rng=rng)
-    assert clause_kinds(dropped) == {**clause_kinds(teacher.rationale(["1"], "2")), "co-occurrence": "no link"}
-    added = teacher.misrecalled(["4", "5"], "6", drop_link=0.0, add_link=1.0, rng=rng)
-    assert "often bought after fifa 18" in added.lower()  # the most recent history item
-    assert clause_kinds(added)["popularity"] == clause_kinds(teacher.rationale(["4", "5"], "6"))["popularity"]
-    assert teacher.misrecalled(["1"], "2", drop_link=0.0, add_link=1.0, rng=rng) is None  # linked: only drop applies
-    assert teacher.misrecalled(["5"], "6", drop_link=1.0, add_link=0.0, rng=rng) is None  # unlinked: only add
-    assert teacher.misrecalled([], "6", drop_link=1.0, add_link=1.0, rng=rng) is None  # no history, no link clause

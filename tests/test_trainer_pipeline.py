@@ -20,7 +20,7 @@ from trainer.progress import read_steps
 TINY = ["--vocab-size", "1024", "--hidden-size", "64", "--intermediate-size", "128", "--layers", "2",
         "--heads", "2", "--kv-heads", "1", "--pretrain-epochs", "0"]  # fmt: skip
 # SFT and RL as these tests were written for (the CLI's defaults are now the shipped recipe, slower to run)
-SMALL_SFT = ["--targets-per-user", "1", "--none-fraction", "0", "--drop-link", "0", "--add-link", "0"]
+SMALL_SFT = ["--targets-per-user", "1", "--none-fraction", "0", "--teacher-calibration-users", "100"]
 SMALL_RL = ["--served-users-per-step", "0", "--served-objective", "pl", "--rationale-credit", "rollout"]
 
 
@@ -75,7 +75,8 @@ def test_eval_baselines_and_metrics(tiny_data, tmp_path):
     _train("eval", "--data", str(tiny_data), "--users", "150", "--out", str(tmp_path / "eval"))
     written = json.loads((tmp_path / "eval" / "eval.json").read_text())
     report = written["results"]
-    assert set(report) == {"random", "popularity", "popularity (all pre-test)", "co-occurrence + pop"}
+    assert set(report) == {"random", "popularity", "popularity (all pre-test)", "co-occurrence + pop",
+                           "co-occurrence, all history + pop", "evidence model (the teacher's logistic)"}  # fmt: skip
     assert written["paired_differences"] == {}  # paired differences are for models, never baseline vs baseline
     for metrics in report.values():
         for name in ("ndcg@10", "hr@5", "hr@10", "mrr"):
@@ -99,8 +100,7 @@ def test_metrics_on_fixed_lists():
 
 def test_pretest_popularity_counts_validation_items_never_test_targets():
     from trainer.data import UserSplit
-    from trainer.evaluate import EvalCase, popularity_scorer, pretest_popularity_scorer
-    from trainer.teacher import TrainingStats
+    from trainer.evaluate import EvalCase, TrainingStats, popularity_scorer, pretest_popularity_scorer
 
     splits = [UserSplit("u1", ["a", "b"], "v", "t1"), UserSplit("u2", ["a"], "v", "b")]
     case = EvalCase("u1", ["a", "b", "v"], ["t1", "a", "b", "v"], "t1")
@@ -168,6 +168,10 @@ def test_eval_scores_a_model_through_vllm_and_export_records_its_metrics(tiny_da
     version = open_checkpoint(tiny_sft).model_version
     assert {f"{version} (full)", f"{version} (none)"} <= set(report["results"])
     assert f"{version} (full) − popularity" in report["paired_differences"]
+    assert f"{version} (full) − co-occurrence + pop" in report["paired_differences"]
+    faithful = report["faithfulness"][f"{version} (full)"]  # every full-mode rationale checked against its evidence
+    assert faithful["rationales"] == 30 * 20 and 0.0 <= faithful["model_faithful_share"] <= 1.0
+    assert faithful["served_faithful_share"] == 1.0  # an unfaithful rationale is never served
     _train("export", "--model", str(tiny_sft), "--out", str(tmp_path / "served"), "--report", str(tmp_path / "e" /
            "eval.json"))  # fmt: skip
     exported = open_checkpoint(tmp_path / "served")
@@ -181,7 +185,7 @@ def test_diagnose_compares_served_teacher_and_none_scores(tiny_data, tiny_sft, t
     report = json.loads((tmp_path / "d.json").read_text())
     assert set(report["ndcg@10"]) == {"served", "teacher", "none", "clauses"} and report["users"] == 12
     assert all(0.0 <= m["mean"] <= 1.0 for m in report["ndcg@10"].values())
-    assert set(report["clause_agreement"]) == {"shared title word", "co-occurrence", "popularity"}
+    assert set(report["clause_agreement"]) == {"link", "shared word", "popularity", "verdict"}
     assert "teacher's rationale forced" in result.stdout
 
 
@@ -243,36 +247,6 @@ def test_init_model_from_a_local_base_model(tiny_model, tmp_path):
     assert checkpoint.model_version.startswith("qwen-like-")
     assert checkpoint.manifest.provenance["base_model"] == str(raw)
     assert not (raw / "manifest.json").exists()  # the source directory is left untouched
-
-
-def test_sft_misrecalled_rows_train_the_answer_only(tiny_data, tiny_model):
-    """--drop-link/--add-link: the answer sees a wrong link clause, but the wrong rationale itself is never a
-    target; with both rates 0 the examples are exactly the default ones (the noise draws its own stream)."""
-    from trainer.config import SFTConfig
-    from trainer.data import load_splits
-    from trainer.sft import build_examples
-    from trainer.teacher import BuiltinTeacher, TrainingStats
-
-    catalogue, splits = load_splits(tiny_data)
-    teacher = BuiltinTeacher(catalogue, TrainingStats.from_splits(splits))
-    checkpoint = open_checkpoint(tiny_model)
-    answer_and_cue = len(checkpoint.prompts.answer_cue_ids) + 1
-    common = {"users": 40, "targets_per_user": 2, "none_fraction": 0.0}
-    plain = build_examples(checkpoint, catalogue, splits, teacher, SFTConfig(**common, drop_link=0.0, add_link=0.0))
-    assert plain == build_examples(checkpoint, catalogue, splits, teacher,
-                                   SFTConfig(**common, drop_link=0.0, add_link=0.0))  # fmt: skip
-    recipe = build_examples(checkpoint, catalogue, splits, teacher, SFTConfig(**common))  # the default rates
-    assert [e.prefix for e in recipe] == [e.prefix for e in plain]  # the noise draws its own stream
-    noisy = build_examples(checkpoint, catalogue, splits, teacher, SFTConfig(**common, drop_link=1.0, add_link=1.0))
-    assert [e.prefix for e in noisy] == [e.prefix for e in plain]
-    for before, after in zip(plain, noisy, strict=True):
-        for (plain_ids, plain_trained), (noisy_ids, noisy_trained) in zip(before.rows, after.rows, strict=True):
-            assert plain_trained > answer_and_cue  # a full-mode row trains rationale, cue and answer
-            assert noisy_trained == answer_and_cue  # every row flipped (history is never empty): answer only
-            assert noisy_ids[-1] == plain_ids[-1]  # the label is unchanged
-            assert noisy_ids != plain_ids  # the link clause was rewritten
-    with pytest.raises(ValueError, match="probability"):
-        SFTConfig(drop_link=1.5)
 
 
 def test_every_cli_option_has_help_and_the_recipe_as_default():

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
+from contract.evidence import EvidenceStats
 from trainer.config import TinyModelConfig
 from trainer.modeling import init_model
 
@@ -20,9 +21,11 @@ def build_toy_model(
     num_attention_heads: int = 2,
     num_key_value_heads: int = 1,
 ) -> Path:
-    """Write a seeded toy model, with a tokenizer trained on ``titles``, to ``out``; returns ``out``."""
+    """Write a seeded toy model, with a tokenizer trained on ``titles`` and evidence statistics over items named by
+    those titles (no interactions: every candidate's evidence says "no links", popularity 0), to ``out``."""
     config = TinyModelConfig(vocab_size=vocab_size, hidden_size=hidden_size, intermediate_size=128,
                              num_hidden_layers=2, num_attention_heads=num_attention_heads,
                              num_key_value_heads=num_key_value_heads)  # fmt: skip
     init_model(list(titles), out, config, seed=0)
+    EvidenceStats.from_sequences([], {title: title for title in titles}).save(out)
     return out

@@ -7,6 +7,7 @@ check is shown as a usage error naming what to change.
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import json
 import logging
@@ -19,6 +20,7 @@ from typing import Annotated, Any
 import typer
 
 from trainer.config import (
+    EvidenceConfig,
     PretrainConfig,
     RationaleCredit,
     RLConfig,
@@ -129,48 +131,49 @@ def init_model_cmd(
     pretrain_epochs: Annotated[float, _opt(PretrainConfig, "epochs")] = PretrainConfig.epochs,
     pretrain_batch_size: Annotated[int, _opt(PretrainConfig, "batch_size")] = PretrainConfig.batch_size,
     pretrain_lr: Annotated[float, _opt(PretrainConfig, "lr")] = PretrainConfig.lr,
+    pretrain_holdout_last: Annotated[int, _opt(PretrainConfig, "holdout_last")] = PretrainConfig.holdout_last,
     stop_after: Annotated[int | None, _opt(PretrainConfig, "stop_after")] = None,
+    evidence_window: Annotated[int, _opt(EvidenceConfig, "window")] = EvidenceConfig.window,
+    max_followers: Annotated[int, _opt(EvidenceConfig, "max_followers")] = EvidenceConfig.max_followers,
+    stopword_share: Annotated[float, _opt(EvidenceConfig, "stopword_share")] = EvidenceConfig.stopword_share,
     base_model: Annotated[
         Path | None, typer.Option(help="A local HF checkpoint (e.g. Qwen2.5-3B) to start from instead of scratch.")
     ] = None,
 ) -> None:
     """A small Qwen2-architecture model + a BPE tokenizer trained on training-split titles only, LM pre-trained
     on the training histories; or, with --base-model, a copy of a real model with an r2rank manifest (its
-    tokenizer must encode " yes"/" no" as one token each), ready for `sft --base`."""
+    tokenizer must encode " yes"/" no" as one token each), ready for `sft --base`. Either way the evidence
+    statistics (training interactions only) are written beside the weights."""
     from contract.checkpoint import open_checkpoint, write_checkpoint_manifest
     from trainer.modeling import copy_base_model, init_model
     from trainer.pretrain import STATE, pretrain_lm
+    from trainer.statistics import build_stats
 
     _log_to_stderr()
+    evidence = _build(EvidenceConfig, window=evidence_window, max_followers=max_followers,
+                      stopword_share=stopword_share)  # fmt: skip
+    catalogue, splits = _splits(data)
     if base_model is not None:
+        stats = build_stats(catalogue, splits, evidence)
         try:
-            manifest = copy_base_model(base_model, out, name, _command_line())
+            manifest = copy_base_model(base_model, out, name, _command_line(), stats)
         except ValueError as exc:
             raise typer.BadParameter(str(exc), param_hint="--base-model") from exc
         typer.echo(f"wrote {out} model_version={manifest.model_version} (from {base_model})")
         return
-    config = _build(
-        TinyModelConfig,
-        vocab_size=vocab_size,
-        hidden_size=hidden_size,
-        intermediate_size=intermediate_size,
-        num_hidden_layers=layers,
-        num_attention_heads=heads,
-        num_key_value_heads=kv_heads,
-    )
-    pretrain = _build(
-        PretrainConfig,
-        epochs=pretrain_epochs,
-        batch_size=pretrain_batch_size,
-        lr=pretrain_lr,
-        seed=seed,
-        stop_after=stop_after,
-    )
-    catalogue, splits = _splits(data)
+    config = _build(TinyModelConfig, vocab_size=vocab_size, hidden_size=hidden_size,
+                    intermediate_size=intermediate_size, num_hidden_layers=layers, num_attention_heads=heads,
+                    num_key_value_heads=kv_heads)  # fmt: skip
+    pretrain = _build(PretrainConfig, epochs=pretrain_epochs, batch_size=pretrain_batch_size, lr=pretrain_lr,
+                      holdout_last=pretrain_holdout_last, seed=seed, stop_after=stop_after)  # fmt: skip
     if (out / STATE).exists():  # an interrupted pre-training: keep its weights, rebuild only the provenance
         provenance = json.loads((out / "init_provenance.json").read_text())
     else:
         provenance = init_model(training_titles(splits, catalogue), out, config, seed)
+        stats = build_stats(catalogue, splits, evidence)
+        stats.save(out)
+        provenance["evidence"] = {**dataclasses.asdict(evidence), "stats_version": stats.version,
+                                  "items": len(stats.item_ids), "follower_pairs": len(stats.followers)}  # fmt: skip
         (out / "init_provenance.json").write_text(json.dumps(provenance))
     provenance.update(command=_command_line(), data=data.name, users=len(splits))
     manifest = write_checkpoint_manifest(out, name, provenance)
@@ -189,8 +192,6 @@ def sft_cmd(
     negatives: Annotated[int, _opt(SFTConfig, "negatives")] = SFTConfig.negatives,
     targets_per_user: Annotated[int, _opt(SFTConfig, "targets_per_user")] = SFTConfig.targets_per_user,
     none_fraction: Annotated[float, _opt(SFTConfig, "none_fraction")] = SFTConfig.none_fraction,
-    drop_link: Annotated[float, _opt(SFTConfig, "drop_link")] = SFTConfig.drop_link,
-    add_link: Annotated[float, _opt(SFTConfig, "add_link")] = SFTConfig.add_link,
     steps: Annotated[int, _opt(SFTConfig, "steps")] = SFTConfig.steps,
     batch_size: Annotated[int, _opt(SFTConfig, "batch_size")] = SFTConfig.batch_size,
     micro_batch: Annotated[int, _opt(SFTConfig, "micro_batch")] = SFTConfig.micro_batch,
@@ -202,71 +203,46 @@ def sft_cmd(
     teacher_model: Annotated[str | None, _opt(TeacherConfig, "model", "--teacher-model")] = None,
     teacher_api: Annotated[TeacherApi, _opt(TeacherConfig, "api", "--teacher-api")] = TeacherConfig.api,
     teacher_concurrency: Annotated[int, _opt(TeacherConfig, "concurrency")] = TeacherConfig.concurrency,
+    teacher_calibration_users: Annotated[
+        int, _opt(TeacherConfig, "calibration_users")
+    ] = TeacherConfig.calibration_users,
     teacher_cache: Annotated[
         Path | None, typer.Option(help="JSONL cache of the teacher's answers (default OUT/teacher_cache.jsonl).")
     ] = None,
 ) -> None:
     """Supervised cold start on teacher rationales (built-in, or an LLM behind --teacher-url); resumable."""
     from contract.checkpoint import write_checkpoint_manifest
-    from trainer.sft import train_sft
-    from trainer.teacher import BuiltinTeacher, TrainingStats
+    from trainer.sft import sft_users, train_sft
+    from trainer.teacher import BuiltinTeacher
 
     _log_to_stderr()
-    config = _build(
-        SFTConfig,
-        users=users,
-        negatives=negatives,
-        targets_per_user=targets_per_user,
-        none_fraction=none_fraction,
-        drop_link=drop_link,
-        add_link=add_link,
-        steps=steps,
-        batch_size=batch_size,
-        micro_batch=micro_batch,
-        lr=lr,
-        seed=seed,
-        stop_after=stop_after,
-    )
-    teacher_config = _build(
-        TeacherConfig, url=teacher_url, model=teacher_model, api=teacher_api, concurrency=teacher_concurrency
-    )
-    base_version = _checkpoint(base, "--base").model_version
+    config = _build(SFTConfig, users=users, negatives=negatives, targets_per_user=targets_per_user,
+                    none_fraction=none_fraction, steps=steps, batch_size=batch_size, micro_batch=micro_batch, lr=lr,
+                    seed=seed, stop_after=stop_after)  # fmt: skip
+    teacher_config = _build(TeacherConfig, url=teacher_url, model=teacher_model, api=teacher_api,
+                            concurrency=teacher_concurrency, calibration_users=teacher_calibration_users)  # fmt: skip
+    base_checkpoint = _checkpoint(base, "--base")
     catalogue, splits = _splits(data)
+    chosen = sft_users(splits, config)
     if teacher_config.url:
         from trainer.teacher_llm import LLMTeacher
 
-        teacher = LLMTeacher(
-            catalogue,
-            teacher_config.url,
-            teacher_config.model,
-            teacher_cache or out / "teacher_cache.jsonl",
-            api=teacher_config.api,
-            concurrency=teacher_config.concurrency,
-        )
-    else:
-        teacher = BuiltinTeacher(catalogue, TrainingStats.from_splits(splits))
-    try:
-        summary = train_sft(base, out, catalogue, splits, teacher, config)
-    except ValueError as exc:  # a setting the chosen teacher cannot honour
-        raise typer.BadParameter(str(exc)) from exc
+        teacher = LLMTeacher(catalogue, teacher_config.url, teacher_config.model,
+                             teacher_cache or out / "teacher_cache.jsonl", api=teacher_config.api,
+                             concurrency=teacher_config.concurrency)  # fmt: skip
+    else:  # its verdict model is fitted on other users than SFT's
+        teacher = BuiltinTeacher.calibrated(splits, catalogue, base_checkpoint.stats, teacher_config.calibration_users,
+                                            exclude={u.user_id for u in chosen})  # fmt: skip
+    summary = train_sft(base, out, catalogue, chosen, teacher, config)
     teacher_name = f"{teacher_config.url} {teacher_config.model}" if teacher_config.url else "builtin"
-    provenance = {
-        **summary,
-        "command": _command_line(),
-        "base": str(base),
-        "base_model_version": base_version,
-        "data": data.name,
-        "teacher": teacher_name,
-    }
+    if isinstance(teacher, BuiltinTeacher):
+        summary["teacher_verdict_model"] = {"weights": teacher.model.weights, "bias": teacher.model.bias}
+    provenance = {**summary, "command": _command_line(), "base": str(base),
+                  "base_model_version": base_checkpoint.model_version, "data": data.name,
+                  "teacher": teacher_name}  # fmt: skip
     manifest = write_checkpoint_manifest(out / "model", name, provenance)
-    typer.echo(
-        json.dumps(
-            {
-                "model_version": manifest.model_version,
-                **{k: summary[k] for k in ("examples", "loss_first_10", "loss_last_10", "skipped_updates")},
-            }
-        )
-    )
+    shown = {k: summary[k] for k in ("examples", "loss_first_10", "loss_last_10", "skipped_updates")}
+    typer.echo(json.dumps({"model_version": manifest.model_version, **shown}))
 
 
 @app.command("rl")
@@ -295,6 +271,7 @@ def rl_cmd(
 ) -> None:
     """Listwise RL: G rollouts per user, PL-sampled rankings rewarded by NDCG@10; resumable."""
     from contract.checkpoint import write_checkpoint_manifest
+    from trainer.data import selection_users
     from trainer.rl import rl_cases, train_rl
 
     _log_to_stderr()
@@ -320,7 +297,8 @@ def rl_cmd(
     )
     base_version = _checkpoint(base, "--base").model_version
     catalogue, splits = _splits(data)
-    cases = rl_cases(splits, catalogue, config.users, config.negatives, config.seed)
+    held_apart = {u.user_id for u in selection_users(splits)}  # never trained on: they choose between checkpoints
+    cases = rl_cases(splits, catalogue, config.users, config.negatives, config.seed, held_apart)
     summary = train_rl(base, out, cases, config)
     provenance = {
         **summary,
@@ -341,24 +319,48 @@ def rl_cmd(
     )
 
 
+SplitOption = Annotated[
+    str,
+    typer.Option(
+        help="test: the report (test positions); selection: choose runs and checkpoints on the "
+        "validation positions of users RL never trains on."
+    ),
+]
+
+
+def _reference_stats(model: list[Path], catalogue, splits):
+    """The evidence statistics the baselines read: the first model's (what it was trained and served with), or
+    the recipe's, built from the training prefixes."""
+    if model:
+        return _checkpoint(model[0], "--model").stats
+    from trainer.statistics import build_stats
+
+    return build_stats(catalogue, splits, EvidenceConfig())
+
+
 @app.command("eval")
 def eval_cmd(
     model: Annotated[list[Path], typer.Option(help="Checkpoint(s) to evaluate; repeat the option.")] = [],  # noqa: B006
     data: DataOption = DEFAULT_DATA,
-    users: Annotated[int, typer.Option(help="Held-out test users (>= 1000 for a report).")] = 1000,
+    users: Annotated[int, typer.Option(help="Held-out users (>= 1000 for a report).")] = 1000,
     negatives: Annotated[int, typer.Option(help="Negatives per user (1 positive + N candidates).")] = 19,
     retriever: Annotated[str | None, typer.Option(help="Negatives from DATA/*.<name> (e.g. sasrec).")] = None,
     reasoning: Annotated[str, typer.Option(help="Comma-separated modes for the model(s): full,none.")] = "full,none",
+    split: SplitOption = "test",
     out: Annotated[Path, typer.Option(help="Report directory (eval.json, eval.md, eval.png).")] = Path("docs/eval"),
     seed: Annotated[int, typer.Option(help="Seed for the users and their negatives.")] = 0,
 ) -> None:
-    """Baselines (random, popularity, co-occurrence) and the model(s) through the service's engine code."""
+    """Baselines (random, popularity, co-occurrence, the teacher's evidence model) and the model(s) through the
+    service's engine code, with paired differences and, in full mode, rationale faithfulness."""
     import asyncio
 
     from trainer.evaluate import (
         PRETEST_POPULARITY,
+        Faithfulness,
+        TrainingStats,
         build_cases,
         cooccurrence_scorer,
+        evidence_scorer,
         metrics_with_ci,
         model_ranks,
         paired_difference,
@@ -369,12 +371,14 @@ def eval_cmd(
         read_retriever_lists,
         write_report,
     )
-    from trainer.teacher import TrainingStats
+    from trainer.teacher import BuiltinTeacher
 
     _log_to_stderr()
     modes = [m.strip() for m in reasoning.split(",") if m.strip()]
     if not modes or set(modes) - {"full", "none"}:
         raise typer.BadParameter(f"modes are full and none, got {reasoning!r}", param_hint="--reasoning")
+    if split not in ("test", "selection"):
+        raise typer.BadParameter(f"test or selection, got {split!r}", param_hint="--split")
     catalogue, splits = _splits(data)
     stats = TrainingStats.from_splits(splits)
     lists = None
@@ -383,25 +387,33 @@ def eval_cmd(
         if not files:
             raise typer.BadParameter(f"no file {data}/*.{retriever}", param_hint="--retriever")
         lists = read_retriever_lists(files[0])
-    cases = build_cases(splits, catalogue, users, negatives, seed, lists)
+    cases = build_cases(splits, catalogue, users, negatives, seed, lists, split)  # type: ignore[arg-type]
+    evidence_stats = _reference_stats(model, catalogue, splits)
+    verdicts = BuiltinTeacher.calibrated(splits, catalogue, evidence_stats).model
     ranks = {}
     for name, scorer in (
         ("random", random_scorer(seed)),
         ("popularity", popularity_scorer(stats)),
         (PRETEST_POPULARITY, pretest_popularity_scorer(splits)),
         ("co-occurrence + pop", cooccurrence_scorer(stats)),
+        (CO_OCCURRENCE_ALL, cooccurrence_scorer(stats, recent_items=10_000)),
+        (EVIDENCE_MODEL, evidence_scorer(evidence_stats, verdicts, catalogue)),
     ):
         ranks[name] = [positive_rank(scorer(c), c.candidates, c.target) for c in cases]
     models = []  # "<model_version> (<mode>)", in order; baseline names may end in ")" too
+    faithfulness = {}
     for path in model:
         label = _checkpoint(path, "--model").model_version
         for mode in modes:
             models.append(f"{label} ({mode})")
-            ranks[models[-1]] = asyncio.run(model_ranks(path, catalogue, cases, mode))
+            checked = Faithfulness() if mode == "full" else None
+            ranks[models[-1]] = asyncio.run(model_ranks(path, catalogue, cases, mode, faithfulness=checked))
+            if checked is not None:
+                faithfulness[models[-1]] = checked.summary()
     results = {name: metrics_with_ci(r) for name, r in ranks.items()}
     differences = {}
     for name in models:
-        for baseline in ("popularity", PRETEST_POPULARITY):
+        for baseline in ("popularity", PRETEST_POPULARITY, "co-occurrence + pop", CO_OCCURRENCE_ALL, EVIDENCE_MODEL):
             differences[f"{name} − {baseline}"] = paired_difference(ranks[name], ranks[baseline])
         if name.endswith("(full)") and name.replace("(full)", "(none)") in ranks:
             differences[f"{name} − (none)"] = paired_difference(ranks[name], ranks[name.replace("(full)", "(none)")])
@@ -409,57 +421,54 @@ def eval_cmd(
         in_mode = [n for n in models if n.endswith(f"({mode})")]
         for earlier, later in itertools.combinations(in_mode, 2):
             differences[f"{later} − {earlier}"] = paired_difference(ranks[later], ranks[earlier])
-    title = f"{len(cases)} test users, 1 positive + {negatives} {retriever or 'random'} negatives"
-    write_report(results, out, title, _command_line(), differences)
+    where = "test users" if split == "test" else "selection users (validation positions)"
+    title = f"{len(cases)} {where}, 1 positive + {negatives} {retriever or 'random'} negatives"
+    write_report(results, out, title, _command_line(), differences, faithfulness)
     # per-user ranks of the positive, so a later run on the same users can be paired without re-scoring
     (out / "ranks.json").write_text(json.dumps({"users": [c.user_id for c in cases], "ranks": ranks}))
     typer.echo((out / "eval.md").read_text())
+
+
+CO_OCCURRENCE_ALL = "co-occurrence, all history + pop"
+EVIDENCE_MODEL = "evidence model (the teacher's logistic)"
 
 
 @app.command("diagnose")
 def diagnose_cmd(
     model: Annotated[Path, typer.Option(help="Checkpoint to diagnose.")],
     data: DataOption = DEFAULT_DATA,
-    users: Annotated[int, typer.Option(help="Held-out test users (the first of eval's sample).")] = 300,
+    users: Annotated[int, typer.Option(help="Held-out users (the first of eval's sample).")] = 300,
     negatives: Annotated[int, typer.Option(help="Negatives per user (1 positive + N candidates).")] = 19,
+    split: SplitOption = "selection",
     out: Annotated[Path | None, typer.Option(help="Also write the diagnosis here as JSON.")] = None,
     seed: Annotated[int, typer.Option(help="Seed for the users and their negatives (eval's).")] = 0,
 ) -> None:
-    """Served rationale vs the teacher's rationale vs no rationale, on eval's test cases (plain torch): shows
+    """Served rationale vs the teacher's rationale vs no rationale, on eval's cases (plain torch): shows
     whether the model loses NDCG in the rationales it writes or in how its answer reads them."""
     from trainer.diagnose import clause_ceiling, diagnose
     from trainer.evaluate import build_cases, metrics_with_ci
-    from trainer.teacher import BuiltinTeacher, TrainingStats
+    from trainer.teacher import BuiltinTeacher
 
     _log_to_stderr()
-    _checkpoint(model, "--model")
+    checkpoint = _checkpoint(model, "--model")
     catalogue, splits = _splits(data)
-    cases = build_cases(splits, catalogue, users, negatives, seed)
-    teacher = BuiltinTeacher(catalogue, TrainingStats.from_splits(splits))
+    cases = build_cases(splits, catalogue, users, negatives, seed, split=split)  # type: ignore[arg-type]
+    teacher = BuiltinTeacher.calibrated(splits, catalogue, checkpoint.stats)
     result = diagnose(model, catalogue, cases, teacher)
-    result.ranks["clauses"] = clause_ceiling(splits, catalogue, teacher, cases)
+    result.ranks["clauses"] = clause_ceiling(splits, catalogue, checkpoint.stats, teacher, cases)
     ndcg = {mode: metrics_with_ci(ranks)["ndcg@10"] for mode, ranks in result.ranks.items()}
     agreement = {
         kind: {"all": t[0] / max(1, t[1]), "positives": t[2] / max(1, t[3])} for kind, t in result.agree.items()
     }
-    report = {
-        "model": str(model),
-        "users": len(cases),
-        "ndcg@10": ndcg,
-        "clause_agreement": agreement,
-        "positives_served_vs_teacher": result.examples,
-        "command": _command_line(),
-    }
+    report = {"model": str(model), "users": len(cases), "split": split, "ndcg@10": ndcg,
+              "clause_agreement": agreement, "positives_served_vs_teacher": result.examples,
+              "command": _command_line()}  # fmt: skip
     if out is not None:
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(json.dumps(report, indent=2))
-    lines = [f"{len(cases)} test users, 1 + {negatives} random negatives, NDCG@10 (95% CI)"]
-    labels = {
-        "served": "served rationale (what users get)",
-        "teacher": "teacher's rationale forced",
-        "none": 'reasoning="none"',
-        "clauses": "teacher's clauses, no model (ceiling)",
-    }
+    lines = [f"{len(cases)} {split} users, 1 + {negatives} random negatives, NDCG@10 (95% CI)"]
+    labels = {"served": "served rationale (what users get)", "teacher": "teacher's rationale forced",
+              "none": 'reasoning="none"', "clauses": "teacher's clauses, no model (ceiling)"}  # fmt: skip
     for mode, m in ndcg.items():
         lines.append(f"  {labels[mode]:38s} {m['mean']:.3f} [{m['ci_low']:.3f}, {m['ci_high']:.3f}]")
     lines.append("clause agreement with the teacher (all candidates / positives):")

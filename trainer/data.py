@@ -3,8 +3,9 @@
 Two input formats reach the same in-memory shape (``Catalogue`` + per-user sequences, oldest first):
 - the LLMRank/RecBole Video Games files (``Games-6k.item``, ``Games-6k.test.inter``), see the data's
   SOURCE.md: the full sequence of a user is ``test history + test target``;
-- a generic format: ``items.jsonl`` (``{"item_id", "title", ...}``) and ``interactions.jsonl``
-  (``{"user_id", "item_id", "timestamp"}``), sorted by timestamp per user.
+- a generic format: ``items.jsonl`` (``{"item_id", "title", ...}``; short string fields such as ``brand`` or
+  ``category`` are kept as attributes) and ``interactions.jsonl`` (``{"user_id", "item_id", "timestamp"}``,
+  the timestamp in Unix seconds or ISO 8601), sorted by timestamp per user.
 
 Split: the last item of each sequence is the test target, the second-to-last the validation target, the
 rest is training. Nothing computed for training (statistics, tokenizer corpus) may look past the
@@ -16,9 +17,11 @@ from __future__ import annotations
 import json
 import logging
 import random
+import re
 from collections import defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 
 logger = logging.getLogger(__name__)
@@ -31,9 +34,14 @@ class DataError(ValueError):
     """Malformed input; the message names file, line and field."""
 
 
+ATTRIBUTE_NAME = re.compile(r"[a-z][a-z0-9_]{0,19}")
+MAX_ATTRIBUTE_CHARS = 64
+
+
 @dataclass
 class Catalogue:
     titles: dict[str, str] = field(default_factory=dict)
+    attributes: dict[str, dict[str, str]] = field(default_factory=dict)  # item_id -> {name: value}, where given
 
     def title(self, item_id: str) -> str:
         return self.titles[item_id]
@@ -106,8 +114,27 @@ def read_jsonl_items(path: Path) -> Catalogue:
         for key in ("item_id", "title"):
             if key not in row or not str(row[key]).strip():
                 raise DataError(f"{path}:{lineno}: field {key!r} missing or empty")
-        catalogue.titles[str(row["item_id"])] = str(row["title"]).strip()
+        item_id = str(row["item_id"])
+        catalogue.titles[item_id] = str(row["title"]).strip()
+        attributes = {name: value.strip() for name, value in row.items()
+                      if name not in ("item_id", "title") and ATTRIBUTE_NAME.fullmatch(name) and isinstance(value, str)
+                      and 0 < len(value.strip()) <= MAX_ATTRIBUTE_CHARS}  # fmt: skip
+        if attributes:
+            catalogue.attributes[item_id] = attributes
     return catalogue
+
+
+def parse_timestamp(value: object) -> float:
+    """Unix seconds, or an ISO 8601 date/time (``2018-03-04``, ``2018-03-04T10:00:00Z``)."""
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return float(value)
+    text = str(value).strip()
+    try:
+        return float(text)
+    except ValueError:
+        pass
+    parsed = datetime.fromisoformat(text[:-1] + "+00:00" if text.endswith("Z") else text)
+    return parsed.timestamp()
 
 
 def read_jsonl_interactions(path: Path, catalogue: Catalogue) -> dict[str, list[str]]:
@@ -120,9 +147,9 @@ def read_jsonl_interactions(path: Path, catalogue: Catalogue) -> dict[str, list[
         if item_id not in catalogue.titles:
             raise DataError(f"{path}:{lineno}: field 'item_id': unknown item {item_id!r}")
         try:
-            ts = float(row["timestamp"])
+            ts = parse_timestamp(row["timestamp"])
         except (TypeError, ValueError) as exc:
-            raise DataError(f"{path}:{lineno}: field 'timestamp' is not a number") from exc
+            raise DataError(f"{path}:{lineno}: field 'timestamp' is neither Unix seconds nor ISO 8601") from exc
         events[str(row["user_id"])].append((ts, lineno, item_id))
     return {user: [item for _, _, item in sorted(evts)] for user, evts in events.items()}
 
@@ -182,6 +209,15 @@ def load_splits(source: Path) -> tuple[Catalogue, list[UserSplit]]:
     return catalogue, splits
 
 
+def selection_users(splits: Iterable[UserSplit], count: int = 1000) -> list[UserSplit]:
+    """Users held apart to choose between runs and checkpoints at their VALIDATION position: RL never trains on
+    them, and the final report (test positions) is not used to choose. Fixed by the data alone (a seeded sample
+    of the sorted user ids), so every stage and command agrees on them. At most a fifth of the users, so a small
+    catalogue still leaves RL users to train on."""
+    ordered = sorted(splits, key=lambda s: s.user_id)
+    return random.Random("selection").sample(ordered, min(count, len(ordered) // 5))
+
+
 def training_titles(splits: Iterable[UserSplit], catalogue: Catalogue) -> list[str]:
     """Titles of items seen in training prefixes only: the tokenizer corpus (no target leaks)."""
     seen: dict[str, None] = {}
@@ -192,16 +228,24 @@ def training_titles(splits: Iterable[UserSplit], catalogue: Catalogue) -> list[s
 
 
 def sample_negatives(rng: random.Random, item_ids: list[str], exclude: set[str], count: int) -> list[str]:
-    """``count`` distinct random items not in ``exclude`` (the user's history and target)."""
+    """``count`` distinct random items not in ``exclude`` (the user's history and target). Rejection sampling,
+    the fast path on a large catalogue, is bounded; after that the draw is from the items that remain, and a
+    catalogue with too few of them is an error, not an endless loop."""
     negatives: list[str] = []
     chosen: set[str] = set()
-    while len(negatives) < count:
+    for _ in range(8 * count + 64):
+        if len(negatives) == count:
+            return negatives
         item = item_ids[rng.randrange(len(item_ids))]
         if item in exclude or item in chosen:
             continue
         chosen.add(item)
         negatives.append(item)
-    return negatives
+    remaining = [item for item in item_ids if item not in exclude and item not in chosen]
+    if len(remaining) < count - len(negatives):
+        raise DataError(f"{count} negatives asked for, but only {len(negatives) + len(remaining)} catalogue items "
+                        f"are outside the user's items: ask for fewer negatives")  # fmt: skip
+    return negatives + rng.sample(remaining, count - len(negatives))
 
 
 def negative_sampler(
@@ -222,11 +266,13 @@ def negative_sampler(
 
         def popular(rng: random.Random, user: str, exclude: set[str], count: int) -> list[str]:
             chosen: list[str] = []
-            while len(chosen) < count:
+            for _ in range(8 * count + 64):  # bounded: a small pool falls back to uniform draws from the rest
+                if len(chosen) == count:
+                    return chosen
                 item = rng.choices(pool, weights)[0]
                 if item not in exclude and item not in chosen:
                     chosen.append(item)
-            return chosen
+            return chosen + sample_negatives(rng, items, exclude | set(chosen), count - len(chosen))
 
         return popular
     if kind == "retriever":

@@ -5,14 +5,14 @@ so it also runs on a GPU machine without vLLM):
 
 - ``served``: the rationale the service writes (greedy, the manifest's token budget), then the answer;
 - ``teacher``: the built-in teacher's rationale put in its place, then the answer: the ranking the model
-  would give if it recalled every piece of evidence the teacher counted;
+  would give if it weighed the evidence as the teacher does;
 - ``none``: the ``reasoning="none"`` score;
 - ``clauses`` (no model): the best ranking the teacher's clauses alone allow (``clause_ceiling``).
 
-``teacher`` far above ``served`` means the rationales are the bottleneck (the model cannot recall the
-evidence), not the scoring head. The clause agreement says which kind of evidence it gets wrong, over all
-candidates and over the positives alone (the ones that decide NDCG). The torch path matches the service's
-vLLM scores: on the shipped SFT checkpoint both gave NDCG@10 0.484 (full) and 0.555 (none) on 1,000 users.
+``teacher`` far above ``served`` means the rationales are the bottleneck, not the scoring head. The clause
+agreement says which kind of judgment it gets wrong, over all candidates and over the positives alone (the
+ones that decide NDCG). The torch path computes what the service's vLLM engine does (same ids, the
+contract's assembler).
 """
 
 from __future__ import annotations
@@ -26,12 +26,13 @@ from pathlib import Path
 import torch
 
 from contract.checkpoint import open_checkpoint
+from contract.evidence import EvidenceStats, Item, compute_evidence
 from trainer.data import Catalogue, UserSplit, sample_negatives
 from trainer.evaluate import EvalCase, positive_rank
 from trainer.policy import grouped_forward, sample_continuations
 from trainer.progress import Progress
-from trainer.rl import RLCase, encode_case
-from trainer.teacher import BuiltinTeacher, clause_kinds
+from trainer.rl import Prompted
+from trainer.teacher import BuiltinTeacher, TeacherInput, clause_kinds
 
 
 @dataclass
@@ -64,7 +65,7 @@ def diagnose(
     model = load_causal_lm(model_dir, device).eval()
     pad = checkpoint.encoder.pad_token_id
     stops = set(assembler.stop_ids)
-    titles = lambda ids: [catalogue.title(i) for i in ids]  # noqa: E731
+    items = lambda ids: [Item(i, catalogue.title(i)) for i in ids]  # noqa: E731
 
     def with_rationales(segments: list[list[int]], texts: list[str]) -> list[list[int]]:
         encoded = assembler.rationale_ids(texts)
@@ -74,8 +75,10 @@ def diagnose(
     progress = Progress("diagnose", len(cases), every=max(1, len(cases) // 10), unit="users")
     for start in range(0, len(cases), batch):
         chunk = cases[start : start + batch]
-        # the RL stage's encoding: the service's prompts for both modes, the history prefix shared
-        prompted = [encode_case(checkpoint, RLCase(titles(c.history), titles(c.candidates), positive=0)) for c in chunk]
+        # the service's prompts for both modes (evidence included), the history prefix shared
+        full = [assembler.prompts(items(c.history), items(c.candidates), "full") for c in chunk]
+        none = [assembler.prompts(items(c.history), items(c.candidates), "none") for c in chunk]
+        prompted = [Prompted(f.prefix.ids, f.segments, n.segments, 0) for f, n in zip(full, none, strict=True)]
         prefixes = [p.prefix for p in prompted]
         with torch.no_grad():
             generated = sample_continuations(model, prefixes, [p.segments for p in prompted], pad, stops,
@@ -84,9 +87,10 @@ def diagnose(
         served = iter(assembler.rationale(t) for t in decoded)
         pairs = []  # per user: (served, teacher) rationale per candidate
         rows = []  # per user: served rows, teacher rows, none rows; one packed forward runs each prefix once
-        for case, p in zip(chunk, prompted, strict=True):
+        for p, shown in zip(prompted, full, strict=True):
             mine = [next(served) for _ in p.segments]
-            taught = teacher.rationales([(case.history, item) for item in case.candidates])
+            inputs = zip(shown.candidates, shown.evidence, strict=True)
+            taught = teacher.rationales([TeacherInput(shown.history, candidate, ev) for candidate, ev in inputs])
             pairs.append(list(zip(mine, taught, strict=True)))
             rows.append(with_rationales(p.segments, mine) + with_rationales(p.segments, taught)
                         + [assembler.score_input(segment) for segment in p.none_segments])  # fmt: skip
@@ -111,6 +115,7 @@ def diagnose(
 def clause_ceiling(
     splits: Sequence[UserSplit],
     catalogue: Catalogue,
+    stats: EvidenceStats,
     teacher: BuiltinTeacher,
     cases: Sequence[EvalCase],
     calibration_users: int = 6000,
@@ -123,20 +128,23 @@ def clause_ceiling(
     held = {c.user_id for c in cases}
     pool = [s for s in splits if s.user_id not in held]
     items = sorted(catalogue.titles)
+    item = lambda i: Item(i, catalogue.title(i))  # noqa: E731
+
+    def rationales(history: Sequence[str], candidates: Sequence[str]) -> list[str]:
+        shown = [item(i) for i in history]
+        return [teacher.rationale(compute_evidence(shown, item(c), stats)) for c in candidates]
+
     positives, totals = Counter(), Counter()
     for split in rng.sample(pool, min(calibration_users, len(pool))):
         exclude = {*split.train, split.valid_target, split.test_target}
         candidates = [split.valid_target, *sample_negatives(rng, items, exclude, 19)]
-        for index, rationale in enumerate(teacher.rationales([(split.train, c) for c in candidates])):
+        for index, rationale in enumerate(rationales(split.train, candidates)):
             key = tuple(sorted(clause_kinds(rationale).items()))
             totals[key] += 1
             positives[key] += index == 0
     ranks = []
     for case in cases:
-        keys = [
-            tuple(sorted(clause_kinds(r).items()))
-            for r in teacher.rationales([(case.history, c) for c in case.candidates])
-        ]
+        keys = [tuple(sorted(clause_kinds(r).items())) for r in rationales(case.history, case.candidates)]
         scores = [(positives[k] + 0.05) / (totals[k] + 1) + 1e-9 * rng.random() for k in keys]
         ranks.append(positive_rank(scores, case.candidates, case.target))
     return ranks

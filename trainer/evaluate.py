@@ -1,10 +1,14 @@
-"""Offline evaluation: NDCG@10, HR@5/10 and MRR with 95% bootstrap CIs on held-out test users.
+"""Offline evaluation: NDCG@10, HR@5/10 and MRR with 95% bootstrap CIs on held-out users; rationale faithfulness.
 
-Protocol (the paper's): per test user, history = everything before the test target; candidates = the target
-+ N negatives (random, popularity-weighted, or a retriever's list such as ``Games-6k.sasrec``), never an
-item of the user's history. Baselines use training-split statistics, except ``popularity (all pre-test)``,
-which also counts validation items. The model is scored through the SAME code path as the service —
-``Ranker`` over the in-process vLLM engine — so offline numbers are what users get.
+Protocol (the paper's): per user, history = everything before the target; candidates = the target + N
+negatives (random, popularity-weighted, or a retriever's list such as ``Games-6k.sasrec``), never an item of
+the user's history. Two splits:
+- ``selection``: the VALIDATION positions of the selection users (``data.selection_users``, never trained on
+  by RL): where runs and checkpoints are compared and chosen;
+- ``test``: the test positions of sampled users: the report on the model chosen, made once.
+Baselines use training-split statistics, except ``popularity (all pre-test)``, which also counts validation
+items. The model is scored through the SAME code path as the service — ``Ranker`` over the in-process vLLM
+engine, evidence included — so offline numbers are what users get.
 """
 
 from __future__ import annotations
@@ -12,17 +16,22 @@ from __future__ import annotations
 import asyncio
 import json
 import random
-from collections import Counter
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from collections import Counter, defaultdict
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 import torch
 
-from trainer.data import Catalogue, UserSplit, sample_negatives
+from contract.evidence import CITED_REF, EvidenceStats, Item, compute_evidence, unfaithful_citations
+from trainer.data import Catalogue, UserSplit, sample_negatives, selection_users
 from trainer.losses import hit_rate_at_k, ndcg_single_positive, reciprocal_rank
 from trainer.progress import Progress
-from trainer.teacher import RECENT, TrainingStats
+from trainer.teacher import EvidenceModel
+
+Split = Literal["test", "selection"]
+RECENT = 3  # the classic co-occurrence baseline counts the last 3 items
 
 
 @dataclass(frozen=True)
@@ -31,6 +40,25 @@ class EvalCase:
     history: list[str]
     candidates: list[str]  # the target first; shuffled only in what the model sees
     target: str
+
+
+@dataclass
+class TrainingStats:
+    """Unpruned counts from training prefixes only (never a validation or test target): the baselines' data."""
+
+    popularity: Counter = field(default_factory=Counter)
+    follows: dict[str, Counter] = field(default_factory=lambda: defaultdict(Counter))
+
+    @classmethod
+    def from_splits(cls, splits: Iterable[UserSplit], window: int = 3) -> TrainingStats:
+        stats = cls()
+        for split in splits:
+            sequence = split.train
+            stats.popularity.update(sequence)
+            for i, item in enumerate(sequence):
+                for previous in sequence[max(0, i - window) : i]:
+                    stats.follows[previous][item] += 1
+        return stats
 
 
 def read_retriever_lists(path: Path) -> dict[str, list[str]]:
@@ -52,21 +80,28 @@ def build_cases(
     negatives: int,
     seed: int,
     retriever: dict[str, list[str]] | None = None,
+    split: Split = "test",
 ) -> list[EvalCase]:
+    """``users`` cases of 1 positive + ``negatives`` negatives: test positions of sampled users, or the
+    validation positions of the selection users (``split="selection"``)."""
     rng = random.Random(seed)
-    pool = [s for s in splits if retriever is None or s.user_id in retriever]
+    if split == "selection":
+        pool = [s for s in selection_users(splits) if retriever is None or s.user_id in retriever]
+    else:
+        pool = [s for s in splits if retriever is None or s.user_id in retriever]
     items = sorted(catalogue.titles)
     cases = []
-    for split in rng.sample(pool, min(users, len(pool))):
-        history = split.test_history
-        exclude = set(history) | {split.test_target}
+    for user in rng.sample(pool, min(users, len(pool))):
+        history, target = (user.valid_history, user.valid_target) if split == "selection" else (
+            user.test_history, user.test_target)  # fmt: skip
+        exclude = {*user.train, user.valid_target, user.test_target}
         if retriever is not None:
-            negs = [i for i in retriever[split.user_id] if i not in exclude][:negatives]
+            negs = [i for i in retriever[user.user_id] if i not in exclude][:negatives]
             if len(negs) < negatives:
                 continue
         else:
             negs = sample_negatives(rng, items, exclude, negatives)
-        cases.append(EvalCase(split.user_id, history, [split.test_target, *negs], split.test_target))
+        cases.append(EvalCase(user.user_id, history, [target, *negs], target))
     return cases
 
 
@@ -137,12 +172,12 @@ def pretest_popularity_scorer(splits: Sequence[UserSplit]) -> Scorer:
     return count_scorer(Counter(item for split in splits for item in split.test_history))
 
 
-def cooccurrence_scorer(stats: TrainingStats) -> Scorer:
-    """Times each candidate followed one of the user's last items, popularity as the tie-breaker."""
+def cooccurrence_scorer(stats: TrainingStats, recent_items: int = RECENT) -> Scorer:
+    """Times each candidate followed one of the user's last ``recent_items`` items, popularity as the tie-breaker."""
     top = max(stats.popularity.values(), default=1)
 
     def score(case: EvalCase) -> list[float]:
-        recent = case.history[-RECENT:]
+        recent = case.history[-recent_items:]
         return [
             sum(stats.follows.get(h, {}).get(i, 0) for h in recent) + stats.popularity.get(i, 0) / (top + 1)
             for i in case.candidates
@@ -151,11 +186,64 @@ def cooccurrence_scorer(stats: TrainingStats) -> Scorer:
     return score
 
 
+def evidence_scorer(stats: EvidenceStats, model: EvidenceModel, catalogue: Catalogue) -> Scorer:
+    """The teacher's verdict model alone on the same evidence the ranker reads (a logistic regression on its
+    features): what a model adds beyond weighing the evidence linearly."""
+
+    def score(case: EvalCase) -> list[float]:
+        history = [Item(i, catalogue.title(i)) for i in case.history]
+        return [model.logit(compute_evidence(history, Item(c, catalogue.title(c)), stats)) for c in case.candidates]
+
+    return score
+
+
+@dataclass
+class Faithfulness:
+    """How many rationales cite only what their prompt states (``contract.evidence.unfaithful_citations``): the
+    model's own rate (the service withholds every rationale that does not, and scores that item from its
+    evidence alone), and a check that every rationale served is faithful."""
+
+    rationales: int = 0  # generated
+    withheld: int = 0  # generated but unfaithful: not served
+    faithful: int = 0  # served and faithful (should be every served one)
+    citing_an_item: int = 0  # served rationales that name a history item (#k)
+    citing_a_true_item: int = 0  # ... all of whose named items are ones the evidence links to
+    examples: list[dict] = field(default_factory=list)  # a few unfaithful served ones, to read (should be none)
+
+    def count(self, rationale: str | None, evidence_text: str, title: str) -> None:
+        self.rationales += 1
+        if rationale is None:
+            self.withheld += 1
+            return
+        problems = unfaithful_citations(rationale, evidence_text)
+        self.faithful += not problems
+        if CITED_REF.search(rationale):
+            self.citing_an_item += 1
+            self.citing_a_true_item += not any(p.startswith("#") for p in problems)
+        if problems and len(self.examples) < 5:
+            self.examples.append({"candidate": title, "rationale": rationale, "evidence": evidence_text,
+                                  "unstated": problems})  # fmt: skip
+
+    def summary(self) -> dict:
+        served = self.rationales - self.withheld
+        return {"rationales": self.rationales, "model_faithful_share": 1 - self.withheld / max(1, self.rationales),
+                "withheld": self.withheld, "served_faithful_share": self.faithful / max(1, served),
+                "citing_an_item": self.citing_an_item,
+                "true_item_share": self.citing_a_true_item / max(1, self.citing_an_item),
+                "unfaithful_examples": self.examples}  # fmt: skip
+
+
 async def model_ranks(
-    model_dir: Path, catalogue: Catalogue, cases: Sequence[EvalCase], reasoning: str, concurrency: int = 16
+    model_dir: Path,
+    catalogue: Catalogue,
+    cases: Sequence[EvalCase],
+    reasoning: str,
+    concurrency: int = 16,
+    faithfulness: Faithfulness | None = None,
 ) -> list[int]:
     """Rank every case with the service's Ranker on an in-process vLLM engine (no Redis, no cache): the
-    serving path itself, so offline numbers are what users get."""
+    serving path itself, so offline numbers are what users get. With ``faithfulness`` (full mode), every
+    rationale is checked against its evidence."""
     from contract.checkpoint import open_checkpoint
     from service.config import Settings
     from service.engine.factory import build_engine
@@ -179,14 +267,20 @@ async def model_ranks(
         nonlocal finished
         shown = list(case.candidates)
         shuffler.shuffle(shown)  # the model never sees the target in a fixed position
+        checked = faithfulness is not None and reasoning == "full"
         request = RankRequest(
             history=[ItemIn(item_id=i, title=catalogue.title(i)) for i in case.history],
             candidates=[ItemIn(item_id=i, title=catalogue.title(i)) for i in shown],
             reasoning=reasoning,
+            include_rationales=checked,
+            include_evidence=checked,
         )
         async with semaphore:
             response = await ranker.rank(request, f"eval-{index}")
         scores = {item.item_id: item.score for item in response.items}
+        if checked:
+            for item in response.items:
+                faithfulness.count(item.rationale, item.evidence.text, catalogue.title(item.item_id))
         finished += 1
         progress.update(finished)
         return positive_rank([scores[i] for i in case.candidates], case.candidates, case.target)
@@ -198,7 +292,12 @@ async def model_ranks(
 
 
 def write_report(
-    results: dict[str, dict], out: Path, title: str, command: str, differences: dict[str, dict] | None = None
+    results: dict[str, dict],
+    out: Path,
+    title: str,
+    command: str,
+    differences: dict[str, dict] | None = None,
+    faithfulness: dict[str, dict] | None = None,
 ) -> None:
     """JSON + a Markdown table + a PNG with CI error bars."""
     import matplotlib
@@ -208,7 +307,9 @@ def write_report(
 
     out.mkdir(parents=True, exist_ok=True)
     differences = differences or {}
-    report = {"title": title, "command": command, "results": results, "paired_differences": differences}
+    faithfulness = faithfulness or {}
+    report = {"title": title, "command": command, "results": results, "paired_differences": differences,
+              "faithfulness": faithfulness}  # fmt: skip
     (out / "eval.json").write_text(json.dumps(report, indent=2))
     lines = [f"# {title}", "", f"`{command}`", "", "| ranker | NDCG@10 (95% CI) | HR@5 | HR@10 | MRR |",
              "|---|---|---|---|---|"]  # fmt: skip
@@ -221,6 +322,16 @@ def write_report(
                   "| comparison | difference (95% CI) |", "|---|---|"]  # fmt: skip
         for name, d in differences.items():
             lines.append(f"| {name} | {d['mean']:+.3f} [{d['ci_low']:+.3f}, {d['ci_high']:+.3f}] |")
+    if faithfulness:
+        lines += ["", "Rationales that cite only what their prompt's evidence states (every #k and every number). The "
+                  "service withholds the others and scores that item from its evidence alone:", "",
+                  "| model | rationales | the model's faithful | withheld | served faithful | served citing a history "
+                  "item | of those, only items the evidence links |",
+                  "|---|---|---|---|---|---|---|"]  # fmt: skip
+        for name, f in faithfulness.items():
+            model = f"{f['rationales']} | {f['model_faithful_share']:.1%} | {f['withheld']}"
+            served = f"{f['served_faithful_share']:.1%} | {f['citing_an_item']} | {f['true_item_share']:.1%}"
+            lines.append(f"| {name} | {model} | {served} |")
     (out / "eval.md").write_text("\n".join(lines) + "\n")
     names = list(results)
     means = [results[n]["ndcg@10"]["mean"] for n in names]

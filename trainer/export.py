@@ -9,6 +9,7 @@ import tempfile
 from pathlib import Path
 
 from contract.checkpoint import Manifest, open_checkpoint, write_checkpoint_manifest
+from contract.evidence import EVIDENCE_FILE
 
 SERVED_SUFFIXES = frozenset({".json", ".safetensors", ".txt", ".jinja"})
 
@@ -36,7 +37,8 @@ def export_checkpoint(model: Path, out: Path, metrics: dict, command: str) -> Ma
     out.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))
     for path in model.iterdir():
-        if path.is_file() and path.name != "manifest.json" and path.suffix in SERVED_SUFFIXES:
+        served = path.suffix in SERVED_SUFFIXES or path.name == EVIDENCE_FILE
+        if path.is_file() and path.name != "manifest.json" and served:
             shutil.copy2(path, staging / path.name)
             (staging / path.name).chmod(0o644)
     staging.chmod(0o755)  # mkdtemp makes it 0700: a service running as another user must read it

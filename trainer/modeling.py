@@ -13,23 +13,36 @@ from dataclasses import asdict
 from pathlib import Path
 
 from contract import prompt
+from contract.evidence import EvidenceStats
 from trainer.config import TinyModelConfig
 
 EOS_TOKEN = "<|endoftext|>"
 PAD_TOKEN = "<|pad|>"
 
 
+EXAMPLE_EVIDENCE = (
+    'follows #1 14x, #3 2x, older 5x; popularity 812 (top 3%); shares "word" with #2',
+    "no links; popularity 7 (top 61%)",
+    "follows #2 1x; popularity 0 (new); same brand as #4",
+)
+EXAMPLE_RATIONALES = (
+    "Strong link: follows #1 14x; top 3% popular: likely.",
+    'Some link: follows #3 4x; shares "word" with #2; top 8% popular: possible.',
+    "Weak link: follows #2 1x; niche, top 40%: unlikely.",
+    "Only older links (5x); a new item: unlikely.",
+    "No links; same brand as #4; niche, top 61%: unlikely.",
+)
+
+
 def contract_corpus(repeat: int = 200) -> list[str]:
-    """Lines that make every contract string (cues, answer words, newline) common enough to become
-    single tokens in the learned vocabulary."""
+    """Lines that make every contract string (cues, evidence and rationale phrasing, answer words, newline)
+    common enough to become single tokens in the learned vocabulary."""
     yes, no = prompt.ANSWER_CUE + prompt.ANSWER_YES, prompt.ANSWER_CUE + prompt.ANSWER_NO
-    lines = [
-        prompt.history_prefix(["Example Title"]),
-        prompt.candidate_segment("Example Title", "full") + " reason" + yes,
-        prompt.candidate_segment("Example Title", "none") + no,
-        yes,
-        no,
-    ]
+    lines = [prompt.history_prefix(["Example Title", "Another Title"]), yes, no]
+    for evidence, rationale in zip(EXAMPLE_EVIDENCE, EXAMPLE_RATIONALES, strict=False):
+        lines.append(prompt.candidate_segment("Example Title", evidence, "full") + " " + rationale + yes)
+        lines.append(prompt.candidate_segment("Example Title", evidence, "none") + no)
+    lines += list(EXAMPLE_RATIONALES)
     return lines * repeat
 
 
@@ -99,10 +112,10 @@ def init_model(titles: list[str], out_dir: Path, config: TinyModelConfig, seed: 
     }
 
 
-def copy_base_model(base_model: Path, out: Path, name: str, command: str):
-    """A real model (a local HF checkpoint) as an r2rank starting point: its files copied to ``out`` with an
-    r2rank manifest. Raises ``ValueError`` naming what is wrong (not a checkpoint; a tokenizer that cannot
-    encode the answer tokens as one token each)."""
+def copy_base_model(base_model: Path, out: Path, name: str, command: str, stats: EvidenceStats):
+    """A real model (a local HF checkpoint) as an r2rank starting point: its files copied to ``out`` with the
+    evidence statistics and an r2rank manifest. Raises ``ValueError`` naming what is wrong (not a checkpoint;
+    a tokenizer that cannot encode the answer tokens as one token each)."""
     import shutil
 
     from contract.checkpoint import CheckpointError, write_checkpoint_manifest
@@ -111,6 +124,7 @@ def copy_base_model(base_model: Path, out: Path, name: str, command: str):
     if not (base_model / "config.json").is_file():
         raise ValueError(f"{base_model}/config.json: not found (not a HF checkpoint)")
     shutil.copytree(base_model, out, dirs_exist_ok=True, ignore=shutil.ignore_patterns("manifest.json"))
+    stats.save(out)
     provenance = {"stage": "base-model", "base_model": str(base_model), "command": command}
     try:
         return write_checkpoint_manifest(out, name, provenance)

@@ -5,7 +5,8 @@ instruction, header, one bullet per title, oldest first), and the model learns n
 A from-scratch model thereby learns which titles are common (popularity) and which follow which
 (co-occurrence) before SFT teaches it to answer yes/no: knowledge the ranker needs and that SFT alone,
 one answer token per candidate, teaches slowly. Only training prefixes are used (no validation or test
-item). Resumable like the other stages.
+item), and not their last ``holdout_last`` positions either: SFT later uses those as targets, and a target the
+LM has already read in its user's sequence would be remembered, not ranked. Resumable like the other stages.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from contract.checkpoint import Checkpoint
+from contract.evidence import Item
 from trainer.config import PretrainConfig
 from trainer.data import Catalogue, UserSplit
 from trainer.loop import load_state, optimizer_step, save_state, training_device
@@ -31,9 +33,17 @@ STATE = "pretrain_state.pt"
 STEP_LOG = "pretrain_steps.jsonl"
 
 
-def lm_sequences(checkpoint: Checkpoint, catalogue: Catalogue, splits: list[UserSplit]) -> list[list[int]]:
-    """One token sequence per user: their training prefix as the service would render a history."""
-    return [checkpoint.prompts.history_prefix([catalogue.title(i) for i in split.train]).ids for split in splits]
+def lm_sequences(
+    checkpoint: Checkpoint, catalogue: Catalogue, splits: list[UserSplit], holdout_last: int = 0
+) -> list[list[int]]:
+    """One token sequence per user: their training prefix, without its last ``holdout_last`` items, as the
+    service would render a history."""
+    sequences = []
+    for split in splits:
+        kept = split.train[: len(split.train) - holdout_last] if holdout_last else split.train
+        if kept:
+            sequences.append(checkpoint.prompts.history_prefix([Item(i, catalogue.title(i)) for i in kept]).ids)
+    return sequences
 
 
 def length_bucketed_batches(sequences: list[list[int]], batch_size: int, seed: int) -> list[list[list[int]]]:
@@ -110,7 +120,8 @@ def pretrain_lm(
     from trainer.attention import load_causal_lm
 
     torch.manual_seed(config.seed)
-    batches = length_bucketed_batches(lm_sequences(checkpoint, catalogue, splits), config.batch_size, config.seed)
+    sequences = lm_sequences(checkpoint, catalogue, splits, config.holdout_last)
+    batches = length_bucketed_batches(sequences, config.batch_size, config.seed)
     steps = max(1, math.ceil(config.epochs * len(batches)))
     device, autocast = training_device("pretrain")
     model = load_causal_lm(model_dir, device)

@@ -43,6 +43,7 @@ import torch
 from torch import Tensor
 
 from contract.checkpoint import Checkpoint, open_checkpoint
+from contract.evidence import Item
 from trainer.config import RLConfig
 from trainer.data import Catalogue, UserSplit, sample_negatives
 from trainer.loop import load_state, optimizer_step, save_state, training_device
@@ -57,6 +58,7 @@ from trainer.losses import (
 from trainer.policy import grouped_forward, sample_continuations
 from trainer.progress import Progress
 from trainer.rollouts import VLLMRollouts
+from trainer.statistics import carry_stats
 
 logger = logging.getLogger(__name__)
 
@@ -65,10 +67,10 @@ STEP_LOG = "rl_steps.jsonl"
 
 @dataclass(frozen=True)
 class RLCase:
-    """One user's ranking task: titles of the history (oldest first) and of the candidates."""
+    """One user's ranking task: the history (oldest first) and the candidates, as items (id and title)."""
 
-    history: list[str]
-    candidates: list[str]
+    history: list[Item]
+    candidates: list[Item]
     positive: int  # index into candidates
 
 
@@ -106,19 +108,26 @@ class StepStats:
     sampling_seconds: float = 0.0  # of which sampling rationales (rollouts and served)
 
 
-def rl_cases(splits: list[UserSplit], catalogue: Catalogue, users: int, negatives: int, seed: int) -> list[RLCase]:
+def rl_cases(
+    splits: list[UserSplit], catalogue: Catalogue, users: int, negatives: int, seed: int,
+    exclude_users: set[str] | frozenset[str] = frozenset(),
+) -> list[RLCase]:  # fmt: skip
     """Ranking tasks at the validation position: history = training prefix, positive = the validation item,
-    N random negatives outside the user's items. The test item is never a candidate nor in a history."""
+    N random negatives outside the user's items. The test item is never a candidate nor in a history, and
+    ``exclude_users`` (the selection users, whose validation positions choose between checkpoints) never
+    appear."""
     rng = random.Random(seed)
     items = sorted(catalogue.titles)
-    chosen = rng.sample(splits, min(users, len(splits)))
+    pool = [s for s in splits if s.user_id not in exclude_users]
+    chosen = rng.sample(pool, min(users, len(pool)))
+    item = lambda i: Item(i, catalogue.title(i))  # noqa: E731
     cases = []
     for split in chosen:
         exclude = {*split.train, split.valid_target, split.test_target}
         candidates = [split.valid_target, *sample_negatives(rng, items, exclude, negatives)]
         rng.shuffle(candidates)  # so score ties cannot favour the positive's slot
-        titles = [catalogue.title(i) for i in candidates]
-        cases.append(RLCase([catalogue.title(i) for i in split.train], titles, candidates.index(split.valid_target)))
+        history = [item(i) for i in split.train]
+        cases.append(RLCase(history, [item(i) for i in candidates], candidates.index(split.valid_target)))
     return cases
 
 
@@ -385,6 +394,7 @@ def train_rl(base: Path, out: Path, cases: list[RLCase], config: RLConfig) -> di
             policy.save_pretrained(out / "model", safe_serialization=True)
             save_state(state_path, trainer.optimizer, step, log=log)
     checkpoint.encoder.tokenizer.save_pretrained(out / "model")
+    carry_stats(base, out / "model")
     window = max(1, min(20, len(log) // 4))
     summary = {
         "stage": "rl",

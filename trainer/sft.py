@@ -2,10 +2,12 @@
 
 Each example is one target position of a user's TRAINING prefix (history = the items before it, positive =
 the item at it; the last ``targets_per_user`` positions are used) with N sampled negatives. Inputs are built
-by the contract's ``PromptAssembler`` (same cleaning, caps and token segmentation as serving), followed by
-the rationale's ids + the answer cue + [yes|no] — exactly the ids the service scores; a share
-of examples (``none_fraction``) uses the ``reasoning="none"`` form, prompt + cue + answer, so one model
-serves both modes. The loss is next-token cross-entropy on everything after the prompt. Each example's history
+by the contract's ``PromptAssembler`` exactly as the service builds them, evidence included, with one
+difference that removes a skew: the evidence leaves the user's own sequence out of the counts
+(``contract.evidence.LeaveOut``), so the positive carries a co-occurrence link only when other users made the
+same move, as at serving time. Each row is then the rationale's ids + the answer cue + [yes|no]; a share of
+examples (``none_fraction``) uses the ``reasoning="none"`` form, prompt + cue + answer, so one model serves
+both modes. The loss is next-token cross-entropy on everything after the prompt. Each example's history
 prefix and all its candidate rows run as one packed sequence (``trainer/packing.py``: the prefix once, no
 padding between rows, the vocabulary projection only where a loss is taken), and a step's examples go
 through the model in small micro-batches of similar length (``micro_batch``), their gradients summed.
@@ -24,13 +26,15 @@ from pathlib import Path
 import torch
 
 from contract.checkpoint import Checkpoint, open_checkpoint
+from contract.evidence import Item, LeaveOut
 from contract.prompt import Reasoning
 from trainer.config import SFTConfig
 from trainer.data import Catalogue, UserSplit, sample_negatives
 from trainer.loop import load_state, optimizer_step, save_state, training_device
 from trainer.packing import target_log_probs
 from trainer.progress import Progress
-from trainer.teacher import BuiltinTeacher, Teacher
+from trainer.statistics import carry_stats
+from trainer.teacher import Teacher, TeacherInput
 
 logger = logging.getLogger(__name__)
 
@@ -45,56 +49,45 @@ class Example:
     rows: list[tuple[list[int], int]]  # (candidate segment + target ids, how many trailing ids are targets)
 
 
+def sft_users(splits: list[UserSplit], config: SFTConfig) -> list[UserSplit]:
+    """The users SFT draws its examples from (seeded; the teacher calibrates on others)."""
+    eligible = [s for s in splits if len(s.train) >= 2]
+    return random.Random(f"sft-users-{config.seed}").sample(eligible, min(config.users, len(eligible)))
+
+
 def build_examples(
-    checkpoint: Checkpoint, catalogue: Catalogue, splits: list[UserSplit], teacher: Teacher, config: SFTConfig
+    checkpoint: Checkpoint, catalogue: Catalogue, users: list[UserSplit], teacher: Teacher, config: SFTConfig
 ) -> list[Example]:
     rng = random.Random(config.seed)
     assembler = checkpoint.prompts
     items = sorted(catalogue.titles)
-    eligible = [s for s in splits if len(s.train) >= 2]
-    pending = []  # (prefix ids, [(segment ids, history, item, label)], mode): rationales are fetched in one go
-    for split in rng.sample(eligible, min(config.users, len(eligible))):
+    item = lambda i: Item(i, catalogue.title(i))  # noqa: E731
+    pending = []  # (prefix ids, [(segment ids, teacher input, label)], mode): rationales are fetched in one go
+    for split in users:
         exclude = set(split.train) | {split.valid_target, split.test_target}
+        leave_out = LeaveOut.of_sequence(split.train, assembler.stats.window)
         for end in range(len(split.train) - 1, max(0, len(split.train) - 1 - config.targets_per_user), -1):
             history, positive = split.train[:end], split.train[end]
             candidates = [positive, *sample_negatives(rng, items, exclude, config.negatives)]
             mode: Reasoning = "none" if rng.random() < config.none_fraction else "full"
-            prompts = assembler.prompts([catalogue.title(i) for i in history], [catalogue.title(i) for i in candidates],
-                                        mode)  # fmt: skip
-            rows = [(segment, history, item, item == positive)
-                    for item, segment in zip(candidates, prompts.segments, strict=True)]  # fmt: skip
+            prompts = assembler.prompts([item(i) for i in history], [item(i) for i in candidates], mode, leave_out)
+            shown = zip(candidates, prompts.candidates, prompts.evidence, prompts.segments, strict=True)
+            rows = [(segment, TeacherInput(prompts.history, item_shown, evidence), candidate == positive)
+                    for candidate, item_shown, evidence, segment in shown]  # fmt: skip
             pending.append((prompts.prefix.ids, rows, mode))
-    pairs = [(history, item) for _, rows, mode in pending if mode == "full" for _, history, item, _ in rows]
-    texts = teacher.rationales(pairs)
-    misrecalled = _misrecall(teacher, pairs, config)
-    texts = [wrong or right for wrong, right in zip(misrecalled, texts, strict=True)]
+    texts = teacher.rationales([inputs for _, rows, mode in pending if mode == "full" for _, inputs, _ in rows])
     rationales = iter(assembler.rationale_ids(texts))
-    answer_only = iter(wrong is not None for wrong in misrecalled)
-    answer_and_cue = len(assembler.answer_cue_ids) + 1
     examples = []
     for prefix, rows, mode in pending:
         built = []
-        for segment, _, _, label in rows:
+        for segment, _, label in rows:
             # "none" is scored as prompt + cue (no Reasoning line); "full" as prompt + rationale + cue
             row = assembler.score_input(segment, next(rationales) if mode == "full" else ())
             row.append(assembler.answer_id(label))
-            trained = answer_and_cue if mode == "full" and next(answer_only) else len(row) - len(segment)
-            built.append((row, trained))
+            built.append((row, len(row) - len(segment)))
         examples.append(Example(prefix, built))
     rng.shuffle(examples)
     return examples
-
-
-def _misrecall(teacher: Teacher, pairs: list, config: SFTConfig) -> list[str | None]:
-    """Per full-mode pair, a misrecalled rationale or None (``SFTConfig.drop_link`` / ``add_link``)."""
-    if not (config.drop_link or config.add_link):
-        return [None] * len(pairs)
-    if not isinstance(teacher, BuiltinTeacher):
-        logger.warning("drop_link/add_link rewrite the built-in teacher's co-occurrence clause: ignored for %s",
-                       type(teacher).__name__)  # fmt: skip
-        return [None] * len(pairs)
-    rng = random.Random(f"misrecall-{config.seed}")  # its own stream: the examples drawn do not change
-    return [teacher.misrecalled(history, item, config.drop_link, config.add_link, rng) for history, item in pairs]
 
 
 def summed_token_nll(model, batch: list[Example], pad_id: int) -> torch.Tensor:
@@ -140,14 +133,19 @@ def lr_at(step: int, config: SFTConfig) -> float:
 
 
 def train_sft(
-    base: Path, out: Path, catalogue: Catalogue, splits: list[UserSplit], teacher: Teacher, config: SFTConfig
+    base: Path, out: Path, catalogue: Catalogue, users: list[UserSplit], teacher: Teacher, config: SFTConfig
 ) -> dict:
-    """Fine-tune ``base`` into ``out``; resumes from ``out/state.pt`` if an earlier run was interrupted."""
+    """Fine-tune ``base`` into ``out`` on ``users`` (``sft_users``); resumes from ``out/state.pt`` if an earlier
+    run was interrupted."""
     from trainer.attention import load_causal_lm
 
     torch.manual_seed(config.seed)
     checkpoint = open_checkpoint(base)
-    examples = build_examples(checkpoint, catalogue, splits, teacher, config)
+    held_out = checkpoint.manifest.provenance.get("pretrain", {}).get("holdout_last")
+    if held_out is not None and config.targets_per_user > held_out:
+        logger.warning("SFT targets %d positions per user but pre-training held out only the last %d: the extra "
+                       "targets were pre-trained on", config.targets_per_user, held_out)  # fmt: skip
+    examples = build_examples(checkpoint, catalogue, users, teacher, config)
     out.mkdir(parents=True, exist_ok=True)
     state_path = out / "state.pt"
     model_dir = out / "model" if state_path.exists() else base
@@ -179,6 +177,7 @@ def train_sft(
             model.save_pretrained(out / "model", safe_serialization=True)
             save_state(state_path, optimizer, step, losses=losses, skipped_steps=skipped)
     checkpoint.encoder.tokenizer.save_pretrained(out / "model")
+    carry_stats(base, out / "model")
     summary = {"stage": "sft", "examples": len(examples), "config": asdict(config),
                "skipped_updates": len(skipped),
                "loss_first_10": sum(losses[:10]) / max(1, len(losses[:10])),

@@ -1,196 +1,168 @@
-"""The built-in teacher: short, evidence-based rationales from training-split statistics only.
+"""The built-in teacher: a short line that weighs the evidence in the prompt, citing only what the prompt states.
 
-For a (history, candidate) pair it states what relates them: shared title words (a franchise or series),
-how often the candidate followed the user's recent items in other users' training sequences
-(co-occurrence), and how popular it is. The SFT stage appends the answer (yes for the held-out positive,
-no for a sampled negative); the rationale itself never looks at the label, so what the model learns to
-write is evidence it could compute from the prompt and what it memorised in training.
+For each (history, candidate, evidence) it names the strongest co-occurrence link (which history item, how
+many times, how recent: ``#1`` is the latest), a shared title word or attribute, how popular the candidate
+is, and a verdict (likely / possible / unlikely). The verdict is the teacher's judgment of the evidence: a
+logistic model of the evidence's features, fitted once on calibration users' training positions (other users
+than the ones SFT trains on), so it weighs recency, link strength and popularity by what they were worth on
+other users. The rationale never looks at its own pair's label, and every reference and number it cites is on
+the pair's ``Evidence:`` line, so it is faithful by construction (``contract.evidence.unfaithful_citations``).
 """
 
 from __future__ import annotations
 
+import math
 import random
-import re
-from collections import Counter, defaultdict
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Protocol
 
-from trainer.data import Catalogue, UserSplit
+import torch
 
-STOPWORDS = frozenset(
-    [
-        "the",
-        "a",
-        "an",
-        "of",
-        "and",
-        "or",
-        "for",
-        "to",
-        "in",
-        "on",
-        "with",
-        "edition",
-        "game",
-        "games",
-        "version",
-        "pack",
-        "bundle",
-        "set",
-        "new",
-        "xbox",
-        "playstation",
-        "ps2",
-        "ps3",
-        "ps4",
-        "ps5",
-        "nintendo",
-        "switch",
-        "wii",
-        "ds",
-        "3ds",
-        "pc",
-        "mac",
-        "one",
-        "360",
-        "gamecube",
-        "gameboy",
-        "advance",
-        "vita",
-        "psp",
-        "kit",
-        "case",
-        "controller",
-        "digital",
-        "code",
-        "download",
-        "standard",
-        "collectors",
-        "collector's",
-        "deluxe",
-    ]
-)
-_WORD = re.compile(r"[a-z0-9']+")
-RECENT = 3  # co-occurrence is counted with the user's last few items
-POPULARITY_PHRASES = ("a best seller", "popular", "niche", "rarely bought")  # top 1%, top 10%, the rest, unseen
+from contract.evidence import RECENT_REFS, Evidence, EvidenceStats, Item, LeaveOut, compute_evidence
+from trainer.data import Catalogue, UserSplit, sample_negatives
+
+VERDICTS = ("likely", "possible", "unlikely")
+VERDICT_THRESHOLDS = (0.45, 0.15)  # P(next | evidence) at or above: likely, possible; below: unlikely
 
 
-def title_words(title: str) -> set[str]:
-    return {w for w in _WORD.findall(title.lower()) if len(w) > 2 and w not in STOPWORDS and not w.isdigit()}
+@dataclass(frozen=True)
+class TeacherInput:
+    """One pair as the prompt shows it: the history (oldest first, the last is #1), the candidate, its evidence."""
 
-
-@dataclass
-class TrainingStats:
-    """Counts from training prefixes only (never a validation or test target)."""
-
-    popularity: Counter = field(default_factory=Counter)
-    follows: dict[str, Counter] = field(default_factory=lambda: defaultdict(Counter))
-
-    @classmethod
-    def from_splits(cls, splits: Iterable[UserSplit], window: int = RECENT) -> TrainingStats:
-        stats = cls()
-        for split in splits:
-            sequence = split.train
-            stats.popularity.update(sequence)
-            for i, item in enumerate(sequence):
-                for previous in sequence[max(0, i - window) : i]:
-                    stats.follows[previous][item] += 1
-        return stats
-
-    def popularity_rank(self) -> dict[str, int]:
-        return {item: rank for rank, (item, _) in enumerate(self.popularity.most_common())}
-
-    def cooccurrence(self, history: Sequence[str], candidate: str) -> tuple[int, str | None]:
-        """Times ``candidate`` followed one of the last items of ``history``; and the strongest such item."""
-        best, total = None, 0
-        for item in history[-RECENT:]:
-            count = self.follows.get(item, Counter()).get(candidate, 0)
-            total += count
-            if count and (best is None or count > self.follows[best][candidate]):
-                best = item
-        return total, best
+    history: Sequence[Item]
+    candidate: Item
+    evidence: Evidence
 
 
 class Teacher(Protocol):
-    """What SFT needs from a teacher: one label-blind rationale per (history item ids, candidate id) pair."""
+    """What SFT needs from a teacher: one label-blind rationale per pair."""
 
-    def rationales(self, pairs: Sequence[tuple[Sequence[str], str]]) -> list[str]: ...
+    def rationales(self, pairs: Sequence[TeacherInput]) -> list[str]: ...
+
+
+def evidence_features(evidence: Evidence) -> list[float]:
+    """The numbers a verdict weighs: log link counts for #1..#5 and older items, log popularity, a shared word
+    (and how recent), shared attributes."""
+    by_ref = {link.ref: link.count for link in evidence.links}
+    features = [math.log1p(by_ref.get(ref, 0)) for ref in range(1, RECENT_REFS + 1)]
+    features += [math.log1p(evidence.older_links), math.log1p(evidence.popularity)]
+    shared = evidence.shared_word
+    features += [1.0 if shared else 0.0, 1.0 / shared.ref if shared else 0.0, float(len(evidence.attributes))]
+    return features
+
+
+class EvidenceModel:
+    """P(candidate is next | evidence): logistic regression on ``evidence_features`` (a handful of weights)."""
+
+    def __init__(self, weights: Sequence[float] | None = None, bias: float = 0.0) -> None:
+        self.weights = list(weights) if weights is not None else [0.0] * len(evidence_features(Evidence()))
+        self.bias = bias
+
+    def logit(self, evidence: Evidence) -> float:
+        return self.bias + sum(w * x for w, x in zip(self.weights, evidence_features(evidence), strict=True))
+
+    def probability(self, evidence: Evidence) -> float:
+        return 1.0 / (1.0 + math.exp(-self.logit(evidence)))
+
+    @classmethod
+    def fit(cls, evidence: Sequence[Evidence], labels: Sequence[bool], l2: float = 1e-4) -> EvidenceModel:
+        x = torch.tensor([evidence_features(e) for e in evidence], dtype=torch.float64)
+        y = torch.tensor([float(v) for v in labels], dtype=torch.float64)
+        w = torch.zeros(x.shape[1], dtype=torch.float64, requires_grad=True)
+        b = torch.zeros(1, dtype=torch.float64, requires_grad=True)
+        optimizer = torch.optim.LBFGS([w, b], max_iter=200, line_search_fn="strong_wolfe")
+
+        def closure():
+            optimizer.zero_grad()
+            loss = torch.nn.functional.binary_cross_entropy_with_logits(x @ w + b, y) + l2 * (w**2).sum()
+            loss.backward()
+            return loss
+
+        optimizer.step(closure)
+        return cls(w.detach().tolist(), float(b.detach()))
+
+
+def calibration_examples(
+    splits: Sequence[UserSplit], catalogue: Catalogue, stats: EvidenceStats, users: int, negatives: int = 4,
+    seed: int = 1,
+    exclude: set[str] | frozenset[str] = frozenset(),
+) -> tuple[list[Evidence], list[bool]]:  # fmt: skip
+    """Evidence at the last training position of ``users`` users (not in ``exclude``), leaving each user's own
+    sequence out of the counts as SFT does, with 1 positive + ``negatives`` random negatives each."""
+    rng = random.Random(seed)
+    items = sorted(catalogue.titles)
+    pool = [s for s in splits if len(s.train) >= 2 and s.user_id not in exclude]
+    evidence, labels = [], []
+    for split in rng.sample(pool, min(users, len(pool))):
+        history = [Item(i, catalogue.title(i)) for i in split.train[:-1]]
+        positive = split.train[-1]
+        leave_out = LeaveOut.of_sequence(split.train, stats.window)
+        excluded = {*split.train, split.valid_target, split.test_target}
+        for item in [positive, *sample_negatives(rng, items, excluded, negatives)]:
+            evidence.append(compute_evidence(history, Item(item, catalogue.title(item)), stats, leave_out))
+            labels.append(item == positive)
+    return evidence, labels
+
+
+def link_strength(count: int) -> str:
+    return "strong" if count >= 10 else "some" if count >= 3 else "weak"
+
+
+def popularity_phrase(evidence: Evidence) -> str:
+    top = evidence.popularity_top_percent
+    if top is None:
+        return "a new item"
+    return f"top {top}% popular" if top <= 10 else f"niche, top {top}%"
 
 
 class BuiltinTeacher:
-    def __init__(self, catalogue: Catalogue, stats: TrainingStats) -> None:
-        self.catalogue = catalogue
-        self.stats = stats
-        self._rank = stats.popularity_rank()
-        self._n = max(1, len(self._rank))
+    def __init__(self, model: EvidenceModel) -> None:
+        self.model = model
 
-    def _popularity_phrase(self, item: str) -> str:
-        rank = self._rank.get(item)
-        if rank is None:
-            return POPULARITY_PHRASES[3]
-        share = rank / self._n
-        if share < 0.01:
-            return POPULARITY_PHRASES[0]
-        if share < 0.1:
-            return POPULARITY_PHRASES[1]
-        return POPULARITY_PHRASES[2]
+    @classmethod
+    def calibrated(
+        cls, splits: Sequence[UserSplit], catalogue: Catalogue, stats: EvidenceStats, users: int = 5000,
+        exclude: set[str] | frozenset[str] = frozenset(),
+    ) -> BuiltinTeacher:  # fmt: skip
+        """A teacher whose verdict model is fitted on ``users`` calibration users (none of ``exclude``)."""
+        return cls(EvidenceModel.fit(*calibration_examples(splits, catalogue, stats, users, exclude=exclude)))
 
-    def rationale(self, history: Sequence[str], candidate: str, flip_link: bool = False) -> str:
-        """One line, at most a few clauses, each a piece of evidence. ``flip_link`` writes the co-occurrence
-        clause wrong (a link dropped, or one claimed with the most recent item): see ``misrecalled``."""
-        title = self.catalogue.title(candidate)
-        words = title_words(title)
+    def verdict(self, evidence: Evidence) -> str:
+        p = self.model.probability(evidence)
+        return VERDICTS[0] if p >= VERDICT_THRESHOLDS[0] else VERDICTS[1] if p >= VERDICT_THRESHOLDS[1] else VERDICTS[2]
+
+    def rationale(self, evidence: Evidence) -> str:
+        """One line, at most three clauses: the strongest link, a shared word, popularity; then the verdict."""
         clauses = []
-        for item in reversed(history):
-            shared = sorted(words & title_words(self.catalogue.title(item)))
-            if shared:
-                clauses.append(f"shares '{shared[0]}' with {self.catalogue.title(item)}")
-                break
-        count, source = self.stats.cooccurrence(history, candidate)
-        linked = bool(count and source is not None)
-        if flip_link and history:
-            linked, source = not linked, history[-1]
-        if linked and source is not None:
-            clauses.append(f"often bought after {self.catalogue.title(source)}")
-        elif history:
-            clauses.append("no link to recent items")
-        clauses.append(self._popularity_phrase(candidate))
-        text = "; ".join(clauses)
-        return text[0].upper() + text[1:] + "."
+        if evidence.links:
+            strongest = max(evidence.links, key=lambda link: (link.count / link.ref, -link.ref))
+            clauses.append(f"{link_strength(strongest.count)} link: follows #{strongest.ref} {strongest.count}x")
+        elif evidence.older_links:
+            clauses.append(f"only older links ({evidence.older_links}x)")
+        else:
+            clauses.append("no links")
+        if evidence.shared_word is not None:
+            clauses.append(f'shares "{evidence.shared_word.word}" with #{evidence.shared_word.ref}')
+        elif evidence.attributes:
+            attribute = evidence.attributes[0]
+            clauses.append(f"same {attribute.name} as #{attribute.ref}")
+        clauses.append(popularity_phrase(evidence))
+        text = "; ".join(clauses) + f": {self.verdict(evidence)}."
+        return text[0].upper() + text[1:]
 
-    def rationales(self, pairs: Sequence[tuple[Sequence[str], str]]) -> list[str]:
-        return [self.rationale(history, candidate) for history, candidate in pairs]
-
-    def misrecalled(
-        self, history: Sequence[str], candidate: str, drop_link: float, add_link: float, rng: random.Random
-    ) -> str | None:
-        """The rationale with its co-occurrence clause recalled wrong, or None (kept right this time).
-
-        A small model cannot recall every co-occurrence the teacher counted: its served rationales miss
-        links on positives and, more rarely, claim links that are not there (``r2rank-train diagnose``).
-        SFT shows the answer such rationales (probability ``drop_link`` for a true link, ``add_link`` for
-        none), label-blind, so the answer learns how far its own rationale can be trusted. One draw per
-        pair whatever the rates, so the rest of the run's sampling does not depend on them."""
-        if not history:
-            return None
-        draw = rng.random()
-        linked = self.stats.cooccurrence(history, candidate)[0] > 0
-        if draw < (drop_link if linked else add_link):
-            return self.rationale(history, candidate, flip_link=True)
-        return None
+    def rationales(self, pairs: Sequence[TeacherInput]) -> list[str]:
+        return [self.rationale(pair.evidence) for pair in pairs]
 
 
 def clause_kinds(rationale: str) -> dict[str, str]:
-    """What a rationale in the built-in teacher's style asserts, per kind of evidence, so a model's rationale
-    can be compared with the teacher's clause by clause (``trainer.diagnose``)."""
-    clauses = [c.strip().lower() for c in rationale.rstrip(".").split(";")]
-    shared = next((c for c in clauses if c.startswith("shares ")), None)
-    if any(c.startswith("often bought after") for c in clauses):
-        link = "linked"
-    elif "no link to recent items" in clauses:
-        link = "no link"
-    else:
-        link = "unstated"
-    popularity = next((p for p in POPULARITY_PHRASES if p in clauses), "unstated")
-    return {"shared title word": "yes" if shared else "no", "co-occurrence": link, "popularity": popularity}
+    """What a rationale in the built-in teacher's style asserts, per kind, so a model's rationale can be compared
+    with the teacher's clause by clause (``trainer.diagnose``)."""
+    text = rationale.lower().rstrip(".")
+    link = next((k for k in ("strong link", "some link", "weak link", "only older links", "no links") if k in text),
+                "unstated")  # fmt: skip
+    verdict = next((v for v in VERDICTS if text.endswith(v)), "unstated")
+    popularity = next((kind for phrase, kind in (("new item", "new"), ("% popular", "popular"), ("niche", "niche"))
+                       if phrase in text), "unstated")  # fmt: skip
+    return {"link": link, "shared word": "yes" if "shares" in text else "no", "popularity": popularity,
+            "verdict": verdict}  # fmt: skip

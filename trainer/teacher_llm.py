@@ -1,9 +1,11 @@
 """A teacher behind any OpenAI-compatible endpoint (a vLLM server with a large model, or a hosted API).
 
-It writes the same kind of rationale as the built-in teacher — one line of evidence about how the candidate
-relates to the history, label-blind — but from a large model's world knowledge. Requests run concurrently
-(bounded) and every answer is appended to a JSONL cache keyed by a hash of (model, prompt), so a rerun, a
-resumed SFT or a second stage costs no requests. The SFT stage calls ``rationales`` once for all pairs.
+It writes the same kind of rationale as the built-in teacher — one line that weighs the evidence about how the
+candidate relates to the history, label-blind — but with a large model's world knowledge. It sees the same
+numbered history and the same ``Evidence:`` line as the ranker's prompt, and is asked to cite only those.
+Requests run concurrently (bounded) and every answer is appended to a JSONL cache keyed by a hash of
+(model, prompt), so a rerun, a resumed SFT or a second stage costs no requests. The SFT stage calls
+``rationales`` once for all pairs.
 """
 
 from __future__ import annotations
@@ -18,21 +20,26 @@ from typing import Literal
 
 from contract.prompt import DEFAULT_MAX_HISTORY_ITEMS, clean_rationale
 from trainer.data import Catalogue
+from trainer.teacher import TeacherInput
 
 logger = logging.getLogger(__name__)
 
 Api = Literal["chat", "completions"]
 
 SYSTEM = (
-    "You explain recommendations. Given a user's purchase history and one candidate item, write ONE short "
-    "sentence (at most 25 words) of evidence for or against the user buying the candidate next: shared "
-    "franchise, genre, platform, sequel or accessory relations, or a mismatch. Do not say yes or no."
+    "You explain recommendations. Given a user's history (#1 is the latest item) and one candidate item with "
+    "evidence from other users, write ONE short sentence (at most 25 words) that weighs the evidence for or "
+    "against the user choosing the candidate next: which link is strongest and how recent, a shared series, "
+    "genre or brand, how much popularity should count. Cite history items as #k and only numbers the evidence "
+    "states. End with likely, possible or unlikely."
 )
 
 
-def teacher_prompt(history: Sequence[str], candidate: str) -> str:
-    lines = "\n".join(f"- {title}" for title in history[-DEFAULT_MAX_HISTORY_ITEMS:]) or "(no history)"
-    return f"History (oldest first):\n{lines}\nCandidate: {candidate}\nEvidence:"
+def teacher_prompt(history: Sequence[str], candidate: str, evidence: str) -> str:
+    """``history`` oldest first, as the ranker's prompt numbers it (the last is #1)."""
+    shown = list(history[-DEFAULT_MAX_HISTORY_ITEMS:])
+    lines = "\n".join(f"#{len(shown) - i} {title}" for i, title in enumerate(shown)) or "(no history)"
+    return f"History (oldest first):\n{lines}\nCandidate: {candidate}\nEvidence: {evidence}\nReasoning:"
 
 
 class LLMTeacher:
@@ -103,11 +110,11 @@ class LLMTeacher:
             finally:
                 await client.close()
 
-    def rationales(self, pairs: Sequence[tuple[Sequence[str], str]]) -> list[str]:
-        """Rationales for (history item ids, candidate id) pairs; only uncached prompts are requested."""
+    def rationales(self, pairs: Sequence[TeacherInput]) -> list[str]:
+        """Rationales for the pairs as the ranker's prompt shows them; only uncached prompts are requested."""
         prompts = [
-            teacher_prompt([self.catalogue.title(i) for i in history], self.catalogue.title(candidate))
-            for history, candidate in pairs
+            teacher_prompt([item.title for item in pair.history], pair.candidate.title, pair.evidence.text())
+            for pair in pairs
         ]
         keys = [self._key(p) for p in prompts]
         missing = {k: p for k, p in zip(keys, prompts, strict=True) if k not in self._cache}

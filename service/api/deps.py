@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import Depends, Request
+from fastapi import Depends, Header, Request
 
 from service.exceptions import EngineError, StoreUnavailable
 from service.logs import RequestContext, request_context
@@ -29,6 +29,26 @@ def get_store(request: Request) -> RedisStore:
     if store is None:
         raise StoreUnavailable("no Redis store is configured (R2RANK_REDIS_URL is empty)")
     return store
+
+
+def charge_items(request: Request, items: int) -> None:
+    """Take a request's candidate items from its API key's item rate (when it has one)."""
+    charged = getattr(request.state, "api_key", None)
+    if charged is not None:
+        request.app.state.r2rank.rates.take_items(*charged, items)
+
+
+def request_id_header(
+    x_request_id: Annotated[
+        str | None,
+        Header(
+            alias="X-Request-Id",
+            max_length=128,
+            description="The request's id (1-128 printable ASCII characters): echoed in the reply and the logs.",
+        ),
+    ] = None,
+) -> None:
+    """Declares the header in the API's schema (``ObserveMiddleware`` reads and validates it)."""
 
 
 def get_request_context() -> RequestContext:

@@ -33,7 +33,7 @@ async def readyz(state: StateDep) -> JSONResponse:
         "ready": engine_ok,
         "model_version": state.engine.model_version,
         "engine": {"backend": state.engine.name, "ok": engine_ok, "detail": engine_detail},
-        "redis": await state.store_status(),
+        "redis": state.store_status(),
     }
     return JSONResponse(status_code=200 if engine_ok else 503, content=body)
 

@@ -9,24 +9,32 @@ continuous batching, so there is no lock or per-request serialisation anywhere h
 from __future__ import annotations
 
 import asyncio
+import logging
 import uuid
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 from contract.checkpoint import Checkpoint
+from contract.evidence import unfaithful_citations
 from contract.prompt import Reasoning
 from service.exceptions import EngineError
 
 __all__ = ["EngineError", "ItemScore", "ReasoningEngine", "ScoringJob"]
 
+logger = logging.getLogger(__name__)
+
 
 @dataclass(frozen=True)
 class ScoringJob:
-    """One candidate of one request: its prompt ids (``RequestPrompts.prompt_ids``)."""
+    """One candidate of one request: its prompt ids (``RequestPrompts.prompt_ids``); in full mode also its
+    evidence line and its evidence-only prompt, so a rationale that cites what the evidence does not state is
+    never shown (the answer is then read from the evidence alone)."""
 
     prompt_ids: list[int]
     reasoning: Reasoning
+    evidence_text: str | None = None
+    evidence_only_ids: list[int] | None = None
 
 
 @dataclass(frozen=True)
@@ -34,6 +42,7 @@ class ItemScore:
     score: float
     rationale: str | None = None
     rationale_tokens: int = 0
+    rationale_withheld: bool = False  # generated, but cited what its evidence does not state: not shown
 
 
 class ReasoningEngine(ABC):
@@ -122,15 +131,20 @@ class ReasoningEngine(ABC):
         self.inflight_items += 1
         try:
             rationale: str | None = None
-            rationale_ids: list[int] = []
             tokens = 0
+            withheld = False
+            score_ids = self.prompts.score_input(job.prompt_ids)
             if job.reasoning == "full":
                 text, tokens = await self._generate_rationale(job.prompt_ids, f"{request_id}-r")
                 rationale = self.prompts.rationale(text)
-                rationale_ids = self.prompts.rationale_ids([text])[0]
-            score_ids = self.prompts.score_input(job.prompt_ids, rationale_ids)
+                score_ids = self.prompts.score_input(job.prompt_ids, self.prompts.rationale_ids([text])[0])
+                problems = unfaithful_citations(rationale, job.evidence_text) if job.evidence_text else []
+                if problems:
+                    logger.debug("rationale withheld: %r cites %s, evidence %r", rationale, problems, job.evidence_text)
+                    withheld, rationale = True, None
+                    score_ids = self.prompts.score_input(job.evidence_only_ids or job.prompt_ids)
             lp_yes, lp_no = await self._answer_logprobs(score_ids, f"{request_id}-s")
-            result = ItemScore(self.prompts.score(lp_yes, lp_no), rationale, tokens)
+            result = ItemScore(self.prompts.score(lp_yes, lp_no), rationale, tokens, withheld)
         finally:
             self.inflight_items -= 1
         return result

@@ -60,16 +60,16 @@ class RemoteVLLMEngine(ReasoningEngine):
         try:
             response = await self._http().get("/health", timeout=5.0)
         except httpx.HTTPError as exc:
-            raise EngineError(f"remote engine {self.base_url} unreachable: {exc!r}") from exc
+            raise EngineError("remote engine unreachable", detail=f"{self.base_url}: {exc!r}") from exc
         if response.status_code != 200:
-            raise EngineError(f"remote engine {self.base_url} unhealthy: HTTP {response.status_code}")
+            raise EngineError(f"remote engine unhealthy: HTTP {response.status_code}", detail=self.base_url)
         if self.served_model_name is None:
             await self._discover_model()
 
     async def _discover_model(self) -> None:
         models = (await self._post_or_get("GET", "/v1/models")).get("data", [])
         if not models:
-            raise EngineError(f"remote engine {self.base_url} serves no model")
+            raise EngineError("remote engine serves no model", detail=self.base_url)
         self.served_model_name = models[0]["id"]
 
     def _http(self) -> httpx.AsyncClient:
@@ -81,11 +81,12 @@ class RemoteVLLMEngine(ReasoningEngine):
         try:
             response = await self._http().request(method, path, json=body)
         except httpx.HTTPError as exc:
-            raise EngineError(f"remote engine {self.base_url}{path} failed: {exc!r}") from exc
-        if response.status_code != 200:
             raise EngineError(
-                f"remote engine {self.base_url}{path} answered HTTP {response.status_code}: {response.text[:300]}"
-            )
+                f"remote engine call failed: {type(exc).__name__}", detail=f"{self.base_url}{path}: {exc!r}"
+            ) from exc
+        if response.status_code != 200:
+            raise EngineError(f"remote engine answered HTTP {response.status_code}",
+                              detail=f"{self.base_url}{path}: {response.text[:300]}")  # fmt: skip
         return response.json()
 
     async def _completion(self, body: dict[str, Any]) -> dict[str, Any]:

@@ -1,0 +1,166 @@
+"""Evidence: computed by one contract function from training counts, without a training example's own future,
+rendered in the prompt, cited faithfully by the teacher, and checked by the faithfulness test."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from contract.evidence import (
+    EvidenceStats,
+    Item,
+    LeaveOut,
+    compute_evidence,
+    follow_pairs,
+    unfaithful_citations,
+)
+from trainer.data import DEFAULT_DATA, load_splits, sample_negatives
+from trainer.teacher import BuiltinTeacher, EvidenceModel
+
+TITLES = {
+    "a": "Zelda Breath of the Wild",
+    "b": "Mario Kart 8",
+    "c": "Zelda Link's Awakening",
+    "d": "Halo 3",
+    "e": "Tetris",
+    "f": "Kart Racer Deluxe",
+}
+SEQUENCES = [["a", "b", "c"], ["a", "c"], ["b", "c", "d"], ["d", "e"], ["a", "b", "c", "e"]]
+
+
+@pytest.fixture(scope="module")
+def stats() -> EvidenceStats:
+    return EvidenceStats.from_sequences(SEQUENCES, TITLES, window=2, max_followers=8, stopword_share=0.5)
+
+
+def item(i: str) -> Item:
+    return Item(i, TITLES[i])
+
+
+def test_links_count_what_followed_each_recent_item(stats):
+    # "c" followed "a" within 2 steps in 3 sequences and "b" in 3; the history's latest item is #1
+    evidence = compute_evidence([item("a"), item("b")], item("c"), stats)
+    assert [(link.ref, link.item_id, link.count) for link in evidence.links] == [(1, "b", 3), (2, "a", 3)]
+    assert evidence.popularity == 4 and evidence.popularity_top_percent == 20  # the most popular of 5 items
+    assert evidence.shared_word is not None and evidence.shared_word.word == "zelda"  # with "a" (#2)
+    assert evidence.shared_word.ref == 2
+    assert evidence.text() == 'follows #1 3x, #2 3x; popularity 4 (top 20%); shares "zelda" with #2'
+
+
+def test_unseen_items_and_no_links(stats):
+    evidence = compute_evidence([item("e")], item("f"), stats)  # "f" never interacted with
+    assert evidence.links == () and evidence.popularity_top_percent is None
+    assert evidence.text() == "no links; popularity 0 (new)"
+
+
+def test_older_items_are_summed_past_the_recent_refs():
+    sequences = [["x", *[f"h{i}" for i in range(6)], "y"]] * 2 + [["x", "y"]]
+    titles = {k: k for k in ["x", "y", *[f"h{i}" for i in range(6)]]}
+    stats = EvidenceStats.from_sequences(sequences, titles, window=10, max_followers=8)
+    history = [Item(k, k) for k in ["x", "h0", "h1", "h2", "h3", "h4", "h5"]]  # x is #7: older than #5
+    evidence = compute_evidence(history, Item("y", "y"), stats)
+    assert [link.ref for link in evidence.links] == [1, 2, 3, 4, 5] and evidence.older_links == 3 + 2  # x: 3, h0: 2
+
+
+def test_leave_out_subtracts_the_users_own_sequence(stats):
+    own = LeaveOut.of_sequence(SEQUENCES[0], stats.window)  # a -> b -> c
+    evidence = compute_evidence([item("a"), item("b")], item("c"), stats, own)
+    assert [(link.ref, link.count) for link in evidence.links] == [(1, 2), (2, 2)]
+    assert evidence.popularity == 3
+    assert follow_pairs(["a", "b", "c"], 2) == {("a", "b"): 1, ("a", "c"): 1, ("b", "c"): 1}
+
+
+def test_pruning_keeps_the_top_followers(stats):
+    pruned = EvidenceStats.from_sequences(SEQUENCES, TITLES, window=2, max_followers=1)
+    assert pruned.follow_count("a", "c") == 3 and pruned.follow_count("a", "b") == 0  # a's top follower kept
+    assert stats.follow_count("a", "b") == 2
+
+
+def test_artifact_round_trip_and_version(tmp_path, stats):
+    stats.save(tmp_path)
+    loaded = EvidenceStats.load(tmp_path)
+    assert loaded.version == stats.version and loaded.follow_count("b", "c") == 3
+    other = EvidenceStats.from_sequences(SEQUENCES[:2], TITLES)
+    assert other.version != stats.version  # other counts, another version (it keys the score cache)
+
+
+def test_faithfulness_check_finds_unstated_citations(stats):
+    evidence = compute_evidence([item("a"), item("b")], item("c"), stats)
+    text = evidence.text()
+    assert unfaithful_citations("Strong link: follows #1 3x; top 20% popular: likely.", text) == []
+    assert unfaithful_citations("Follows #3 3x: likely.", text) == ["#3 3x", "#3"]  # #3 is not in the evidence
+    assert unfaithful_citations("Follows #1 14x: likely.", text) == ["#1 14x", "14"]  # 14 is not a number it states
+    # each number stated somewhere on the line, but not this claim: #2 followed 3 times, not 4 (stated: #1 3x, 4)
+    assert unfaithful_citations("Weak link: follows #2 4x; top 20% popular: likely.", text) == ["#2 4x"]
+    assert unfaithful_citations('Shares "zelda" with #1: likely.', text) == ['"zelda" with #1']  # it is #2's word
+
+
+def test_teacher_rationales_cite_only_their_evidence():
+    """Every built-in rationale is faithful, on real evidence of many pairs."""
+    catalogue, splits = load_splits(DEFAULT_DATA)
+    stats = EvidenceStats.from_sequences((s.train for s in splits), catalogue.titles)
+    rng = random.Random(0)
+    teacher = BuiltinTeacher(EvidenceModel([1.0] * 5 + [0.5, 0.3, 0.5, 0.5, 0.5], -3.0))
+    items, checked = sorted(catalogue.titles), 0
+    for split in rng.sample(splits, 300):
+        history = [Item(i, catalogue.title(i)) for i in split.test_history]
+        for candidate in [split.test_target, *sample_negatives(rng, items, set(split.test_history), 4)]:
+            evidence = compute_evidence(history, Item(candidate, catalogue.title(candidate)), stats)
+            rationale = teacher.rationale(evidence)
+            assert unfaithful_citations(rationale, evidence.text()) == [], (rationale, evidence.text())
+            checked += 1
+    assert checked == 1500
+
+
+def test_sft_positives_carry_links_as_often_as_validation_positives():
+    """No skew: with the user's own sequence left out, the share of SFT positives (last training position) that
+    carry a co-occurrence link is within a few points of the validation positives' share; counting the user's
+    own sequence, as the statistics did before, makes it every one of them."""
+    catalogue, splits = load_splits(DEFAULT_DATA)
+    stats = EvidenceStats.from_sequences((s.train for s in splits), catalogue.titles)
+    rng = random.Random(1)
+    shares = {"validation": [], "sft": [], "sft, own user counted": []}
+    for split in rng.sample([s for s in splits if len(s.train) >= 3], 3000):
+        title = lambda i: Item(i, catalogue.title(i))  # noqa: E731
+        valid = compute_evidence([title(i) for i in split.train], title(split.valid_target), stats)
+        history, positive = [title(i) for i in split.train[:-1]], title(split.train[-1])
+        own = LeaveOut.of_sequence(split.train, stats.window)
+        shares["validation"].append(bool(valid.links or valid.older_links))
+        left_out = compute_evidence(history, positive, stats, own)
+        shares["sft"].append(bool(left_out.links or left_out.older_links))
+        counted = compute_evidence(history, positive, stats)
+        shares["sft, own user counted"].append(bool(counted.links or counted.older_links))
+    mean = {k: sum(v) / len(v) for k, v in shares.items()}
+    print("co-occurrence link share of positives:", {k: round(v, 3) for k, v in mean.items()})
+    assert abs(mean["sft"] - mean["validation"]) < 0.04, mean
+    assert mean["sft, own user counted"] > 0.99  # the skew the leave-out removes
+
+
+def test_pretraining_never_reads_a_position_sft_targets(tmp_path):
+    """LM pre-training renders each training prefix without its last ``holdout_last`` items: SFT's targets."""
+    from contract.checkpoint import open_checkpoint, write_checkpoint_manifest
+    from tests.toy_model import build_toy_model
+    from trainer.data import Catalogue, UserSplit
+    from trainer.pretrain import lm_sequences
+
+    out = build_toy_model(tmp_path / "toy", list(TITLES.values()) * 20, vocab_size=512)
+    write_checkpoint_manifest(out, "toy", {"stage": "test"})
+    checkpoint = open_checkpoint(out)
+    splits = [UserSplit("u", ["a", "b", "c", "d"], "e", "f"), UserSplit("v", ["a", "b"], "c", "d")]
+    sequences = lm_sequences(checkpoint, Catalogue(dict(TITLES)), splits, holdout_last=2)
+    assert sequences == [checkpoint.prompts.history_prefix([item("a"), item("b")]).ids]  # v has nothing left
+
+
+def test_batched_lookups_equal_one_pair_at_a_time():
+    """The vectorised follow counts (what the service computes per request) equal the one-pair binary search."""
+    catalogue, splits = load_splits(DEFAULT_DATA)
+    stats = EvidenceStats.from_sequences((s.train for s in splits[:5000]), catalogue.titles, max_followers=16)
+    rng = random.Random(2)
+    items = sorted(catalogue.titles)
+    for split in rng.sample(splits[:5000], 50):
+        history = split.test_history[-20:]
+        candidates = [split.test_target, *sample_negatives(rng, items, set(history), 19), "never-seen-id"]
+        matrix = stats.follow_counts([*history, "never-seen-id"], candidates)
+        for r, previous in enumerate([*history, "never-seen-id"]):
+            assert [stats.follow_count(previous, c) for c in candidates] == matrix[r].tolist()

@@ -1,0 +1,47 @@
+"""The evidence statistics of a checkpoint, counted on training interactions only.
+
+``init-model`` writes them beside the weights (``evidence.json.gz``, versioned in the manifest); every later
+stage carries the same file forward, so a model is always served with the statistics it was trained on.
+"""
+
+from __future__ import annotations
+
+import shutil
+from collections import Counter
+from collections.abc import Sequence
+from pathlib import Path
+
+from contract.evidence import EVIDENCE_FILE, EvidenceStats
+from trainer.config import EvidenceConfig
+from trainer.data import Catalogue, UserSplit
+
+ATTRIBUTE_MIN_SHARE = 0.1  # an attribute evidence uses is on at least 10% of items...
+ATTRIBUTE_MAX_VALUE_SHARE = 0.5  # ...and no value of it covers more than half of them
+
+
+def evidence_attributes(catalogue: Catalogue) -> dict[str, dict[str, str]]:
+    """The catalogue's attributes worth comparing: common enough to matter, varied enough to tell items apart."""
+    names = Counter(name for attributes in catalogue.attributes.values() for name in attributes)
+    kept = set()
+    for name, items in names.items():
+        values = Counter(a[name] for a in catalogue.attributes.values() if name in a)
+        if (
+            items >= ATTRIBUTE_MIN_SHARE * len(catalogue)
+            and values.most_common(1)[0][1] <= ATTRIBUTE_MAX_VALUE_SHARE * items
+        ):
+            kept.add(name)
+    return {item: {n: v for n, v in a.items() if n in kept} for item, a in catalogue.attributes.items()
+            if any(n in kept for n in a)}  # fmt: skip
+
+
+def build_stats(catalogue: Catalogue, splits: Sequence[UserSplit], config: EvidenceConfig) -> EvidenceStats:
+    """Popularity and followers from the training prefixes (no validation or test item is counted)."""
+    return EvidenceStats.from_sequences((split.train for split in splits), catalogue.titles, config.window,
+                                        config.max_followers, config.stopword_share,
+                                        evidence_attributes(catalogue))  # fmt: skip
+
+
+def carry_stats(source_dir: Path, target_dir: Path) -> None:
+    """A stage's output model keeps the statistics of the checkpoint it started from."""
+    target_dir.mkdir(parents=True, exist_ok=True)
+    shutil.copy2(Path(source_dir) / EVIDENCE_FILE, Path(target_dir) / EVIDENCE_FILE)

@@ -14,9 +14,9 @@ import redis
 
 from loadtest.procs import delete_prefix
 from service.client import R2RankClient, R2RankError
-from service.engine.base import ReasoningEngine
 from service.store import RedisStore
 from tests.conftest import REDIS_URL
+from tests.fake_engine import FakeEngine
 
 
 @pytest.mark.engine
@@ -149,21 +149,10 @@ def test_hostile_request_ids_are_a_422_not_a_500(client):
     assert httpx.get(f"{client.base_url}/healthz").status_code == 200
 
 
-class _SlowEngine(ReasoningEngine):
-    """Unit-test engine: every answer takes ``delay`` seconds (to hold budget), scores by prompt length."""
+class _SlowEngine(FakeEngine):
+    """Every answer takes half a second: it holds its budget in flight."""
 
     delay = 0.5
-
-    async def start(self) -> None: ...
-    async def close(self) -> None: ...
-    async def check_health(self) -> None: ...
-
-    async def _generate_rationale(self, prompt_ids, request_id):
-        return "", 0
-
-    async def _answer_logprobs(self, prompt_ids, request_id):
-        await asyncio.sleep(self.delay)
-        return -float(len(prompt_ids)) / 100, -1.0
 
 
 async def test_remote_engine_budget_is_shared_by_every_api_pod():

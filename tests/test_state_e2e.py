@@ -11,12 +11,12 @@ import pytest
 from contract.checkpoint import open_checkpoint
 from loadtest.procs import DEFAULT_MODEL, delete_prefix
 from service.config import Settings
-from service.engine.base import ReasoningEngine
 from service.metrics import Metrics
 from service.protocol import ItemIn, RankRequest
 from service.ranking import Ranker
 from service.store import RedisStore
 from tests.conftest import REDIS_URL
+from tests.fake_engine import FakeEngine
 
 pytestmark = pytest.mark.engine
 
@@ -115,21 +115,10 @@ def test_readyz_reports_redis_separately(client):
     assert body["engine"]["ok"] is True
 
 
-class _ConstantEngine(ReasoningEngine):
-    """Unit-test engine: counts calls, scores by prompt length. Only to test the cache logic."""
+class _ConstantEngine(FakeEngine):
+    """Counts its calls (its own count, apart from other fakes')."""
 
     calls = 0
-
-    async def start(self) -> None: ...
-    async def close(self) -> None: ...
-    async def check_health(self) -> None: ...
-
-    async def _generate_rationale(self, prompt_ids, request_id):
-        return "r", 1
-
-    async def _answer_logprobs(self, prompt_ids, request_id):
-        type(self).calls += 1
-        return -float(len(prompt_ids)) / 100, -1.0
 
 
 async def test_new_model_version_never_reuses_scores():
@@ -158,11 +147,10 @@ async def test_new_model_version_never_reuses_scores():
         delete_prefix(prefix)
 
 
-class _MiscopyingEngine(_ConstantEngine):
-    """Unit-test engine whose rationale cites a count no evidence states."""
+class _MiscopyingEngine(FakeEngine):
+    """Its rationale cites a count no evidence states."""
 
-    async def _generate_rationale(self, prompt_ids, request_id):
-        return "Strong link: follows #1 99x; likely.", 9
+    rationale = "Strong link: follows #1 99x; likely."
 
 
 async def test_withheld_rationale_is_flagged_fresh_and_from_the_cache():

@@ -217,8 +217,9 @@ class Ranker:
         misses = [i for i, field in enumerate(fields) if field not in cached]
         fresh: list[ItemScore | None] = []
         if misses:
-            jobs = [ScoringJob(prompts.prompt_ids(i), prompts.reasoning, prompts.evidence[i].text(),
-                               prompts.evidence_only_ids(i)) for i in misses]  # fmt: skip
+            full = prompts.reasoning == "full"  # the evidence is needed only to check a generated rationale
+            jobs = [ScoringJob(prompts.prompt_ids(i), prompts.reasoning, prompts.evidence[i].text() if full else None,
+                               prompts.evidence_only_ids(i) if full else None) for i in misses]  # fmt: skip
             fresh = await engine.score_items(jobs, request_id, timeout_s=max(0.0, deadline - time.monotonic()))
         scored = {
             fields[i]: CachedScore(r.score, r.rationale, r.rationale_withheld)

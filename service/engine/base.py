@@ -133,16 +133,18 @@ class ReasoningEngine(ABC):
             rationale: str | None = None
             tokens = 0
             withheld = False
-            score_ids = self.prompts.score_input(job.prompt_ids)
             if job.reasoning == "full":
                 text, tokens = await self._generate_rationale(job.prompt_ids, f"{request_id}-r")
                 rationale = self.prompts.rationale(text)
-                score_ids = self.prompts.score_input(job.prompt_ids, self.prompts.rationale_ids([text])[0])
                 problems = unfaithful_citations(rationale, job.evidence_text) if job.evidence_text else []
                 if problems:
                     logger.debug("rationale withheld: %r cites %s, evidence %r", rationale, problems, job.evidence_text)
                     withheld, rationale = True, None
                     score_ids = self.prompts.score_input(job.evidence_only_ids or job.prompt_ids)
+                else:
+                    score_ids = self.prompts.score_input(job.prompt_ids, self.prompts.rationale_ids([text])[0])
+            else:
+                score_ids = self.prompts.score_input(job.prompt_ids)
             lp_yes, lp_no = await self._answer_logprobs(score_ids, f"{request_id}-s")
             result = ItemScore(self.prompts.score(lp_yes, lp_no), rationale, tokens, withheld)
         finally:

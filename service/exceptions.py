@@ -84,3 +84,10 @@ class EngineError(RetryLater):
     """The engine failed, is unreachable, or is not ready: ours and transient, never the caller's fault."""
 
     type = "engine_unavailable"
+
+
+class ItemRejected(EngineError):
+    """The engine refused one item's prompt (an HTTP 400 for it alone): that item gets a fallback score and the
+    rest of the request is still scored, where an engine failure fails the request."""
+
+    type = "engine_rejected_item"

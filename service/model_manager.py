@@ -4,6 +4,13 @@ drain and free the old one. Rollback is the same operation towards the previous 
 A gate compares the eval metric recorded in both manifests (``metrics[GATE_METRIC]``, written by the
 trainer's eval/export) and refuses a worse checkpoint unless forced. Checkpoints must live under
 ``R2RANK_MODELS_ROOT``: the admin endpoint reads server paths, so it is confined to one directory.
+
+With Redis, a publish (or rollback) is fleet-wide: the replica that takes it loads and warms the model, then
+records it in Redis, then swaps; every other replica follows the record (``follow``, polled by the service
+state) and a replica that boots later boots what is recorded (``engine_to_boot``). The record names a path,
+so every replica must see the same checkpoints at the same path (a shared volume, see docs/deploy.md), and
+its ``model_version`` must match what a follower finds there. A follower that cannot load it keeps serving
+what it has and tries again later; the gate ran once, on the replica that took the publish.
 """
 
 from __future__ import annotations
@@ -20,14 +27,16 @@ from contract.checkpoint import Checkpoint, CheckpointError, open_checkpoint
 from service.config import Settings
 from service.engine.base import ReasoningEngine
 from service.engine.factory import build_engine
-from service.exceptions import Conflict, EngineError, InvalidRequest
+from service.exceptions import Conflict, EngineError, InvalidRequest, StoreUnavailable
 from service.metrics import Metrics
 from service.ranking import warm_up_engine
+from service.store import RedisStore
 
 logger = logging.getLogger(__name__)
 
 GATE_METRIC = "ndcg@10"
 DRAIN_TIMEOUT_S = 120.0
+FOLLOW_RETRY_S = 60.0  # a record this replica failed to load is tried again after this long
 
 EngineFactory = Callable[[Settings, Checkpoint], ReasoningEngine]
 
@@ -66,21 +75,31 @@ class ModelManager:
         metrics: Metrics,
         models_root: Path,
         engine_factory: EngineFactory = build_engine,
+        store: RedisStore | None = None,
     ) -> None:
         self.holder = holder
         self.settings = settings
         self.metrics = metrics
         self.models_root = models_root.resolve()
         self.engine_factory = engine_factory
+        self.store = store
         self.previous: Checkpoint | None = None
+        self.published: dict[str, Any] | None = None  # the fleet's record, as this replica last read it
         self._lock = asyncio.Lock()  # one swap at a time
+        self._failed: tuple[str, float] | None = None  # (model_version, when) of a record that failed to load
 
     def status(self) -> dict[str, Any]:
         return {
             "current": describe(self.holder.engine.checkpoint),
             "previous": describe(self.previous) if self.previous else None,
+            "published": self.published,
             "models_root": str(self.models_root),
         }
+
+    @property
+    def fleet_wide(self) -> bool:
+        """Publishes go through Redis (local engines only: remote engines are rolled as their own deploy)."""
+        return self.store is not None and self.settings.engine == "local"
 
     def _open(self, path: str) -> Checkpoint:
         resolved = Path(path).resolve()
@@ -108,16 +127,72 @@ class ModelManager:
         async with self._lock:
             checkpoint = self._open(path)
             self._gate(checkpoint, force)
-            return await self._swap_to(checkpoint)
+            return await self._swap_to(checkpoint, record=True)
 
     async def rollback(self) -> dict[str, Any]:
         async with self._lock:
             if self.previous is None:
                 raise Conflict("no previous model to roll back to", type_="no_previous_model")
-            return await self._swap_to(self._open(str(self.previous.path)))
+            return await self._swap_to(self._open(str(self.previous.path)), record=True)
 
-    async def _swap_to(self, checkpoint: Checkpoint) -> dict[str, Any]:
-        started = time.monotonic()
+    async def engine_to_boot(self, configured: ReasoningEngine) -> ReasoningEngine:
+        """At start-up, before any engine runs: an engine for the published checkpoint when Redis records one
+        other than ``configured``'s (which is then never started); else ``configured``. Redis unreachable or
+        the record unusable: ``configured``, and ``follow`` adopts the record later."""
+        if not self.fleet_wide:
+            return configured
+        try:
+            checkpoint = await self._published_checkpoint()
+        except (StoreUnavailable, InvalidRequest) as exc:
+            logger.warning("booting the configured model, not the published one: %s", exc)
+            return configured
+        if checkpoint is None or checkpoint.path == configured.checkpoint.path:
+            return configured
+        logger.info("booting the published model %s instead of the configured %s", checkpoint.model_version,
+                    configured.model_version)  # fmt: skip
+        return self.engine_factory(self.settings.model_copy(update={"model_path": checkpoint.path}), checkpoint)
+
+    async def follow(self) -> None:
+        """Adopt the fleet's published model if it is not what this replica serves (called every few seconds)."""
+        if not self.fleet_wide or self._lock.locked():
+            return
+        try:
+            checkpoint = await self._published_checkpoint()
+        except StoreUnavailable:
+            return  # the store watcher reports Redis; serving goes on with what is loaded
+        except InvalidRequest as exc:
+            logger.warning("not following the published model: %s", exc)
+            return
+        if checkpoint is None or checkpoint.path == self.holder.engine.checkpoint.path:
+            return
+        failed = self._failed
+        if failed and failed[0] == checkpoint.model_version and time.monotonic() - failed[1] < FOLLOW_RETRY_S:
+            return
+        async with self._lock:
+            try:
+                result = await self._swap_to(checkpoint, record=False)
+            except EngineError as exc:
+                self._failed = (checkpoint.model_version, time.monotonic())
+                logger.error("could not follow the published model %s: %s", checkpoint.model_version, exc)
+                return
+        self._failed = None
+        logger.info("followed the published model: %s", result)
+
+    async def _published_checkpoint(self) -> Checkpoint | None:
+        """The checkpoint Redis records as published (confined to the models root, its version verified)."""
+        record = await self.store.get_published_model()
+        self.published = record
+        if record is None:
+            return None
+        checkpoint = self._open(str(record.get("path", "")))
+        if checkpoint.model_version != record.get("model_version"):
+            claimed = record.get("model_version")
+            raise InvalidRequest(f"path: {checkpoint.path} holds {checkpoint.model_version}, the record says "
+                                 f"{claimed}: replicas do not see the same checkpoints", "path")  # fmt: skip
+        return checkpoint
+
+    async def _load(self, checkpoint: Checkpoint) -> ReasoningEngine:
+        """A started, healthy, warmed-up engine for ``checkpoint``; whatever fails, nothing is left running."""
         settings = self.settings.model_copy(update={"model_path": checkpoint.path})
         new_engine = self.engine_factory(settings, checkpoint)
         try:
@@ -127,7 +202,23 @@ class ModelManager:
         except Exception as exc:  # noqa: BLE001 - whatever failed, the new engine must not keep running
             await new_engine.close()
             raise EngineError(f"new model failed to start, still serving the old one: {exc}") from exc
+        return new_engine
+
+    async def _swap_to(self, checkpoint: Checkpoint, record: bool) -> dict[str, Any]:
+        """Load, then (``record``: fleet-wide) write the record, then swap. A record that cannot be written
+        leaves this replica on its old model too, so the fleet never splits."""
+        started = time.monotonic()
+        new_engine = await self._load(checkpoint)
         old_engine = self.holder.engine
+        if record and self.fleet_wide:
+            entry = {"path": str(checkpoint.path), "model_version": checkpoint.model_version,
+                     "previous_model_version": old_engine.model_version, "published_at": time.time()}  # fmt: skip
+            try:
+                await self.store.set_published_model(entry)
+            except StoreUnavailable:
+                await new_engine.close()
+                raise
+            self.published = entry
         self.holder.swap_engine(new_engine)  # atomic for the event loop: the next request sees the new engine
         self.previous = old_engine.checkpoint
         logger.info("model swapped: %s -> %s", old_engine.model_version, new_engine.model_version)
@@ -136,6 +227,7 @@ class ModelManager:
             "model_version": new_engine.model_version,
             "previous_model_version": old_engine.model_version,
             "load_seconds": round(time.monotonic() - started, 2),
+            "fleet_wide": bool(record and self.fleet_wide),
         }
 
     async def _drain_and_close(self, engine: ReasoningEngine) -> None:

@@ -8,6 +8,7 @@ doors (the rerank API, the trainer's eval) and is testable without a server.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 import os
 import socket
@@ -38,6 +39,14 @@ WARMUP_REQUEST = RankRequest(
 def rank_order(item_ids: Sequence[str], scores: Sequence[float]) -> list[int]:
     """Indices by score descending; ties broken by item_id ascending, so the order is deterministic."""
     return sorted(range(len(item_ids)), key=lambda i: (-scores[i], item_ids[i]))
+
+
+def routing_key(request: RankRequest, prompts: RequestPrompts) -> str:
+    """Who these prompts belong to, for a consistent-hash router: the user id, else (inline history) the
+    history prefix, which is what the engines' prefix cache keys on. Hashed: engines and routers log headers,
+    and a user id is the product's, not theirs."""
+    source = f"u:{request.user_id}" if request.user_id else f"h:{prompts.prefix.text}"
+    return hashlib.sha256(source.encode()).hexdigest()[:32]
 
 
 def evidence_out(evidence: Evidence, history: list[Item]) -> EvidenceOut:
@@ -196,14 +205,15 @@ class Ranker:
     async def _score(
         self,
         prompts: RequestPrompts,
+        request: RankRequest,
         candidates: list[ItemIn],
-        reasoning: str,
         request_id: str,
         deadline: float,
         engine: ReasoningEngine,
     ) -> tuple[list[ItemScore | None], list[ScoreSource]]:
         """Model scores from the cache or the engine; ``None`` where the deadline came first."""
         manifest = engine.checkpoint.manifest
+        reasoning = request.reasoning
         fingerprint = score_cache_fingerprint(
             engine.model_version,
             manifest.prompt_format,
@@ -220,7 +230,8 @@ class Ranker:
             full = prompts.reasoning == "full"  # the evidence is needed only to check a generated rationale
             jobs = [ScoringJob(prompts.prompt_ids(i), prompts.reasoning, prompts.evidence[i].text() if full else None,
                                prompts.evidence_only_ids(i) if full else None) for i in misses]  # fmt: skip
-            fresh = await engine.score_items(jobs, request_id, timeout_s=max(0.0, deadline - time.monotonic()))
+            fresh = await engine.score_items(jobs, request_id, timeout_s=max(0.0, deadline - time.monotonic()),
+                                             routing_key=routing_key(request, prompts))  # fmt: skip
         scored = {
             fields[i]: CachedScore(r.score, r.rationale, r.rationale_withheld)
             for i, r in zip(misses, fresh, strict=True)
@@ -293,7 +304,7 @@ class Ranker:
         )
 
         engine_started = time.perf_counter()
-        results, sources = await self._score(prompts, candidates, request.reasoning, request_id, deadline, engine)
+        results, sources = await self._score(prompts, request, candidates, request_id, deadline, engine)
         engine_s = time.perf_counter() - engine_started
         self.metrics.engine_latency.labels(request.reasoning).observe(engine_s)
 

@@ -39,6 +39,7 @@ class ServiceState:
     not_ready_reason: str | None = "starting"
     _warmup_task: asyncio.Task | None = field(default=None, repr=False)
     _store_task: asyncio.Task | None = field(default=None, repr=False)
+    _follow_task: asyncio.Task | None = field(default=None, repr=False)
     _store_ok: bool | None = field(default=None, repr=False)  # None: not checked yet
 
     @classmethod
@@ -52,7 +53,7 @@ class ServiceState:
         state = cls(settings=settings, engine=engine, metrics=metrics, ranker=ranker, store=store, keys=keys,
                     rates=rates)  # fmt: skip
         models_root = settings.models_root or Path(settings.model_path).resolve().parent
-        state.models = ModelManager(state, settings, metrics, models_root)
+        state.models = ModelManager(state, settings, metrics, models_root, store=store)
         state._publish_model_info()
         metrics.engine_inflight.set_function(lambda: state.engine.inflight_items)
         return state
@@ -102,11 +103,24 @@ class ServiceState:
     async def start(self) -> None:
         """Start the engine (blocking: a local engine that cannot load should stop the process), then warm up
         and supervise in the background, so a remote engine that is still booting does not keep the API from
-        starting and a failed engine is brought back without a process restart."""
+        starting and a failed engine is brought back without a process restart. The engine started is the
+        fleet's published model where Redis records one (a replica the autoscaler adds boots what is served)."""
+        booted = await self.models.engine_to_boot(self.engine)
+        if booted is not self.engine:
+            self.swap_engine(booted)  # the configured engine was never started: nothing to close
         await self.engine.start()
         self._warmup_task = asyncio.create_task(self._supervise())
         if self.store is not None:
             self._store_task = asyncio.create_task(self._watch_store())
+        if self.models.fleet_wide and self.settings.model_sync_interval_s > 0:
+            self._follow_task = asyncio.create_task(self._follow_published())
+
+    async def _follow_published(self) -> None:
+        """Every few seconds, once ready: serve the fleet's published model if this replica does not yet."""
+        while True:
+            await asyncio.sleep(self.settings.model_sync_interval_s)
+            if self.ready:
+                await self.models.follow()
 
     def _set_ready(self, ready: bool, reason: str | None) -> None:
         if self.ready and not ready:
@@ -148,7 +162,7 @@ class ServiceState:
 
     async def stop(self) -> None:
         self._set_ready(False, "shutting down")
-        for task in (self._warmup_task, self._store_task):
+        for task in (self._warmup_task, self._store_task, self._follow_task):
             if task is not None and not task.done():
                 task.cancel()
         await self.engine.close()

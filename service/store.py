@@ -201,6 +201,10 @@ class RedisStore:
     def _api_keys_key(self) -> str:
         return f"{self.prefix}:apikeys"
 
+    @property
+    def _published_model_key(self) -> str:
+        return f"{self.prefix}:model:published"
+
     # --- lifecycle ----------------------------------------------------------------------------------------
     async def ping(self) -> None:
         await self._call(self.client.ping())
@@ -295,6 +299,14 @@ class RedisStore:
             return {}
         counts = await self._call(self.client.zmscore(self._popularity_key, list(item_ids)))
         return {item_id: float(c or 0.0) for item_id, c in zip(item_ids, counts, strict=True)}
+
+    # --- the published model (every API replica serves it) -------------------------------------------------
+    async def get_published_model(self) -> dict[str, Any] | None:
+        raw = await self._call(self.client.get(self._published_model_key))
+        return json.loads(raw) if raw else None
+
+    async def set_published_model(self, record: dict[str, Any]) -> None:
+        await self._call(self._once.set(self._published_model_key, json.dumps(record)), "publishing the model")
 
     # --- score cache --------------------------------------------------------------------------------------
     async def get_scores(self, fingerprint: str, fields: Sequence[str]) -> dict[str, CachedScore]:

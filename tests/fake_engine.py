@@ -20,10 +20,10 @@ class FakeEngine(ReasoningEngine):
     async def close(self) -> None: ...
     async def check_health(self) -> None: ...
 
-    async def _generate_rationale(self, prompt_ids, request_id):
+    async def _generate_rationale(self, prompt_ids, request_id, routing_key):
         return self.rationale, 1
 
-    async def _answer_logprobs(self, prompt_ids, request_id):
+    async def _answer_logprobs(self, prompt_ids, request_id, routing_key):
         type(self).calls += 1
         if self.delay:
             await asyncio.sleep(self.delay)

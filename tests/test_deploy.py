@@ -44,7 +44,7 @@ def test_dockerfile_is_non_root_with_healthcheck():
     assert ".venv" in ignored and ".git" in ignored
 
 
-@pytest.mark.parametrize("profile", [None, "remote-engine"])
+@pytest.mark.parametrize("profile", [None, "remote-engine", "scale-out"])
 def test_compose_file_is_valid(profile):
     argv = [_tool("docker-compose"), "-f", "deploy/docker-compose.yml"]
     if profile:
@@ -56,7 +56,16 @@ def test_compose_file_is_valid(profile):
     assert {"redis", "r2rank", "prometheus", "grafana"} <= services
     assert config["services"]["vllm"]["profiles"] == ["remote-engine"]  # only with --profile remote-engine
     assert config["services"]["r2rank-remote"]["environment"]["R2RANK_ENGINE"] == "remote"
-    assert "appendonly" in " ".join(config["services"]["redis"]["command"])
+    redis_command = " ".join(config["services"]["redis"]["command"])
+    assert "--appendonly yes --appendfsync always" in redis_command  # what docs/reliability.md measured
+    api = config["services"]["r2rank"]
+    assert api["environment"]["R2RANK_MODELS_ROOT"] == "/models" and any("/models" in str(v) for v in api["volumes"])
+    # the scale-out profile: two engines behind vllm-router's consistent hashing, an API pointed at the router
+    assert config["services"]["vllm-router"]["profiles"] == ["scale-out"]
+    router = config["services"]["vllm-router"]["command"]
+    assert router[0] == "vllm-router" and router[router.index("--policy") + 1] == "consistent_hash"
+    assert {"http://vllm-a:8000", "http://vllm-b:8000"} <= set(router)
+    assert config["services"]["r2rank-scale-out"]["environment"]["R2RANK_ENGINE_URL"] == "http://vllm-router:8000"
     # Redis requires a password and the API's URL carries it; the remote engine requires a key the API sends
     assert "--requirepass" in config["services"]["redis"]["command"]
     assert config["services"]["r2rank"]["environment"]["R2RANK_REDIS_URL"].startswith("redis://:")
@@ -96,7 +105,12 @@ def test_kustomize_overlays_render_and_validate(overlay, tmp_path):
     redis_args = next(d for d in docs if d["kind"] == "StatefulSet")["spec"]["template"]["spec"]["containers"][0][
         "args"
     ]
-    assert "--requirepass" in redis_args
+    assert "--requirepass" in redis_args and redis_args[redis_args.index("--appendfsync") + 1] == "always"
+    assert config["R2RANK_MODELS_ROOT"] == "/models"  # checkpoints in a shared volume, not only in the image
+    claim = next(d for d in docs if d["kind"] == "PersistentVolumeClaim")
+    assert claim["spec"]["accessModes"] == ["ReadWriteMany"]
+    assert any(v.get("persistentVolumeClaim", {}).get("claimName") == claim["metadata"]["name"]
+               for v in pod["volumes"])  # fmt: skip
     policies = {d["metadata"]["name"]: d["spec"] for d in docs if d["kind"] == "NetworkPolicy"}
     assert policies["default-deny-ingress"]["podSelector"] == {}
     allowed = policies["redis-from-api-only"]["ingress"][0]["from"][0]["podSelector"]["matchLabels"]
@@ -106,7 +120,18 @@ def test_kustomize_overlays_render_and_validate(overlay, tmp_path):
         engine = next(d for d in docs if d["kind"] == "Deployment" and d["metadata"]["name"] == "vllm-engine")
         assert engine["spec"]["template"]["spec"]["containers"][0]["resources"]["limits"]["nvidia.com/gpu"] == 1
         assert "--api-key" in engine["spec"]["template"]["spec"]["containers"][0]["args"]
-        assert "vllm-engine-from-api-only" in policies
+        assert engine["spec"]["replicas"] >= 2
+        # the API reaches the engines only through vllm-router, which finds them by label
+        assert config["R2RANK_ENGINE_URL"] == "http://vllm-router:8000"
+        router = next(d for d in docs if d["kind"] == "Deployment" and d["metadata"]["name"] == "vllm-router")
+        args = router["spec"]["template"]["spec"]["containers"][0]["args"]
+        assert args[args.index("--policy") + 1] == "consistent_hash" and "--service-discovery" in args
+        assert args[args.index("--selector") + 1] == "app.kubernetes.io/name=vllm-engine"
+        budgets = {d["metadata"]["name"] for d in docs if d["kind"] == "PodDisruptionBudget"}
+        assert {"vllm-engine", "vllm-router"} <= budgets
+        engines_from = policies["vllm-engine-from-router-only"]["ingress"][0]["from"][0]["podSelector"]
+        assert engines_from["matchLabels"] == {"app.kubernetes.io/name": "vllm-router"}
+        assert {d["kind"] for d in docs} >= {"Role", "RoleBinding", "ServiceAccount"}  # discovery reads pods
 
 
 @pytest.mark.engine

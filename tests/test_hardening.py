@@ -199,7 +199,7 @@ class _BrokenEngine(_SlowEngine):
 
     closed = False
 
-    async def _answer_logprobs(self, prompt_ids, request_id):
+    async def _answer_logprobs(self, prompt_ids, request_id, routing_key):
         raise ValueError("weights of the wrong shape")
 
     async def close(self) -> None:

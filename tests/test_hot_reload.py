@@ -1,6 +1,7 @@
 """Model refresh under load: publish a new checkpoint with `r2rank-train publish` while a client loop ranks.
 0 failed requests, model_version switches, no cached score of the old model after the swap; the eval gate
-refuses a worse model unless forced; rollback is one call."""
+refuses a worse model unless forced; rollback is one call. Two API processes on one Redis: a replica started
+after a publish boots the published model, and follows every later publish and rollback."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from loadtest.procs import DEFAULT_MODEL, REPO_ROOT, start_service
+from loadtest.procs import DEFAULT_MODEL, REPO_ROOT, delete_prefix, start_service
 
 pytestmark = pytest.mark.engine
 
@@ -37,18 +38,31 @@ def _publish(url: str, *args: str) -> subprocess.CompletedProcess:
 
 @pytest.fixture(scope="module")
 def reloadable(log_dir, redis_prefix, tmp_path_factory):
+    """The leader (takes the publishes) on its own key prefix: the session's shared service must not follow
+    these test models. ``env`` starts more replicas of the same fleet."""
     root = tmp_path_factory.mktemp("models")
     paths = {name: _checkpoint(root, name, ndcg) for name, ndcg in (("a", 0.5), ("b", 0.6), ("c", 0.4))}
-    env = {"R2RANK_MODEL_PATH": str(paths["a"]), "R2RANK_MODELS_ROOT": str(root),
-           "R2RANK_REDIS_PREFIX": redis_prefix}  # fmt: skip
+    prefix = f"{redis_prefix}-fleet"
+    env = {"R2RANK_MODEL_PATH": str(paths["a"]), "R2RANK_MODELS_ROOT": str(root), "R2RANK_REDIS_PREFIX": prefix,
+           "R2RANK_MODEL_SYNC_INTERVAL_S": "1"}  # fmt: skip
     server = start_service(log_dir, env=env)
     server.wait_ready("/readyz")
-    yield server, paths
+    yield server, paths, env
     server.stop()
+    delete_prefix(prefix)
+
+
+def _serves(url: str, version: str, timeout: float = 240.0) -> None:
+    import time
+
+    deadline = time.monotonic() + timeout
+    while (seen := httpx.get(f"{url}/readyz").json().get("model_version")) != version:
+        assert time.monotonic() < deadline, f"still serving {seen}, not {version}"
+        time.sleep(1.0)
 
 
 def test_publish_under_load_swaps_without_failures(reloadable, demo):
-    server, paths = reloadable
+    server, paths, _ = reloadable
     body = demo.rank_request(demo.users[120], reasoning="none")
     responses: list[tuple[int, str | None, int]] = []
 
@@ -85,16 +99,25 @@ def test_publish_under_load_swaps_without_failures(reloadable, demo):
     assert 'model_version="test-b"' in httpx.get(f"{server.url}/metrics").text
 
 
-def test_eval_gate_force_and_rollback(reloadable):
-    server, paths = reloadable
-    refused = _publish(server.url, str(paths["c"]))  # ndcg 0.4 < serving 0.6
-    assert refused.returncode == 1 and "worse" in refused.stderr
-    assert httpx.get(f"{server.url}/admin/models").json()["current"]["model_version"] == "test-b"
-    forced = _publish(server.url, str(paths["c"]), "--force")
-    assert forced.returncode == 0, forced.stderr
-    rolled = _publish(server.url, "--rollback")
-    assert rolled.returncode == 0, rolled.stderr
-    assert httpx.get(f"{server.url}/admin/models").json()["current"]["model_version"] == "test-b"
+def test_eval_gate_force_and_rollback_reach_every_replica(reloadable, log_dir):
+    server, paths, env = reloadable
+    replica = start_service(log_dir, env={**env, "R2RANK_ENFORCE_EAGER": "true"})  # configured: test-a
+    try:
+        replica.wait_ready("/readyz")
+        assert httpx.get(f"{replica.url}/readyz").json()["model_version"] == "test-b"  # boots what is published
+        refused = _publish(server.url, str(paths["c"]))  # ndcg 0.4 < serving 0.6
+        assert refused.returncode == 1 and "worse" in refused.stderr
+        assert httpx.get(f"{server.url}/admin/models").json()["current"]["model_version"] == "test-b"
+        forced = _publish(server.url, str(paths["c"]), "--force")
+        assert forced.returncode == 0, forced.stderr
+        _serves(replica.url, "test-c")  # follows the publish
+        assert httpx.get(f"{replica.url}/admin/models").json()["published"]["model_version"] == "test-c"
+        rolled = _publish(server.url, "--rollback")
+        assert rolled.returncode == 0, rolled.stderr
+        assert httpx.get(f"{server.url}/admin/models").json()["current"]["model_version"] == "test-b"
+        _serves(replica.url, "test-b")  # and the rollback
+    finally:
+        replica.stop()
     outside = httpx.post(f"{server.url}/admin/models", json={"path": str(DEFAULT_MODEL)})
     assert outside.status_code == 422 and outside.json()["error"]["param"] == "path"
     assert httpx.get(f"{server.url}/readyz").json()["model_version"] == "test-b"

@@ -42,11 +42,22 @@ def _imports(path: Path, modules: set[str]) -> set[str]:
     return found
 
 
-@pytest.fixture(scope="module")
-def graph() -> dict[str, set[str]]:
+def read_graph() -> dict[str, list[str]]:
     files = {_module_name(p): p for package in PACKAGES for p in (REPO_ROOT / package).rglob("*.py")}
     modules = set(files)
-    return {name: _imports(path, modules) - {name} for name, path in files.items()}
+    return {name: sorted(_imports(path, modules) - {name}) for name, path in files.items()}
+
+
+@pytest.fixture(scope="module")
+def graph() -> dict[str, set[str]]:
+    """Read in a fresh interpreter: CPython 3.11's ``ast.parse`` can fail with "AST constructor recursion depth
+    mismatch" in a process where earlier tests hit deep recursion, which says nothing about the code."""
+    import json
+
+    script = "import json, tests.test_layers as t; print(json.dumps(t.read_graph()))"
+    done = subprocess.run([sys.executable, "-c", script], cwd=REPO_ROOT, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    return {name: set(deps) for name, deps in json.loads(done.stdout).items()}
 
 
 def _cycle(graph: dict[str, set[str]]) -> list[str] | None:

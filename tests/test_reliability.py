@@ -183,6 +183,30 @@ def test_keys_stored_in_redis_work(guarded, demo, redis_prefix):
     assert httpx.post(f"{guarded.url}/rank", json=body, headers=_auth(key)).status_code == 200
 
 
+def test_first_key_script_makes_a_working_admin_key(guarded, demo, redis_prefix, tmp_path):
+    """deploy/first-key.sh, as an operator runs it against a fresh cluster: `kubectl exec` is stood in for by a
+    shim that runs the command here, with the pod's environment (Redis, key secret)."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from loadtest.procs import REPO_ROOT
+
+    shim = tmp_path / "kubectl"
+    shim.write_text('#!/bin/sh\nwhile [ "$1" != "--" ]; do shift; done; shift; exec "$@"\n')
+    shim.chmod(0o755)
+    path = f"{tmp_path}:{Path(sys.executable).parent}:{os.environ['PATH']}"
+    env = {**os.environ, "PATH": path, "R2RANK_REDIS_PREFIX": redis_prefix, "R2RANK_KEY_SECRET": KEY_SECRET}
+    made = subprocess.run(["sh", "deploy/first-key.sh", "k8s"], cwd=REPO_ROOT, env=env, capture_output=True,
+                          text=True, timeout=60)  # fmt: skip
+    assert made.returncode == 0, made.stderr
+    key = made.stdout.strip().splitlines()[-1]
+    body = demo.rank_request(demo.users[73], n_candidates=2, reasoning="none")
+    assert httpx.post(f"{guarded.url}/rank", json=body, headers=_auth(key)).status_code == 200
+    assert httpx.get(f"{guarded.url}/admin/models", headers=_auth(key)).status_code == 200
+    assert httpx.get(f"{guarded.url}/admin/models").status_code == 401
+
+
 def test_overload_sheds_with_429_not_5xx(guarded, demo):
     bodies = [demo.rank_request(u, reasoning="none") for u in demo.users[80:92]]  # 12 x 20 items > 100
 
@@ -348,3 +372,41 @@ def test_sigterm_drains_in_flight_requests(guarded, demo):
     dropped = [r for r in results if isinstance(r, Exception) or r.status_code != 200]
     assert not dropped, dropped
     assert guarded.proc.wait(90) == 0
+
+
+def test_a_killed_in_process_engine_core_is_restarted(log_dir, demo):
+    """SIGKILL vLLM's engine-core process of the in-process engine under load: requests get 503 (never 500),
+    /readyz turns false, the supervisor restarts the engine, and the service is ready and ranking again."""
+    import psutil
+
+    service = start_service(log_dir, env={"R2RANK_REDIS_URL": "", "R2RANK_ENFORCE_EAGER": "true"})
+    try:
+        service.wait_ready("/readyz")
+        children = psutil.Process(service.proc.pid).children(recursive=True)
+        core = next(p for p in children if "EngineCore" in p.name() or "EngineCore" in " ".join(p.cmdline()))
+        body = demo.rank_request(demo.users[9], n_candidates=4, reasoning="full")
+
+        async def load(seconds: float) -> list[int]:
+            statuses: list[int] = []
+            async with httpx.AsyncClient(base_url=service.url, timeout=120) as http:
+                end = time.monotonic() + seconds
+                while time.monotonic() < end:
+                    batch = await asyncio.gather(*(http.post("/rank", json=body) for _ in range(3)))
+                    statuses += [r.status_code for r in batch]
+            return statuses
+
+        async def scenario() -> list[int]:
+            task = asyncio.create_task(load(8.0))
+            await asyncio.sleep(2.0)
+            core.kill()
+            return await task
+
+        statuses = asyncio.run(scenario())
+        assert 200 in statuses and 503 in statuses and set(statuses) <= {200, 503}, statuses
+        service.wait_ready("/readyz", timeout=300)  # restarted by the supervisor, warmed up, ready again
+        assert httpx.post(f"{service.url}/rank", json=body, timeout=120).status_code == 200
+        restarts = [line for line in httpx.get(f"{service.url}/metrics").text.splitlines()
+                    if line.startswith("r2rank_engine_restarts_total")]  # fmt: skip
+        assert restarts and float(restarts[0].split()[-1]) >= 1, restarts
+    finally:
+        service.stop()

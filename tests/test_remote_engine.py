@@ -177,3 +177,31 @@ def test_sft_with_a_teacher_url_trains_on_its_rationales(vllm_server, tiny_data,
     assert cached and len(cached) % 4 == 0  # per user: 1 positive + 3 negatives, one request each
     provenance = open_checkpoint(tmp_path / "sft" / "model").manifest.provenance
     assert provenance["teacher"] == f"{vllm_server.url} {DEFAULT_MODEL}"
+
+
+async def test_batched_calls_score_like_per_item_calls_and_a_rejected_prompt_costs_only_its_item(vllm_server, demo):
+    """Two list-valued calls per request give the per-item calls' scores and rationales; a prompt the server
+    refuses (longer than its max_model_len) is None alone, in both compositions, and the rest is scored."""
+    from contract.checkpoint import open_checkpoint
+    from contract.evidence import Item
+    from service.engine.base import ScoringJob
+    from service.engine.vllm_remote import RemoteVLLMEngine
+
+    checkpoint = open_checkpoint(DEFAULT_MODEL)
+    user = demo.users[11]
+    prompts = checkpoint.prompts.prompts([Item(i, demo.titles[i]) for i in user.history],
+                                         [Item(i, demo.titles[i]) for i in user.candidates[:3]], "full")  # fmt: skip
+    jobs = [ScoringJob(prompts.prompt_ids(i), "full", prompts.evidence[i].text(), prompts.evidence_only_ids(i))
+            for i in range(3)]  # fmt: skip
+    too_long = ScoringJob(jobs[0].prompt_ids * 20, "full", jobs[0].evidence_text, jobs[0].evidence_only_ids)
+    assert len(too_long.prompt_ids) > 2048
+    results = {}
+    for batched in (True, False):
+        async with RemoteVLLMEngine(checkpoint, vllm_server.url, batched=batched) as engine:
+            results[batched] = await engine.score_items([jobs[0], too_long, jobs[1], jobs[2]], "t", routing_key="k")
+    for together, alone in zip(results[True], results[False], strict=True):
+        assert (together is None) == (alone is None)
+        if together is not None:
+            assert together.score == pytest.approx(alone.score, abs=1e-3)
+            assert together.rationale == alone.rationale and together.rationale_tokens == alone.rationale_tokens
+    assert results[True][1] is None and all(results[True][i] is not None for i in (0, 2, 3))

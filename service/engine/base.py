@@ -2,8 +2,13 @@
 
 A backend supplies two primitives — greedy rationale generation and the two answer log-probs at the
 answer position — and this base class composes them the way the contract prescribes. Every item of a
-request is submitted at once (``asyncio.gather``); concurrent requests interleave inside the engine's
-continuous batching, so there is no lock or per-request serialisation anywhere here.
+request is submitted at once; concurrent requests interleave inside the engine's continuous batching, so
+there is no lock or per-request serialisation anywhere here.
+
+Two compositions: per item (each item's answer read follows its own rationale: the in-process engine, where a
+call costs nothing) and batched (all rationales of a request, then all answer reads, as two list-valued calls:
+the remote engine, where each call is an HTTP round trip through the router). Both build the answer input the
+same way (``_answer_input``), so they score alike.
 """
 
 from __future__ import annotations
@@ -18,9 +23,9 @@ from dataclasses import dataclass
 from contract.checkpoint import Checkpoint
 from contract.evidence import unfaithful_citations
 from contract.prompt import Reasoning
-from service.exceptions import EngineError
+from service.exceptions import EngineError, ItemRejected
 
-__all__ = ["EngineError", "ItemScore", "ReasoningEngine", "ScoringJob"]
+__all__ = ["EngineError", "ItemRejected", "ItemScore", "ReasoningEngine", "ScoringJob"]
 
 logger = logging.getLogger(__name__)
 
@@ -49,6 +54,7 @@ class ReasoningEngine(ABC):
     """Scores items with one loaded checkpoint. Subclasses own the transport (in-process or HTTP)."""
 
     name: str = "engine"
+    batched: bool = False  # True: a request's items go to the backend as two list-valued calls
 
     def __init__(self, checkpoint: Checkpoint, max_rationale_tokens: int | None = None) -> None:
         self.checkpoint = checkpoint
@@ -91,29 +97,60 @@ class ReasoningEngine(ABC):
         await self.close()
 
     # --- backend primitives ------------------------------------------------------------------------
+    # ``routing_key`` names the user whose prompts these are: a consistent-hash router in front of several
+    # engines sends one user's prompts to one engine, whose prefix cache then holds the shared history.
     @abstractmethod
-    async def _generate_rationale(self, prompt_ids: list[int], request_id: str) -> tuple[str, int]:
+    async def _generate_rationale(self, prompt_ids: list[int], request_id: str, routing_key: str) -> tuple[str, int]:
         """Greedy rationale after ``prompt_ids``, stopped at the contract's stop; returns (text, tokens)."""
 
     @abstractmethod
-    async def _answer_logprobs(self, prompt_ids: list[int], request_id: str) -> tuple[float, float]:
+    async def _answer_logprobs(self, prompt_ids: list[int], request_id: str, routing_key: str) -> tuple[float, float]:
         """log P(yes), log P(no) for the token after ``prompt_ids``."""
+
+    async def _generate_rationales(
+        self, prompts: list[list[int]], request_id: str, routing_key: str
+    ) -> list[tuple[str, int] | None]:
+        """Batched form of ``_generate_rationale`` (``None``: the engine rejected that item). Backends that can
+        send a list in one call override this."""
+        return await self._each(self._generate_rationale, prompts, request_id, routing_key)
+
+    async def _answer_logprobs_many(
+        self, prompts: list[list[int]], request_id: str, routing_key: str
+    ) -> list[tuple[float, float] | None]:
+        """Batched form of ``_answer_logprobs`` (``None``: the engine rejected that item)."""
+        return await self._each(self._answer_logprobs, prompts, request_id, routing_key)
+
+    @staticmethod
+    async def _each(primitive, prompts: list[list[int]], request_id: str, routing_key: str) -> list:
+        results = await asyncio.gather(*(primitive(ids, f"{request_id}-{i}", routing_key)
+                                         for i, ids in enumerate(prompts)), return_exceptions=True)  # fmt: skip
+        for result in results:
+            if isinstance(result, BaseException) and not isinstance(result, ItemRejected):
+                raise result
+        return [None if isinstance(r, ItemRejected) else r for r in results]
 
     # --- the composition ---------------------------------------------------------------------------
     async def score_items(
-        self, jobs: Sequence[ScoringJob], request_id: str, timeout_s: float | None = None
+        self,
+        jobs: Sequence[ScoringJob],
+        request_id: str,
+        timeout_s: float | None = None,
+        routing_key: str = "",
     ) -> list[ItemScore | None]:
         """Score every job concurrently; order of results = order of jobs.
 
         Items not finished within ``timeout_s`` come back as ``None`` and are cancelled, which aborts their
-        engine requests, so work past a deadline does not pile up. Engine request ids get a random suffix:
-        callers may reuse their own request id, the engine may not. If an item fails, the others are
-        cancelled and ``EngineError`` is raised.
+        engine requests, so work past a deadline does not pile up (batched, the request's items finish
+        together: all or none of them by the deadline). An item the engine rejects on its own comes back as
+        ``None`` too. Engine request ids get a random suffix: callers may reuse their own request id, the
+        engine may not. If the engine fails, the other items are cancelled and ``EngineError`` is raised.
         """
         base = f"{request_id}-{uuid.uuid4().hex[:8]}"
-        tasks = [asyncio.ensure_future(self._score_one(job, f"{base}-{i}")) for i, job in enumerate(jobs)]
-        if not tasks:
+        if not jobs:
             return []
+        if self.batched:
+            return await self._score_batched(list(jobs), base, routing_key, timeout_s)
+        tasks = [asyncio.ensure_future(self._score_one(job, f"{base}-{i}", routing_key)) for i, job in enumerate(jobs)]
         try:
             done, _ = await asyncio.wait(tasks, timeout=timeout_s, return_when=asyncio.FIRST_EXCEPTION)
             failed = next((t for t in done if not t.cancelled() and t.exception() is not None), None)
@@ -127,26 +164,62 @@ class ReasoningEngine(ABC):
             if unfinished:
                 await asyncio.gather(*unfinished, return_exceptions=True)
 
-    async def _score_one(self, job: ScoringJob, request_id: str) -> ItemScore:
+    def _answer_input(self, job: ScoringJob, text: str | None) -> tuple[list[int], str | None, bool]:
+        """What the answer is read after: (ids, rationale shown, withheld). A rationale that cites what its
+        evidence does not state is withheld, and the answer is read from the evidence alone."""
+        if text is None:
+            return self.prompts.score_input(job.prompt_ids), None, False
+        rationale = self.prompts.rationale(text)
+        problems = unfaithful_citations(rationale, job.evidence_text) if job.evidence_text else []
+        if problems:
+            logger.debug("rationale withheld: %r cites %s, evidence %r", rationale, problems, job.evidence_text)
+            return self.prompts.score_input(job.evidence_only_ids or job.prompt_ids), None, True
+        return self.prompts.score_input(job.prompt_ids, self.prompts.rationale_ids([text])[0]), rationale, False
+
+    async def _score_one(self, job: ScoringJob, request_id: str, routing_key: str) -> ItemScore | None:
         self.inflight_items += 1
         try:
-            rationale: str | None = None
-            tokens = 0
-            withheld = False
+            text, tokens = None, 0
             if job.reasoning == "full":
-                text, tokens = await self._generate_rationale(job.prompt_ids, f"{request_id}-r")
-                rationale = self.prompts.rationale(text)
-                problems = unfaithful_citations(rationale, job.evidence_text) if job.evidence_text else []
-                if problems:
-                    logger.debug("rationale withheld: %r cites %s, evidence %r", rationale, problems, job.evidence_text)
-                    withheld, rationale = True, None
-                    score_ids = self.prompts.score_input(job.evidence_only_ids or job.prompt_ids)
-                else:
-                    score_ids = self.prompts.score_input(job.prompt_ids, self.prompts.rationale_ids([text])[0])
-            else:
-                score_ids = self.prompts.score_input(job.prompt_ids)
-            lp_yes, lp_no = await self._answer_logprobs(score_ids, f"{request_id}-s")
-            result = ItemScore(self.prompts.score(lp_yes, lp_no), rationale, tokens, withheld)
+                text, tokens = await self._generate_rationale(job.prompt_ids, f"{request_id}-r", routing_key)
+            score_ids, rationale, withheld = self._answer_input(job, text)
+            lp_yes, lp_no = await self._answer_logprobs(score_ids, f"{request_id}-s", routing_key)
+            return ItemScore(self.prompts.score(lp_yes, lp_no), rationale, tokens, withheld)
+        except ItemRejected as exc:
+            logger.warning("engine rejected item %s: %s", request_id, exc)
+            return None
         finally:
             self.inflight_items -= 1
-        return result
+
+    async def _score_batched(
+        self, jobs: list[ScoringJob], request_id: str, routing_key: str, timeout_s: float | None
+    ) -> list[ItemScore | None]:
+        self.inflight_items += len(jobs)
+        try:
+            return await asyncio.wait_for(self._two_calls(jobs, request_id, routing_key), timeout_s)
+        except TimeoutError:
+            return [None] * len(jobs)  # wait_for cancelled the calls, which aborts them in the engine
+        finally:
+            self.inflight_items -= len(jobs)
+
+    async def _two_calls(self, jobs: list[ScoringJob], request_id: str, routing_key: str) -> list[ItemScore | None]:
+        """All rationales in one call, then all answer reads in another."""
+        full = [i for i, job in enumerate(jobs) if job.reasoning == "full"]
+        generated: dict[int, tuple[str, int] | None] = {}
+        if full:
+            texts = await self._generate_rationales([jobs[i].prompt_ids for i in full], f"{request_id}-r", routing_key)
+            generated = dict(zip(full, texts, strict=True))
+        inputs: dict[int, tuple[list[int], str | None, bool, int]] = {}
+        for i, job in enumerate(jobs):
+            if i in generated and generated[i] is None:
+                continue  # rejected: no rationale, no answer read
+            text, tokens = generated.get(i) or (None, 0)
+            inputs[i] = (*self._answer_input(job, text), tokens)
+        order = list(inputs)
+        answers = await self._answer_logprobs_many([inputs[i][0] for i in order], f"{request_id}-s", routing_key)
+        results: list[ItemScore | None] = [None] * len(jobs)
+        for i, answer in zip(order, answers, strict=True):
+            if answer is not None:
+                _, rationale, withheld, tokens = inputs[i]
+                results[i] = ItemScore(self.prompts.score(*answer), rationale, tokens, withheld)
+        return results

@@ -19,6 +19,7 @@ def build_engine(settings: Settings, checkpoint: Checkpoint) -> ReasoningEngine:
             timeout_s=settings.engine_timeout_s,
             api_key=settings.engine_api_key,
             max_rationale_tokens=settings.max_rationale_tokens,
+            batched=settings.engine_batch,
         )
     from service.engine.vllm_local import LocalEngineOptions, LocalVLLMEngine
 

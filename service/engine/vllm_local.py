@@ -123,14 +123,14 @@ class LocalVLLMEngine(ReasoningEngine):
             raise EngineError(f"vLLM returned no output for {request_id}")
         return final.outputs[0]
 
-    async def _generate_rationale(self, prompt_ids: list[int], request_id: str) -> tuple[str, int]:
+    async def _generate_rationale(self, prompt_ids: list[int], request_id: str, routing_key: str) -> tuple[str, int]:
         out = await self._final_output(prompt_ids, self._gen_params, request_id)
         ids = list(out.token_ids)
         if ids and ids[-1] in self._newline_ids:
             ids.pop()  # the stop token itself is not part of the rationale
         return self.checkpoint.encoder.decode(ids), len(out.token_ids)
 
-    async def _answer_logprobs(self, prompt_ids: list[int], request_id: str) -> tuple[float, float]:
+    async def _answer_logprobs(self, prompt_ids: list[int], request_id: str, routing_key: str) -> tuple[float, float]:
         out = await self._final_output(prompt_ids, self._score_params, request_id)
         if not out.logprobs:
             raise EngineError("vLLM returned no logprobs for the answer position")

@@ -5,6 +5,11 @@ the checkpoint's own tokenizer (it has the checkpoint directory for the manifest
 prompts to ``/v1/completions``, so the server sees exactly the ids the contract defines — including the
 shared history prefix its prefix cache keys on. Answer log-probs come back via vLLM's
 ``logprob_token_ids`` extension, keyed ``token_id:<id>`` thanks to ``return_tokens_as_token_ids``.
+
+A request's items go out as two calls (``/v1/completions`` takes a list of prompts): every rationale, then
+every answer read, instead of two calls per item; ``batched=False`` keeps the per-item calls (the benchmark's
+baseline). Every call carries the user's routing key as ``X-User-ID``, the header ``vllm-router``'s
+``consistent_hash`` policy keys on, so all of a user's prompts meet the same engine's prefix cache.
 """
 
 from __future__ import annotations
@@ -14,12 +19,22 @@ import logging
 from typing import Any
 
 import httpx
+from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_attempt, wait_exponential
 
 from contract.checkpoint import Checkpoint
 from contract.prompt import RATIONALE_STOP
-from service.engine.base import EngineError, ReasoningEngine
+from service.engine.base import EngineError, ItemRejected, ReasoningEngine
 
 logger = logging.getLogger(__name__)
+
+ROUTING_HEADER = "X-User-ID"  # second in vllm-router's consistent_hash key order, after X-Session-ID
+RETRIED_STATUSES = frozenset({502, 503, 504})  # a router whose worker just died, an engine restarting
+ROUTER_READINESS = "/readiness"  # vllm-router: 200 while at least one engine is healthy
+CALL_ATTEMPTS = 4  # greedy calls are idempotent; 0.5 + 1 + 2 s of backoff outlasts the router ejecting a dead engine
+
+
+class TransientEngineError(EngineError):
+    """A refused connection or a 502/503/504: worth another try (the deadline still bounds every try)."""
 
 
 class RemoteVLLMEngine(ReasoningEngine):
@@ -34,8 +49,10 @@ class RemoteVLLMEngine(ReasoningEngine):
         api_key: str | None = None,
         max_connections: int = 512,
         max_rationale_tokens: int | None = None,
+        batched: bool = True,
     ) -> None:
         super().__init__(checkpoint, max_rationale_tokens)
+        self.batched = batched
         self.base_url = base_url.rstrip("/")
         self.served_model_name = served_model_name
         self.timeout = httpx.Timeout(timeout_s, connect=min(5.0, timeout_s), pool=None)
@@ -43,6 +60,7 @@ class RemoteVLLMEngine(ReasoningEngine):
         self.limits = httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections)
         self._client: httpx.AsyncClient | None = None
         self._stop_ids: list[int] = []
+        self._health_path = ROUTER_READINESS
 
     async def start(self) -> None:
         self._stop_ids = await asyncio.to_thread(lambda: self.prompts.stop_ids)
@@ -57,8 +75,14 @@ class RemoteVLLMEngine(ReasoningEngine):
             await client.aclose()
 
     async def check_health(self) -> None:
+        """Healthy = able to serve. Behind vllm-router that is its ``/readiness`` (at least one healthy engine):
+        its ``/health`` is 503 while any one engine is down, which would take the whole API out with it. A plain
+        vLLM server has no ``/readiness`` (404), so its ``/health`` is asked instead."""
         try:
-            response = await self._http().get("/health", timeout=5.0)
+            response = await self._http().get(self._health_path, timeout=5.0)
+            if response.status_code == 404 and self._health_path == ROUTER_READINESS:
+                self._health_path = "/health"
+                response = await self._http().get(self._health_path, timeout=5.0)
         except httpx.HTTPError as exc:
             raise EngineError("remote engine unreachable", detail=f"{self.base_url}: {exc!r}") from exc
         if response.status_code != 200:
@@ -77,56 +101,117 @@ class RemoteVLLMEngine(ReasoningEngine):
             raise EngineError("remote engine client not started")
         return self._client
 
-    async def _post_or_get(self, method: str, path: str, body: dict[str, Any] | None = None) -> dict[str, Any]:
+    async def _post_or_get(
+        self, method: str, path: str, body: dict[str, Any] | None = None, routing_key: str = ""
+    ) -> dict[str, Any]:
+        """One engine call, tried up to ``CALL_ATTEMPTS`` times on a transient failure. A read timeout is not
+        retried: the engine is working, and a second try would only wait as long again."""
+        retrying = AsyncRetrying(
+            retry=retry_if_exception_type(TransientEngineError),
+            stop=stop_after_attempt(CALL_ATTEMPTS),
+            wait=wait_exponential(multiplier=0.5, max=2.0),
+            reraise=True,
+        )
+        async for attempt in retrying:
+            with attempt:
+                return await self._call(method, path, body, routing_key)
+        raise AssertionError("unreachable: tenacity reraises the last failure")
+
+    async def _call(self, method: str, path: str, body: dict[str, Any] | None, routing_key: str) -> dict[str, Any]:
+        headers = {ROUTING_HEADER: routing_key} if routing_key else None
         try:
-            response = await self._http().request(method, path, json=body)
+            response = await self._http().request(method, path, json=body, headers=headers)
+        except (httpx.ConnectError, httpx.RemoteProtocolError) as exc:
+            raise TransientEngineError(f"remote engine call failed: {type(exc).__name__}",
+                                       detail=f"{self.base_url}{path}: {exc!r}") from exc  # fmt: skip
         except httpx.HTTPError as exc:
             raise EngineError(
                 f"remote engine call failed: {type(exc).__name__}", detail=f"{self.base_url}{path}: {exc!r}"
             ) from exc
+        if response.status_code == 400:  # vLLM's answer to a prompt it will not take (too long, bad ids)
+            raise ItemRejected("remote engine rejected the prompt", detail=f"{path}: {response.text[:300]}")
         if response.status_code != 200:
-            raise EngineError(f"remote engine answered HTTP {response.status_code}",
-                              detail=f"{self.base_url}{path}: {response.text[:300]}")  # fmt: skip
+            error = TransientEngineError if response.status_code in RETRIED_STATUSES else EngineError
+            raise error(f"remote engine answered HTTP {response.status_code}",
+                        detail=f"{self.base_url}{path}: {response.text[:300]}")  # fmt: skip
         return response.json()
 
-    async def _completion(self, body: dict[str, Any]) -> dict[str, Any]:
+    async def _completions(
+        self, prompts: list[list[int]], body: dict[str, Any], request_id: str, routing_key: str
+    ) -> list[dict[str, Any] | None]:
+        """One ``/v1/completions`` call for ``prompts``; its choices in prompt order. The API rejects the whole
+        list when one prompt is bad, so a rejected batch is retried item by item and only the bad items are
+        ``None``."""
+        if not prompts:
+            return []
         if self.served_model_name is None:
             await self._discover_model()
-        payload = await self._post_or_get("POST", "/v1/completions", {"model": self.served_model_name, **body})
-        choices = payload.get("choices") or []
-        if not choices:
-            raise EngineError("remote engine returned no choices")
-        return {"choice": choices[0], "usage": payload.get("usage") or {}}
+        request = {"model": self.served_model_name, "prompt": prompts, "request_id": request_id, **body}
+        try:
+            payload = await self._post_or_get("POST", "/v1/completions", request, routing_key)
+        except ItemRejected:
+            if len(prompts) == 1:
+                raise
+            return await self._each(self._one_choice(body), prompts, request_id, routing_key)
+        choices = sorted(payload.get("choices") or [], key=lambda c: c.get("index", 0))
+        if len(choices) != len(prompts):
+            raise EngineError(f"remote engine returned {len(choices)} choices for {len(prompts)} prompts")
+        return choices
 
-    async def _generate_rationale(self, prompt_ids: list[int], request_id: str) -> tuple[str, int]:
-        result = await self._completion(
-            {
-                "prompt": prompt_ids,
-                "max_tokens": self.max_rationale_tokens,
-                "temperature": 0.0,
-                "stop": [RATIONALE_STOP],
-                "stop_token_ids": self._stop_ids,
-                "skip_special_tokens": True,
-                "request_id": request_id,
-            }
-        )
-        return result["choice"].get("text", ""), int(result["usage"].get("completion_tokens", 0))
+    def _one_choice(self, body: dict[str, Any]):
+        async def one(prompt_ids: list[int], request_id: str, routing_key: str) -> dict[str, Any]:
+            (choice,) = await self._completions([prompt_ids], body, request_id, routing_key)
+            return choice
 
-    async def _answer_logprobs(self, prompt_ids: list[int], request_id: str) -> tuple[float, float]:
-        result = await self._completion(
-            {
-                "prompt": prompt_ids,
-                "max_tokens": 1,
-                "temperature": 0.0,
-                "logprobs": 2,
-                "logprob_token_ids": [self.yes_id, self.no_id],
-                "return_tokens_as_token_ids": True,
-                "request_id": request_id,
-            }
-        )
-        logprobs = result["choice"].get("logprobs") or {}
+        return one
+
+    def _rationale_body(self) -> dict[str, Any]:
+        return {
+            "max_tokens": self.max_rationale_tokens,
+            "temperature": 0.0,
+            "stop": [RATIONALE_STOP],
+            "stop_token_ids": self._stop_ids,
+            "skip_special_tokens": True,
+            "return_token_ids": True,
+        }
+
+    def _answer_body(self) -> dict[str, Any]:
+        return {
+            "max_tokens": 1,
+            "temperature": 0.0,
+            "logprobs": 2,
+            "logprob_token_ids": [self.yes_id, self.no_id],
+            "return_tokens_as_token_ids": True,
+        }
+
+    @staticmethod
+    def _rationale(choice: dict[str, Any]) -> tuple[str, int]:
+        return choice.get("text", ""), len(choice.get("token_ids") or [])
+
+    def _answer(self, choice: dict[str, Any]) -> tuple[float, float]:
+        logprobs = choice.get("logprobs") or {}
         top = (logprobs.get("top_logprobs") or [None])[0] or {}
         try:
             return float(top[f"token_id:{self.yes_id}"]), float(top[f"token_id:{self.no_id}"])
         except KeyError as exc:
             raise EngineError(f"remote engine omitted answer token {exc} from logprobs") from exc
+
+    async def _generate_rationale(self, prompt_ids: list[int], request_id: str, routing_key: str) -> tuple[str, int]:
+        (choice,) = await self._completions([prompt_ids], self._rationale_body(), request_id, routing_key)
+        return self._rationale(choice)
+
+    async def _answer_logprobs(self, prompt_ids: list[int], request_id: str, routing_key: str) -> tuple[float, float]:
+        (choice,) = await self._completions([prompt_ids], self._answer_body(), request_id, routing_key)
+        return self._answer(choice)
+
+    async def _generate_rationales(
+        self, prompts: list[list[int]], request_id: str, routing_key: str
+    ) -> list[tuple[str, int] | None]:
+        choices = await self._completions(prompts, self._rationale_body(), request_id, routing_key)
+        return [None if c is None else self._rationale(c) for c in choices]
+
+    async def _answer_logprobs_many(
+        self, prompts: list[list[int]], request_id: str, routing_key: str
+    ) -> list[tuple[float, float] | None]:
+        choices = await self._completions(prompts, self._answer_body(), request_id, routing_key)
+        return [None if c is None else self._answer(c) for c in choices]

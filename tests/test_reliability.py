@@ -14,6 +14,7 @@ import pytest
 
 from loadtest.procs import ServerProcess, start_service
 from service.auth import hash_key
+from tests.faults import statuses_under_fault
 
 pytestmark = pytest.mark.engine
 
@@ -386,22 +387,7 @@ def test_a_killed_in_process_engine_core_is_restarted(log_dir, demo):
         core = next(p for p in children if "EngineCore" in p.name() or "EngineCore" in " ".join(p.cmdline()))
         body = demo.rank_request(demo.users[9], n_candidates=4, reasoning="full")
 
-        async def load(seconds: float) -> list[int]:
-            statuses: list[int] = []
-            async with httpx.AsyncClient(base_url=service.url, timeout=120) as http:
-                end = time.monotonic() + seconds
-                while time.monotonic() < end:
-                    batch = await asyncio.gather(*(http.post("/rank", json=body) for _ in range(3)))
-                    statuses += [r.status_code for r in batch]
-            return statuses
-
-        async def scenario() -> list[int]:
-            task = asyncio.create_task(load(8.0))
-            await asyncio.sleep(2.0)
-            core.kill()
-            return await task
-
-        statuses = asyncio.run(scenario())
+        statuses = statuses_under_fault(service.url, [body] * 3, 8.0, 2.0, core.kill, timeout_s=120)
         assert 200 in statuses and 503 in statuses and set(statuses) <= {200, 503}, statuses
         service.wait_ready("/readyz", timeout=300)  # restarted by the supervisor, warmed up, ready again
         assert httpx.post(f"{service.url}/rank", json=body, timeout=120).status_code == 200

@@ -8,6 +8,7 @@ import httpx
 import pytest
 
 from loadtest.procs import DEFAULT_MODEL, ServerProcess, free_port, start_service, start_vllm_server
+from tests.faults import statuses_under_fault
 
 pytestmark = pytest.mark.engine
 
@@ -79,7 +80,6 @@ def test_unreachable_remote_engine_gives_503_not_500(log_dir, demo):
 def test_killed_remote_engine_gives_503_then_recovers(log_dir, demo):
     """Kill `vllm serve` mid-load: requests get 503 (never 500), /readyz turns false; start it again on the
     same port: the service reconnects by itself and is ready again."""
-    import asyncio
     import signal
     import time
 
@@ -92,22 +92,7 @@ def test_killed_remote_engine_gives_503_then_recovers(log_dir, demo):
         service.wait_ready("/readyz")
         body = demo.rank_request(demo.users[8], n_candidates=5, reasoning="full")
 
-        async def load(seconds: float) -> list[int]:
-            statuses: list[int] = []
-            async with httpx.AsyncClient(base_url=service.url, timeout=60) as http:
-                end = time.monotonic() + seconds
-                while time.monotonic() < end:
-                    batch = await asyncio.gather(*(http.post("/rank", json=body) for _ in range(4)))
-                    statuses += [r.status_code for r in batch]
-            return statuses
-
-        async def scenario() -> list[int]:
-            task = asyncio.create_task(load(8.0))
-            await asyncio.sleep(2.0)
-            vllm_server.stop(signal.SIGKILL)
-            return await task
-
-        statuses = asyncio.run(scenario())
+        statuses = statuses_under_fault(service.url, [body] * 4, 8.0, 2.0, lambda: vllm_server.stop(signal.SIGKILL))
         assert 200 in statuses and 503 in statuses, statuses
         assert set(statuses) <= {200, 503}, statuses
         deadline = time.monotonic() + 30

@@ -6,7 +6,6 @@ move to the survivor, and a restarted engine takes traffic again."""
 
 from __future__ import annotations
 
-import asyncio
 import json
 import signal
 import time
@@ -24,6 +23,7 @@ from loadtest.bench_router import (
     start_engines,
 )
 from loadtest.procs import DEFAULT_MODEL, ServerProcess, start_vllm_server
+from tests.faults import statuses_under_fault
 
 pytestmark = pytest.mark.engine
 
@@ -54,23 +54,7 @@ def _calls(engine: ServerProcess) -> float:
 def test_an_engine_killed_under_load_is_routed_around_and_rejoins(engines, log_dir, demo):
     bodies = [demo.rank_request(u, n_candidates=4, reasoning="full") for u in demo.users[240:246]]
     with routed_service(log_dir, engines, "consistent_hash", env={"R2RANK_ENGINE_TIMEOUT_S": "20"}) as (_, service):
-
-        async def load(seconds: float) -> list[int]:
-            statuses: list[int] = []
-            async with httpx.AsyncClient(base_url=service.url, timeout=60) as http:
-                end = time.monotonic() + seconds
-                while time.monotonic() < end:
-                    batch = await asyncio.gather(*(http.post("/rank", json=b) for b in bodies[:3]))
-                    statuses += [r.status_code for r in batch]
-            return statuses
-
-        async def scenario() -> list[int]:
-            task = asyncio.create_task(load(12.0))
-            await asyncio.sleep(3.0)
-            engines[1].stop(signal.SIGKILL)
-            return await task
-
-        statuses = asyncio.run(scenario())
+        statuses = statuses_under_fault(service.url, bodies[:3], 12.0, 3.0, lambda: engines[1].stop(signal.SIGKILL))
         print(f"\nstatuses under the kill: {dict((s, statuses.count(s)) for s in set(statuses))}")
         assert statuses.count(200) > 0 and all(s < 500 or s == 503 for s in statuses), statuses
         assert statuses[-3:] == [200, 200, 200], statuses  # the router took the dead engine out

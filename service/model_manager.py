@@ -142,11 +142,11 @@ class ModelManager:
         if not self.fleet_wide:
             return configured
         try:
-            checkpoint = await self._published_checkpoint()
+            checkpoint = await self._published_checkpoint(configured.checkpoint)
         except (StoreUnavailable, InvalidRequest) as exc:
             logger.warning("booting the configured model, not the published one: %s", exc)
             return configured
-        if checkpoint is None or checkpoint.path == configured.checkpoint.path:
+        if checkpoint is None:
             return configured
         logger.info("booting the published model %s instead of the configured %s", checkpoint.model_version,
                     configured.model_version)  # fmt: skip
@@ -157,13 +157,13 @@ class ModelManager:
         if not self.fleet_wide or self._lock.locked():
             return
         try:
-            checkpoint = await self._published_checkpoint()
+            checkpoint = await self._published_checkpoint(self.holder.engine.checkpoint)
         except StoreUnavailable:
             return  # the store watcher reports Redis; serving goes on with what is loaded
         except InvalidRequest as exc:
             logger.warning("not following the published model: %s", exc)
             return
-        if checkpoint is None or checkpoint.path == self.holder.engine.checkpoint.path:
+        if checkpoint is None:
             return
         failed = self._failed
         if failed and failed[0] == checkpoint.model_version and time.monotonic() - failed[1] < FOLLOW_RETRY_S:
@@ -178,15 +178,21 @@ class ModelManager:
         self._failed = None
         logger.info("followed the published model: %s", result)
 
-    async def _published_checkpoint(self) -> Checkpoint | None:
-        """The checkpoint Redis records as published (confined to the models root, its version verified)."""
+    async def _published_checkpoint(self, serving: Checkpoint) -> Checkpoint | None:
+        """The checkpoint Redis records as published (confined to the models root, its version verified), or
+        None when nothing is recorded or the record names ``serving``. That is checked on the path before
+        opening anything: this runs every few seconds, and opening a checkpoint loads its tokenizer."""
         record = await self.store.get_published_model()
         self.published = record
         if record is None:
             return None
-        checkpoint = self._open(str(record.get("path", "")))
-        if checkpoint.model_version != record.get("model_version"):
-            claimed = record.get("model_version")
+        path, claimed = str(record.get("path", "")), record.get("model_version")
+        if path == str(serving.path):  # records hold resolved paths, as publishes write them
+            return None
+        checkpoint = await asyncio.to_thread(self._open, path)  # off the event loop: disk and tokenizer load
+        if checkpoint.path == serving.path:
+            return None
+        if checkpoint.model_version != claimed:
             raise InvalidRequest(f"path: {checkpoint.path} holds {checkpoint.model_version}, the record says "
                                  f"{claimed}: replicas do not see the same checkpoints", "path")  # fmt: skip
         return checkpoint

@@ -8,7 +8,7 @@ EXTRAS  ?= cpu,dev
 PORT    ?= 8000
 STAMP   := $(VENV)/.r2rank-installed
 
-.PHONY: setup run test lint bench loadtest clean redis system-deps train eval openapi
+.PHONY: setup run test lint bench loadtest clean redis system-deps train seqrec eval openapi
 
 setup: $(STAMP)
 
@@ -71,6 +71,13 @@ train: setup
 	$(PY) -m trainer.cli sft --data $(DATA) --base $(RUN)/init --out $(RUN)/sft $(SFT_ARGS)
 	$(PY) -m trainer.cli rl --data $(DATA) --base $(RUN)/sft/model --out $(RUN)/rl $(RL_ARGS)
 
+# The sequence-model baseline every report shows (SASRec over item ids): one trained up to the test targets for the
+# test reports, one that stops before the validation targets for the selection report (and its learning curve).
+# Resumable; a finished one is not trained again.
+seqrec: setup
+	$(PY) -m trainer.cli seqrec --data $(DATA) --out $(RUN)/seqrec
+	$(PY) -m trainer.cli seqrec --data $(DATA) --out $(RUN)/seqrec-valid --horizon valid
+
 # `make eval`: first the choice, on the selection users' validation positions (held apart from RL): the SFT start
 # beside the RL model (docs/eval-selection). Then the report on the model shipped (SHIP), made once, on the test
 # positions: 6,000 users, random negatives, both modes (docs/eval, whose figures the manifest records), and
@@ -78,12 +85,12 @@ train: setup
 SHIP       ?= $(RUN)/rl/model
 EVAL_USERS ?= 6000
 
-eval: setup
+eval: setup seqrec
 	$(PY) -m trainer.cli eval --data $(DATA) --split selection --model $(RUN)/sft/model --model $(SHIP) \
-		--users 1000 --out docs/eval-selection
-	$(PY) -m trainer.cli eval --data $(DATA) --model $(SHIP) --users $(EVAL_USERS) --out docs/eval
+		--seqrec $(RUN)/seqrec-valid --users 1000 --out docs/eval-selection
+	$(PY) -m trainer.cli eval --data $(DATA) --model $(SHIP) --seqrec $(RUN)/seqrec --users $(EVAL_USERS) --out docs/eval
 	if ls $(DATA)/*.sasrec >/dev/null 2>&1; then $(PY) -m trainer.cli eval --data $(DATA) --model $(SHIP) \
-		--retriever sasrec --users $(EVAL_USERS) --reasoning full --out docs/eval-sasrec; fi
+		--seqrec $(RUN)/seqrec --retriever sasrec --users $(EVAL_USERS) --reasoning full --out docs/eval-sasrec; fi
 	$(PY) -m trainer.cli export --model $(SHIP) --out models/default --report docs/eval/eval.json
 
 # docs/openapi.json: the live schema, committed (tests/test_api_docs.py compares them)

@@ -8,16 +8,13 @@ import math
 import pytest
 import torch
 
+from trainer.evaluation.metrics import expected_ndcg_random, hit_rate_at_k, ndcg_single_positive, reciprocal_rank
 from trainer.losses import (
     candidate_advantages,
-    expected_ndcg_random,
     group_advantages,
-    hit_rate_at_k,
     kl_k3,
     ndcg_at_k,
-    ndcg_single_positive,
     pl_log_likelihood,
-    reciprocal_rank,
     sample_pl_ranking,
     split_advantages,
 )

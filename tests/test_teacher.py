@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from contract.evidence import Evidence, EvidenceStats, Item, Link, SharedWord, compute_evidence
 from trainer.data import Catalogue, UserSplit, leave_one_out
-from trainer.evaluate import TrainingStats
+from trainer.evaluation.baselines import TrainingStats
 from trainer.teacher import BuiltinTeacher, EvidenceModel, calibration_examples, clause_kinds, evidence_features
 
 CATALOGUE = Catalogue(

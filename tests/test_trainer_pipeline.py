@@ -31,6 +31,14 @@ def _train(*args: str) -> subprocess.CompletedProcess:
     return result
 
 
+def _train_fails(*args: str) -> str:
+    """Run a trainer command that must refuse; its error output."""
+    result = subprocess.run([sys.executable, "-m", "trainer.cli", *args], cwd=REPO_ROOT, capture_output=True,
+                            text=True, timeout=600)  # fmt: skip
+    assert result.returncode != 0, result.stdout[-2000:]
+    return result.stderr
+
+
 @pytest.fixture(scope="module")
 def tiny_model(tiny_data, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("models") / "init"
@@ -90,7 +98,7 @@ def test_eval_baselines_and_metrics(tiny_data, tmp_path):
 
 
 def test_metrics_on_fixed_lists():
-    from trainer.evaluate import metrics_with_ci, positive_rank
+    from trainer.evaluation.metrics import metrics_with_ci, positive_rank
 
     assert positive_rank([0.9, 0.1, 0.5], ["t", "a", "b"], "t") == 0
     assert positive_rank([0.5, 0.5, 0.1], ["t", "a", "b"], "t") == 1  # a tie counts against the target
@@ -100,12 +108,13 @@ def test_metrics_on_fixed_lists():
 
 def test_pretest_popularity_counts_validation_items_never_test_targets():
     from trainer.data import UserSplit
-    from trainer.evaluate import EvalCase, TrainingStats, popularity_scorer, pretest_popularity_scorer
+    from trainer.evaluation.baselines import TrainingStats, popularity_scorer, pretest_popularity_scorer
+    from trainer.evaluation.cases import EvalCase
 
     splits = [UserSplit("u1", ["a", "b"], "v", "t1"), UserSplit("u2", ["a"], "v", "b")]
     case = EvalCase("u1", ["a", "b", "v"], ["t1", "a", "b", "v"], "t1")
-    assert pretest_popularity_scorer(splits)(case) == [0.0, 2.0, 1.0, 2.0]  # "b" as u2's test target not counted
-    assert popularity_scorer(TrainingStats.from_splits(splits))(case) == [0.0, 2.0, 1.0, 0.0]
+    assert pretest_popularity_scorer(splits)([case]) == [[0.0, 2.0, 1.0, 2.0]]  # "b" as u2's test target not counted
+    assert popularity_scorer(TrainingStats.from_splits(splits))([case]) == [[0.0, 2.0, 1.0, 0.0]]
 
 
 def test_data_stage_candidate_sets(tiny_data, tmp_path):
@@ -139,6 +148,33 @@ def tiny_sft(tiny_data, tiny_model, tmp_path_factory) -> Path:
     return out / "model"
 
 
+@pytest.fixture(scope="module")
+def tiny_seqrec(tiny_data, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("seqrec")
+    _train("seqrec", "--data", str(tiny_data), "--out", str(out), "--epochs", "2", "--hidden-size", "16",
+           "--layers", "1", "--batch-tokens", "256")  # fmt: skip
+    return out
+
+
+def test_seqrec_row_in_every_report_and_never_on_positions_it_trained_on(tiny_data, tiny_seqrec, tmp_path):
+    _train("eval", "--data", str(tiny_data), "--users", "100", "--seqrec", str(tiny_seqrec), "--out", str(tmp_path))
+    report = json.loads((tmp_path / "eval.json").read_text())
+    seqrec = report["results"]["sequence model (SASRec)"]["ndcg@10"]
+    assert 0.0 <= seqrec["ci_low"] <= seqrec["mean"] <= seqrec["ci_high"] <= 1.0
+    assert report["sequence_model"]["config"]["horizon"] == "test" and len(report["sequence_model"]["curve"]) == 2
+    # trained through the validation targets: the selection split (validation positions) is refused
+    refused = _train_fails("eval", "--data", str(tiny_data), "--split", "selection", "--seqrec", str(tiny_seqrec),
+                           "--out", str(tmp_path / "selection"))  # fmt: skip
+    assert "--horizon valid" in refused
+    # one that stops before them is scored there, and measured after every epoch (the learning curve)
+    valid = tmp_path / "valid"
+    _train("seqrec", "--data", str(tiny_data), "--out", str(valid), "--horizon", "valid", "--epochs", "1",
+           "--hidden-size", "16", "--layers", "1", "--batch-tokens", "256", "--curve-users", "20")  # fmt: skip
+    assert 0.0 <= read_steps(valid / "seqrec_steps.jsonl")[0]["selection_ndcg@10"] <= 1.0
+    _train("eval", "--data", str(tiny_data), "--split", "selection", "--seqrec", str(valid),
+           "--out", str(tmp_path / "s"))  # fmt: skip
+
+
 def test_rl_resume_gives_the_same_state_and_a_servable_checkpoint(tiny_data, tiny_sft, tmp_path):
     common = ["--base", str(tiny_sft), "--data", str(tiny_data), "--users", "40", "--negatives", "5",
               "--rollouts", "2", "--users-per-step", "1", "--steps", "4", "--lr", "1e-3", *SMALL_RL]  # fmt: skip
@@ -162,7 +198,7 @@ def test_rl_resume_gives_the_same_state_and_a_servable_checkpoint(tiny_data, tin
 
 
 @pytest.mark.engine
-def test_eval_scores_a_model_through_vllm_and_export_records_its_metrics(tiny_data, tiny_sft, tmp_path):
+def test_eval_scores_a_model_through_vllm_and_export_records_its_metrics(tiny_data, tiny_sft, tiny_seqrec, tmp_path):
     _train("eval", "--model", str(tiny_sft), "--data", str(tiny_data), "--users", "30", "--out", str(tmp_path / "e"))
     report = json.loads((tmp_path / "e" / "eval.json").read_text())
     version = open_checkpoint(tiny_sft).model_version
@@ -172,6 +208,17 @@ def test_eval_scores_a_model_through_vllm_and_export_records_its_metrics(tiny_da
     faithful = report["faithfulness"][f"{version} (full)"]  # every full-mode rationale checked against its evidence
     assert faithful["rationales"] == 30 * 20 and 0.0 <= faithful["model_faithful_share"] <= 1.0
     assert faithful["served_faithful_share"] == 1.0  # an unfaithful rationale is never served
+    # a later report on the same users pairs with these model rows without scoring the model again
+    _train("eval", "--data", str(tiny_data), "--users", "30", "--seqrec", str(tiny_seqrec), "--reuse",
+           str(tmp_path / "e" / "ranks.json"), "--out", str(tmp_path / "again"))  # fmt: skip
+    again = json.loads((tmp_path / "again" / "eval.json").read_text())
+    earlier, later = (json.loads((tmp_path / d / "ranks.json").read_text()) for d in ("e", "again"))
+    assert later["ranks"][f"{version} (full)"] == earlier["ranks"][f"{version} (full)"]
+    assert f"{version} (full) − sequence model (SASRec)" in again["paired_differences"]
+    assert again["faithfulness"] == report["faithfulness"]
+    other_users = _train_fails("eval", "--data", str(tiny_data), "--users", "20", "--reuse",
+                               str(tmp_path / "e" / "ranks.json"), "--out", str(tmp_path / "other"))  # fmt: skip
+    assert "other users" in other_users
     _train("export", "--model", str(tiny_sft), "--out", str(tmp_path / "served"), "--report", str(tmp_path / "e" /
            "eval.json"))  # fmt: skip
     exported = open_checkpoint(tmp_path / "served")

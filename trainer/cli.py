@@ -8,7 +8,6 @@ check is shown as a usage error naming what to change.
 from __future__ import annotations
 
 import dataclasses
-import itertools
 import json
 import logging
 import random
@@ -25,6 +24,8 @@ from trainer.config import (
     RationaleCredit,
     RLConfig,
     RolloutEngine,
+    SeqRecConfig,
+    SeqRecHorizon,
     ServedObjective,
     SFTConfig,
     TeacherApi,
@@ -87,7 +88,7 @@ def data_cmd(
 ) -> None:
     """Leave-one-out splits with seeded candidate sets; no test target enters training data or statistics."""
     from trainer.data import candidate_sets, negative_sampler
-    from trainer.evaluate import read_retriever_lists
+    from trainer.evaluation.cases import read_retriever_lists
 
     catalogue, splits = _splits(data)
     retriever = None
@@ -223,7 +224,10 @@ def sft_cmd(
                             concurrency=teacher_concurrency, calibration_users=teacher_calibration_users)  # fmt: skip
     base_checkpoint = _checkpoint(base, "--base")
     catalogue, splits = _splits(data)
-    chosen = sft_users(splits, config)
+    try:
+        chosen = sft_users(splits, config, reserve=0 if teacher_config.url else teacher_config.calibration_users)
+    except DataError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--users") from exc
     if teacher_config.url:
         from trainer.teacher_llm import LLMTeacher
 
@@ -328,6 +332,51 @@ SplitOption = Annotated[
 ]
 
 
+@app.command("seqrec")
+def seqrec_cmd(
+    out: Annotated[Path, typer.Option(help="Directory for the sequence model (seqrec.safetensors + seqrec.json).")],
+    data: DataOption = DEFAULT_DATA,
+    horizon: Annotated[SeqRecHorizon, _opt(SeqRecConfig, "horizon")] = SeqRecConfig.horizon,
+    epochs: Annotated[int, _opt(SeqRecConfig, "epochs")] = SeqRecConfig.epochs,
+    hidden_size: Annotated[int, _opt(SeqRecConfig, "hidden_size")] = SeqRecConfig.hidden_size,
+    layers: Annotated[int, _opt(SeqRecConfig, "layers")] = SeqRecConfig.layers,
+    heads: Annotated[int, _opt(SeqRecConfig, "heads")] = SeqRecConfig.heads,
+    inner_size: Annotated[int, _opt(SeqRecConfig, "inner_size")] = SeqRecConfig.inner_size,
+    dropout: Annotated[float, _opt(SeqRecConfig, "dropout")] = SeqRecConfig.dropout,
+    max_length: Annotated[int, _opt(SeqRecConfig, "max_length")] = SeqRecConfig.max_length,
+    batch_tokens: Annotated[int, _opt(SeqRecConfig, "batch_tokens")] = SeqRecConfig.batch_tokens,
+    lr: Annotated[float, _opt(SeqRecConfig, "lr")] = SeqRecConfig.lr,
+    seed: Annotated[int, _opt(SeqRecConfig, "seed")] = SeqRecConfig.seed,
+    curve_users: Annotated[
+        int, typer.Option(help="Horizon valid: selection users whose NDCG@10 is measured after every epoch (0: none).")
+    ] = 1000,
+) -> None:
+    """The sequence-model baseline (SASRec over item ids, full-softmax cross-entropy) that `eval --seqrec` shows
+    beside the other baselines; resumable (rerun to continue after the last finished epoch)."""
+    from trainer.evaluation.cases import build_cases
+    from trainer.evaluation.metrics import metrics_with_ci, positive_rank
+    from trainer.seqrec import train_seqrec, training_sequences
+
+    _log_to_stderr()
+    config = _build(SeqRecConfig, horizon=horizon, epochs=epochs, hidden_size=hidden_size, layers=layers,
+                    heads=heads, inner_size=inner_size, dropout=dropout, max_length=max_length,
+                    batch_tokens=batch_tokens, lr=lr, seed=seed)  # fmt: skip
+    catalogue, splits = _splits(data)
+    monitor = None
+    if horizon == "valid" and curve_users > 0:  # a model that stops before the validation targets can be scored there
+        cases = build_cases(splits, catalogue, curve_users, 19, 0, split="selection")
+
+        def monitor(model) -> dict:
+            scores = model.score_batch([c.history for c in cases], [c.candidates for c in cases])
+            ranks = [positive_rank(s, c.candidates, c.target) for s, c in zip(scores, cases, strict=True)]
+            return {"selection_ndcg@10": round(metrics_with_ci(ranks)["ndcg@10"]["mean"], 4)}
+
+    items = sorted(catalogue.titles, key=lambda k: (len(k), k))
+    provenance = {"command": _command_line(), "data": data.name, "users": len(splits)}
+    summary = train_seqrec(items, training_sequences(splits, horizon), out, config, monitor, provenance)
+    typer.echo(json.dumps({k: summary[k] for k in ("sequences", "items", "parameters")} | {"curve": summary["curve"]}))
+
+
 def _reference_stats(model: list[Path], catalogue, splits):
     """The evidence statistics the baselines read: the first model's (what it was trained and served with), or
     the recipe's, built from the training prefixes."""
@@ -349,29 +398,22 @@ def eval_cmd(
     split: SplitOption = "test",
     out: Annotated[Path, typer.Option(help="Report directory (eval.json, eval.md, eval.png).")] = Path("docs/eval"),
     seed: Annotated[int, typer.Option(help="Seed for the users and their negatives.")] = 0,
+    seqrec: Annotated[
+        Path | None,
+        typer.Option(help="A `seqrec` output: the sequence model row (horizon valid for --split selection)."),
+    ] = None,
+    reuse: Annotated[
+        Path | None,
+        typer.Option(
+            help="ranks.json of an earlier report on the same users: its models' rows are "
+            "taken from it instead of scored again (e.g. to add a baseline)."
+        ),
+    ] = None,
 ) -> None:
-    """Baselines (random, popularity, co-occurrence, the teacher's evidence model) and the model(s) through the
-    service's engine code, with paired differences and, in full mode, rationale faithfulness."""
-    import asyncio
-
-    from trainer.evaluate import (
-        PRETEST_POPULARITY,
-        Faithfulness,
-        TrainingStats,
-        build_cases,
-        cooccurrence_scorer,
-        evidence_scorer,
-        metrics_with_ci,
-        model_ranks,
-        paired_difference,
-        popularity_scorer,
-        positive_rank,
-        pretest_popularity_scorer,
-        random_scorer,
-        read_retriever_lists,
-        write_report,
-    )
-    from trainer.teacher import BuiltinTeacher
+    """Baselines (random, popularity, co-occurrence, the teacher's evidence model, the sequence model) and the
+    model(s) through the service's engine code, with paired differences and, in full mode, rationale faithfulness."""
+    from trainer.evaluation.cases import read_retriever_lists
+    from trainer.evaluation.run import EvalError, EvalPlan, evaluate
 
     _log_to_stderr()
     modes = [m.strip() for m in reasoning.split(",") if m.strip()]
@@ -380,57 +422,22 @@ def eval_cmd(
     if split not in ("test", "selection"):
         raise typer.BadParameter(f"test or selection, got {split!r}", param_hint="--split")
     catalogue, splits = _splits(data)
-    stats = TrainingStats.from_splits(splits)
     lists = None
     if retriever:
         files = sorted(data.glob(f"*.{retriever}"))
         if not files:
             raise typer.BadParameter(f"no file {data}/*.{retriever}", param_hint="--retriever")
         lists = read_retriever_lists(files[0])
-    cases = build_cases(splits, catalogue, users, negatives, seed, lists, split)  # type: ignore[arg-type]
-    evidence_stats = _reference_stats(model, catalogue, splits)
-    verdicts = BuiltinTeacher.calibrated(splits, catalogue, evidence_stats).model
-    ranks = {}
-    for name, scorer in (
-        ("random", random_scorer(seed)),
-        ("popularity", popularity_scorer(stats)),
-        (PRETEST_POPULARITY, pretest_popularity_scorer(splits)),
-        ("co-occurrence + pop", cooccurrence_scorer(stats)),
-        (CO_OCCURRENCE_ALL, cooccurrence_scorer(stats, recent_items=10_000)),
-        (EVIDENCE_MODEL, evidence_scorer(evidence_stats, verdicts, catalogue)),
-    ):
-        ranks[name] = [positive_rank(scorer(c), c.candidates, c.target) for c in cases]
-    models = []  # "<model_version> (<mode>)", in order; baseline names may end in ")" too
-    faithfulness = {}
     for path in model:
-        label = _checkpoint(path, "--model").model_version
-        for mode in modes:
-            models.append(f"{label} ({mode})")
-            checked = Faithfulness() if mode == "full" else None
-            ranks[models[-1]] = asyncio.run(model_ranks(path, catalogue, cases, mode, faithfulness=checked))
-            if checked is not None:
-                faithfulness[models[-1]] = checked.summary()
-    results = {name: metrics_with_ci(r) for name, r in ranks.items()}
-    differences = {}
-    for name in models:
-        for baseline in ("popularity", PRETEST_POPULARITY, "co-occurrence + pop", CO_OCCURRENCE_ALL, EVIDENCE_MODEL):
-            differences[f"{name} − {baseline}"] = paired_difference(ranks[name], ranks[baseline])
-        if name.endswith("(full)") and name.replace("(full)", "(none)") in ranks:
-            differences[f"{name} − (none)"] = paired_difference(ranks[name], ranks[name.replace("(full)", "(none)")])
-    for mode in modes:  # every pair of models in one mode, later − earlier in --model order
-        in_mode = [n for n in models if n.endswith(f"({mode})")]
-        for earlier, later in itertools.combinations(in_mode, 2):
-            differences[f"{later} − {earlier}"] = paired_difference(ranks[later], ranks[earlier])
-    where = "test users" if split == "test" else "selection users (validation positions)"
-    title = f"{len(cases)} {where}, 1 positive + {negatives} {retriever or 'random'} negatives"
-    write_report(results, out, title, _command_line(), differences, faithfulness)
-    # per-user ranks of the positive, so a later run on the same users can be paired without re-scoring
-    (out / "ranks.json").write_text(json.dumps({"users": [c.user_id for c in cases], "ranks": ranks}))
+        _checkpoint(path, "--model")
+    plan = EvalPlan(models=model, modes=modes, users=users, negatives=negatives, split=split,  # type: ignore[arg-type]
+                    seed=seed, out=out, command=_command_line(), retriever_name=retriever, retriever=lists,
+                    sequence_model=seqrec, reuse=reuse)  # fmt: skip
+    try:
+        evaluate(catalogue, splits, _reference_stats(model, catalogue, splits), plan)
+    except EvalError as exc:
+        raise typer.BadParameter(str(exc)) from exc
     typer.echo((out / "eval.md").read_text())
-
-
-CO_OCCURRENCE_ALL = "co-occurrence, all history + pop"
-EVIDENCE_MODEL = "evidence model (the teacher's logistic)"
 
 
 @app.command("diagnose")
@@ -446,7 +453,8 @@ def diagnose_cmd(
     """Served rationale vs the teacher's rationale vs no rationale, on eval's cases (plain torch): shows
     whether the model loses NDCG in the rationales it writes or in how its answer reads them."""
     from trainer.diagnose import clause_ceiling, diagnose
-    from trainer.evaluate import build_cases, metrics_with_ci
+    from trainer.evaluation.cases import build_cases
+    from trainer.evaluation.metrics import metrics_with_ci
     from trainer.teacher import BuiltinTeacher
 
     _log_to_stderr()

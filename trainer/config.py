@@ -87,6 +87,40 @@ class EvidenceConfig:
         _require(0 < self.stopword_share <= 1, f"stopword_share must be in (0, 1], got {self.stopword_share}")
 
 
+SeqRecHorizon = Literal["test", "valid"]
+
+
+@dataclass(frozen=True)
+class SeqRecConfig:
+    """The sequence-model baseline (SASRec, RecBole's defaults): an ID-based causal transformer, full softmax."""
+
+    horizon: SeqRecHorizon = option(
+        "test",
+        "test: train on every position before the test targets (the report's baseline); valid: stop "
+        "before the validation targets (leak-free on the selection users; the learning curve is measured there).",
+    )
+    epochs: int = option(30, "Passes over the training sequences.")
+    hidden_size: int = option(64, "Width (item embeddings, tied to the output layer).")
+    layers: int = option(2, "Transformer layers.")
+    heads: int = option(2, "Attention heads.")
+    inner_size: int = option(256, "Width of the feed-forward layer.")
+    dropout: float = option(0.5, "Dropout on embeddings, attention and feed-forward (RecBole's 0.5).")
+    max_length: int = option(50, "Most recent items of a sequence the model reads.")
+    batch_tokens: int = option(4096, "Positions per step (sequences grouped by length, padded to the longest).")
+    lr: float = option(1e-3, "Adam learning rate.")
+    weight_decay: float = option(0.0, "Adam weight decay.")
+    seed: int = option(0, "Seed for weights and batch order.")
+
+    def __post_init__(self) -> None:
+        _literal(self.horizon, SeqRecHorizon, "horizon")
+        for name in ("epochs", "hidden_size", "layers", "heads", "inner_size", "max_length", "batch_tokens"):
+            _require(getattr(self, name) > 0, f"{name} must be > 0, got {getattr(self, name)}")
+        _require(self.hidden_size % self.heads == 0, f"hidden_size ({self.hidden_size}) must be a multiple of heads")
+        _require(0 <= self.dropout < 1, f"dropout must be in [0, 1), got {self.dropout}")
+        _require(self.batch_tokens >= self.max_length, "batch_tokens must be >= max_length")
+        _require(self.lr > 0 and self.weight_decay >= 0, "lr must be > 0 and weight_decay >= 0")
+
+
 @dataclass(frozen=True)
 class PretrainConfig:
     """LM pre-training of a from-scratch model on training histories, rendered as the service renders them."""

@@ -28,7 +28,8 @@ import torch
 from contract.checkpoint import open_checkpoint
 from contract.evidence import EvidenceStats, Item, compute_evidence
 from trainer.data import Catalogue, UserSplit, sample_negatives
-from trainer.evaluate import EvalCase, positive_rank
+from trainer.evaluation.cases import EvalCase
+from trainer.evaluation.metrics import positive_rank
 from trainer.policy import grouped_forward, sample_continuations
 from trainer.progress import Progress
 from trainer.rl import Prompted

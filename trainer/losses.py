@@ -9,9 +9,9 @@ log-probability (policy gradient into the reasoning). Shapes are noted as commen
 
 from __future__ import annotations
 
-import math
-
 import torch
+
+from trainer.evaluation.metrics import ndcg_single_positive
 
 
 def pl_log_likelihood(scores: torch.Tensor, ranking: torch.Tensor) -> torch.Tensor:
@@ -128,23 +128,3 @@ def kl_k3(logp: torch.Tensor, logp_ref: torch.Tensor, mask: torch.Tensor) -> tor
     ratio = logp_ref - logp
     per_token = torch.exp(ratio) - ratio - 1.0
     return masked_sum(per_token, mask) / mask.sum(-1).clamp_min(1.0)
-
-
-def hit_rate_at_k(rank_of_positive: torch.Tensor, k: int) -> torch.Tensor:
-    """1 where the positive's 0-based rank is < k. (...) → (...)."""
-    return (rank_of_positive < k).float()
-
-
-def reciprocal_rank(rank_of_positive: torch.Tensor) -> torch.Tensor:
-    return 1.0 / (rank_of_positive.float() + 1.0)
-
-
-def ndcg_single_positive(rank_of_positive: torch.Tensor, k: int = 10) -> torch.Tensor:
-    """NDCG@k with one relevant item at 0-based rank r: 1/log2(r+2) if r < k else 0."""
-    r = rank_of_positive.float()
-    return torch.where(r < k, 1.0 / torch.log2(r + 2.0), torch.zeros_like(r))
-
-
-def expected_ndcg_random(n: int, k: int = 10) -> float:
-    """NDCG@k of a uniformly random order with one positive among n items (a sanity baseline)."""
-    return sum(1.0 / math.log2(r + 2) for r in range(min(k, n))) / n

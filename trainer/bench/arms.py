@@ -14,7 +14,7 @@ from contract.checkpoint import Checkpoint
 from trainer.config import SFTConfig
 from trainer.data import DEFAULT_DATA, Catalogue, UserSplit
 from trainer.sft import Example, build_examples
-from trainer.teacher import BuiltinTeacher, TrainingStats
+from trainer.teacher import BuiltinTeacher
 
 
 def bench_parser(doc: str, steps: int, steps_help: str = "timed steps per arm") -> argparse.ArgumentParser:
@@ -48,6 +48,6 @@ def recipe_sft_batches(
     """``steps`` SFT batches shaped like the shipped recipe (``SFTConfig``'s defaults) from ``steps x
     batch_size`` users, for ``checkpoint``'s tokenizer."""
     config = SFTConfig(users=steps * batch_size, batch_size=batch_size)
-    teacher = BuiltinTeacher(catalogue, TrainingStats.from_splits(splits))
+    teacher = BuiltinTeacher.calibrated(splits, catalogue, checkpoint.stats, users=1000)
     examples = build_examples(checkpoint, catalogue, splits, teacher, config)
     return [examples[i : i + batch_size] for i in range(0, steps * batch_size, batch_size)]

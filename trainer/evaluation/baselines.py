@@ -1,0 +1,132 @@
+"""The rankers every report shows beside the model(s), each scoring a batch of cases.
+
+Counts come from training prefixes only (never a validation or test target), except ``popularity (all
+pre-test)``, which also counts validation items. The sequence model (SASRec, ``trainer.seqrec``) is the
+strongest of them: the ID-based recommender a product team already runs.
+"""
+
+from __future__ import annotations
+
+import random
+from collections import Counter, defaultdict
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+
+from contract.evidence import EvidenceStats, Item, compute_evidence
+from trainer.data import Catalogue, UserSplit
+from trainer.evaluation.cases import EvalCase
+from trainer.seqrec import SequenceModel
+from trainer.teacher import EvidenceModel
+
+Scorer = Callable[[Sequence[EvalCase]], list[list[float]]]
+"""Scores for every candidate of every case, in the cases' candidate order."""
+
+RECENT = 3  # the classic co-occurrence baseline counts the last 3 items
+POPULARITY = "popularity"
+PRETEST_POPULARITY = "popularity (all pre-test)"
+CO_OCCURRENCE = "co-occurrence + pop"
+CO_OCCURRENCE_ALL = "co-occurrence, all history + pop"
+EVIDENCE_MODEL = "evidence model (the teacher's logistic)"
+SEQUENCE_MODEL = "sequence model (SASRec)"
+COMPARED = (POPULARITY, PRETEST_POPULARITY, CO_OCCURRENCE, CO_OCCURRENCE_ALL, EVIDENCE_MODEL, SEQUENCE_MODEL)
+"""The baselines every model is compared with, paired, where the report has them."""
+
+
+@dataclass
+class TrainingStats:
+    """Unpruned counts from training prefixes only (never a validation or test target): the baselines' data."""
+
+    popularity: Counter = field(default_factory=Counter)
+    follows: dict[str, Counter] = field(default_factory=lambda: defaultdict(Counter))
+
+    @classmethod
+    def from_splits(cls, splits: Iterable[UserSplit], window: int = 3) -> TrainingStats:
+        stats = cls()
+        for split in splits:
+            sequence = split.train
+            stats.popularity.update(sequence)
+            for i, item in enumerate(sequence):
+                for previous in sequence[max(0, i - window) : i]:
+                    stats.follows[previous][item] += 1
+        return stats
+
+
+def per_case(score: Callable[[EvalCase], list[float]]) -> Scorer:
+    """A scorer from a function of one case."""
+    return lambda cases: [score(case) for case in cases]
+
+
+def random_scorer(seed: int) -> Scorer:
+    rng = random.Random(seed)
+    return per_case(lambda case: [rng.random() for _ in case.candidates])
+
+
+def count_scorer(counts: Mapping[str, int]) -> Scorer:
+    """Each candidate scored by its interaction count (0 if never seen): the popularity baselines' rule."""
+    return per_case(lambda case: [float(counts.get(i, 0)) for i in case.candidates])
+
+
+def popularity_scorer(stats: TrainingStats) -> Scorer:
+    return count_scorer(stats.popularity)
+
+
+def pretest_popularity_scorer(splits: Sequence[UserSplit]) -> Scorer:
+    """Popularity over every interaction before each user's test item (training + validation items).
+
+    The stronger baseline a production system would have at test time; the models learn their counts from
+    training prefixes only (plus the validation items RL ranks), so ``popularity`` is the like-for-like one
+    and this one the bar to clear. Test targets are never counted."""
+    return count_scorer(Counter(item for split in splits for item in split.test_history))
+
+
+def cooccurrence_scorer(stats: TrainingStats, recent_items: int = RECENT) -> Scorer:
+    """Times each candidate followed one of the user's last ``recent_items`` items, popularity as the tie-breaker."""
+    top = max(stats.popularity.values(), default=1)
+
+    def score(case: EvalCase) -> list[float]:
+        recent = case.history[-recent_items:]
+        return [
+            sum(stats.follows.get(h, {}).get(i, 0) for h in recent) + stats.popularity.get(i, 0) / (top + 1)
+            for i in case.candidates
+        ]
+
+    return per_case(score)
+
+
+def evidence_scorer(stats: EvidenceStats, model: EvidenceModel, catalogue: Catalogue) -> Scorer:
+    """The teacher's verdict model alone on the same evidence the ranker reads (a logistic regression on its
+    features): what a model adds beyond weighing the evidence linearly."""
+
+    def score(case: EvalCase) -> list[float]:
+        history = [Item(i, catalogue.title(i)) for i in case.history]
+        return [model.logit(compute_evidence(history, Item(c, catalogue.title(c)), stats)) for c in case.candidates]
+
+    return per_case(score)
+
+
+def sequence_model_scorer(model: SequenceModel) -> Scorer:
+    """SASRec's logit of each candidate after the history: one forward per case, cases batched."""
+    return lambda cases: model.score_batch([c.history for c in cases], [c.candidates for c in cases])
+
+
+def baseline_scorers(
+    splits: Sequence[UserSplit],
+    catalogue: Catalogue,
+    evidence_stats: EvidenceStats,
+    verdicts: EvidenceModel,
+    seed: int,
+    sequence_model: SequenceModel | None = None,
+) -> dict[str, Scorer]:
+    """Every baseline row of a report, in the order it is shown."""
+    stats = TrainingStats.from_splits(splits)
+    scorers = {
+        "random": random_scorer(seed),
+        POPULARITY: popularity_scorer(stats),
+        PRETEST_POPULARITY: pretest_popularity_scorer(splits),
+        CO_OCCURRENCE: cooccurrence_scorer(stats),
+        CO_OCCURRENCE_ALL: cooccurrence_scorer(stats, recent_items=10_000),
+        EVIDENCE_MODEL: evidence_scorer(evidence_stats, verdicts, catalogue),
+    }
+    if sequence_model is not None:
+        scorers[SEQUENCE_MODEL] = sequence_model_scorer(sequence_model)
+    return scorers

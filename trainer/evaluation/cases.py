@@ -1,0 +1,72 @@
+"""The protocol: per user, the positive at a held-out position + N negatives, never an item of the user's own.
+
+Two splits:
+- ``selection``: the VALIDATION positions of the selection users (``data.selection_users``, never trained on
+  by RL): where runs and checkpoints are compared and chosen;
+- ``test``: the test positions of sampled users: the report on the model chosen, made once.
+Negatives are random (seeded), or the first N of a retriever's list (such as ``Games-6k.sasrec``).
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+from trainer.data import Catalogue, UserSplit, sample_negatives, selection_users
+
+Split = Literal["test", "selection"]
+
+
+@dataclass(frozen=True)
+class EvalCase:
+    user_id: str
+    history: list[str]
+    candidates: list[str]  # the target first; shuffled only in what the model sees
+    target: str
+
+
+def read_retriever_lists(path: Path) -> dict[str, list[str]]:
+    """``user_id<TAB>id id id ...`` (the data's .random/.bm25/.pop/.bpr/.sasrec files)."""
+    lists = {}
+    with path.open() as handle:
+        for lineno, line in enumerate(handle, start=1):
+            cols = line.rstrip("\n").split("\t")
+            if len(cols) != 2:
+                raise ValueError(f"{path}:{lineno}: expected user_id<TAB>item ids")
+            lists[cols[0]] = cols[1].split()
+    return lists
+
+
+def build_cases(
+    splits: Sequence[UserSplit],
+    catalogue: Catalogue,
+    users: int,
+    negatives: int,
+    seed: int,
+    retriever: dict[str, list[str]] | None = None,
+    split: Split = "test",
+) -> list[EvalCase]:
+    """``users`` cases of 1 positive + ``negatives`` negatives: test positions of sampled users, or the
+    validation positions of the selection users (``split="selection"``)."""
+    rng = random.Random(seed)
+    if split == "selection":
+        pool = [s for s in selection_users(splits) if retriever is None or s.user_id in retriever]
+    else:
+        pool = [s for s in splits if retriever is None or s.user_id in retriever]
+    items = sorted(catalogue.titles)
+    cases = []
+    for user in rng.sample(pool, min(users, len(pool))):
+        history, target = (user.valid_history, user.valid_target) if split == "selection" else (
+            user.test_history, user.test_target)  # fmt: skip
+        exclude = {*user.train, user.valid_target, user.test_target}
+        if retriever is not None:
+            negs = [i for i in retriever[user.user_id] if i not in exclude][:negatives]
+            if len(negs) < negatives:
+                continue
+        else:
+            negs = sample_negatives(rng, items, exclude, negatives)
+        cases.append(EvalCase(user.user_id, history, [target, *negs], target))
+    return cases

@@ -1,0 +1,129 @@
+"""One evaluation, as ``r2rank-train eval`` runs it: the cases, every baseline, the model(s) through the
+service's code, paired differences, the report, and the per-user ranks (``ranks.json``) that let a later
+report pair with this one on the same users without scoring its models again (``reuse``)."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from contract.evidence import EvidenceStats
+from trainer.data import Catalogue, UserSplit
+from trainer.evaluation.baselines import COMPARED, baseline_scorers
+from trainer.evaluation.cases import EvalCase, Split, build_cases
+from trainer.evaluation.metrics import metrics_with_ci, paired_difference, positive_rank
+from trainer.evaluation.report import write_report
+from trainer.seqrec import SequenceModel
+from trainer.teacher import BuiltinTeacher
+
+RANKS = "ranks.json"
+
+
+class EvalError(ValueError):
+    """An evaluation that would not be honest or cannot run; the message names the option."""
+
+
+@dataclass(frozen=True)
+class EvalPlan:
+    models: Sequence[Path]  # checkpoints, in the order their later − earlier differences are taken
+    modes: Sequence[str]  # reasoning modes each model is scored in
+    users: int
+    negatives: int
+    split: Split
+    seed: int
+    out: Path
+    command: str
+    retriever_name: str | None = None
+    retriever: dict[str, list[str]] | None = None
+    sequence_model: Path | None = None  # a `seqrec` output: its row beside the other baselines
+    reuse: Path | None = None  # an earlier report's ranks.json on the same users: its model rows, not re-scored
+
+
+def load_sequence_model(path: Path, split: Split) -> SequenceModel:
+    """The sequence model, refused where it has seen the positions it would be scored on."""
+    if not SequenceModel.exists(path):
+        raise EvalError(f"--seqrec {path}: no sequence model there (run `r2rank-train seqrec --out {path}`)")
+    model = SequenceModel.load(path)
+    if split == "selection" and model.config.horizon != "valid":
+        raise EvalError(f"--seqrec {path}: trained with horizon {model.config.horizon!r}, which includes the "
+                        "selection users' validation targets; the selection split needs one trained with --horizon "
+                        "valid")  # fmt: skip
+    return model
+
+
+def reused_rows(
+    path: Path, cases: Sequence[EvalCase], baseline_ranks: dict[str, list[int]]
+) -> tuple[dict[str, list[int]], dict[str, dict]]:
+    """Model rows (ranks and faithfulness) of an earlier report, only if it was made on exactly these cases: the
+    same users, and every baseline both reports have ranked the positive exactly where it does now."""
+    stored = json.loads(path.read_text())
+    if stored.get("users") != [c.user_id for c in cases]:
+        raise EvalError(f"--reuse {path}: made on other users than this evaluation's (same --data, --users, "
+                        "--negatives, --retriever, --split and --seed are needed)")  # fmt: skip
+    differing = [name for name, ranks in baseline_ranks.items() if stored["ranks"].get(name, ranks) != ranks]
+    if differing:
+        raise EvalError(f"--reuse {path}: its {', '.join(differing)} rows differ from this evaluation's: not the "
+                        "same candidates or statistics, so its models cannot be paired with these rows")  # fmt: skip
+    baselines = {"random", *COMPARED}
+    names = stored.get("models") or [n for n in stored["ranks"] if n not in baselines]
+    report = path.parent / "eval.json"
+    faithfulness = json.loads(report.read_text()).get("faithfulness", {}) if report.is_file() else {}
+    return {n: stored["ranks"][n] for n in names}, {n: f for n, f in faithfulness.items() if n in names}
+
+
+def paired_differences(ranks: dict[str, list[int]], models: Sequence[str], modes: Sequence[str]) -> dict[str, dict]:
+    """Each model − each baseline it is compared with; full − none of one model; later − earlier models per mode."""
+    differences = {}
+    for name in models:
+        for baseline in (b for b in COMPARED if b in ranks):
+            differences[f"{name} − {baseline}"] = paired_difference(ranks[name], ranks[baseline])
+        if name.endswith("(full)") and name.replace("(full)", "(none)") in ranks:
+            differences[f"{name} − (none)"] = paired_difference(ranks[name], ranks[name.replace("(full)", "(none)")])
+    for mode in modes:
+        in_mode = [n for n in models if n.endswith(f"({mode})")]
+        for earlier, later in itertools.combinations(in_mode, 2):
+            differences[f"{later} − {earlier}"] = paired_difference(ranks[later], ranks[earlier])
+    return differences
+
+
+def evaluate(catalogue: Catalogue, splits: Sequence[UserSplit], evidence_stats: EvidenceStats, plan: EvalPlan) -> dict:
+    """Run ``plan`` and write its report to ``plan.out``; returns the report."""
+    from contract.checkpoint import open_checkpoint
+    from trainer.evaluation.serving import Faithfulness, model_ranks
+
+    sequence_model = load_sequence_model(plan.sequence_model, plan.split) if plan.sequence_model else None
+    cases = build_cases(splits, catalogue, plan.users, plan.negatives, plan.seed, plan.retriever, plan.split)
+    verdicts = BuiltinTeacher.calibrated(splits, catalogue, evidence_stats).model
+    ranks: dict[str, list[int]] = {}
+    baselines = baseline_scorers(splits, catalogue, evidence_stats, verdicts, plan.seed, sequence_model)
+    for name, scorer in baselines.items():
+        ranks[name] = [positive_rank(s, c.candidates, c.target) for s, c in zip(scorer(cases), cases, strict=True)]
+    models: list[str] = []  # "<model_version> (<mode>)", in order; baseline names may end in ")" too
+    faithfulness: dict[str, dict] = {}
+    if plan.reuse is not None:
+        reused, faithfulness = reused_rows(plan.reuse, cases, ranks)
+        ranks.update(reused)
+        models += list(reused)
+    for path in plan.models:
+        label = open_checkpoint(path).model_version
+        for mode in plan.modes:
+            name = f"{label} ({mode})"
+            models.append(name)
+            checked = Faithfulness() if mode == "full" else None
+            ranks[name] = asyncio.run(model_ranks(path, catalogue, cases, mode, faithfulness=checked))
+            if checked is not None:
+                faithfulness[name] = checked.summary()
+    where = "test users" if plan.split == "test" else "selection users (validation positions)"
+    title = f"{len(cases)} {where}, 1 positive + {plan.negatives} {plan.retriever_name or 'random'} negatives"
+    results = {name: metrics_with_ci(r) for name, r in ranks.items()}
+    differences = paired_differences(ranks, models, plan.modes)
+    details = {}
+    if sequence_model is not None:
+        details["sequence_model"] = {"path": str(plan.sequence_model), **sequence_model.provenance}
+    report = write_report(results, plan.out, title, plan.command, differences, faithfulness, details)
+    (plan.out / RANKS).write_text(json.dumps({"users": [c.user_id for c in cases], "models": models, "ranks": ranks}))
+    return report

@@ -84,3 +84,34 @@ def test_clause_kinds_read_back_what_the_teacher_states():
         "popularity": "unstated",
         "verdict": "unstated",
     }
+
+
+def _users(count: int) -> list[UserSplit]:
+    return [UserSplit(f"u{i}", ["1", "2", "3"], "4", "5") for i in range(count)]
+
+
+def test_sft_and_the_teachers_calibration_share_a_small_catalogue_with_the_default_sizes():
+    """The recipe's defaults (10,000 SFT + 5,000 calibration users) on catalogues with fewer users: both pools
+    non-empty and disjoint, in the recipe's proportion; a big catalogue gets the recipe's sizes."""
+    import pytest
+
+    from trainer.config import SFTConfig, TeacherConfig
+    from trainer.data import DataError
+    from trainer.sft import sft_users
+
+    reserve = TeacherConfig().calibration_users
+    for users in (300, 2000, 8317):
+        splits = _users(users)
+        chosen = sft_users(splits, SFTConfig(), reserve=reserve)
+        assert len(chosen) == users * 10_000 // 15_000
+        taken = {u.user_id for u in chosen}
+        evidence, labels = calibration_examples(splits, CATALOGUE, EvidenceStats.from_sequences([], CATALOGUE.titles),
+                                                reserve, negatives=1, exclude=taken)  # fmt: skip
+        assert len(labels) == 2 * (users - len(chosen)) > 0
+    assert len(sft_users(_users(20_000), SFTConfig(), reserve=reserve)) == 10_000
+    assert len(sft_users(_users(300), SFTConfig())) == 300  # an LLM teacher needs no calibration users
+    with pytest.raises(DataError, match="too few"):
+        sft_users(_users(1), SFTConfig(), reserve=reserve)
+    with pytest.raises(DataError, match="--teacher-calibration-users"):
+        calibration_examples(_users(3), CATALOGUE, EvidenceStats.from_sequences([], CATALOGUE.titles), 10,
+                             exclude={"u0", "u1", "u2"})  # fmt: skip

@@ -29,7 +29,7 @@ from contract.checkpoint import Checkpoint, open_checkpoint
 from contract.evidence import Item, LeaveOut
 from contract.prompt import Reasoning
 from trainer.config import SFTConfig
-from trainer.data import Catalogue, UserSplit, sample_negatives
+from trainer.data import Catalogue, DataError, UserSplit, sample_negatives
 from trainer.loop import load_state, optimizer_step, save_state, training_device
 from trainer.packing import target_log_probs
 from trainer.progress import Progress
@@ -49,10 +49,18 @@ class Example:
     rows: list[tuple[list[int], int]]  # (candidate segment + target ids, how many trailing ids are targets)
 
 
-def sft_users(splits: list[UserSplit], config: SFTConfig) -> list[UserSplit]:
-    """The users SFT draws its examples from (seeded; the teacher calibrates on others)."""
+def sft_users(splits: list[UserSplit], config: SFTConfig, reserve: int = 0) -> list[UserSplit]:
+    """The users SFT draws its examples from (seeded). ``reserve`` users are left to the built-in teacher, whose
+    verdict model is fitted on users SFT does not train on: where the catalogue has fewer users than both ask
+    for, the two share them in proportion (``users : reserve``), so neither pool is ever empty."""
     eligible = [s for s in splits if len(s.train) >= 2]
-    return random.Random(f"sft-users-{config.seed}").sample(eligible, min(config.users, len(eligible)))
+    wanted = config.users
+    if reserve > 0 and config.users + reserve > len(eligible):
+        wanted = len(eligible) * config.users // (config.users + reserve)
+    if wanted < 1 or (reserve > 0 and len(eligible) - wanted < 1):
+        raise DataError(f"only {len(eligible)} users have 2+ training items: too few for SFT and the teacher's "
+                        "calibration (--teacher-calibration-users) to have users of their own")  # fmt: skip
+    return random.Random(f"sft-users-{config.seed}").sample(eligible, min(wanted, len(eligible)))
 
 
 def build_examples(

@@ -20,7 +20,7 @@ from typing import Protocol
 import torch
 
 from contract.evidence import RECENT_REFS, Evidence, EvidenceStats, Item, LeaveOut, compute_evidence
-from trainer.data import Catalogue, UserSplit, sample_negatives
+from trainer.data import Catalogue, DataError, UserSplit, sample_negatives
 
 VERDICTS = ("likely", "possible", "unlikely")
 VERDICT_THRESHOLDS = (0.45, 0.15)  # P(next | evidence) at or above: likely, possible; below: unlikely
@@ -93,6 +93,9 @@ def calibration_examples(
     rng = random.Random(seed)
     items = sorted(catalogue.titles)
     pool = [s for s in splits if len(s.train) >= 2 and s.user_id not in exclude]
+    if not pool:
+        raise DataError("no users with 2+ training items are left to fit the teacher's verdict model on "
+                        "(--teacher-calibration-users)")  # fmt: skip
     evidence, labels = [], []
     for split in rng.sample(pool, min(users, len(pool))):
         history = [Item(i, catalogue.title(i)) for i in split.train[:-1]]

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import cached_property
 from typing import Protocol
 
@@ -188,7 +188,7 @@ class PromptAssembler:
         recent = list(history[-self.limits.max_history_items :])
         cleaned = [prompt.clean_title(self._plain(item.title)) for item in (*recent, *candidates)]
         safe = truncate_all_to_tokens(cleaned, self.encoder, self.limits.max_title_tokens)
-        titled = [Item(item.item_id, title) for item, title in zip((*recent, *candidates), safe, strict=True)]
+        titled = [replace(item, title=title) for item, title in zip((*recent, *candidates), safe, strict=True)]
         history_items = [item for item in titled[: len(recent)] if item.title]
         kept_titles = select_history([item.title for item in history_items], self.encoder,
                                      self.limits.max_history_items, self.limits.max_history_tokens)  # fmt: skip

@@ -213,7 +213,7 @@ class EvidenceStats:
         return stats
 
     # --- lookups ---------------------------------------------------------------------------------------------
-    def popularity(self, item_id: str) -> int:
+    def popularity(self, item_id: str | None) -> int:
         i = self.index.get(item_id)
         return int(self.popularity_of[i]) if i is not None else 0
 
@@ -232,7 +232,7 @@ class EvidenceStats:
         position = start + int(np.searchsorted(self.followers[start:end], target))
         return int(self.counts[position]) if position < end and self.followers[position] == target else 0
 
-    def follow_counts(self, previous: Sequence[str], items: Sequence[str]) -> np.ndarray:
+    def follow_counts(self, previous: Sequence[str | None], items: Sequence[str | None]) -> np.ndarray:
         """``follow_count`` for every (previous[r], items[c]) pair at once, (R, C): one vectorised binary search
         per previous item instead of one per pair (a request's evidence stays well under a millisecond)."""
         targets = np.asarray([self.index.get(item, -1) for item in items], dtype=np.int64)
@@ -255,10 +255,18 @@ class EvidenceStats:
 
 @dataclass(frozen=True)
 class Item:
-    """An item as evidence sees it: its id and its title (as shown in the prompt)."""
+    """An item as evidence sees it: its id and its title (as shown in the prompt). ``in_catalogue=False``: an
+    item known by its text alone (a rerank document, whose id is only its position), so its id is never looked
+    up in the statistics and its evidence is a new item's, wherever it stands in the request."""
 
     item_id: str
     title: str
+    in_catalogue: bool = True
+
+    @property
+    def stats_id(self) -> str | None:
+        """The id the statistics know it by: none for an item outside the catalogue."""
+        return self.item_id if self.in_catalogue else None
 
 
 def compute_evidence(
@@ -275,7 +283,7 @@ def compute_evidence_batch(
     """``compute_evidence`` for every candidate of one history (the history's lookups done once)."""
     own = leave_out or LeaveOut()
     latest_first = list(reversed(history))
-    counts = stats.follow_counts([item.item_id for item in latest_first], [c.item_id for c in candidates])
+    counts = stats.follow_counts([item.stats_id for item in latest_first], [c.stats_id for c in candidates])
     history_words = [stats.content_words(item.title) for item in latest_first]
     out = []
     for column, candidate in enumerate(candidates):
@@ -288,7 +296,7 @@ def compute_evidence_batch(
                 links.append(Link(ref, item.item_id, count))
             else:
                 older += count
-        popularity = max(0, stats.popularity(candidate.item_id) - own.popularity.get(candidate.item_id, 0))
+        popularity = max(0, stats.popularity(candidate.stats_id) - own.popularity.get(candidate.item_id, 0))
         words = stats.content_words(candidate.title)
         shared = None
         if words:
@@ -303,11 +311,11 @@ def compute_evidence_batch(
 
 
 def _shared_attributes(latest_first: Sequence[Item], candidate: Item, stats: EvidenceStats) -> tuple:
-    mine = stats.attributes.get(candidate.item_id, {})
+    mine = stats.attributes.get(candidate.stats_id, {})
     found = []
     for name, value in sorted(mine.items()):
         ref = next((r for r, item in enumerate(latest_first, start=1)
-                    if stats.attributes.get(item.item_id, {}).get(name) == value), None)  # fmt: skip
+                    if stats.attributes.get(item.stats_id, {}).get(name) == value), None)  # fmt: skip
         if ref is not None:
             found.append(SharedAttribute(name, value, ref, latest_first[ref - 1].item_id))
     return tuple(found[:MAX_ATTRIBUTES])

@@ -210,8 +210,10 @@ class Ranker:
         request_id: str,
         deadline: float,
         engine: ReasoningEngine,
+        catalogue_ids: bool = True,
     ) -> tuple[list[ItemScore | None], list[ScoreSource]]:
-        """Model scores from the cache or the engine; ``None`` where the deadline came first."""
+        """Model scores from the cache or the engine; ``None`` where the deadline came first. Items outside the
+        catalogue (``catalogue_ids=False``) are cached by their prompt text alone, whatever id they came with."""
         manifest = engine.checkpoint.manifest
         reasoning = request.reasoning
         fingerprint = score_cache_fingerprint(
@@ -222,7 +224,8 @@ class Ranker:
             engine.max_rationale_tokens,
             prompts.prefix.text,
         )
-        fields = [score_cache_field(c.item_id, t) for c, t in zip(candidates, prompts.segment_texts, strict=True)]
+        ids = [c.item_id if catalogue_ids else "" for c in candidates]
+        fields = [score_cache_field(i, t) for i, t in zip(ids, prompts.segment_texts, strict=True)]
         cached = await self._cache_get(fingerprint, fields)
         misses = [i for i, field in enumerate(fields) if field not in cached]
         fresh: list[ItemScore | None] = []
@@ -253,9 +256,12 @@ class Ranker:
         self._record(reasoning, [r for r in fresh if r is not None])
         return results, sources
 
-    async def _fallback_order(self, candidates: list[ItemIn], missing: list[int]) -> tuple[list[int], ScoreSource]:
-        """Order of the items that missed the deadline: by popularity (Redis), else as sent."""
-        if self.store is not None:
+    async def _fallback_order(
+        self, candidates: list[ItemIn], missing: list[int], catalogue_ids: bool = True
+    ) -> tuple[list[int], ScoreSource]:
+        """Order of the items that missed the deadline: by popularity (Redis), else as sent (always, for items
+        outside the catalogue: their ids are no catalogue items' ids)."""
+        if self.store is not None and catalogue_ids:
             try:
                 counts = await self.store.get_popularity([candidates[i].item_id for i in missing])
                 order = sorted(missing, key=lambda i: (-counts[candidates[i].item_id], i))
@@ -264,18 +270,22 @@ class Ranker:
                 logger.warning("popularity fallback unavailable: %s", exc)
         return sorted(missing), "input_order"
 
-    async def rank(self, request: RankRequest, request_id: str) -> RankResponse:
+    async def rank(self, request: RankRequest, request_id: str, catalogue_ids: bool = True) -> RankResponse:
         """Rank with the engine current when the request arrives: a model swap mid-request does not touch it
         (``active_requests`` tells the swap when the old engine has drained). ``request_id`` is the caller's
-        (resolved once, at the edge); engine request ids derive from it."""
+        (resolved once, at the edge); engine request ids derive from it. ``catalogue_ids=False``: the request's
+        inline items are known by their text alone (rerank documents, whose ids are their positions), so no
+        statistic is looked up by their ids and a document scores the same wherever it stands."""
         engine = self.engine
         engine.active_requests += 1
         try:
-            return await self._rank(request, request_id, engine)
+            return await self._rank(request, request_id, engine, catalogue_ids)
         finally:
             engine.active_requests -= 1
 
-    async def _rank(self, request: RankRequest, request_id: str, engine: ReasoningEngine) -> RankResponse:
+    async def _rank(
+        self, request: RankRequest, request_id: str, engine: ReasoningEngine, catalogue_ids: bool
+    ) -> RankResponse:
         started = time.perf_counter()
         deadline = time.monotonic() + (request.deadline_ms or self.settings.default_deadline_ms) / 1000
         self.validate(request)
@@ -284,7 +294,7 @@ class Ranker:
         try:
             shared = await self._admit_globally(items)
             try:
-                return await self._admitted(request, request_id, engine, started, deadline)
+                return await self._admitted(request, request_id, engine, started, deadline, catalogue_ids)
             finally:
                 if shared:
                     await self._release_globally(items)
@@ -292,19 +302,27 @@ class Ranker:
             self._admitted_items -= items
 
     async def _admitted(
-        self, request: RankRequest, request_id: str, engine: ReasoningEngine, started: float, deadline: float
+        self,
+        request: RankRequest,
+        request_id: str,
+        engine: ReasoningEngine,
+        started: float,
+        deadline: float,
+        catalogue_ids: bool,
     ) -> RankResponse:
         history, candidates = await self._with_titles(await self._history(request), list(request.candidates))
+        history_known = catalogue_ids or request.history is None  # a stored history holds catalogue ids
         # tokenizing up to 700 titles takes milliseconds of CPU: off the event loop, which keeps serving
         prompts = await asyncio.to_thread(
             engine.prompts.prompts,
-            [Item(i.item_id, i.title or "") for i in history],
-            [Item(c.item_id, c.title or "") for c in candidates],
+            [Item(i.item_id, i.title or "", history_known) for i in history],
+            [Item(c.item_id, c.title or "", catalogue_ids) for c in candidates],
             request.reasoning,
         )
 
         engine_started = time.perf_counter()
-        results, sources = await self._score(prompts, request, candidates, request_id, deadline, engine)
+        results, sources = await self._score(prompts, request, candidates, request_id, deadline, engine,
+                                             catalogue_ids)  # fmt: skip
         engine_s = time.perf_counter() - engine_started
         self.metrics.engine_latency.labels(request.reasoning).observe(engine_s)
 
@@ -313,7 +331,7 @@ class Ranker:
         order = [scored[j] for j in rank_order([ids[i] for i in scored], [results[i].score for i in scored])]
         missing = [i for i, r in enumerate(results) if r is None]
         if missing:
-            fallback, source = await self._fallback_order(candidates, missing)
+            fallback, source = await self._fallback_order(candidates, missing, catalogue_ids)
             order += fallback
             for i in missing:
                 sources[i] = source

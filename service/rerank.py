@@ -2,8 +2,11 @@
 
 Mapping: ``query`` is the user context — ``user:<id>`` takes that user's stored history, any other text is
 read as history titles, one per line, oldest first. Each document is one candidate item (``item_id`` = its
-index). ``relevance_score`` = sigmoid(r2rank score) = P(" yes") / (P(" yes") + P(" no")): the model's
-probability of "yes" among the two answers, in (0, 1) and in the same order as the r2rank score.
+index, used only to map the results back). Documents, and a query's titles, are known by their text alone:
+no statistic is looked up by those ids (``Ranker.rank(catalogue_ids=False)``), so each document is scored as a
+new item with that title, and its score does not depend on where it stands among the documents.
+``relevance_score`` = sigmoid(r2rank score) = P(" yes") / (P(" yes") + P(" no")): the model's probability of
+"yes" among the two answers, in (0, 1) and in the same order as the r2rank score.
 """
 
 from __future__ import annotations

@@ -54,6 +54,16 @@ def test_unseen_items_and_no_links(stats):
     assert evidence.text() == "no links; popularity 0 (new)"
 
 
+def test_items_outside_the_catalogue_are_never_looked_up_by_id(stats):
+    """A rerank document's id is its position: "c" as an outside item is a new item with c's title, and an
+    outside history item lends no links (its title still shares words, which depend on text alone)."""
+    outside = Item("c", TITLES["c"], in_catalogue=False)
+    evidence = compute_evidence([item("a"), item("b")], outside, stats)
+    assert evidence.text() == 'no links; popularity 0 (new); shares "zelda" with #2'
+    linked = compute_evidence([item("a"), Item("b", TITLES["b"], in_catalogue=False)], item("c"), stats)
+    assert [(link.ref, link.item_id) for link in linked.links] == [(2, "a")]
+
+
 def test_older_items_are_summed_past_the_recent_refs():
     sequences = [["x", *[f"h{i}" for i in range(6)], "y"]] * 2 + [["x", "y"]]
     titles = {k: k for k in ["x", "y", *[f"h{i}" for i in range(6)]]}

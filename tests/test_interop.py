@@ -20,14 +20,15 @@ DOCUMENTS = ["Mario Kart 8 Deluxe", "Call of Duty: WWII - PlayStation 4", "Splat
 
 
 def _rank_scores(client: httpx.Client, reasoning: str = "full") -> dict[int, float]:
+    """The /rank scores rerank's must equal: the documents as items outside the catalogue (new items)."""
     body = {
-        "history": [{"item_id": f"q{i}", "title": t} for i, t in enumerate(HISTORY)],
-        "candidates": [{"item_id": str(i), "title": t} for i, t in enumerate(DOCUMENTS)],
+        "history": [{"item_id": f"query-{i}", "title": t} for i, t in enumerate(HISTORY)],
+        "candidates": [{"item_id": f"doc-{i}", "title": t} for i, t in enumerate(DOCUMENTS)],
         "reasoning": reasoning,
     }
     response = client.post("/rank", json=body)
     assert response.status_code == 200, response.text
-    return {int(item["item_id"]): item["score"] for item in response.json()["items"]}
+    return {int(item["item_id"].removeprefix("doc-")): item["score"] for item in response.json()["items"]}
 
 
 def _check_results(results, expected_scores: dict[int, float], top_n: int) -> None:
@@ -70,13 +71,35 @@ def test_rerank_document_objects_and_user_query(client, demo):
     inline = client.post(
         "/rank",
         json={"history": [demo.item(i) for i in user.history], "reasoning": "none",
-              "candidates": [{"item_id": str(i), "title": d} for i, d in enumerate(docs)]},
+              "candidates": [{"item_id": f"doc-{i}", "title": d} for i, d in enumerate(docs)]},
     )  # fmt: skip
-    expected = {int(i["item_id"]): i["score"] for i in inline.json()["items"]}
+    expected = {int(i["item_id"].removeprefix("doc-")): i["score"] for i in inline.json()["items"]}
     got = {r["index"]: r["relevance_score"] for r in rerank.json()["results"]}
     assert got.keys() == expected.keys()
     for index, score in expected.items():
         assert got[index] == pytest.approx(relevance_score(score), abs=1e-5)
+
+
+@pytest.mark.parametrize("route", ["/v1/rerank", "/v2/rerank"])
+def test_rerank_scores_do_not_depend_on_where_a_document_stands(client, demo, route):
+    """Documents are known by their text alone: the catalogue's item "0" must not lend its statistics to
+    whichever document comes first. The same 20 documents in two orders, query as text and as a stored user."""
+    user = demo.users[70]
+    user_id = f"ro-{uuid.uuid4().hex[:6]}"
+    assert client.put("/items", json=[demo.item(i) for i in user.history]).status_code == 200
+    stored = client.put(f"/users/{user_id}/history", json={"items": [{"item_id": i} for i in user.history]})
+    assert stored.status_code == 200
+    documents = [demo.titles[i] for i in sorted(demo.titles, key=lambda k: (len(k), k))[:20]]  # ids "0", "1"...
+    for query in ("\n".join(demo.titles[i] for i in user.history), f"user:{user_id}"):
+        scores = []
+        for order in (documents, documents[::-1]):
+            response = client.post(route, json={"query": query, "documents": order, "reasoning": "none"})
+            assert response.status_code == 200, response.text
+            scores.append({order[r["index"]]: r["relevance_score"] for r in response.json()["results"]})
+        assert scores[0].keys() == scores[1].keys() == set(documents)
+        for document, score in scores[0].items():
+            assert score == pytest.approx(scores[1][document], abs=1e-6), (query[:20], document)
+    client.delete(f"/users/{user_id}/history")
 
 
 @pytest.mark.parametrize(

@@ -22,7 +22,7 @@ async def _rerank(
 ) -> RerankResponse:
     charge_items(request, len(body.documents))
     try:
-        ranked = await ranker.rank(to_rank_request(body), context.request_id)
+        ranked = await ranker.rank(to_rank_request(body), context.request_id, catalogue_ids=False)
     except ServiceError as exc:  # name the rerank field, not the /rank one it maps to
         raise exc.renamed(RERANK_PARAMS) from None
     return to_rerank_response(body, ranked, version)

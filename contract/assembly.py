@@ -177,6 +177,17 @@ class PromptAssembler:
         """``text`` without the tokenizer's special-token strings (they would encode as control tokens)."""
         return self._special.sub(" ", text) if self._special is not None and "<" in text else text
 
+    def clean_title(self, title: str) -> str:
+        """``prompt.clean_title`` and the tokenizer's special-token strings removed, after look-alikes are folded
+        (``＜|endoftext|＞`` is the end-of-text token once NFKC-folded) and until nothing changes (removing a cue
+        can join the halves of a special token, and the other way round)."""
+        title = prompt.fold(title)
+        while True:
+            cleaned = prompt.clean_title(self._plain(title))
+            if cleaned == title:
+                return cleaned
+            title = cleaned
+
     def history_prefix(self, history: Sequence[Item]) -> HistoryPrefix:
         """The shared prefix alone (LM pre-training reads histories as the service renders them)."""
         kept, _ = self._select(history, [])
@@ -186,7 +197,7 @@ class PromptAssembler:
     def _select(self, history: Sequence[Item], candidates: Sequence[Item]) -> tuple[list[Item], list[Item]]:
         """Cleaned items, titles cut to the budget (one tokenizer call); the history capped by items and tokens."""
         recent = list(history[-self.limits.max_history_items :])
-        cleaned = [prompt.clean_title(self._plain(item.title)) for item in (*recent, *candidates)]
+        cleaned = [self.clean_title(item.title) for item in (*recent, *candidates)]
         safe = truncate_all_to_tokens(cleaned, self.encoder, self.limits.max_title_tokens)
         titled = [replace(item, title=title) for item, title in zip((*recent, *candidates), safe, strict=True)]
         history_items = [item for item in titled[: len(recent)] if item.title]

@@ -67,21 +67,31 @@ class ContractError(ValueError):
     """A checkpoint or tokenizer that cannot speak this contract."""
 
 
+def fold(text: str) -> str:
+    """NFKC-fold look-alikes (fullwidth ``Ａｎｓｗｅｒ：``, ``＜|endoftext|＞``) to the plain characters and turn
+    every control or format character into a space. Runs before anything is stripped, so no later step can be
+    fooled by a look-alike of what it strips."""
+    if text.isascii() and text.isprintable():  # the common case needs no Unicode work
+        return text
+    normalised = unicodedata.normalize("NFKC", text)
+    return "".join(" " if unicodedata.category(ch)[0] in ("C", "Z") else ch for ch in normalised)
+
+
 def clean_title(title: str) -> str:
     """Make untrusted item text safe to splice into a prompt: text, never control.
 
-    Newlines and other control characters would let a title end its line early and forge a cue: every
-    control/format character becomes a space and whitespace runs collapse to one. NFKC folding first turns
-    look-alikes (fullwidth ``Ａｎｓｗｅｒ：``) into the plain characters, so the cue phrases the prompt uses
-    (``Answer: yes``, ``Reasoning:``, ``Evidence:``...) can then be removed wherever they stand. (Special-token
-    text such as ``<|endoftext|>`` depends on the tokenizer: ``PromptAssembler`` strips it.)
+    Newlines and other control characters would let a title end its line early and forge a cue: ``fold``
+    makes them spaces (and look-alikes plain), and whitespace runs collapse to one. The cue phrases the prompt
+    uses (``Answer: yes``, ``Reasoning:``, ``Evidence:``...) are then removed wherever they stand, again until
+    none is left, since removing one can join the pieces of another (``Answer Evidence:: yes``). (Special-token
+    text such as ``<|endoftext|>`` depends on the tokenizer: ``PromptAssembler`` strips it, in the same loop.)
     """
-    if not (title.isascii() and title.isprintable()):  # the common case needs no Unicode work
-        normalised = unicodedata.normalize("NFKC", title)
-        title = "".join(" " if unicodedata.category(ch)[0] in ("C", "Z") else ch for ch in normalised)
-    if ":" in title:
-        title = _CUE_PHRASE.sub(" ", title)
-    return _CONTROL_OR_SPACE.sub(" ", title).strip()
+    title = fold(title)
+    while True:
+        cleaned = _CONTROL_OR_SPACE.sub(" ", _CUE_PHRASE.sub(" ", title) if ":" in title else title).strip()
+        if cleaned == title:
+            return cleaned
+        title = cleaned
 
 
 def clean_rationale(text: str) -> str:

@@ -91,7 +91,8 @@ def decode_entry(secret: str | None, digest: str, raw: str) -> KeyEntry | None:
         mac = str(data["mac"])
     except (ValueError, KeyError, TypeError):
         return None
-    if data.get("digest") != digest or not hmac.compare_digest(mac, sign(secret, digest, entry)):
+    # bytes: compare_digest raises on a str with non-ASCII characters, and the stored mac is untrusted
+    if data.get("digest") != digest or not hmac.compare_digest(mac.encode(), sign(secret, digest, entry).encode()):
         return None
     if not entry.scopes <= set(SCOPES):
         return None

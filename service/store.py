@@ -33,6 +33,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
 import uuid
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -148,6 +149,29 @@ def score_cache_fingerprint(
 def score_cache_field(item_id: str, candidate_segment: str) -> str:
     """The candidate's part of the prompt (its title and evidence) is part of its cache field."""
     return f"{item_id}|{hashlib.sha256(candidate_segment.encode()).hexdigest()[:16]}"
+
+
+def _decoded_item(raw: str) -> dict[str, Any] | None:
+    """A catalogue entry as ``put_items`` writes it (a JSON object with a string title), else None."""
+    try:
+        data = json.loads(raw)
+    except ValueError:
+        return None
+    ok = isinstance(data, dict) and isinstance(data.get("title"), str) and "item_id" not in data
+    return data if ok else None
+
+
+def _decoded_score(raw: str) -> CachedScore | None:
+    """A score cache entry as ``put_scores`` writes it (a finite score, a string rationale or none), else None."""
+    try:
+        data = json.loads(raw)
+        score = float(data["s"])
+    except (ValueError, KeyError, TypeError):
+        return None
+    rationale = data.get("r")
+    if not math.isfinite(score) or not (rationale is None or isinstance(rationale, str)):
+        return None
+    return CachedScore(score, rationale, bool(data.get("w")))
 
 
 class RedisStore:
@@ -288,10 +312,18 @@ class RedisStore:
         return int(await self._call(self.client.hlen(self._items_key)))
 
     async def get_items(self, item_ids: Sequence[str]) -> dict[str, dict[str, Any]]:
+        """The stored items among ``item_ids``; an entry that is not an item's JSON (corrupt, or written by
+        something else) counts as missing and is logged, never a 500."""
         if not item_ids:
             return {}
         values = await self._call(self.client.hmget(self._items_key, list(item_ids)))
-        return {item_id: json.loads(raw) for item_id, raw in zip(item_ids, values, strict=True) if raw is not None}
+        found = {}
+        for item_id, raw in zip(item_ids, values, strict=True):
+            if raw is not None and (item := _decoded_item(raw)) is not None:
+                found[item_id] = item
+            elif raw is not None:
+                logger.warning("catalogue entry %r in Redis is not an item; treated as missing", item_id)
+        return found
 
     async def get_popularity(self, item_ids: Sequence[str]) -> dict[str, float]:
         """Interaction counts of these items (0 for unseen), one ZMSCORE."""
@@ -313,9 +345,10 @@ class RedisStore:
         values = await self._call(self.client.hmget(self._score_key(fingerprint), list(fields)))
         found = {}
         for field, raw in zip(fields, values, strict=True):
-            if raw is not None:
-                data = json.loads(raw)
-                found[field] = CachedScore(float(data["s"]), data.get("r"), bool(data.get("w")))
+            if raw is not None and (cached := _decoded_score(raw)) is not None:
+                found[field] = cached
+            elif raw is not None:
+                logger.warning("score cache entry %r is not a score; treated as a miss", field[:64])
         return found
 
     async def put_scores(self, fingerprint: str, scores: dict[str, CachedScore]) -> None:

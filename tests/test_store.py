@@ -102,6 +102,32 @@ async def test_score_cache_keys_on_model_history_and_title(store):
     assert 0 < ttl <= store.score_ttl_s
 
 
+async def test_corrupt_or_foreign_entries_read_as_misses_never_errors(store):
+    """Whatever another writer left in Redis, a read is a miss (logged), never an exception that becomes a 500."""
+    fp = score_cache_fingerprint("m1", "fmt", "stats1", "full", 32, "history")
+    good = score_cache_field("1", "Candidate: A")
+    await store.put_scores(fp, {good: CachedScore(0.5, "fine")})
+    junk = {"not json": "{", "a list": "[1, 2]", "no score": '{"r": "x"}', "nan": '{"s": NaN}',
+            "text score": '{"s": "high"}', "odd rationale": '{"s": 1.0, "r": [1]}'}  # fmt: skip
+    await store.client.hset(store._score_key(fp), mapping=junk)
+    assert await store.get_scores(fp, [good, *junk]) == {good: CachedScore(0.5, "fine")}
+    await store.upsert_items([{"item_id": "ok", "title": "Fine"}])
+    await store.client.hset(store._items_key, mapping={"bad": "{", "list": "[]", "untitled": '{"name": 1}',
+                                                         "clash": '{"title": "X", "item_id": "other"}'})  # fmt: skip
+    assert await store.get_items(["ok", "bad", "list", "untitled", "clash", "absent"]) == {"ok": {"title": "Fine"}}
+
+
+def test_a_stored_key_entry_with_a_non_ascii_mac_is_refused_not_an_error():
+    import json
+
+    from service.auth import KeyEntry, decode_entry, encode_entry
+
+    raw = encode_entry("secret", "digest", KeyEntry(frozenset({"rank"}), "k", None, None, 1.0))
+    assert decode_entry("secret", "digest", raw) is not None
+    forged = {**json.loads(raw), "mac": "é" * 64}
+    assert decode_entry("secret", "digest", json.dumps(forged)) is None
+
+
 async def test_unreachable_redis_raises_store_unavailable():
     from service.store import StoreUnavailable
 

@@ -1,9 +1,10 @@
 """The sequence-model baseline: SASRec (Kang & McAuley 2018), an ID-based causal transformer over item ids.
 
 It is what a product team already runs beside an LLM ranker, so every report shows it (``eval --seqrec``).
-Architecture and defaults follow RecBole's SASRec, the implementation LLMRank's published 0.759 NDCG@10 on
-Games-6k comes from: 2 post-norm layers, 2 heads, width 64, dropout 0.5, learned absolute positions, the
-item embedding tied to the output layer.
+Architecture and sizes follow RecBole's SASRec, the implementation LLMRank's published 0.759 NDCG@10 on
+Games-6k comes from: 2 post-norm layers, 2 heads, width 64, learned absolute positions, the item embedding
+tied to the output layer. Dropout is 0.2 rather than RecBole's 0.5, which learns about half as fast per
+epoch on this CPU's budget (docs/training.md has both curves).
 
 Loss: **full-softmax cross-entropy over every item id**, at every position of every training sequence
 (position t predicts item t + 1). A full softmax is exact (no sampled-softmax bias to correct), is what

@@ -22,6 +22,7 @@ from service.store import RedisStore, StoreUnavailable
 logger = logging.getLogger(__name__)
 
 HEALTH_CHECK_INTERVAL_S = 2.0
+HEALTH_CHECK_TIMEOUT_S = 5.0  # an engine (or router) that takes longer to answer its health check is unhealthy
 STORE_CHECK_INTERVAL_S = 2.0
 
 
@@ -129,16 +130,20 @@ class ServiceState:
         self.metrics.ready.set(1 if ready else 0)
 
     async def _supervise(self) -> None:
-        """Warm up; then health-check every few seconds. On failure: not ready, restart (local engine) or
-        reconnect (remote) with exponential backoff, warm up again, ready again."""
+        """Warm up; then health-check every few seconds, each check bounded in time. On failure or a stall: not
+        ready, restart (local engine) or reconnect (remote) with exponential backoff, warm up again, ready
+        again. ``/readyz`` reads what this loop last saw and never waits on the engine itself."""
         while True:
             await self._warm_up()
             while True:
                 await asyncio.sleep(HEALTH_CHECK_INTERVAL_S)
                 try:
-                    await self.engine.check_health()
+                    await asyncio.wait_for(self.engine.check_health(), HEALTH_CHECK_TIMEOUT_S)
                 except EngineError as exc:
                     self._set_ready(False, f"engine unhealthy: {exc}")
+                    break
+                except TimeoutError:
+                    self._set_ready(False, f"engine unhealthy: no health answer within {HEALTH_CHECK_TIMEOUT_S:g} s")
                     break
 
     async def _warm_up(self) -> None:
@@ -151,7 +156,10 @@ class ServiceState:
                         logger.warning("restarting the %s engine", self.engine.name)
                         self.metrics.engine_restarts.inc()
                         await self.engine.restart()
-                    await self.engine.check_health()
+                    try:
+                        await asyncio.wait_for(self.engine.check_health(), HEALTH_CHECK_TIMEOUT_S)
+                    except TimeoutError as exc:
+                        raise EngineError(f"no health answer within {HEALTH_CHECK_TIMEOUT_S:g} s") from exc
                     await warm_up_engine(self.engine, self.settings, self.metrics)
                 except EngineError as exc:
                     self._set_ready(False, f"warm-up failed: {exc}")

@@ -232,3 +232,50 @@ async def test_a_swap_that_fails_any_way_closes_the_new_engine_and_answers_503(t
     with pytest.raises(EngineError, match="still serving the old one"):
         await manager.publish(str(candidate))
     assert _BrokenEngine.closed and holder.engine is serving
+
+
+class _StallingEngine(FakeEngine):
+    """Healthy until ``stall()``; then its health check never answers (a hung engine or router)."""
+
+    healthy = asyncio.Event()
+
+    async def check_health(self) -> None:
+        await self.healthy.wait()
+
+
+async def test_readiness_answers_at_once_while_the_engine_stalls(monkeypatch):
+    """/readyz reads what the background check last saw: it answers while the engine's health check hangs (it
+    used to wait on the engine, up to 5 s, beyond the probe's 2 s), and the stall turns the pod unready once
+    the bounded background check gives up."""
+    import time
+
+    from contract.checkpoint import open_checkpoint
+    from loadtest.procs import DEFAULT_MODEL
+    from service import state as state_module
+    from service.api.health import readyz
+    from service.config import Settings
+
+    monkeypatch.setattr(state_module, "HEALTH_CHECK_INTERVAL_S", 0.05)
+    monkeypatch.setattr(state_module, "HEALTH_CHECK_TIMEOUT_S", 0.3)
+    _StallingEngine.healthy = asyncio.Event()
+    _StallingEngine.healthy.set()
+    settings = Settings(model_path=DEFAULT_MODEL, redis_url=None, model_sync_interval_s=0)
+    state = state_module.ServiceState.create(settings, _StallingEngine(open_checkpoint(DEFAULT_MODEL)))
+    await state.start()
+    try:
+        for _ in range(100):
+            if state.ready:
+                break
+            await asyncio.sleep(0.05)
+        assert (await readyz(state)).status_code == 200
+        _StallingEngine.healthy.clear()  # from now on the engine never answers a health check
+        answer = await asyncio.wait_for(readyz(state), 1.0)  # a probe that waited on the engine would hang here
+        assert answer.status_code == 200  # what the last finished check saw
+        await asyncio.sleep(0.6)  # the bounded background check gives up on the stalled engine
+        started = time.perf_counter()
+        answer = await asyncio.wait_for(readyz(state), 1.0)
+        print(f"/readyz while the engine stalls: {1000 * (time.perf_counter() - started):.2f} ms")
+        assert answer.status_code == 503 and b"no health answer" in answer.body, answer.body
+    finally:
+        _StallingEngine.healthy.set()
+        await state.stop()

@@ -23,11 +23,19 @@ $(STAMP): pyproject.toml
 	$(PIP) uninstall -y -q torchvision torchaudio torchcodec 2>/dev/null || true
 	touch $@
 
-run: setup redis
+# `R2RANK_REDIS_URL= make run` serves without state (inline /rank only): no Redis is installed or started then.
+RUN_DEPS := setup $(if $(and $(filter environment%,$(origin R2RANK_REDIS_URL)),$(if $(R2RANK_REDIS_URL),,1)),,redis)
+
+run: $(RUN_DEPS)
 	$(VENV)/bin/r2rank-serve serve --host 127.0.0.1 --port $(PORT)
 
-# Tests need Redis on 127.0.0.1:6379 (they use their own key prefix and clean up); start it if it is down.
+# Tests need Redis on 127.0.0.1:6379 (they use their own key prefix and clean up); start it if it is down,
+# installing Debian's redis-server first where it is missing (as root, as system-deps does for other tools).
 redis:
+	@command -v redis-server >/dev/null 2>&1 || { \
+		if [ "$$(id -u)" = 0 ]; then apt-get update -qq && \
+			DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server >/dev/null; \
+		else echo "redis-server is missing: install it (Debian/Ubuntu: apt-get install redis-server)"; exit 1; fi; }
 	@redis-cli -h 127.0.0.1 -p 6379 ping >/dev/null 2>&1 || \
 		redis-server --daemonize yes --bind 127.0.0.1 --port 6379 --save "" --appendonly no
 

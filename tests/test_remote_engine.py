@@ -113,7 +113,7 @@ def test_killed_remote_engine_gives_503_then_recovers(log_dir, demo):
 
 
 @pytest.mark.parametrize("api", ["chat", "completions"])
-def test_llm_teacher_asks_a_real_server_concurrently_and_caches(vllm_server, demo, tmp_path, api):
+def test_llm_teacher_asks_a_real_server_concurrently_and_caches(vllm_server, demo, tmp_path, api, caplog):
     from contract.checkpoint import open_checkpoint
     from contract.evidence import Item
     from trainer.data import Catalogue
@@ -130,8 +130,10 @@ def test_llm_teacher_asks_a_real_server_concurrently_and_caches(vllm_server, dem
         pairs += [TeacherInput(prompts.history, candidate, evidence) for candidate, evidence in shown]
     cache = tmp_path / "teacher.jsonl"
     teacher = LLMTeacher(catalogue, vllm_server.url, str(DEFAULT_MODEL), cache, api=api, concurrency=8)
-    first = teacher.rationales(pairs)
+    with caplog.at_level("INFO", logger="trainer.progress"):
+        first = teacher.rationales(pairs)
     assert teacher.requests_sent == len(pairs) == len(cache.read_text().splitlines())
+    assert f"teacher {len(pairs)}/{len(pairs)} rationales" in caplog.text and "ETA" in caplog.text  # progress shown
     assert all("\n" not in r for r in first) and any(first), first[:3]  # single-line, not all empty
 
     dead = f"http://127.0.0.1:{free_port()}"  # a rerun needs no server at all: everything is cached

@@ -20,6 +20,7 @@ from typing import Literal
 
 from contract.prompt import DEFAULT_MAX_HISTORY_ITEMS, clean_rationale
 from trainer.data import Catalogue
+from trainer.progress import Progress
 from trainer.teacher import TeacherInput
 
 logger = logging.getLogger(__name__)
@@ -96,14 +97,19 @@ class LLMTeacher:
         client = AsyncOpenAI(**self._client_args)
         gate = asyncio.Semaphore(self.concurrency)
         self.cache_path.parent.mkdir(parents=True, exist_ok=True)
+        progress = Progress("teacher", len(prompts), every=max(1, len(prompts) // 50), unit="rationales")
+        done = 0
         with self.cache_path.open("a", encoding="utf-8") as cache:
 
             async def one(key: str, prompt: str) -> None:
+                nonlocal done
                 async with gate:
                     text = clean_rationale(await self._ask(client, prompt))
                 self._cache[key] = text
                 cache.write(json.dumps({"key": key, "prompt": prompt, "rationale": text}) + "\n")
                 cache.flush()  # every answer is kept even if the run dies half-way
+                done += 1
+                progress.update(done)  # N/M with the rate and an ETA, every 2%
 
             try:
                 await asyncio.gather(*(one(k, p) for k, p in prompts.items()))

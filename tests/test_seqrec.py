@@ -58,10 +58,12 @@ def test_save_and_load_score_alike(tmp_path):
 
 
 def test_resume_gives_the_same_weights(tmp_path):
+    """Dropout on: the random draws after a resume are those of the uninterrupted run."""
     sequences = _chains(120)
-    train_seqrec(ITEMS, sequences, tmp_path / "straight", SeqRecConfig(epochs=3, **SMALL))
-    train_seqrec(ITEMS, sequences, tmp_path / "resumed", SeqRecConfig(epochs=1, **SMALL))  # interrupted after 1
-    train_seqrec(ITEMS, sequences, tmp_path / "resumed", SeqRecConfig(epochs=3, **SMALL))  # continues
+    config = {**SMALL, "dropout": 0.3}
+    train_seqrec(ITEMS, sequences, tmp_path / "straight", SeqRecConfig(epochs=3, **config))
+    train_seqrec(ITEMS, sequences, tmp_path / "resumed", SeqRecConfig(epochs=1, **config))  # interrupted after 1
+    train_seqrec(ITEMS, sequences, tmp_path / "resumed", SeqRecConfig(epochs=3, **config))  # continues
     straight, resumed = SequenceModel.load(tmp_path / "straight"), SequenceModel.load(tmp_path / "resumed")
     for name, weight in straight.model.state_dict().items():
         assert torch.allclose(weight, resumed.model.state_dict()[name], atol=1e-6), name

@@ -165,7 +165,7 @@ def length_batches(lengths: Sequence[int], tokens: int, rng: random.Random) -> l
     return batches
 
 
-def sequence_loss(model: SASRec, ids: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+def sequence_loss(model: SASRec, ids: torch.Tensor) -> torch.Tensor:
     """Mean full-softmax cross-entropy of predicting item t + 1 from positions ≤ t, over real positions."""
     hidden = model(ids[:, :-1])
     targets = ids[:, 1:]
@@ -195,6 +195,8 @@ def train_seqrec(
         model.model.load_state_dict(state["model"])
         optimiser.load_state_dict(state["optimiser"])
         done, curve = state["epochs_done"], state["curve"]
+        if "rng" in state:  # dropout draws continue as in an uninterrupted run
+            torch.set_rng_state(state["rng"])
         logger.info("seqrec: resuming after epoch %d of %d", done, config.epochs)
     progress = Progress("seqrec", config.epochs, out / STEPS, done=done, every=1, unit="epochs")
     lengths = [len(ids) for ids in encoded]
@@ -203,8 +205,8 @@ def train_seqrec(
         model.model.train()
         total, count = 0.0, 0
         for batch in length_batches(lengths, config.batch_tokens, random.Random(f"{config.seed}-{epoch}")):
-            ids, lens = _pad([encoded[i] for i in batch])
-            loss = sequence_loss(model.model, ids, lens)
+            ids, _ = _pad([encoded[i] for i in batch])
+            loss = sequence_loss(model.model, ids)
             optimiser.zero_grad(set_to_none=True)
             loss.backward()
             optimiser.step()
@@ -215,7 +217,7 @@ def train_seqrec(
             figures.update(monitor(model))
         curve.append({"epoch": epoch + 1, **figures})
         torch.save({"model": model.model.state_dict(), "optimiser": optimiser.state_dict(),
-                    "epochs_done": epoch + 1, "curve": curve}, out / STATE)  # fmt: skip
+                    "epochs_done": epoch + 1, "curve": curve, "rng": torch.get_rng_state()}, out / STATE)  # fmt: skip
         progress.update(epoch + 1, **figures)
     model.provenance = {"config": asdict(config), "sequences": len(encoded), "items": len(item_ids),
                         "parameters": sum(p.numel() for p in model.model.parameters()), "curve": curve,

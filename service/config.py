@@ -14,7 +14,9 @@ PLACEHOLDER_SECRET = "CHANGE-ME"
 
 
 class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="R2RANK_", env_file=".env", extra="ignore")
+    # hide_input_in_errors: a validation error names the setting and what is wrong, never the values it was
+    # given (a model-level error would otherwise print every setting, secrets included, into the logs)
+    model_config = SettingsConfigDict(env_prefix="R2RANK_", env_file=".env", extra="ignore", hide_input_in_errors=True)
 
     # --- model and engine ---
     model_path: Path = Field(REPO_ROOT / "models" / "default", description="Checkpoint directory (with manifest.json).")

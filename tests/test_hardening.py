@@ -279,3 +279,23 @@ async def test_readiness_answers_at_once_while_the_engine_stalls(monkeypatch):
     finally:
         _StallingEngine.healthy.set()
         await state.stop()
+
+
+@pytest.mark.parametrize(("name", "secret"), [("R2RANK_KEY_SECRET", "ks-7f3a9"), ("R2RANK_ENGINE_API_KEY", "ek-2b8c1"),
+                                              ("R2RANK_REDIS_URL", "redis://:rp5d@h/0")])  # fmt: skip
+def test_a_settings_error_names_the_setting_never_the_secrets(name, secret):
+    """A model-level validation error (here: a remote engine without its URL) used to print the settings it was
+    given, secrets included, into the start-up log."""
+    import os
+    import subprocess
+    import sys
+
+    from loadtest.procs import REPO_ROOT
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("R2RANK_")}
+    env.update({"R2RANK_ENGINE": "remote", name: secret})
+    result = subprocess.run([sys.executable, "-m", "service.cli", "serve", "--port", "1"], cwd=REPO_ROOT, env=env,
+                            capture_output=True, text=True, timeout=120)  # fmt: skip
+    output = result.stdout + result.stderr
+    assert result.returncode != 0 and "R2RANK_ENGINE_URL is required" in output, output[-2000:]
+    assert secret.removeprefix("redis://:").split("@")[0] not in output, f"{name} leaked into the error output"

@@ -53,4 +53,29 @@ def create_app(settings: Settings | None = None, engine: ReasoningEngine | None 
     app.add_middleware(ObserveMiddleware, metrics=state.metrics)  # outermost: ids and metrics for every reply
     for router in (rank.router, rerank.router, users.router, items.router, admin.router, health.router):
         app.include_router(router)
+    app.openapi = _openapi_with_runtime_bounds(app, settings)  # type: ignore[method-assign]
     return app
+
+
+def _openapi_with_runtime_bounds(app: FastAPI, settings: Settings):
+    """The schema with the configured list bounds (``R2RANK_MAX_CANDIDATES``, ``R2RANK_MAX_HISTORY_REQUEST``) in
+    place of the models' hard ones, so a client generated from it refuses what this service refuses."""
+    build = app.openapi
+    bounds = {
+        "RankRequest": {"candidates": settings.max_candidates, "history": settings.max_history_request},
+        "RerankRequest": {"documents": settings.max_candidates},
+    }
+
+    def openapi() -> dict:
+        if app.openapi_schema is None:
+            schema = build()
+            for model, fields in bounds.items():
+                properties = schema["components"]["schemas"][model]["properties"]
+                for name, bound in fields.items():
+                    for variant in properties[name].get("anyOf", [properties[name]]):
+                        if variant.get("type") == "array":
+                            variant["maxItems"] = bound
+            app.openapi_schema = schema
+        return app.openapi_schema
+
+    return openapi

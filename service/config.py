@@ -69,7 +69,7 @@ class Settings(BaseSettings):
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=1, le=65535)
     max_candidates: int = Field(200, ge=1, le=1000, description="Most candidates one /rank may carry.")
-    max_history_request: int = Field(500, ge=1, description="Most history items one request may carry.")
+    max_history_request: int = Field(500, ge=1, le=10_000, description="Most history items one request may carry.")
     log_level: str = "info"
     log_json: bool = Field(True, description="One JSON object per log line (with request_id).")
 

@@ -11,6 +11,7 @@ from contract.evidence import Evidence
 ItemId = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=256)]
 Title = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=2000)]
 HARD_MAX_CANDIDATES = 1000  # schema bound; the configured R2RANK_MAX_CANDIDATES (default 200) is checked too
+HARD_MAX_HISTORY = 10_000  # schema bound; the configured R2RANK_MAX_HISTORY_REQUEST (default 500) is checked too
 
 
 MAX_REQUEST_ID_CHARS = 128
@@ -67,7 +68,9 @@ class RankRequest(BaseModel):
 
     user_id: ItemId | None = Field(None, description="With no inline history, the stored history of this user is used.")
     history: list[ItemIn] | None = Field(
-        None, description="Items the user interacted with, oldest first; wins over the stored history."
+        None,
+        max_length=HARD_MAX_HISTORY,
+        description="Items the user interacted with, oldest first; wins over the stored history.",
     )
     candidates: list[ItemIn] = Field(
         min_length=1, max_length=HARD_MAX_CANDIDATES, description="Items to rank; each is scored on its own."

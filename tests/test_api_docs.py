@@ -32,6 +32,34 @@ def test_committed_openapi_is_the_live_schema(live_schema):
     assert committed == live_schema, "docs/openapi.json is stale: run r2rank-serve openapi --out docs/openapi.json"
 
 
+def test_every_request_list_carries_the_bound_this_service_enforces():
+    """A client generated from the schema refuses what the service refuses: the configured bounds, not the
+    models' hard ones, and no request list without a bound."""
+    from service.app import create_app
+    from service.config import Settings
+
+    schema = create_app(Settings(redis_url=None, max_candidates=50, max_history_request=30)).openapi()
+    models = schema["components"]["schemas"]
+
+    def max_items(model: str, field: str) -> int | None:
+        prop = models[model]["properties"][field]
+        return next((v.get("maxItems") for v in prop.get("anyOf", [prop]) if v.get("type") == "array"), None)
+
+    assert max_items("RankRequest", "candidates") == 50 and max_items("RankRequest", "history") == 30
+    assert max_items("RerankRequest", "documents") == 50
+    bodies = [op["requestBody"]["content"]["application/json"]["schema"] for ops in schema["paths"].values()
+              for op in ops.values() if "requestBody" in op]  # fmt: skip
+    assert len(bodies) >= 6
+    for body in bodies:  # every list a request body can carry is bounded
+        if body.get("type") == "array":
+            assert body.get("maxItems"), body
+            continue
+        name = body["$ref"].rsplit("/", 1)[-1]
+        for field, prop in models[name].get("properties", {}).items():
+            if any(v.get("type") == "array" for v in prop.get("anyOf", [prop])):
+                assert max_items(name, field) is not None, f"{name}.{field} has no maxItems"
+
+
 def _documented_fields() -> set[str]:
     """Field names in the first column of api.md's tables (``| `name` | ...``)."""
     return set(re.findall(r"^\| `([a-z_\[\].]+)`", API_MD.read_text(), flags=re.MULTILINE))

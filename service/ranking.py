@@ -13,6 +13,7 @@ import logging
 import os
 import socket
 import time
+import uuid
 from collections.abc import Sequence
 
 from contract.assembly import RequestPrompts
@@ -27,7 +28,8 @@ from service.store import CachedScore, RedisStore, score_cache_field, score_cach
 logger = logging.getLogger(__name__)
 
 CACHE_BACKOFF_S = 5.0  # after a cache failure, skip the cache this long instead of paying Redis timeouts
-POD_ID = f"{socket.gethostname()}-{os.getpid()}"  # this process, in the engine budget shared through Redis
+POD_ID = f"{socket.gethostname()}-{os.getpid()}"  # this process, in the engine budget's lease ids
+LEASE_MARGIN_S = 10.0  # an engine budget lease outlives its request's deadline by this much, then frees itself
 
 WARMUP_REQUEST = RankRequest(
     history=[ItemIn(item_id="w1", title="Warm-up history item")],
@@ -178,29 +180,32 @@ class Ranker:
         return self.settings.engine == "remote" and bool(self.settings.global_max_inflight_items) and (
             self.store is not None)  # fmt: skip
 
-    async def _admit_globally(self, items: int) -> bool:
+    async def _admit_globally(self, items: int, deadline: float) -> str | None:
         """With remote engines, the budget every API pod shares (through Redis): autoscaled pods together
-        cannot queue more than ``global_max_inflight_items`` on the engines. True when taken (release it);
-        Redis unreachable: the pod's own bound alone applies, with a warning."""
+        cannot queue more than ``global_max_inflight_items`` on the engines. Returns the lease taken (release
+        it); the lease expires on its own ``LEASE_MARGIN_S`` after the request's deadline, so a lost release
+        frees its items anyway. Redis unreachable: the pod's own bound alone applies, with a warning."""
         if not self._shares_the_engine():
-            return False
+            return None
+        lease = f"{POD_ID}:{uuid.uuid4().hex}"
+        expires = time.time() + max(0.0, deadline - time.monotonic()) + LEASE_MARGIN_S
         try:
-            taken = await self.store.admit_engine_items(POD_ID, items, self.settings.global_max_inflight_items,
-                                                        time.time())  # fmt: skip
-        except StoreUnavailable as exc:
+            taken = await self.store.admit_engine_items(lease, items, self.settings.global_max_inflight_items,
+                                                        time.time(), expires)  # fmt: skip
+        except StoreUnavailable as exc:  # had the admission landed unanswered, its lease expires on its own
             logger.warning("global engine budget unavailable, admitting on this pod's bound: %s", exc)
-            return False
+            return None
         if not taken:
             self.metrics.rejected.labels("overloaded").inc()
             raise Overloaded(f"overloaded: the engines' shared budget ({self.settings.global_max_inflight_items} "
                              "items across all API pods) is full; retry after Retry-After seconds")  # fmt: skip
-        return True
+        return lease
 
-    async def _release_globally(self, items: int) -> None:
+    async def _release_globally(self, lease: str) -> None:
         try:
-            await self.store.release_engine_items(POD_ID, items, time.time())
-        except StoreUnavailable as exc:  # the stale-pod rule frees it if this pod stops beating
-            logger.warning("could not release %d items of the global engine budget: %s", items, exc)
+            await self.store.release_engine_items(lease)
+        except StoreUnavailable as exc:
+            logger.warning("could not release engine budget lease %s (it expires on its own): %s", lease, exc)
 
     async def _score(
         self,
@@ -292,12 +297,12 @@ class Ranker:
         items = len(request.candidates)
         self._admit(items)
         try:
-            shared = await self._admit_globally(items)
+            lease = await self._admit_globally(items, deadline)
             try:
                 return await self._admitted(request, request_id, engine, started, deadline, catalogue_ids)
             finally:
-                if shared:
-                    await self._release_globally(items)
+                if lease is not None:
+                    await self._release_globally(lease)
         finally:
             self._admitted_items -= items
 

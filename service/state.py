@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -15,7 +14,7 @@ from service.config import Settings
 from service.engine.base import EngineError, ReasoningEngine
 from service.metrics import Metrics
 from service.model_manager import ModelManager
-from service.ranking import POD_ID, Ranker, warm_up_engine
+from service.ranking import Ranker, warm_up_engine
 from service.rates import KeyRates
 from service.store import RedisStore, StoreUnavailable
 
@@ -85,13 +84,10 @@ class ServiceState:
         return {"configured": True, "ok": self._store_ok, "detail": None if self._store_ok else "unreachable"}
 
     async def _watch_store(self) -> None:
-        """Ping Redis every few seconds (and keep this pod's place in the shared engine budget); failures are
-        logged with their cause, which replies never carry."""
+        """Ping Redis every few seconds; failures are logged with their cause, which replies never carry."""
         while True:
             try:
                 await self.store.ping()
-                if self.ranker._shares_the_engine():
-                    await self.store.engine_heartbeat(POD_ID, time.time())
                 if self._store_ok is False:
                     logger.info("redis reachable again")
                 self._store_ok = True

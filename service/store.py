@@ -97,22 +97,21 @@ return redis.call('ZCARD', KEYS[1])
 
 
 _ADMIT_ENGINE_ITEMS = """
--- KEYS: inflight (HASH pod -> items), seen (HASH pod -> last heartbeat)   ARGV: pod, items, limit, now, stale_s
-local seen = redis.call('HGETALL', KEYS[2])
-for i = 1, #seen, 2 do
-  if tonumber(seen[i + 1]) < tonumber(ARGV[4]) - tonumber(ARGV[5]) then
-    redis.call('HDEL', KEYS[1], seen[i])
-    redis.call('HDEL', KEYS[2], seen[i])
-  end
+-- KEYS: leases (ZSET lease -> expiry), items (HASH lease -> items)   ARGV: lease, items, limit, now, expiry
+local expired = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[4])
+for _, lease in ipairs(expired) do redis.call('HDEL', KEYS[2], lease) end
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', ARGV[4])
+if redis.call('HEXISTS', KEYS[2], ARGV[1]) == 1 then
+  redis.call('ZADD', KEYS[1], ARGV[5], ARGV[1])
+  return 1
 end
 local total = 0
-for _, v in ipairs(redis.call('HVALS', KEYS[1])) do total = total + tonumber(v) end
-redis.call('HSET', KEYS[2], ARGV[1], ARGV[4])
+for _, v in ipairs(redis.call('HVALS', KEYS[2])) do total = total + tonumber(v) end
 if total + tonumber(ARGV[2]) > tonumber(ARGV[3]) then return 0 end
-redis.call('HINCRBY', KEYS[1], ARGV[1], ARGV[2])
+redis.call('HSET', KEYS[2], ARGV[1], ARGV[2])
+redis.call('ZADD', KEYS[1], ARGV[5], ARGV[1])
 return 1
 """
-ENGINE_POD_STALE_S = 10.0  # a pod silent this long (crashed) no longer holds engine budget
 
 
 @dataclass(frozen=True)
@@ -203,7 +202,7 @@ class RedisStore:
         )  # fmt: skip
         self._append = self.client.register_script(_APPEND_EVENT)
         self._replace = self.client.register_script(_REPLACE_HISTORY)
-        self._admit_engine = self._once.register_script(_ADMIT_ENGINE_ITEMS)
+        self._admit_engine = self.client.register_script(_ADMIT_ENGINE_ITEMS)  # idempotent by lease: retried
 
     # --- keys -------------------------------------------------------------------------------------------
     def _user_keys(self, user_id: str) -> list[str]:
@@ -379,25 +378,33 @@ class RedisStore:
         return bool(await self._call(self.client.hdel(self._api_keys_key, key_digest), "revoking the key"))
 
     # --- the engine budget shared by every API pod (remote engines) -------------------------------------
+    # One lease per admitted request, with an expiry: a lease whose release is lost (a dropped reply, a pod
+    # that died or stalled) frees its items when it expires, and admitting or releasing one lease twice (a
+    # retry after a lost reply) changes nothing, so the budget cannot leak or go negative.
     @property
     def _engine_keys(self) -> list[str]:
-        return [f"{self.prefix}:{{engine}}:inflight", f"{self.prefix}:{{engine}}:seen"]
+        return [f"{self.prefix}:{{engine}}:leases", f"{self.prefix}:{{engine}}:lease-items"]
 
-    async def admit_engine_items(self, pod: str, items: int, limit: int, now: float) -> bool:
-        """Take ``items`` of the global engine budget for ``pod`` if the pods' total stays within ``limit``
-        (pods without a heartbeat for ``ENGINE_POD_STALE_S`` are dropped first, so a crash frees its share)."""
-        args = [pod, items, limit, now, ENGINE_POD_STALE_S]
+    async def admit_engine_items(self, lease: str, items: int, limit: int, now: float, expires: float) -> bool:
+        """Take ``items`` of the global engine budget under ``lease`` until ``expires`` (Unix seconds) if the
+        live leases' total stays within ``limit``; expired leases are dropped first. Idempotent by lease."""
+        args = [lease, items, limit, now, expires]
         return bool(await self._call(self._admit_engine(keys=self._engine_keys, args=args), "admitting work"))
 
-    async def release_engine_items(self, pod: str, items: int, now: float) -> None:
-        inflight, seen = self._engine_keys
-        async with self._once.pipeline(transaction=True) as pipe:
-            pipe.hincrby(inflight, pod, -items)
-            pipe.hset(seen, pod, now)
+    async def release_engine_items(self, lease: str) -> None:
+        """Give a lease's items back (idempotent: a retried or repeated release is harmless)."""
+        leases, lease_items = self._engine_keys
+        async with self.client.pipeline(transaction=True) as pipe:
+            pipe.zrem(leases, lease)
+            pipe.hdel(lease_items, lease)
             await self._call(pipe.execute(), "releasing work")
 
-    async def engine_heartbeat(self, pod: str, now: float) -> None:
-        await self._call(self._once.hset(self._engine_keys[1], pod, now))
+    async def engine_items_in_flight(self, now: float) -> int:
+        """Items held by leases that have not expired (what the next admission counts)."""
+        leases, lease_items = self._engine_keys
+        live = await self._call(self.client.zrangebyscore(leases, now, "+inf"))
+        values = await self._call(self.client.hmget(lease_items, live)) if live else []
+        return sum(int(v) for v in values if v is not None)
 
     # --- maintenance --------------------------------------------------------------------------------------
     async def delete_prefix(self, keep_api_keys: bool = True) -> int:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 import uuid
 
 import httpx
@@ -183,6 +184,86 @@ async def test_remote_engine_budget_is_shared_by_every_api_pod():
     finally:
         for store in stores:
             await store.close()
+        delete_prefix(prefix)
+
+
+class _ReplyDroppingProxy:
+    """A TCP proxy in front of Redis: while ``drop`` is set, every command still reaches Redis (and runs) but
+    its reply never reaches the client: a lost reply, landing exactly between "done" and "confirmed"."""
+
+    def __init__(self, port: int) -> None:
+        self.upstream_port = port
+        self.drop = False
+        self.server: asyncio.Server | None = None
+
+    async def start(self) -> int:
+        self.server = await asyncio.start_server(self._connection, "127.0.0.1", 0)
+        return self.server.sockets[0].getsockname()[1]
+
+    async def _connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.upstream_port)
+
+        async def pipe(source: asyncio.StreamReader, sink: asyncio.StreamWriter, replies: bool) -> None:
+            with contextlib.suppress(ConnectionError):
+                while data := await source.read(65536):
+                    if not (replies and self.drop):
+                        sink.write(data)
+                        await sink.drain()
+            sink.close()
+
+        await asyncio.gather(pipe(reader, up_writer, False), pipe(up_reader, writer, True))
+
+    async def close(self) -> None:
+        self.server.close()
+
+
+async def test_the_engine_budget_cannot_leak_when_an_admit_reply_and_a_release_are_lost(monkeypatch):
+    """Pod A's Redis replies are dropped while it ranks 20 items: its admission lands in Redis unconfirmed and
+    its release never arrives. The budget (30 items) then holds A's 20 until the lease expires (deadline plus
+    a margin), after which it is whole again: pod B gets its 20 and the total in flight returns to 0. (Counters
+    used to keep such items for good, or go negative after a repeated release.)"""
+    from urllib.parse import urlparse
+
+    from contract.checkpoint import open_checkpoint
+    from loadtest.procs import DEFAULT_MODEL
+    from service import ranking
+    from service.config import Settings
+    from service.exceptions import Overloaded
+    from service.metrics import Metrics
+    from service.protocol import ItemIn, RankRequest
+    from service.ranking import Ranker
+
+    monkeypatch.setattr(ranking, "LEASE_MARGIN_S", 0.5)
+    prefix = f"r2rtest-lease-{uuid.uuid4().hex[:8]}"
+    settings = Settings(engine="remote", engine_url="http://unused", global_max_inflight_items=30,
+                        redis_url=REDIS_URL, redis_prefix=prefix, score_cache=False)  # fmt: skip
+    proxy = _ReplyDroppingProxy(urlparse(REDIS_URL).port or 6379)
+    via_proxy = f"redis://127.0.0.1:{await proxy.start()}/0"
+    store_a, store_b = RedisStore(via_proxy, prefix=prefix, timeout_s=0.3), RedisStore(REDIS_URL, prefix=prefix)
+    checkpoint = open_checkpoint(DEFAULT_MODEL)
+    pod_a, pod_b = (Ranker(_SlowEngine(checkpoint), settings, Metrics(), store) for store in (store_a, store_b))
+    request = RankRequest(candidates=[ItemIn(item_id=str(i), title=f"Item {i}") for i in range(20)], reasoning="none",
+                          deadline_ms=3000)  # fmt: skip
+    try:
+        await store_a.ping()  # connected (and the admission script loaded) before replies start to vanish
+        await pod_a.rank(RankRequest(candidates=request.candidates[:1], reasoning="none"), "warm")
+        proxy.drop = True
+        answered = await pod_a.rank(request, "a")  # admitted on its own bound: Redis never confirmed the lease
+        assert len(answered.items) == 20 and not answered.degraded
+        proxy.drop = False
+        assert await store_b.engine_items_in_flight(time.time()) == 20  # the unconfirmed lease, never released
+        with pytest.raises(Overloaded, match="shared budget"):
+            await pod_b.rank(request, "b")
+        await asyncio.sleep(3.0)  # the lease's deadline (3 s from admission) and margin (0.5 s) pass
+        assert await store_b.engine_items_in_flight(time.time()) == 0
+        assert len((await pod_b.rank(request, "b2")).items) == 20  # the budget is whole again
+        assert await store_b.engine_items_in_flight(time.time()) == 0
+        await store_b.release_engine_items("never-admitted")  # a stray or repeated release changes nothing
+        assert await store_b.engine_items_in_flight(time.time()) == 0
+    finally:
+        for store in (store_a, store_b):
+            await store.close()
+        await proxy.close()
         delete_prefix(prefix)
 
 

@@ -5,12 +5,14 @@ A gate compares the eval metric recorded in both manifests (``metrics[GATE_METRI
 trainer's eval/export) and refuses a worse checkpoint unless forced. Checkpoints must live under
 ``R2RANK_MODELS_ROOT``: the admin endpoint reads server paths, so it is confined to one directory.
 
-With Redis, a publish (or rollback) is fleet-wide: the replica that takes it loads and warms the model, then
-records it in Redis, then swaps; every other replica follows the record (``follow``, polled by the service
-state) and a replica that boots later boots what is recorded (``engine_to_boot``). The record names a path,
-so every replica must see the same checkpoints at the same path (a shared volume, see docs/deploy.md), and
-its ``model_version`` must match what a follower finds there. A follower that cannot load it keeps serving
-what it has and tries again later; the gate ran once, on the replica that took the publish.
+With Redis and a key secret, a publish (or rollback) is fleet-wide: the replica that takes it loads and warms
+the model, then records it in Redis (signed, ``service.published``), then swaps; every other replica follows
+the record (``follow``, polled by the service state) and a replica that boots later boots what is recorded
+(``engine_to_boot``). The record names a path, so every replica must see the same checkpoints at the same
+path (a shared volume, see docs/deploy.md), and its ``model_version`` must match what a follower finds there.
+A follower that cannot load it keeps serving what it has and tries again later; the gate ran once, on the
+replica that took the publish. A rollback on any replica goes to the record's previous model. A record that
+is unsigned, forged or malformed is logged once and ignored.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from service.engine.base import ReasoningEngine
 from service.engine.factory import build_engine
 from service.exceptions import Conflict, EngineError, InvalidRequest, StoreUnavailable
 from service.metrics import Metrics
+from service.published import PublishedRecord, seal, unseal
 from service.ranking import warm_up_engine
 from service.store import RedisStore
 
@@ -84,7 +87,8 @@ class ModelManager:
         self.engine_factory = engine_factory
         self.store = store
         self.previous: Checkpoint | None = None
-        self.published: dict[str, Any] | None = None  # the fleet's record, as this replica last read it
+        self.published: PublishedRecord | None = None  # the fleet's record, as this replica last read it
+        self._ignored: str | None = None  # the last unusable record seen, so it is logged once, not every poll
         self._lock = asyncio.Lock()  # one swap at a time
         self._failed: tuple[str, float] | None = None  # (model_version, when) of a record that failed to load
 
@@ -92,14 +96,20 @@ class ModelManager:
         return {
             "current": describe(self.holder.engine.checkpoint),
             "previous": describe(self.previous) if self.previous else None,
-            "published": self.published,
+            "published": self.published.model_dump() if self.published else None,
             "models_root": str(self.models_root),
         }
 
     @property
     def fleet_wide(self) -> bool:
-        """Publishes go through Redis (local engines only: remote engines are rolled as their own deploy)."""
-        return self.store is not None and self.settings.engine == "local"
+        """Publishes go through Redis (local engines only: remote engines are rolled as their own deploy), signed
+        with the key secret: without one no record is written or followed."""
+        return self.store is not None and self.settings.engine == "local" and self._secret is not None
+
+    @property
+    def _secret(self) -> str | None:
+        secret = self.settings.key_secret
+        return secret.get_secret_value() or None if secret is not None else None
 
     def _open(self, path: str) -> Checkpoint:
         resolved = Path(path).resolve()
@@ -130,10 +140,17 @@ class ModelManager:
             return await self._swap_to(checkpoint, record=True)
 
     async def rollback(self) -> dict[str, Any]:
+        """Back to what the fleet served before its last publish (the record's previous model), or, without a
+        fleet record, to what this replica served before its last swap."""
         async with self._lock:
-            if self.previous is None:
+            target = self.previous.path if self.previous is not None else None
+            if self.fleet_wide:
+                record = await self._read_record()
+                if record is not None and record.previous_path is not None:
+                    target = Path(record.previous_path)
+            if target is None:
                 raise Conflict("no previous model to roll back to", type_="no_previous_model")
-            return await self._swap_to(self._open(str(self.previous.path)), record=True)
+            return await self._swap_to(self._open(str(target)), record=True)
 
     async def engine_to_boot(self, configured: ReasoningEngine) -> ReasoningEngine:
         """At start-up, before any engine runs: an engine for the published checkpoint when Redis records one
@@ -182,11 +199,10 @@ class ModelManager:
         """The checkpoint Redis records as published (confined to the models root, its version verified), or
         None when nothing is recorded or the record names ``serving``. That is checked on the path before
         opening anything: this runs every few seconds, and opening a checkpoint loads its tokenizer."""
-        record = await self.store.get_published_model()
-        self.published = record
+        record = await self._read_record()
         if record is None:
             return None
-        path, claimed = str(record.get("path", "")), record.get("model_version")
+        path, claimed = record.path, record.model_version
         if path == str(serving.path):  # records hold resolved paths, as publishes write them
             return None
         checkpoint = await asyncio.to_thread(self._open, path)  # off the event loop: disk and tokenizer load
@@ -196,6 +212,18 @@ class ModelManager:
             raise InvalidRequest(f"path: {checkpoint.path} holds {checkpoint.model_version}, the record says "
                                  f"{claimed}: replicas do not see the same checkpoints", "path")  # fmt: skip
         return checkpoint
+
+    async def _read_record(self) -> PublishedRecord | None:
+        """The fleet's record if Redis holds one signed with this fleet's secret; anything else is ignored, and
+        logged once (it is read every few seconds)."""
+        raw = await self.store.get_published_model()
+        record = unseal(self._secret, raw) if raw and self._secret else None
+        if raw and record is None and raw != self._ignored:
+            logger.warning("ignoring the published-model record in Redis: not signed with this fleet's "
+                           "R2RANK_KEY_SECRET, or not of the record's shape")  # fmt: skip
+        self._ignored = raw if record is None else None
+        self.published = record
+        return record
 
     async def _load(self, checkpoint: Checkpoint) -> ReasoningEngine:
         """A started, healthy, warmed-up engine for ``checkpoint``; whatever fails, nothing is left running."""
@@ -217,10 +245,15 @@ class ModelManager:
         new_engine = await self._load(checkpoint)
         old_engine = self.holder.engine
         if record and self.fleet_wide:
-            entry = {"path": str(checkpoint.path), "model_version": checkpoint.model_version,
-                     "previous_model_version": old_engine.model_version, "published_at": time.time()}  # fmt: skip
+            entry = PublishedRecord(
+                path=str(checkpoint.path),
+                model_version=checkpoint.model_version,
+                previous_path=str(old_engine.checkpoint.path),
+                previous_model_version=old_engine.model_version,
+                published_at=time.time(),
+            )
             try:
-                await self.store.set_published_model(entry)
+                await self.store.set_published_model(seal(self._secret, entry))
             except StoreUnavailable:
                 await new_engine.close()
                 raise

@@ -332,12 +332,12 @@ class RedisStore:
         return {item_id: float(c or 0.0) for item_id, c in zip(item_ids, counts, strict=True)}
 
     # --- the published model (every API replica serves it) -------------------------------------------------
-    async def get_published_model(self) -> dict[str, Any] | None:
-        raw = await self._call(self.client.get(self._published_model_key))
-        return json.loads(raw) if raw else None
+    async def get_published_model(self) -> str | None:
+        """The record as stored (``service.published`` checks its signature and shape)."""
+        return await self._call(self.client.get(self._published_model_key))
 
-    async def set_published_model(self, record: dict[str, Any]) -> None:
-        await self._call(self._once.set(self._published_model_key, json.dumps(record)), "publishing the model")
+    async def set_published_model(self, sealed: str) -> None:
+        await self._call(self._once.set(self._published_model_key, sealed), "publishing the model")
 
     # --- score cache --------------------------------------------------------------------------------------
     async def get_scores(self, fingerprint: str, fields: Sequence[str]) -> dict[str, CachedScore]:

@@ -39,12 +39,12 @@ def _publish(url: str, *args: str) -> subprocess.CompletedProcess:
 @pytest.fixture(scope="module")
 def reloadable(log_dir, redis_prefix, tmp_path_factory):
     """The leader (takes the publishes) on its own key prefix: the session's shared service must not follow
-    these test models. ``env`` starts more replicas of the same fleet."""
+    these test models. ``env`` starts more replicas of the same fleet (one key secret signs its record)."""
     root = tmp_path_factory.mktemp("models")
     paths = {name: _checkpoint(root, name, ndcg) for name, ndcg in (("a", 0.5), ("b", 0.6), ("c", 0.4))}
     prefix = f"{redis_prefix}-fleet"
     env = {"R2RANK_MODEL_PATH": str(paths["a"]), "R2RANK_MODELS_ROOT": str(root), "R2RANK_REDIS_PREFIX": prefix,
-           "R2RANK_MODEL_SYNC_INTERVAL_S": "1"}  # fmt: skip
+           "R2RANK_MODEL_SYNC_INTERVAL_S": "1", "R2RANK_KEY_SECRET": f"fleet-{prefix}"}  # fmt: skip
     server = start_service(log_dir, env=env)
     server.wait_ready("/readyz")
     yield server, paths, env

@@ -10,7 +10,12 @@ Keys are never stored or configured in clear: settings and Redis hold ``sha256(k
 A request presents its key as ``Authorization: Bearer <key>`` or ``X-API-Key: <key>``. Scopes:
 
 - ``rank``: POST /rank, /v1|v2/rerank, and reading histories and items;
-- ``admin``: everything ``rank`` may, plus writes (histories, events, catalogue) and model administration.
+- ``ingest``: writing histories, events and the catalogue (an ingestion job needs no more);
+- ``admin``: everything, model administration included.
+
+Redis is asked on every request (a revocation holds from the next request on); a key it verified is also
+remembered, and while Redis is unreachable it keeps working for up to ``KEY_CACHE_STALE_S`` after it was last
+verified, so ranking with Redis-issued keys survives a Redis outage as inline ranking does.
 
 Missing or unknown key → 401; known key without the scope → 403; over its rate → 429. Health and metrics stay
 open.
@@ -24,6 +29,7 @@ import json
 import logging
 import secrets
 import time
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -34,8 +40,10 @@ from service.store import RedisStore
 
 logger = logging.getLogger(__name__)
 
-Scope = Literal["rank", "admin"]
-SCOPES: tuple[Scope, ...] = ("rank", "admin")
+Scope = Literal["rank", "ingest", "admin"]
+SCOPES: tuple[Scope, ...] = ("rank", "ingest", "admin")
+KEY_CACHE_STALE_S = 600.0
+KEY_CACHE_SIZE = 10_000
 KEY_PREFIX = "r2r_"
 
 
@@ -107,6 +115,7 @@ class KeyStore:
                            for digest, scopes in configured.items()}  # fmt: skip
         self.store = store
         self.secret = secret
+        self._verified: OrderedDict[str, tuple[KeyEntry, float]] = OrderedDict()  # digest -> (entry, when)
 
     async def entry(self, key: str) -> KeyEntry | None:
         digest = hash_key(key)
@@ -115,14 +124,26 @@ class KeyStore:
                 return entry
         if self.store is None or not self.secret:
             return None
-        raw = await self.store.get_api_key(digest)
-        if raw is None:
-            return None
-        entry = decode_entry(self.secret, digest, raw)
-        if entry is None:
+        try:
+            raw = await self.store.get_api_key(digest)
+        except StoreUnavailable:
+            cached = self._verified.get(digest)
+            if cached and time.monotonic() - cached[1] < KEY_CACHE_STALE_S:
+                return cached[0]  # verified before Redis went away: an outage does not unmake the key
+            raise
+        entry = decode_entry(self.secret, digest, raw) if raw is not None else None
+        if raw is not None and entry is None:
             logger.warning("an API key entry in Redis failed its signature check; not honoured (digest %s...)",
                            digest[:8])  # fmt: skip
+        self._remember(digest, entry)
         return entry
+
+    def _remember(self, digest: str, entry: KeyEntry | None) -> None:
+        self._verified.pop(digest, None)
+        if entry is not None:
+            self._verified[digest] = (entry, time.monotonic())
+            while len(self._verified) > KEY_CACHE_SIZE:
+                self._verified.popitem(last=False)
 
     async def scopes(self, key: str) -> set[str] | None:
         entry = await self.entry(key)
@@ -182,7 +203,7 @@ def require(scope: Scope):
         if entry is None:
             state.metrics.rejected.labels("unauthenticated").inc()
             raise Unauthenticated("unknown API key")
-        if scope not in entry.scopes and "admin" not in entry.scopes:
+        if scope not in entry.scopes and "admin" not in entry.scopes:  # admin may do everything
             state.metrics.rejected.labels("forbidden").inc()
             raise Forbidden(f"this API key lacks the {scope!r} scope")
         request.state.api_key = (hash_key(key), entry)

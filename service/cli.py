@@ -135,7 +135,7 @@ def _run_on_keys(work):
 
 @keys_app.command("add")
 def keys_add(
-    scopes: Annotated[str, typer.Option(help="Comma-separated scopes: rank, admin.")] = "rank",
+    scopes: Annotated[str, typer.Option(help="Comma-separated scopes: rank, ingest, admin.")] = "rank",
     name: Annotated[str | None, typer.Option(help="Who the key is for (shown by `keys list`).")] = None,
     requests_per_s: Annotated[float | None, typer.Option(help="Most requests per second (default: no limit).")] = None,
     items_per_s: Annotated[
@@ -188,7 +188,7 @@ def keys_revoke(
 
 @app.command("add-key")
 def add_key(
-    scopes: Annotated[str, typer.Option(help="Comma-separated scopes: rank, admin.")] = "rank",
+    scopes: Annotated[str, typer.Option(help="Comma-separated scopes: rank, ingest, admin.")] = "rank",
 ) -> None:
     """Create an API key (the same as `keys add`)."""
     keys_add(scopes=scopes, name=None, requests_per_s=None, items_per_s=None)

@@ -75,8 +75,9 @@ class Settings(BaseSettings):
 
     # --- security ---
     auth_enabled: bool = Field(False, description="Require API keys (off for the local demo, on in deploy/).")
-    api_keys: dict[str, list[Literal["rank", "admin"]]] = Field(
-        default_factory=dict, description='JSON {"<sha256 of key>": ["rank"|"admin", ...]}; more keys in Redis.'
+    api_keys: dict[str, list[Literal["rank", "ingest", "admin"]]] = Field(
+        default_factory=dict,
+        description='JSON {"<sha256 of key>": ["rank"|"ingest"|"admin", ...]}; more keys in Redis.',
     )
     key_secret: SecretStr | None = Field(
         None, description="Signs the API key entries in Redis (r2rank-serve keys add); without it none is honoured."

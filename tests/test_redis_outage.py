@@ -159,3 +159,29 @@ def test_readiness_answers_at_once_while_redis_is_slow(outage_setup):
         assert max(timings) < 0.5, timings
     finally:
         stall.join()
+
+
+async def test_verified_keys_outlive_a_redis_outage(tmp_path):
+    """A key Redis verified keeps working while Redis is down (an outage used to turn every authenticated call
+    into a 503, inline ranking included); a key never verified before the outage gets the 503's error."""
+    from service.auth import KeyStore
+    from service.exceptions import StoreUnavailable
+    from service.store import RedisStore
+
+    server = RedisServer(tmp_path)
+    server.start()
+    store = RedisStore(server.url, prefix="keys", timeout_s=0.3)
+    try:
+        keys = KeyStore({}, store, secret="outage-secret")
+        used, unused = await keys.add(["rank"], name="used"), await keys.add(["rank"], name="unused")
+        assert (await keys.entry(used)).scopes == {"rank"}  # verified once, while Redis is up
+        server.kill()
+        assert (await keys.entry(used)).scopes == {"rank"}  # still honoured while Redis is down
+        with pytest.raises(StoreUnavailable):
+            await keys.entry(unused)
+        with pytest.raises(StoreUnavailable):
+            await keys.entry("r2r_never_issued")
+    finally:
+        await store.close()
+        if server.proc and server.proc.poll() is None:
+            server.kill()

@@ -19,6 +19,7 @@ from tests.faults import statuses_under_fault
 pytestmark = pytest.mark.engine
 
 RANK_KEY, ADMIN_KEY = "r2r_test_rank_" + uuid.uuid4().hex, "r2r_test_admin_" + uuid.uuid4().hex
+INGEST_KEY = "r2r_test_ingest_" + uuid.uuid4().hex
 KEY_SECRET = "test-secret-" + uuid.uuid4().hex
 MAX_INFLIGHT = 100
 
@@ -130,7 +131,7 @@ def test_one_request_id_in_reply_body_header_and_logs(guarded, demo):
 @pytest.fixture(scope="module")
 def guarded(log_dir, redis_prefix) -> ServerProcess:
     """A second service: API keys on, a small in-flight bound. The SIGTERM test ends it."""
-    keys = {hash_key(RANK_KEY): ["rank"], hash_key(ADMIN_KEY): ["admin"]}
+    keys = {hash_key(RANK_KEY): ["rank"], hash_key(ADMIN_KEY): ["admin"], hash_key(INGEST_KEY): ["ingest"]}
     env = {
         "R2RANK_AUTH_ENABLED": "true",
         "R2RANK_API_KEYS": json.dumps(keys),
@@ -159,14 +160,21 @@ def test_api_keys_and_scopes(guarded, demo):
     assert httpx.post(f"{url}/rank", json=body, headers=_auth(RANK_KEY)).status_code == 200
     assert httpx.post(f"{url}/rank", json=body, headers={"X-API-Key": ADMIN_KEY}).status_code == 200
     write = httpx.put(f"{url}/items", json=[{"item_id": "k1", "title": "K"}], headers=_auth(RANK_KEY))
-    assert write.status_code == 403 and "admin" in write.json()["error"]["message"]
+    assert write.status_code == 403 and "ingest" in write.json()["error"]["message"]
+    # an ingestion job's key writes histories, events and the catalogue, and does nothing else
+    ingest = _auth(INGEST_KEY)
+    assert httpx.put(f"{url}/items", json=[{"item_id": "k0", "title": "K0"}], headers=ingest).status_code == 200
+    assert httpx.post(f"{url}/users/ingested/events", json={"item_id": "k0"}, headers=ingest).status_code == 200
+    assert httpx.post(f"{url}/rank", json=body, headers=ingest).status_code == 403
+    assert httpx.get(f"{url}/admin/models", headers=ingest).status_code == 403
+    assert httpx.post(f"{url}/admin/models/rollback", headers=ingest).status_code == 403
     assert (
         httpx.put(f"{url}/items", json=[{"item_id": "k1", "title": "K"}], headers=_auth(ADMIN_KEY)).status_code == 200
     )
     assert httpx.get(f"{url}/items/k1", headers=_auth(RANK_KEY)).status_code == 200
     assert httpx.get(f"{url}/readyz").status_code == 200  # probes need no key
     log = guarded.log_tail(200_000)
-    assert RANK_KEY not in log and ADMIN_KEY not in log  # keys are never logged
+    assert RANK_KEY not in log and ADMIN_KEY not in log and INGEST_KEY not in log  # keys are never logged
 
 
 def test_keys_stored_in_redis_work(guarded, demo, redis_prefix):

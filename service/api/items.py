@@ -11,7 +11,7 @@ from service.auth import require
 from service.exceptions import NotFound
 from service.protocol import ERROR_RESPONSES, CatalogItem, ErrorResponse, ItemsUpserted
 
-ADMIN = [Depends(require("admin"))]  # writes
+WRITE = [Depends(require("ingest"))]  # writes: an ingestion key (or admin)
 READ = [Depends(require("rank"))]
 
 router = APIRouter(prefix="/items", tags=["items"], responses=ERROR_RESPONSES)
@@ -20,7 +20,7 @@ MAX_ITEMS_PER_CALL = 20_000
 
 
 @router.put(
-    "", response_model=ItemsUpserted, summary="Insert or replace catalogue items (all or nothing)", dependencies=ADMIN
+    "", response_model=ItemsUpserted, summary="Insert or replace catalogue items (all or nothing)", dependencies=WRITE
 )
 async def put_items(
     items: Annotated[

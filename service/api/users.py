@@ -11,7 +11,7 @@ from service.auth import require
 from service.protocol import ERROR_RESPONSES, EventIn, EventOut, HistoryEntryOut, HistoryOut, HistoryPut
 from service.store import HistoryEntry
 
-ADMIN = [Depends(require("admin"))]  # writes
+WRITE = [Depends(require("ingest"))]  # writes: an ingestion key (or admin)
 READ = [Depends(require("rank"))]
 
 router = APIRouter(prefix="/users", tags=["users"], responses=ERROR_RESPONSES)
@@ -29,7 +29,7 @@ def _history_out(user_id: str, stored: list[HistoryEntry]) -> HistoryOut:
     "/{user_id}/history",
     response_model=HistoryOut,
     summary="Replace a user's history (oldest first)",
-    dependencies=ADMIN,
+    dependencies=WRITE,
 )
 async def put_history(body: HistoryPut, store: StoreDep, user_id: str = UserId) -> HistoryOut:
     now = time.time()
@@ -45,7 +45,7 @@ async def get_history(store: StoreDep, user_id: str = UserId) -> HistoryOut:
     return _history_out(user_id, await store.get_history(user_id))
 
 
-@router.delete("/{user_id}/history", status_code=204, summary="Forget a user's history", dependencies=ADMIN)
+@router.delete("/{user_id}/history", status_code=204, summary="Forget a user's history", dependencies=WRITE)
 async def delete_history(store: StoreDep, user_id: str = UserId) -> Response:
     await store.delete_history(user_id)
     return Response(status_code=204)
@@ -55,7 +55,7 @@ async def delete_history(store: StoreDep, user_id: str = UserId) -> Response:
     "/{user_id}/events",
     response_model=EventOut,
     summary="Append one interaction (idempotent by event_id)",
-    dependencies=ADMIN,
+    dependencies=WRITE,
 )
 async def post_event(body: EventIn, store: StoreDep, user_id: str = UserId) -> EventOut:
     """Kept in timestamp order (arrival order for equal or missing timestamps), capped to the most recent

@@ -102,10 +102,23 @@ def test_kustomize_overlays_render_and_validate(overlay, tmp_path):
     secret = next(d for d in docs if d["kind"] == "Secret")["stringData"]
     assert "R2RANK_REDIS_URL" not in config and secret["R2RANK_REDIS_URL"].startswith("redis://:")
     assert {"R2RANK_KEY_SECRET", "REDIS_PASSWORD", "R2RANK_API_KEYS"} <= set(secret)
-    redis_args = next(d for d in docs if d["kind"] == "StatefulSet")["spec"]["template"]["spec"]["containers"][0][
-        "args"
-    ]
-    assert "--requirepass" in redis_args and redis_args[redis_args.index("--appendfsync") + 1] == "always"
+    redis_pod = next(d for d in docs if d["kind"] == "StatefulSet")["spec"]["template"]["spec"]
+    redis_container = redis_pod["containers"][0]
+    redis_args = redis_container["args"]
+    assert redis_args[redis_args.index("--appendfsync") + 1] == "always"
+    script = redis_container["command"][2]  # sh -c SCRIPT: the password goes to redis-server on its stdin
+    assert "requirepass" in script and "redis-server -" in script
+    # no secret is ever a process argument (ps, start-up logs): secret-sourced variables stay in the environment
+    for doc in docs:
+        pod_spec = doc.get("spec", {}).get("template", {}).get("spec")
+        for c in (pod_spec or {}).get("containers", []) + (pod_spec or {}).get("initContainers", []):
+            from_secrets = {e["name"] for e in c.get("env", []) if "secretKeyRef" in e.get("valueFrom", {})}
+            words = " ".join(map(str, c.get("command", []) + c.get("args", [])))
+            assert not [v for v in from_secrets if f"$({v})" in words], (doc["metadata"]["name"], c["name"])
+    # pods that never call the Kubernetes API carry no token for it; the API drains after endpoints drop it
+    assert pod["automountServiceAccountToken"] is False and redis_pod["automountServiceAccountToken"] is False
+    assert container["lifecycle"]["preStop"]["sleep"]["seconds"] > 0
+    assert api["spec"]["template"]["spec"]["terminationGracePeriodSeconds"] > 5 + 30
     assert config["R2RANK_MODELS_ROOT"] == "/models"  # checkpoints in a shared volume, not only in the image
     claim = next(d for d in docs if d["kind"] == "PersistentVolumeClaim")
     assert claim["spec"]["accessModes"] == ["ReadWriteMany"]
@@ -119,7 +132,11 @@ def test_kustomize_overlays_render_and_validate(overlay, tmp_path):
     if overlay == "gpu":
         engine = next(d for d in docs if d["kind"] == "Deployment" and d["metadata"]["name"] == "vllm-engine")
         assert engine["spec"]["template"]["spec"]["containers"][0]["resources"]["limits"]["nvidia.com/gpu"] == 1
-        assert "--api-key" in engine["spec"]["template"]["spec"]["containers"][0]["args"]
+        vllm = engine["spec"]["template"]["spec"]["containers"][0]
+        key = next(e for e in vllm["env"] if e["name"] == "VLLM_API_KEY")  # vLLM requires it on every call
+        assert key["valueFrom"]["secretKeyRef"]["key"] == "R2RANK_ENGINE_API_KEY" and "--api-key" not in vllm["args"]
+        assert vllm["securityContext"]["readOnlyRootFilesystem"] is True
+        assert engine["spec"]["template"]["spec"]["automountServiceAccountToken"] is False
         assert engine["spec"]["replicas"] >= 2
         # the API reaches the engines only through vllm-router, which finds them by label
         assert config["R2RANK_ENGINE_URL"] == "http://vllm-router:8000"

@@ -181,12 +181,7 @@ class PromptAssembler:
         """``prompt.clean_title`` and the tokenizer's special-token strings removed, after look-alikes are folded
         (``＜|endoftext|＞`` is the end-of-text token once NFKC-folded) and until nothing changes (removing a cue
         can join the halves of a special token, and the other way round)."""
-        title = prompt.fold(title)
-        while True:
-            cleaned = prompt.clean_title(self._plain(title))
-            if cleaned == title:
-                return cleaned
-            title = cleaned
+        return prompt.until_unchanged(lambda text: prompt.clean_title(self._plain(text)), prompt.fold(title))
 
     def history_prefix(self, history: Sequence[Item]) -> HistoryPrefix:
         """The shared prefix alone (LM pre-training reads histories as the service renders them)."""

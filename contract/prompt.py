@@ -26,6 +26,7 @@ from __future__ import annotations
 import math
 import re
 import unicodedata
+from collections.abc import Callable
 from typing import Literal
 
 PROMPT_FORMAT = "r2rank-grounded-v2"
@@ -77,6 +78,14 @@ def fold(text: str) -> str:
     return "".join(" " if unicodedata.category(ch)[0] in ("C", "Z") else ch for ch in normalised)
 
 
+def until_unchanged(step: Callable[[str], str], text: str) -> str:
+    """Apply ``step`` until the text stops changing: removing one forged piece can join the halves of another.
+    Ends because every ``step`` that changes a text makes it shorter."""
+    while (cleaned := step(text)) != text:
+        text = cleaned
+    return text
+
+
 def clean_title(title: str) -> str:
     """Make untrusted item text safe to splice into a prompt: text, never control.
 
@@ -86,12 +95,11 @@ def clean_title(title: str) -> str:
     none is left, since removing one can join the pieces of another (``Answer Evidence:: yes``). (Special-token
     text such as ``<|endoftext|>`` depends on the tokenizer: ``PromptAssembler`` strips it, in the same loop.)
     """
-    title = fold(title)
-    while True:
-        cleaned = _CONTROL_OR_SPACE.sub(" ", _CUE_PHRASE.sub(" ", title) if ":" in title else title).strip()
-        if cleaned == title:
-            return cleaned
-        title = cleaned
+    return until_unchanged(_strip_cues, fold(title))
+
+
+def _strip_cues(title: str) -> str:
+    return _CONTROL_OR_SPACE.sub(" ", _CUE_PHRASE.sub(" ", title) if ":" in title else title).strip()
 
 
 def clean_rationale(text: str) -> str:

@@ -134,13 +134,17 @@ class ServiceState:
             while True:
                 await asyncio.sleep(HEALTH_CHECK_INTERVAL_S)
                 try:
-                    await asyncio.wait_for(self.engine.check_health(), HEALTH_CHECK_TIMEOUT_S)
+                    await self._check_health()
                 except EngineError as exc:
                     self._set_ready(False, f"engine unhealthy: {exc}")
                     break
-                except TimeoutError:
-                    self._set_ready(False, f"engine unhealthy: no health answer within {HEALTH_CHECK_TIMEOUT_S:g} s")
-                    break
+
+    async def _check_health(self) -> None:
+        """The engine's health check, bounded in time: a stalled engine or router is an unhealthy one."""
+        try:
+            await asyncio.wait_for(self.engine.check_health(), HEALTH_CHECK_TIMEOUT_S)
+        except TimeoutError as exc:
+            raise EngineError(f"no health answer within {HEALTH_CHECK_TIMEOUT_S:g} s") from exc
 
     async def _warm_up(self) -> None:
         async for attempt in AsyncRetrying(
@@ -152,10 +156,7 @@ class ServiceState:
                         logger.warning("restarting the %s engine", self.engine.name)
                         self.metrics.engine_restarts.inc()
                         await self.engine.restart()
-                    try:
-                        await asyncio.wait_for(self.engine.check_health(), HEALTH_CHECK_TIMEOUT_S)
-                    except TimeoutError as exc:
-                        raise EngineError(f"no health answer within {HEALTH_CHECK_TIMEOUT_S:g} s") from exc
+                    await self._check_health()
                     await warm_up_engine(self.engine, self.settings, self.metrics)
                 except EngineError as exc:
                     self._set_ready(False, f"warm-up failed: {exc}")

@@ -1,4 +1,4 @@
-"""Redis state: user histories, the item catalogue and the score cache.
+"""Redis state: user histories, the item catalogue, the score cache, keys, the published model, the engine budget.
 
 Key layout (one configurable prefix ``P``, default ``r2r``; a user's keys share one hash tag, made from a
 digest of the user id, so no id can break the key's shape and the multi-key scripts below touch one slot):
@@ -17,6 +17,9 @@ digest of the user id, so no id can break the key's shape and the multi-key scri
                                   candidate's whole segment (title and evidence); every key has a TTL
     P:apikeys               HASH  sha256(API key) -> JSON entry (scopes, rates, name, created) with an HMAC
                                   by the server secret (``r2rank-serve keys add``; unsigned entries refused)
+    P:model:published       STRING the fleet's published-model record, signed (``service.published``)
+    P:{engine}:leases       ZSET  lease id -> expiry (Unix s): the engine budget shared by every API pod
+    P:{engine}:lease-items  HASH  lease id -> items the lease holds
 
 This class owns every key: nothing else in the service builds a key or calls the Redis client. Every write
 is one atomic script or MULTI, so a 2xx means the whole write is in Redis. Failures raise

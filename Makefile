@@ -8,7 +8,7 @@ EXTRAS  ?= cpu,dev
 PORT    ?= 8000
 STAMP   := $(VENV)/.r2rank-installed
 
-.PHONY: setup run test lint bench loadtest clean redis system-deps train seqrec eval openapi
+.PHONY: setup run test lint bench loadtest clean redis system-deps train seqrec seqrec-ranker eval openapi
 
 setup: $(STAMP)
 
@@ -65,7 +65,8 @@ bench: setup redis
 	$(PY) -m loadtest.bench_cache
 
 # The shipped default model, from scratch on the 2-core CPU: a tiny Qwen2 + tokenizer, LM pre-trained on the
-# training sequences (init-model), SFT on the built-in teacher's rationales, then listwise RL (PL + NDCG@10).
+# training sequences (init-model), SFT on the built-in teacher's rationales with the sequence model's next-item
+# rank in the evidence (seqrec-ranker), then listwise RL (PL + NDCG@10).
 # The stages' defaults are the shipped recipe (trainer/config.py); *_ARGS add or override flags. Every stage
 # resumes if interrupted and writes its step log (RUN/<stage>_steps.jsonl).
 RUN       ?= runs/default
@@ -74,17 +75,24 @@ INIT_ARGS ?=
 SFT_ARGS  ?=
 RL_ARGS   ?=
 
-train: setup
+train: setup seqrec-ranker
 	$(PY) -m trainer.cli init-model --data $(DATA) --out $(RUN)/init $(INIT_ARGS)
-	$(PY) -m trainer.cli sft --data $(DATA) --base $(RUN)/init --out $(RUN)/sft $(SFT_ARGS)
+	$(PY) -m trainer.cli sft --data $(DATA) --base $(RUN)/init --out $(RUN)/sft \
+		--sequence-model $(RUN)/seqrec-valid --example-sequence-model $(RUN)/seqrec-sft $(SFT_ARGS)
 	$(PY) -m trainer.cli rl --data $(DATA) --base $(RUN)/sft/model --out $(RUN)/rl $(RL_ARGS)
 
-# The sequence-model baseline every report shows (SASRec over item ids): one trained up to the test targets for the
-# test reports, one that stops before the validation targets for the selection report (and its learning curve).
-# Resumable; a finished one is not trained again.
-seqrec: setup
+# The sequence models (SASRec over item ids). The ranker's: one that stops before SFT's targets (the next-item
+# rank SFT examples state) and, started from it, one that stops before the validation targets (shipped in the
+# checkpoint: the rank RL, selection and serving state; also the selection report's baseline row). The
+# report's baseline: one trained up to the test targets. Resumable; a finished one is not trained again.
+SEQREC_VALID_EPOCHS ?= 4
+seqrec-ranker: setup
+	$(PY) -m trainer.cli seqrec --data $(DATA) --out $(RUN)/seqrec-sft --horizon sft
+	$(PY) -m trainer.cli seqrec --data $(DATA) --out $(RUN)/seqrec-valid --horizon valid \
+		--init $(RUN)/seqrec-sft --epochs $(SEQREC_VALID_EPOCHS)
+
+seqrec: setup seqrec-ranker
 	$(PY) -m trainer.cli seqrec --data $(DATA) --out $(RUN)/seqrec
-	$(PY) -m trainer.cli seqrec --data $(DATA) --out $(RUN)/seqrec-valid --horizon valid
 
 # `make eval`: first the choice, on the selection users' validation positions (held apart from RL): the SFT start
 # beside the RL model (docs/eval-selection). Then the report on the model shipped (SHIP), made once, on the test

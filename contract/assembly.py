@@ -20,6 +20,7 @@ from typing import Protocol
 from contract import prompt
 from contract.evidence import Evidence, EvidenceStats, Item, LeaveOut, compute_evidence_batch
 from contract.prompt import Reasoning
+from contract.sequence import SequenceRanker
 
 
 class Encoder(Protocol):
@@ -131,15 +132,22 @@ def answer_token_ids(encoder: Encoder) -> tuple[int, int]:
 
 
 class PromptAssembler:
-    """Token ids of every part of the prompt for one tokenizer, one checkpoint's limits and its evidence."""
+    """Token ids of every part of the prompt for one tokenizer, one checkpoint's limits and its evidence (and
+    its sequence model, whose rank the evidence states where the checkpoint ships one)."""
 
     def __init__(
-        self, encoder: Encoder, limits: PromptLimits, answer_ids: tuple[int, int], stats: EvidenceStats
+        self,
+        encoder: Encoder,
+        limits: PromptLimits,
+        answer_ids: tuple[int, int],
+        stats: EvidenceStats,
+        sequence: SequenceRanker | None = None,
     ) -> None:
         self.encoder = encoder
         self.limits = limits
         self.answer_ids = answer_ids  # (yes, no)
         self.stats = stats
+        self.sequence = sequence
         self.answer_cue_ids = encoder.encode(prompt.ANSWER_CUE)
         specials = sorted((s for s in encoder.special_texts if s), key=len, reverse=True)
         self._special = re.compile("|".join(map(re.escape, specials))) if specials else None
@@ -157,10 +165,10 @@ class PromptAssembler:
         Titles are cleaned and cut to the title budget in one tokenizer call; the history keeps the most
         recent items that fit the item and token caps (empty titles leave it); each candidate's evidence is
         computed against that history (``leave_out``: a training example's own user, see
-        ``contract.evidence``)."""
+        ``contract.evidence``; the next-item rank too, from the history the prompt shows)."""
         kept, shown = self._select(history, candidates)
         text = prompt.history_prefix([item.title for item in kept])
-        evidence = compute_evidence_batch(kept, shown, self.stats, leave_out)
+        evidence = compute_evidence_batch(kept, shown, self.stats, leave_out, self.sequence)
         texts = [prompt.candidate_segment(c.title, e.text(), reasoning) for c, e in zip(shown, evidence, strict=True)]
         prefix = HistoryPrefix(text, self.encoder.encode(text))
         segments = self.encoder.encode_batch(texts)
@@ -172,6 +180,11 @@ class PromptAssembler:
             ]
             answer_segments = self.encoder.encode_batch(none_texts)
         return RequestPrompts(prefix, kept, shown, evidence, texts, segments, reasoning, answer_segments)
+
+    def with_sequence(self, sequence: SequenceRanker | None) -> PromptAssembler:
+        """The same assembler with another sequence model: a training example's next-item rank must come from
+        a model that never saw its target (``trainer.seqrec`` horizons)."""
+        return PromptAssembler(self.encoder, self.limits, self.answer_ids, self.stats, sequence)
 
     def _plain(self, text: str) -> str:
         """``text`` without the tokenizer's special-token strings (they would encode as control tokens)."""

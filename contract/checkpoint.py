@@ -1,11 +1,12 @@
 """A ranker checkpoint on disk: Hugging Face weights + tokenizer + ``manifest.json``.
 
 The manifest is what makes a plain HF directory an r2rank ranker: which prompt format it was trained on
-(``prompt_format``), its answer token ids, the prompt limits, a ``model_version`` that names its bytes and
-the ``stats_version`` of the evidence statistics shipped beside the weights (``evidence.json.gz``); both
-versions key the score cache. The trainer writes it (``write_checkpoint_manifest``), the service and the trainer
-read it (``open_checkpoint``), which refuses anything inconsistent before an engine spends a minute loading
-weights.
+(``prompt_format``), its answer token ids, the prompt limits, a ``model_version`` that names its bytes and the
+``stats_version`` of the evidence statistics shipped beside the weights (``evidence.json.gz``), and the
+``sequence_version`` of the sequence model shipped in ``sequence/`` where its evidence states a next-item rank
+(hashed into ``model_version`` too); the versions key the score cache. The trainer writes it
+(``write_checkpoint_manifest``), the service and the trainer read it (``open_checkpoint``), which refuses
+anything inconsistent before an engine spends a minute loading weights.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from pydantic import BaseModel, Field, ValidationError
 from contract import prompt
 from contract.assembly import PromptAssembler, PromptLimits, answer_token_ids
 from contract.evidence import EVIDENCE_FILE, EvidenceStats
+from contract.sequence import SEQUENCE_DIR, SequenceRanker
 
 MANIFEST_NAME = "manifest.json"
 HASHED_SUFFIXES = frozenset({".safetensors", ".json"})
@@ -45,6 +47,11 @@ class Manifest(BaseModel):
     max_title_tokens: int = Field(default=prompt.DEFAULT_MAX_TITLE_TOKENS, ge=1)
     max_rationale_tokens: int = Field(default=prompt.DEFAULT_MAX_RATIONALE_TOKENS, ge=1)
     stats_version: str = Field(min_length=1, description="Version of the evidence statistics (evidence.json.gz).")
+    sequence_version: str | None = Field(
+        None,
+        description="Version of the sequence model whose next-item rank the evidence states (seqrec.*); "
+        "none for a checkpoint without one.",
+    )
     provenance: dict[str, Any] = Field(default_factory=dict, description="How it was made: command, data, seed.")
     metrics: dict[str, Any] = Field(default_factory=dict, description="Eval results, if any.")
 
@@ -168,9 +175,13 @@ class Checkpoint:
     def answer_ids(self) -> tuple[int, int]:
         return self.manifest.answer_token_ids.yes, self.manifest.answer_token_ids.no
 
+    @property
+    def sequence(self) -> SequenceRanker | None:
+        return self.prompts.sequence
+
     def with_manifest(self, manifest: Manifest) -> Checkpoint:
-        """The same weights, tokenizer and statistics under another manifest (limits re-read from it)."""
-        assembler = PromptAssembler(self.encoder, manifest.limits, self.answer_ids, self.stats)
+        """The same weights, tokenizer, statistics and sequence model under another manifest (limits re-read)."""
+        assembler = PromptAssembler(self.encoder, manifest.limits, self.answer_ids, self.stats, self.sequence)
         return Checkpoint(self.path, manifest, self.encoder, assembler)
 
 
@@ -204,7 +215,31 @@ def open_checkpoint(model_dir: str | Path) -> Checkpoint:
     if stats.version != manifest.stats_version:
         raise CheckpointError(f"{path / EVIDENCE_FILE}: statistics version {stats.version} is not the manifest's "
                               f"stats_version {manifest.stats_version}")  # fmt: skip
-    return Checkpoint(path, manifest, encoder, PromptAssembler(encoder, manifest.limits, ids, stats))
+    sequence = read_sequence(path, manifest)
+    return Checkpoint(path, manifest, encoder, PromptAssembler(encoder, manifest.limits, ids, stats, sequence))
+
+
+def read_sequence(model_dir: Path, manifest: Manifest) -> SequenceRanker | None:
+    """The shipped sequence model, which a v3 checkpoint must have (its evidence states the rank) and an older one
+    must not (it was never trained on the field)."""
+    where = Path(model_dir) / SEQUENCE_DIR
+    has_model = SequenceRanker.exists(where)
+    if manifest.prompt_format != prompt.prompt_format_for(has_model):
+        raise CheckpointError(
+            f"{Path(model_dir) / MANIFEST_NAME}: prompt_format {manifest.prompt_format!r} "
+            + ("does not state a next-item rank, but the directory holds a sequence model"
+               if has_model else f"needs a sequence model ({where}/), which the directory lacks")
+        )  # fmt: skip
+    if not has_model:
+        return None
+    try:
+        sequence = SequenceRanker.load(where)
+    except (OSError, ValueError, KeyError) as exc:
+        raise CheckpointError(f"{where}: unreadable: {exc}") from exc
+    if sequence.version != manifest.sequence_version:
+        raise CheckpointError(f"{where}: sequence model version {sequence.version} is not the manifest's "
+                              f"sequence_version {manifest.sequence_version}")  # fmt: skip
+    return sequence
 
 
 def read_stats(model_dir: Path) -> EvidenceStats:
@@ -222,9 +257,10 @@ def content_hash(model_dir: Path) -> str:
     """SHA-256 over weights, config and tokenizer: the same bytes give the same ``model_version``, and any
     change of weights gives a new one (so score-cache entries can never be reused wrongly)."""
     digest = hashlib.sha256()
-    for path in sorted(Path(model_dir).iterdir()):
-        if path.suffix in HASHED_SUFFIXES and path.name != MANIFEST_NAME:
-            digest.update(path.name.encode())
+    shipped = [*Path(model_dir).iterdir(), *sorted((Path(model_dir) / SEQUENCE_DIR).glob("*"))]
+    for path in sorted(shipped):
+        if path.is_file() and path.suffix in HASHED_SUFFIXES and path.name != MANIFEST_NAME:
+            digest.update(str(path.relative_to(model_dir)).encode())
             digest.update(path.read_bytes())
     return digest.hexdigest()
 
@@ -241,11 +277,14 @@ def write_checkpoint_manifest(
     from transformers import AutoTokenizer
 
     yes, no = answer_token_ids(HFEncoder(AutoTokenizer.from_pretrained(str(model_dir))))
+    shipped = Path(model_dir) / SEQUENCE_DIR
+    sequence = SequenceRanker.load(shipped) if SequenceRanker.exists(shipped) else None
     manifest = Manifest(
         model_version=f"{name}-{content_hash(model_dir)[:12]}",
-        prompt_format=prompt.PROMPT_FORMAT,
+        prompt_format=prompt.prompt_format_for(sequence is not None),
         answer_token_ids=AnswerTokenIds(yes=yes, no=no),
         stats_version=read_stats(model_dir).version,
+        sequence_version=sequence.version if sequence is not None else None,
         provenance=provenance,
         metrics=metrics or {},
         **limits,

@@ -10,7 +10,9 @@ diagnose and eval alike, from one versioned artifact (``EvidenceStats``, shipped
 - **popularity**: how many training interactions the candidate has, and its top-percent rank;
 - **a shared title word** with the most recent history item that has one (words common to more than 1% of
   the catalogue's titles are ignored: data-driven, no catalogue-specific word list);
-- **shared attributes** (``brand``, ``category``...) where the catalogue carries them.
+- **shared attributes** (``brand``, ``category``...) where the catalogue carries them;
+- **the next-item rank**, where the checkpoint ships a sequence model (``contract.sequence``): where it ranks
+  the candidate among the whole catalogue after this history (``unknown`` where it cannot say).
 
 Training examples leave the example's own user out of the counts (``leave_out``), so an SFT positive carries
 a link exactly when another user made the same move, as at serving time; without that, every training
@@ -30,6 +32,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+
+from contract.sequence import SequenceRanker
 
 EVIDENCE_FILE = "evidence.json.gz"
 RECENT_REFS = 5  # links from the 5 most recent history items are shown one by one, older ones summed
@@ -65,6 +69,17 @@ class SharedAttribute:
 
 
 @dataclass(frozen=True)
+class NextItemRank:
+    """The sequence model's judgement: the candidate's catalogue rank after the history (1 = its top pick), or
+    ``None`` where it has no id for the candidate or knows no item of the history."""
+
+    rank: int | None
+
+    def text(self) -> str:
+        return f"next-item rank {self.rank if self.rank is not None else 'unknown'}"
+
+
+@dataclass(frozen=True)
 class Evidence:
     """What the prompt says about one candidate (``text``), and the same as fields for the API."""
 
@@ -74,14 +89,16 @@ class Evidence:
     popularity_top_percent: int | None = None  # None: never seen in training
     shared_word: SharedWord | None = None
     attributes: tuple[SharedAttribute, ...] = ()
+    next_item: NextItemRank | None = None  # None: the checkpoint has no sequence model (the field is not shown)
 
     def text(self) -> str:
-        """The ``Evidence:`` line's content, e.g. ``follows #1 14x, #3 2x, older 3x; popularity 812 (top 3%);
-        shares "zelda" with #2``."""
+        """The ``Evidence:`` line's content, e.g. ``next-item rank 37; follows #1 14x, #3 2x, older 3x;
+        popularity 812 (top 3%); shares "zelda" with #2``."""
         links = [f"#{link.ref} {link.count}x" for link in self.links]
         if self.older_links:
             links.append(f"older {self.older_links}x")
-        parts = ["follows " + ", ".join(links) if links else "no links"]
+        parts = [] if self.next_item is None else [self.next_item.text()]
+        parts.append("follows " + ", ".join(links) if links else "no links")
         if self.popularity_top_percent is None:
             parts.append("popularity 0 (new)")
         else:
@@ -270,18 +287,31 @@ class Item:
 
 
 def compute_evidence(
-    history: Sequence[Item], candidate: Item, stats: EvidenceStats, leave_out: LeaveOut | None = None
+    history: Sequence[Item],
+    candidate: Item,
+    stats: EvidenceStats,
+    leave_out: LeaveOut | None = None,
+    sequence: SequenceRanker | None = None,
 ) -> Evidence:
     """The evidence for ``candidate`` given ``history`` (the prompt's history, OLDEST first; its last item is
-    ``#1``). ``leave_out`` subtracts one user's own sequence from the counts (training examples only)."""
-    return compute_evidence_batch(history, [candidate], stats, leave_out)[0]
+    ``#1``). ``leave_out`` subtracts one user's own sequence from the counts (training examples only);
+    ``sequence`` adds the next-item rank (training examples pass a model that never saw their target)."""
+    return compute_evidence_batch(history, [candidate], stats, leave_out, sequence)[0]
 
 
 def compute_evidence_batch(
-    history: Sequence[Item], candidates: Sequence[Item], stats: EvidenceStats, leave_out: LeaveOut | None = None
+    history: Sequence[Item],
+    candidates: Sequence[Item],
+    stats: EvidenceStats,
+    leave_out: LeaveOut | None = None,
+    sequence: SequenceRanker | None = None,
 ) -> list[Evidence]:
-    """``compute_evidence`` for every candidate of one history (the history's lookups done once)."""
+    """``compute_evidence`` for every candidate of one history (the history's lookups, and the sequence
+    model's forward pass, done once)."""
     own = leave_out or LeaveOut()
+    ranks: list[int | None] | None = None
+    if sequence is not None:
+        ranks = sequence.ranks([item.stats_id for item in history], [c.stats_id for c in candidates])
     latest_first = list(reversed(history))
     counts = stats.follow_counts([item.stats_id for item in latest_first], [c.stats_id for c in candidates])
     history_words = [stats.content_words(item.title) for item in latest_first]
@@ -305,8 +335,9 @@ def compute_evidence_batch(
                 if common:
                     shared = SharedWord(max(sorted(common), key=len), ref, item.item_id)
                     break
+        next_item = NextItemRank(ranks[column]) if ranks is not None else None
         out.append(Evidence(tuple(links), older, popularity, stats.top_percent(popularity), shared,
-                            _shared_attributes(latest_first, candidate, stats)))  # fmt: skip
+                            _shared_attributes(latest_first, candidate, stats), next_item))  # fmt: skip
     return out
 
 
@@ -329,6 +360,7 @@ _CLAIMS = (
     (re.compile(r'"([^"]+)" with #(\d+)'), re.compile(r'"([^"]+)" with #(\d+)')),  # the shared word
     (re.compile(r"older links \((\d+)x\)"), re.compile(r"older (\d+)x")),  # the older links' total
     (re.compile(r"same (\w+) as #(\d+)"), re.compile(r"same (\w+) as #(\d+)")),  # a shared attribute
+    (re.compile(r"(?i)\brank (\d+|unknown)"), re.compile(r"next-item rank (\d+|unknown)")),  # the next-item rank
 )
 
 

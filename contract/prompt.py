@@ -29,10 +29,21 @@ import unicodedata
 from collections.abc import Callable
 from typing import Literal
 
-PROMPT_FORMAT = "r2rank-grounded-v2"
-"""Version of everything in this module. Bump it when any string or rule below changes."""
+PROMPT_FORMAT = "r2rank-grounded-v3"
+"""Version of everything in this module and of the evidence line. Bump it when any string or rule changes.
+v3 states the sequence model's next-item rank on the evidence line (``contract.sequence``)."""
 
-SUPPORTED_PROMPT_FORMATS: frozenset[str] = frozenset({PROMPT_FORMAT})
+PROMPT_FORMAT_WITHOUT_SEQUENCE = "r2rank-grounded-v2"
+"""v3's text without the next-item rank: what a checkpoint that ships no sequence model was trained on. It
+stays served (its prompts are exactly what it was trained on) until no shipped checkpoint needs it."""
+
+SUPPORTED_PROMPT_FORMATS: frozenset[str] = frozenset({PROMPT_FORMAT, PROMPT_FORMAT_WITHOUT_SEQUENCE})
+
+
+def prompt_format_for(has_sequence_model: bool) -> str:
+    """The format a checkpoint is trained on: the next-item rank is on its evidence line iff it ships a model."""
+    return PROMPT_FORMAT if has_sequence_model else PROMPT_FORMAT_WITHOUT_SEQUENCE
+
 
 Reasoning = Literal["full", "none"]
 REASONING_MODES: tuple[Reasoning, ...] = ("full", "none")

@@ -130,6 +130,14 @@ class SharedAttributeOut(HistoryRef):
     value: str
 
 
+class NextItemOut(BaseModel):
+    rank: int | None = Field(
+        description="Where the checkpoint's sequence model (SASRec) ranks the candidate among the whole catalogue "
+        "after this history: 1 is its top pick; items in the history are not counted. null: unknown (a candidate "
+        "or a history it has no id for); never estimated."
+    )
+
+
 class EvidenceOut(BaseModel):
     """The facts the candidate's prompt stated (computed from training interactions); a rationale may cite only
     these: each ``#k`` it names and each number it states appears here."""
@@ -141,6 +149,9 @@ class EvidenceOut(BaseModel):
     popularity_top_percent: int | None = Field(description="Its popularity rank as top p%; null: never seen.")
     shared_word: SharedWordOut | None
     attributes: list[SharedAttributeOut]
+    next_item: NextItemOut | None = Field(
+        None, description="The sequence model's judgement, where the checkpoint ships one (prompt format v3)."
+    )
 
     @classmethod
     def from_evidence(cls, evidence: Evidence, titles: dict[int, str]) -> EvidenceOut:
@@ -158,6 +169,7 @@ class EvidenceOut(BaseModel):
                 SharedAttributeOut(ref=a.ref, item_id=a.item_id, title=titles[a.ref], name=a.name, value=a.value)
                 for a in evidence.attributes
             ],  # fmt: skip
+            next_item=NextItemOut(rank=evidence.next_item.rank) if evidence.next_item is not None else None,
         )
 
 

@@ -228,6 +228,7 @@ class Ranker:
             reasoning,
             engine.max_rationale_tokens,
             prompts.prefix.text,
+            manifest.sequence_version,
         )
         ids = [c.item_id if catalogue_ids else "" for c in candidates]
         fields = [score_cache_field(i, t) for i, t in zip(ids, prompts.segment_texts, strict=True)]

@@ -137,12 +137,15 @@ def score_cache_fingerprint(
     reasoning: str,
     max_rationale_tokens: int,
     prefix_text: str,
+    sequence_version: str | None = None,
 ) -> str:
     """Identifies everything the model saw before the candidate: a new event changes ``prefix_text``, a new
-    checkpoint changes ``model_version``, new statistics ``stats_version``; any of them gives a new key, so a
-    stale score is never served."""
+    checkpoint changes ``model_version``, new statistics ``stats_version``, a new sequence model
+    ``sequence_version`` (whose next-item rank the candidate's evidence states); any of them gives a new key, so
+    a stale score is never served."""
     digest = hashlib.sha256()
-    for part in (model_version, prompt_format, stats_version, reasoning, str(max_rationale_tokens), prefix_text):
+    parts = (model_version, prompt_format, stats_version, reasoning, str(max_rationale_tokens), prefix_text)
+    for part in (*parts, sequence_version or ""):
         digest.update(part.encode())
         digest.update(b"\x00")
     return digest.hexdigest()[:32]

@@ -47,9 +47,19 @@ def _scored_text(assembler: PromptAssembler, history, candidate, reasoning, rati
 
 
 def test_golden_prompt_full(assembler):
-    """Pins the exact text of format r2rank-grounded-v2: a change here needs a new PROMPT_FORMAT."""
+    """Pins the exact text of formats r2rank-grounded-v2 (no sequence model) and v3 (its next-item rank first on
+    the Evidence line): a change here needs a new PROMPT_FORMAT."""
+    from trainer.config import SeqRecConfig
+    from trainer.seqrec import SequenceModel
+
+    assert assembler.sequence is None  # the shipped checkpoint: v2
     assert _scored_text(assembler, ["Mario Kart", "Zelda"], "Metroid", "full", "Same console.") == GOLDEN_FULL
-    assert prompt.PROMPT_FORMAT == "r2rank-grounded-v2"
+    assert prompt.PROMPT_FORMAT_WITHOUT_SEQUENCE == "r2rank-grounded-v2"
+    ranker = SequenceModel(["a", "b"], SeqRecConfig(hidden_size=8, heads=1, inner_size=8)).ranker()
+    v3 = assembler.with_sequence(ranker)
+    golden_v3 = GOLDEN_FULL.replace("Evidence: ", "Evidence: next-item rank unknown; ")  # the items are unseen
+    assert _scored_text(v3, ["Mario Kart", "Zelda"], "Metroid", "full", "Same console.") == golden_v3
+    assert prompt.PROMPT_FORMAT == "r2rank-grounded-v3"
 
 
 def test_golden_evidence_line(assembler):

@@ -68,6 +68,8 @@ def test_evidence_when_asked_is_what_the_prompt_stated(client, demo):
         for link in evidence["links"]:
             assert latest_first[link["ref"] - 1] == link["item_id"] and link["title"] == demo.titles[link["item_id"]]
             assert link["count"] == stats.follow_count(link["item_id"], item["item_id"])
+        stated = prompts.evidence[0].next_item  # the sequence model's rank, where the checkpoint ships one
+        assert evidence["next_item"] == (None if stated is None else {"rank": stated.rank})
         assert isinstance(item["rationale"], str)
     none = _rank(client, demo.rank_request(user, reasoning="none", include_evidence=True))
     by_id = {i["item_id"]: i["evidence"] for i in result["items"]}

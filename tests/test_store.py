@@ -87,8 +87,10 @@ async def test_score_cache_keys_on_model_history_and_title(store):
     field = score_cache_field("42", "Candidate: Mario Kart\nEvidence: no links")
     await store.put_scores(fp, {field: CachedScore(1.5, "because")})
     assert await store.get_scores(fp, [field]) == {field: CachedScore(1.5, "because")}
-    # a new model version, new statistics, a new history (event), another mode, another title or evidence: misses
+    # a new model version, new statistics, a new history (event), another mode, another title or evidence, another
+    # sequence model: misses
     others = [
+        ("m1", "fmt", "stats1", "full", 32, "history text", "seq2"),
         ("m2", "fmt", "stats1", "full", 32, "history text"),
         ("m1", "fmt", "stats2", "full", 32, "history text"),
         ("m1", "fmt", "stats1", "full", 32, "history text+"),

@@ -3,7 +3,16 @@ evidence, cite only it, and carry a verdict the teacher's evidence model gives."
 
 from __future__ import annotations
 
-from contract.evidence import Evidence, EvidenceStats, Item, Link, SharedWord, compute_evidence
+from contract.evidence import (
+    Evidence,
+    EvidenceStats,
+    Item,
+    Link,
+    NextItemRank,
+    SharedWord,
+    compute_evidence,
+    unfaithful_citations,
+)
 from trainer.data import Catalogue, UserSplit, leave_one_out
 from trainer.evaluation.baselines import TrainingStats
 from trainer.teacher import BuiltinTeacher, EvidenceModel, calibration_examples, clause_kinds, evidence_features
@@ -43,6 +52,20 @@ def test_rationale_weighs_the_evidence_and_cites_it():
     assert TEACHER.rationale(weak) == 'Weak link: follows #4 1x; shares "zelda" with #2; niche, top 60%: possible.'
     assert TEACHER.rationale(Evidence((), 5, 0, None, None, ())) == "Only older links (5x); a new item: unlikely."
     assert "\n" not in TEACHER.rationale(weak)  # one line: the contract's stop is a newline
+
+
+def test_rationale_cites_the_next_item_rank_in_place_of_popularity():
+    """Where the evidence states the sequence model's rank, the teacher cites it first (the verdict weighs its
+    log: a higher rank, a likelier verdict) and drops popularity, which the rank stands for, to stay in budget."""
+    teacher = BuiltinTeacher(EvidenceModel([0.0] * 10 + [0.0, -1.0], 3.0))
+    top = Evidence((Link(1, "a", 14),), 0, 812, 3, None, (), NextItemRank(2))
+    assert teacher.rationale(top) == "Rank 2; strong link: follows #1 14x: likely."
+    low = Evidence((), 0, 812, 3, None, (), NextItemRank(4000))
+    assert teacher.rationale(low) == "Rank 4000; no links: unlikely."
+    unknown = Evidence((), 0, 0, None, None, (), NextItemRank(None))
+    assert teacher.rationale(unknown).startswith("Rank unknown; no links")
+    for evidence in (top, low, unknown):
+        assert unfaithful_citations(teacher.rationale(evidence), evidence.text()) == []
 
 
 def test_the_strongest_link_weighs_count_by_recency():

@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from contract.checkpoint import open_checkpoint
+from contract.sequence import SequenceRanker
 from loadtest.procs import REPO_ROOT
 from trainer.progress import read_steps
 
@@ -140,12 +141,53 @@ def test_data_stage_candidate_sets(tiny_data, tmp_path):
     assert pop_rows and all(len(r["candidates"]) == 10 for r in pop_rows)
 
 
+TINY_SEQREC = ["--hidden-size", "16", "--layers", "1", "--batch-tokens", "256"]
+
+
 @pytest.fixture(scope="module")
-def tiny_sft(tiny_data, tiny_model, tmp_path_factory) -> Path:
+def ranker_seqrec(tiny_data, tmp_path_factory) -> tuple[Path, Path]:
+    """The ranker's sequence models as `make seqrec-ranker` trains them: (shipped: valid, examples: sft)."""
+    root = tmp_path_factory.mktemp("ranker-seqrec")
+    _train("seqrec", "--data", str(tiny_data), "--out", str(root / "sft"), "--horizon", "sft", "--epochs", "2",
+           *TINY_SEQREC)  # fmt: skip
+    _train("seqrec", "--data", str(tiny_data), "--out", str(root / "valid"), "--horizon", "valid", "--epochs", "1",
+           "--init", str(root / "sft"), "--curve-users", "20", *TINY_SEQREC)  # fmt: skip
+    return root / "valid", root / "sft"
+
+
+@pytest.fixture(scope="module")
+def tiny_sft(tiny_data, tiny_model, ranker_seqrec, tmp_path_factory) -> Path:
+    """SFT as `make train` runs it: the evidence states the next-item rank, the checkpoint ships the model."""
     out = tmp_path_factory.mktemp("sft")
+    shipped, examples = ranker_seqrec
     _train("sft", "--base", str(tiny_model), "--out", str(out), "--data", str(tiny_data), "--users", "60",
-           "--steps", "20", "--batch-size", "4", "--lr", "3e-3", *SMALL_SFT, "--none-fraction", "0.3")  # fmt: skip
+           "--steps", "20", "--batch-size", "4", "--lr", "3e-3", *SMALL_SFT, "--none-fraction", "0.3",
+           "--sequence-model", str(shipped), "--example-sequence-model", str(examples))  # fmt: skip
     return out / "model"
+
+
+def test_sft_ships_the_sequence_model_and_refuses_one_that_saw_its_targets(tiny_data, tiny_model, tiny_sft,
+                                                                           ranker_seqrec, tmp_path):  # fmt: skip
+    from contract import prompt
+
+    checkpoint = open_checkpoint(tiny_sft)
+    shipped, examples = ranker_seqrec
+    assert checkpoint.manifest.prompt_format == prompt.PROMPT_FORMAT and checkpoint.sequence is not None
+    assert checkpoint.manifest.sequence_version == SequenceRanker.load(shipped).version
+    provenance = checkpoint.manifest.provenance
+    assert len(provenance["teacher_verdict_model"]["weights"]) == 12  # the rank's two features included
+    common = ["--base", str(tiny_model), "--data", str(tiny_data), "--users", "20", "--steps", "1", *SMALL_SFT]
+    # examples stated by the shipped (valid-horizon) model: it trained on SFT's targets
+    refused = _train_fails("sft", *common, "--out", str(tmp_path / "a"), "--sequence-model", str(shipped),
+                           "--example-sequence-model", str(shipped))  # fmt: skip
+    assert "--horizon sft" in refused
+    refused = _train_fails("sft", *common, "--out", str(tmp_path / "b"), "--sequence-model", str(examples),
+                           "--example-sequence-model", str(examples))  # fmt: skip
+    assert "--horizon valid" in refused
+    # a warm start may only add positions
+    refused = _train_fails("seqrec", "--data", str(tiny_data), "--out", str(tmp_path / "c"), "--horizon", "sft",
+                           "--init", str(shipped), *TINY_SEQREC)  # fmt: skip
+    assert "later than" in refused
 
 
 @pytest.fixture(scope="module")

@@ -210,9 +210,24 @@ def sft_cmd(
     teacher_cache: Annotated[
         Path | None, typer.Option(help="JSONL cache of the teacher's answers (default OUT/teacher_cache.jsonl).")
     ] = None,
+    sequence_model: Annotated[
+        Path | None,
+        typer.Option(
+            help="A `seqrec --horizon valid` output to ship in the checkpoint: the evidence then states "
+            "its next-item rank (prompt format v3). Needs --example-sequence-model."
+        ),
+    ] = None,
+    example_sequence_model: Annotated[
+        Path | None,
+        typer.Option(
+            help="A `seqrec --horizon sft` output: the next-item rank of SFT examples and the teacher's "
+            "calibration (a model that never saw their targets)."
+        ),
+    ] = None,
 ) -> None:
     """Supervised cold start on teacher rationales (built-in, or an LLM behind --teacher-url); resumable."""
     from contract.checkpoint import write_checkpoint_manifest
+    from trainer.seqrec import ranker_sequence_models
     from trainer.sft import sft_users, train_sft
     from trainer.teacher import BuiltinTeacher
 
@@ -223,6 +238,14 @@ def sft_cmd(
     teacher_config = _build(TeacherConfig, url=teacher_url, model=teacher_model, api=teacher_api,
                             concurrency=teacher_concurrency, calibration_users=teacher_calibration_users)  # fmt: skip
     base_checkpoint = _checkpoint(base, "--base")
+    sequences = None
+    if (sequence_model is None) != (example_sequence_model is None):
+        raise typer.BadParameter("give both or neither", param_hint="--sequence-model/--example-sequence-model")
+    if sequence_model is not None and example_sequence_model is not None:
+        try:
+            sequences = ranker_sequence_models(sequence_model, example_sequence_model, config.targets_per_user)
+        except ValueError as exc:
+            raise typer.BadParameter(str(exc), param_hint="--sequence-model") from exc
     catalogue, splits = _splits(data)
     try:
         chosen = sft_users(splits, config, reserve=0 if teacher_config.url else teacher_config.calibration_users)
@@ -236,8 +259,12 @@ def sft_cmd(
                              concurrency=teacher_config.concurrency)  # fmt: skip
     else:  # its verdict model is fitted on other users than SFT's
         teacher = BuiltinTeacher.calibrated(splits, catalogue, base_checkpoint.stats, teacher_config.calibration_users,
-                                            exclude={u.user_id for u in chosen})  # fmt: skip
-    summary = train_sft(base, out, catalogue, chosen, teacher, config)
+                                            exclude={u.user_id for u in chosen},
+                                            sequence=sequences and sequences.examples)  # fmt: skip
+    summary = train_sft(base, out, catalogue, chosen, teacher, config, sequences)
+    if sequences is not None:
+        summary["sequence_model"] = {"shipped": str(sequences.shipped), "examples": str(example_sequence_model),
+                                     "examples_version": sequences.examples.version}  # fmt: skip
     teacher_name = f"{teacher_config.url} {teacher_config.model}" if teacher_config.url else "builtin"
     if isinstance(teacher, BuiltinTeacher):
         summary["teacher_verdict_model"] = {"weights": teacher.model.weights, "bias": teacher.model.bias}
@@ -299,7 +326,8 @@ def rl_cmd(
         stop_after=stop_after,
         rollout_engine=rollout_engine,
     )
-    base_version = _checkpoint(base, "--base").model_version
+    base_checkpoint = _checkpoint(base, "--base")
+    base_version = base_checkpoint.model_version
     catalogue, splits = _splits(data)
     held_apart = {u.user_id for u in selection_users(splits)}  # never trained on: they choose between checkpoints
     cases = rl_cases(splits, catalogue, config.users, config.negatives, config.seed, held_apart)
@@ -311,6 +339,12 @@ def rl_cmd(
         "base_model_version": base_version,
         "data": data.name,
         "users": len(cases),
+        # what the SFT start learned from, kept so eval's evidence-model row is the teacher's own logistic
+        **{
+            k: base_checkpoint.manifest.provenance[k]
+            for k in INHERITED_PROVENANCE
+            if k in base_checkpoint.manifest.provenance
+        },
     }
     manifest = write_checkpoint_manifest(out / "model", name, provenance)
     typer.echo(
@@ -322,6 +356,8 @@ def rl_cmd(
         )
     )
 
+
+INHERITED_PROVENANCE = ("teacher_verdict_model", "sequence_model", "teacher")
 
 SplitOption = Annotated[
     str,
@@ -347,6 +383,10 @@ def seqrec_cmd(
     batch_tokens: Annotated[int, _opt(SeqRecConfig, "batch_tokens")] = SeqRecConfig.batch_tokens,
     lr: Annotated[float, _opt(SeqRecConfig, "lr")] = SeqRecConfig.lr,
     seed: Annotated[int, _opt(SeqRecConfig, "seed")] = SeqRecConfig.seed,
+    held_out: Annotated[int, _opt(SeqRecConfig, "held_out")] = SeqRecConfig.held_out,
+    init: Annotated[
+        Path | None, typer.Option(help="Start from this `seqrec` output's weights (a horizon no later than this one).")
+    ] = None,
     curve_users: Annotated[
         int, typer.Option(help="Horizon valid: selection users whose NDCG@10 is measured after every epoch (0: none).")
     ] = 1000,
@@ -355,12 +395,14 @@ def seqrec_cmd(
     beside the other baselines; resumable (rerun to continue after the last finished epoch)."""
     from trainer.evaluation.cases import build_cases
     from trainer.evaluation.metrics import metrics_with_ci, positive_rank
-    from trainer.seqrec import train_seqrec, training_sequences
+    from trainer.seqrec import SequenceModel, train_seqrec, training_sequences
 
     _log_to_stderr()
     config = _build(SeqRecConfig, horizon=horizon, epochs=epochs, hidden_size=hidden_size, layers=layers,
                     heads=heads, inner_size=inner_size, dropout=dropout, max_length=max_length,
-                    batch_tokens=batch_tokens, lr=lr, seed=seed)  # fmt: skip
+                    batch_tokens=batch_tokens, lr=lr, seed=seed, held_out=held_out)  # fmt: skip
+    if init is not None and not SequenceModel.exists(init):
+        raise typer.BadParameter(f"no sequence model in {init}", param_hint="--init")
     catalogue, splits = _splits(data)
     monitor = None
     if horizon == "valid" and curve_users > 0:  # a model that stops before the validation targets can be scored there
@@ -372,19 +414,26 @@ def seqrec_cmd(
             return {"selection_ndcg@10": round(metrics_with_ci(ranks)["ndcg@10"]["mean"], 4)}
 
     items = sorted(catalogue.titles, key=lambda k: (len(k), k))
-    provenance = {"command": _command_line(), "data": data.name, "users": len(splits)}
-    summary = train_seqrec(items, training_sequences(splits, horizon), out, config, monitor, provenance)
+    provenance = {"command": _command_line(), "data": data.name, "users": len(splits),
+                  **({"init": str(init)} if init else {})}  # fmt: skip
+    try:
+        summary = train_seqrec(items, training_sequences(splits, horizon, held_out), out, config, monitor, provenance,
+                               SequenceModel.load(init) if init else None)  # fmt: skip
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--init") from exc
     typer.echo(json.dumps({k: summary[k] for k in ("sequences", "items", "parameters")} | {"curve": summary["curve"]}))
 
 
-def _reference_stats(model: list[Path], catalogue, splits):
-    """The evidence statistics the baselines read: the first model's (what it was trained and served with), or
-    the recipe's, built from the training prefixes."""
+def _reference_evidence(model: list[Path], catalogue, splits):
+    """The evidence the evidence-model row reads: the first model's (its statistics and sequence model, what it
+    was trained and served with), or the recipe's statistics, built from the training prefixes."""
+    from trainer.evaluation.run import EvidenceSource
+
     if model:
-        return _checkpoint(model[0], "--model").stats
+        return EvidenceSource.of(_checkpoint(model[0], "--model"))
     from trainer.statistics import build_stats
 
-    return build_stats(catalogue, splits, EvidenceConfig())
+    return EvidenceSource(build_stats(catalogue, splits, EvidenceConfig()))
 
 
 @app.command("eval")
@@ -434,7 +483,7 @@ def eval_cmd(
                     seed=seed, out=out, command=_command_line(), retriever_name=retriever, retriever=lists,
                     sequence_model=seqrec, reuse=reuse)  # fmt: skip
     try:
-        evaluate(catalogue, splits, _reference_stats(model, catalogue, splits), plan)
+        evaluate(catalogue, splits, _reference_evidence(model, catalogue, splits), plan)
     except EvalError as exc:
         raise typer.BadParameter(str(exc)) from exc
     typer.echo((out / "eval.md").read_text())

@@ -87,7 +87,8 @@ class EvidenceConfig:
         _require(0 < self.stopword_share <= 1, f"stopword_share must be in (0, 1], got {self.stopword_share}")
 
 
-SeqRecHorizon = Literal["test", "valid"]
+SeqRecHorizon = Literal["test", "valid", "sft"]
+HORIZON_ORDER: tuple[str, ...] = ("sft", "valid", "test")  # each sees every position the earlier ones see
 
 
 @dataclass(frozen=True)
@@ -97,8 +98,11 @@ class SeqRecConfig:
     horizon: SeqRecHorizon = option(
         "test",
         "test: train on every position before the test targets (the report's baseline); valid: stop "
-        "before the validation targets (leak-free on the selection users; the learning curve is measured there).",
+        "before the validation targets (leak-free on the selection users and RL's positions: the model a ranker "
+        "ships; the learning curve is measured there); sft: also stop before each user's last --held-out "
+        "training positions (SFT's targets: the model that states SFT examples' next-item rank).",
     )
+    held_out: int = option(2, "Horizon sft: training positions per user left out (>= SFT's --targets-per-user).")
     epochs: int = option(12, "Passes over the training sequences.")
     hidden_size: int = option(64, "Width (item embeddings, tied to the output layer).")
     layers: int = option(2, "Transformer layers.")
@@ -115,7 +119,8 @@ class SeqRecConfig:
 
     def __post_init__(self) -> None:
         _literal(self.horizon, SeqRecHorizon, "horizon")
-        for name in ("epochs", "hidden_size", "layers", "heads", "inner_size", "max_length", "batch_tokens"):
+        sizes = ("epochs", "hidden_size", "layers", "heads", "inner_size", "max_length", "batch_tokens", "held_out")
+        for name in sizes:
             _require(getattr(self, name) > 0, f"{name} must be > 0, got {getattr(self, name)}")
         _require(self.hidden_size % self.heads == 0, f"hidden_size ({self.hidden_size}) must be a multiple of heads")
         _require(0 <= self.dropout < 1, f"dropout must be in [0, 1), got {self.dropout}")

@@ -10,6 +10,8 @@ from pathlib import Path
 
 from contract.checkpoint import Manifest, open_checkpoint, write_checkpoint_manifest
 from contract.evidence import EVIDENCE_FILE
+from contract.sequence import SEQUENCE_DIR
+from trainer.statistics import ship_sequence_model
 
 SERVED_SUFFIXES = frozenset({".json", ".safetensors", ".txt", ".jinja"})
 
@@ -41,6 +43,11 @@ def export_checkpoint(model: Path, out: Path, metrics: dict, command: str) -> Ma
         if path.is_file() and path.name != "manifest.json" and served:
             shutil.copy2(path, staging / path.name)
             (staging / path.name).chmod(0o644)
+    if source.sequence is not None:
+        ship_sequence_model(model / SEQUENCE_DIR, staging)
+        (staging / SEQUENCE_DIR).chmod(0o755)
+        for path in (staging / SEQUENCE_DIR).iterdir():
+            path.chmod(0o644)
     staging.chmod(0o755)  # mkdtemp makes it 0700: a service running as another user must read it
     name = source.model_version.rsplit("-", 1)[0]
     provenance = {**source.manifest.provenance, "exported_from": str(model), "export_command": command}

@@ -24,6 +24,9 @@ EXAMPLE_EVIDENCE = (
     'follows #1 14x, #3 2x, older 5x; popularity 812 (top 3%); shares "word" with #2',
     "no links; popularity 7 (top 61%)",
     "follows #2 1x; popularity 0 (new); same brand as #4",
+    'next-item rank 37; follows #1 14x, #3 2x, older 5x; popularity 812 (top 3%); shares "word" with #2',
+    "next-item rank 4120; no links; popularity 7 (top 61%)",
+    "next-item rank unknown; follows #2 1x; popularity 0 (new); same brand as #4",
 )
 EXAMPLE_RATIONALES = (
     "Strong link: follows #1 14x; top 3% popular: likely.",
@@ -31,6 +34,9 @@ EXAMPLE_RATIONALES = (
     "Weak link: follows #2 1x; niche, top 40%: unlikely.",
     "Only older links (5x); a new item: unlikely.",
     "No links; same brand as #4; niche, top 61%: unlikely.",
+    'Rank 37; strong link: follows #1 14x; shares "word" with #2: likely.',
+    "Rank 4120; no links: unlikely.",
+    "Rank unknown; weak link: follows #2 1x; same brand as #4: possible.",
 )
 
 
@@ -39,7 +45,9 @@ def contract_corpus(repeat: int = 200) -> list[str]:
     common enough to become single tokens in the learned vocabulary."""
     yes, no = prompt.ANSWER_CUE + prompt.ANSWER_YES, prompt.ANSWER_CUE + prompt.ANSWER_NO
     lines = [prompt.history_prefix(["Example Title", "Another Title"]), yes, no]
-    for evidence, rationale in zip(EXAMPLE_EVIDENCE, EXAMPLE_RATIONALES, strict=False):
+    with_rank = [r for r in EXAMPLE_RATIONALES if r.startswith("Rank")]
+    without = [r for r in EXAMPLE_RATIONALES if not r.startswith("Rank")]
+    for evidence, rationale in zip(EXAMPLE_EVIDENCE, [*without[:3], *with_rank], strict=True):
         lines.append(prompt.candidate_segment("Example Title", evidence, "full") + " " + rationale + yes)
         lines.append(prompt.candidate_segment("Example Title", evidence, "none") + no)
     lines += list(EXAMPLE_RATIONALES)

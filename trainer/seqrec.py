@@ -13,8 +13,14 @@ RecBole's ``loss_type="CE"`` does, and is cheap at catalogue sizes like these: t
 
 What it may see is the ``horizon``: ``test`` trains on every position before each user's test target (what the
 shipped LLM's training saw, validation targets included: the baseline for the test report); ``valid`` stops
-before the validation targets (leak-free on the selection users' validation positions: its learning curve is
-measured there after every epoch).
+before the validation targets (leak-free on the selection users' and RL's validation positions: its learning
+curve is measured there after every epoch, and a ranker ships it to state the next-item rank, like the
+evidence statistics counted on the same prefixes); ``sft`` also stops before each user's last ``held_out``
+training positions, so SFT examples (targets there) get the rank of a model that never saw their target.
+A later horizon may start from an earlier one's weights (``init``): it only adds positions.
+
+Inference (the next-item rank, the baseline's scores) is ``contract.sequence.SequenceRanker``, in NumPy, which
+reads the files saved here.
 """
 
 from __future__ import annotations
@@ -25,21 +31,22 @@ import math
 import random
 import time
 from collections.abc import Sequence
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from trainer.config import SeqRecConfig
+from contract.sequence import SEQUENCE_META, SEQUENCE_WEIGHTS, SequenceRanker
+from trainer.config import HORIZON_ORDER, SeqRecConfig
 from trainer.data import UserSplit
 from trainer.progress import Progress
 
 logger = logging.getLogger(__name__)
 
-WEIGHTS = "seqrec.safetensors"
-META = "seqrec.json"
+WEIGHTS = SEQUENCE_WEIGHTS
+META = SEQUENCE_META
 STATE = "seqrec_state.pt"
 STEPS = "seqrec_steps.jsonl"
 
@@ -116,6 +123,11 @@ class SequenceModel:
                 out[row] = [s if c else -math.inf for s, c in zip(scores, columns, strict=True)]
         return out
 
+    def ranker(self) -> SequenceRanker:
+        """The contract's NumPy inference over these weights (what a checkpoint that ships this model serves)."""
+        weights = {name: tensor.detach().numpy() for name, tensor in self.model.state_dict().items()}
+        return SequenceRanker(self.item_ids, weights, asdict(self.config), version="unsaved")
+
     def save(self, directory: Path) -> None:
         directory.mkdir(parents=True, exist_ok=True)
         save_file({k: v.contiguous() for k, v in self.model.state_dict().items()}, str(directory / WEIGHTS))
@@ -143,9 +155,54 @@ def _pad(sequences: Sequence[Sequence[int]]) -> tuple[torch.Tensor, torch.Tensor
     return ids, lengths
 
 
-def training_sequences(splits: Sequence[UserSplit], horizon: str) -> list[list[str]]:
-    """Each user's items before the horizon's targets: ``test`` = train + validation target, ``valid`` = train."""
-    return [s.test_history if horizon == "test" else s.train for s in splits]
+def training_sequences(splits: Sequence[UserSplit], horizon: str, held_out: int = 2) -> list[list[str]]:
+    """Each user's items before the horizon's targets: ``test`` = train + validation target, ``valid`` = train,
+    ``sft`` = train without its last ``held_out`` items."""
+    if horizon == "test":
+        return [s.test_history for s in splits]
+    if horizon == "valid":
+        return [list(s.train) for s in splits]
+    return [s.train[: max(0, len(s.train) - held_out)] for s in splits]
+
+
+def check_init(init: SequenceModel, config: SeqRecConfig) -> None:
+    """A warm start must not see more than the new horizon allows, nor have another shape."""
+    if HORIZON_ORDER.index(init.config.horizon) > HORIZON_ORDER.index(config.horizon):
+        raise ValueError(f"--init: trained with horizon {init.config.horizon!r}, later than {config.horizon!r}")
+    if config.horizon == "sft" and init.config.horizon == "sft" and init.config.held_out < config.held_out:
+        raise ValueError(f"--init: held out {init.config.held_out} positions, fewer than {config.held_out}")
+    shape = ("hidden_size", "layers", "heads", "inner_size", "max_length")
+    if any(getattr(init.config, k) != getattr(config, k) for k in shape):
+        raise ValueError(f"--init: another shape ({', '.join(f'{k}={getattr(init.config, k)}' for k in shape)})")
+
+
+@dataclass(frozen=True)
+class RankerSequenceModels:
+    """The sequence models a ranker's training reads: ``shipped`` goes into the checkpoint (serving, RL and
+    eval state its rank) and ``examples`` states SFT examples' (and the teacher's calibration) ranks."""
+
+    shipped: Path
+    examples: SequenceRanker
+
+
+def ranker_sequence_models(shipped: Path, examples: Path, targets_per_user: int) -> RankerSequenceModels:
+    """Both models, refused where one would have seen a target it states a rank for: the shipped one must stop
+    before the validation targets (RL's and the selection users'), the examples' before SFT's targets."""
+    for path, option in ((shipped, "--sequence-model"), (examples, "--example-sequence-model")):
+        if not SequenceRanker.exists(path):
+            raise ValueError(f"{option} {path}: no sequence model there (r2rank-train seqrec --out {path})")
+    shipped_model, example_model = SequenceRanker.load(shipped), SequenceRanker.load(examples)
+    if shipped_model.config["horizon"] != "valid":
+        raise ValueError(f"--sequence-model {shipped}: horizon {shipped_model.config['horizon']!r}; a ranker ships "
+                         "one trained with --horizon valid (RL and selection positions unseen)")  # fmt: skip
+    horizon, held = example_model.config["horizon"], example_model.config.get("held_out", 0)
+    if horizon != "sft" or held < targets_per_user:
+        raise ValueError(f"--example-sequence-model {examples}: horizon {horizon!r} holding out {held} positions; "
+                         f"SFT's {targets_per_user} targets per user need --horizon sft --held-out "
+                         f">= {targets_per_user}")  # fmt: skip
+    if shipped_model.item_ids != example_model.item_ids:
+        raise ValueError("--sequence-model and --example-sequence-model were trained on different catalogues")
+    return RankerSequenceModels(shipped, example_model)
 
 
 def length_batches(lengths: Sequence[int], tokens: int, rng: random.Random) -> list[list[int]]:
@@ -180,12 +237,19 @@ def train_seqrec(
     config: SeqRecConfig,
     monitor=None,
     provenance: dict | None = None,
+    init: SequenceModel | None = None,
 ) -> dict:
     """Train on ``sequences`` (oldest first), resumably: weights and optimiser state are saved after every
     epoch, and a rerun continues from the last one. ``monitor(model) -> dict`` (figures such as the selection
-    users' NDCG@10) runs after every epoch: the learning curve, in ``OUT/seqrec_steps.jsonl``."""
+    users' NDCG@10) runs after every epoch: the learning curve, in ``OUT/seqrec_steps.jsonl``. ``init``: start
+    from those weights (an earlier horizon's model, ``check_init``)."""
     torch.manual_seed(config.seed)
     model = SequenceModel(item_ids, config)
+    if init is not None:
+        check_init(init, config)
+        if init.item_ids != model.item_ids:
+            raise ValueError("--init: trained on another catalogue")
+        model.model.load_state_dict(init.model.state_dict())
     encoded = [ids for ids in (model.encode(s) for s in sequences) if len(ids) >= 2]
     optimiser = torch.optim.Adam(model.model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     out.mkdir(parents=True, exist_ok=True)

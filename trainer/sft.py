@@ -28,12 +28,14 @@ import torch
 from contract.checkpoint import Checkpoint, open_checkpoint
 from contract.evidence import Item, LeaveOut
 from contract.prompt import Reasoning
+from contract.sequence import SequenceRanker
 from trainer.config import SFTConfig
 from trainer.data import Catalogue, DataError, UserSplit, sample_negatives
 from trainer.loop import load_state, optimizer_step, save_state, training_device
 from trainer.packing import target_log_probs
 from trainer.progress import Progress
-from trainer.statistics import carry_stats
+from trainer.seqrec import RankerSequenceModels
+from trainer.statistics import carry_stats, ship_sequence_model
 from trainer.teacher import Teacher, TeacherInput
 
 logger = logging.getLogger(__name__)
@@ -64,10 +66,16 @@ def sft_users(splits: list[UserSplit], config: SFTConfig, reserve: int = 0) -> l
 
 
 def build_examples(
-    checkpoint: Checkpoint, catalogue: Catalogue, users: list[UserSplit], teacher: Teacher, config: SFTConfig
+    checkpoint: Checkpoint,
+    catalogue: Catalogue,
+    users: list[UserSplit],
+    teacher: Teacher,
+    config: SFTConfig,
+    sequence: SequenceRanker | None = None,
 ) -> list[Example]:
+    """The examples; ``sequence`` states their next-item rank (a model that never saw their targets)."""
     rng = random.Random(config.seed)
-    assembler = checkpoint.prompts
+    assembler = checkpoint.prompts if sequence is None else checkpoint.prompts.with_sequence(sequence)
     items = sorted(catalogue.titles)
     item = lambda i: Item(i, catalogue.title(i))  # noqa: E731
     pending = []  # (prefix ids, [(segment ids, teacher input, label)], mode): rationales are fetched in one go
@@ -141,10 +149,17 @@ def lr_at(step: int, config: SFTConfig) -> float:
 
 
 def train_sft(
-    base: Path, out: Path, catalogue: Catalogue, users: list[UserSplit], teacher: Teacher, config: SFTConfig
+    base: Path,
+    out: Path,
+    catalogue: Catalogue,
+    users: list[UserSplit],
+    teacher: Teacher,
+    config: SFTConfig,
+    sequence: RankerSequenceModels | None = None,
 ) -> dict:
     """Fine-tune ``base`` into ``out`` on ``users`` (``sft_users``); resumes from ``out/state.pt`` if an earlier
-    run was interrupted."""
+    run was interrupted. With ``sequence``, the examples state a next-item rank and ``out/model`` ships the
+    sequence model that serving states it from."""
     from trainer.attention import load_causal_lm
 
     torch.manual_seed(config.seed)
@@ -153,7 +168,7 @@ def train_sft(
     if held_out is not None and config.targets_per_user > held_out:
         logger.warning("SFT targets %d positions per user but pre-training held out only the last %d: the extra "
                        "targets were pre-trained on", config.targets_per_user, held_out)  # fmt: skip
-    examples = build_examples(checkpoint, catalogue, users, teacher, config)
+    examples = build_examples(checkpoint, catalogue, users, teacher, config, sequence and sequence.examples)
     out.mkdir(parents=True, exist_ok=True)
     state_path = out / "state.pt"
     model_dir = out / "model" if state_path.exists() else base
@@ -186,6 +201,8 @@ def train_sft(
             save_state(state_path, optimizer, step, losses=losses, skipped_steps=skipped)
     checkpoint.encoder.tokenizer.save_pretrained(out / "model")
     carry_stats(base, out / "model")
+    if sequence is not None:
+        ship_sequence_model(sequence.shipped, out / "model")
     summary = {"stage": "sft", "examples": len(examples), "config": asdict(config),
                "skipped_updates": len(skipped),
                "loss_first_10": sum(losses[:10]) / max(1, len(losses[:10])),

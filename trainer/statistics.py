@@ -1,7 +1,8 @@
 """The evidence statistics of a checkpoint, counted on training interactions only.
 
 ``init-model`` writes them beside the weights (``evidence.json.gz``, versioned in the manifest); every later
-stage carries the same file forward, so a model is always served with the statistics it was trained on.
+stage carries the same file forward (and the sequence model, ``sequence/``, from the stage that adds it), so a
+model is always served with the statistics it was trained on.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from contract.evidence import EVIDENCE_FILE, EvidenceStats
+from contract.sequence import SEQUENCE_DIR, SEQUENCE_META, SEQUENCE_WEIGHTS
 from trainer.config import EvidenceConfig
 from trainer.data import Catalogue, UserSplit
 
@@ -42,6 +44,18 @@ def build_stats(catalogue: Catalogue, splits: Sequence[UserSplit], config: Evide
 
 
 def carry_stats(source_dir: Path, target_dir: Path) -> None:
-    """A stage's output model keeps the statistics of the checkpoint it started from."""
+    """A stage's output model keeps the statistics (and the sequence model) of the checkpoint it started from."""
     target_dir.mkdir(parents=True, exist_ok=True)
     shutil.copy2(Path(source_dir) / EVIDENCE_FILE, Path(target_dir) / EVIDENCE_FILE)
+    if (Path(source_dir) / SEQUENCE_DIR).is_dir():
+        ship_sequence_model(Path(source_dir) / SEQUENCE_DIR, target_dir)
+
+
+def ship_sequence_model(seqrec_dir: Path, model_dir: Path) -> None:
+    """Put a trained sequence model into a checkpoint (``sequence/``): its evidence then states the next-item rank."""
+    target = Path(model_dir) / SEQUENCE_DIR
+    if target.resolve() == Path(seqrec_dir).resolve():
+        return
+    target.mkdir(parents=True, exist_ok=True)
+    for name in (SEQUENCE_WEIGHTS, SEQUENCE_META):
+        shutil.copy2(Path(seqrec_dir) / name, target / name)

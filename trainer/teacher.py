@@ -1,12 +1,13 @@
 """The built-in teacher: a short line that weighs the evidence in the prompt, citing only what the prompt states.
 
-For each (history, candidate, evidence) it names the strongest co-occurrence link (which history item, how
-many times, how recent: ``#1`` is the latest), a shared title word or attribute, how popular the candidate
-is, and a verdict (likely / possible / unlikely). The verdict is the teacher's judgment of the evidence: a
-logistic model of the evidence's features, fitted once on calibration users' training positions (other users
-than the ones SFT trains on), so it weighs recency, link strength and popularity by what they were worth on
-other users. The rationale never looks at its own pair's label, and every reference and number it cites is on
-the pair's ``Evidence:`` line, so it is faithful by construction (``contract.evidence.unfaithful_citations``).
+For each (history, candidate, evidence) it names the sequence model's next-item rank where the evidence states
+one, the strongest co-occurrence link (which history item, how many times, how recent: ``#1`` is the latest),
+a shared title word or attribute, how popular the candidate is, and a verdict (likely / possible / unlikely).
+The verdict is the teacher's judgment of the evidence: a logistic model of the evidence's features, fitted
+once on calibration users' training positions (other users than the ones SFT trains on), so it weighs recency,
+link strength and popularity by what they were worth on other users. The rationale never looks at its own
+pair's label, and every reference and number it cites is on the pair's ``Evidence:`` line, so it is faithful
+by construction (``contract.evidence.unfaithful_citations``).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from typing import Protocol
 import torch
 
 from contract.evidence import RECENT_REFS, Evidence, EvidenceStats, Item, LeaveOut, compute_evidence
+from contract.sequence import SequenceRanker
 from trainer.data import Catalogue, DataError, UserSplit, sample_negatives
 
 VERDICTS = ("likely", "possible", "unlikely")
@@ -43,12 +45,15 @@ class Teacher(Protocol):
 
 def evidence_features(evidence: Evidence) -> list[float]:
     """The numbers a verdict weighs: log link counts for #1..#5 and older items, log popularity, a shared word
-    (and how recent), shared attributes."""
+    (and how recent), shared attributes; and the next-item rank (its log, and whether it is known), 0 where the
+    evidence states none."""
     by_ref = {link.ref: link.count for link in evidence.links}
     features = [math.log1p(by_ref.get(ref, 0)) for ref in range(1, RECENT_REFS + 1)]
     features += [math.log1p(evidence.older_links), math.log1p(evidence.popularity)]
     shared = evidence.shared_word
     features += [1.0 if shared else 0.0, 1.0 / shared.ref if shared else 0.0, float(len(evidence.attributes))]
+    rank = evidence.next_item.rank if evidence.next_item is not None else None
+    features += [1.0 if rank is not None else 0.0, math.log(rank) if rank is not None else 0.0]
     return features
 
 
@@ -56,7 +61,12 @@ class EvidenceModel:
     """P(candidate is next | evidence): logistic regression on ``evidence_features`` (a handful of weights)."""
 
     def __init__(self, weights: Sequence[float] | None = None, bias: float = 0.0) -> None:
-        self.weights = list(weights) if weights is not None else [0.0] * len(evidence_features(Evidence()))
+        """``weights`` of a shorter feature list (recorded before the next-item rank's features were added)
+        weigh those features 0, as a model fitted on evidence without the rank does."""
+        size = len(evidence_features(Evidence()))
+        self.weights = [*(weights or []), *[0.0] * (size - len(weights or []))]
+        if len(self.weights) != size:
+            raise ValueError(f"{len(self.weights)} weights for {size} evidence features")
         self.bias = bias
 
     def logit(self, evidence: Evidence) -> float:
@@ -87,9 +97,11 @@ def calibration_examples(
     splits: Sequence[UserSplit], catalogue: Catalogue, stats: EvidenceStats, users: int, negatives: int = 4,
     seed: int = 1,
     exclude: set[str] | frozenset[str] = frozenset(),
+    sequence: SequenceRanker | None = None,
 ) -> tuple[list[Evidence], list[bool]]:  # fmt: skip
     """Evidence at the last training position of ``users`` users (not in ``exclude``), leaving each user's own
-    sequence out of the counts as SFT does, with 1 positive + ``negatives`` random negatives each."""
+    sequence out of the counts as SFT does, with 1 positive + ``negatives`` random negatives each; the
+    next-item rank from ``sequence`` (which must not have seen that position: horizon ``sft``)."""
     rng = random.Random(seed)
     items = sorted(catalogue.titles)
     pool = [s for s in splits if len(s.train) >= 2 and s.user_id not in exclude]
@@ -103,7 +115,7 @@ def calibration_examples(
         leave_out = LeaveOut.of_sequence(split.train, stats.window)
         excluded = {*split.train, split.valid_target, split.test_target}
         for item in [positive, *sample_negatives(rng, items, excluded, negatives)]:
-            evidence.append(compute_evidence(history, Item(item, catalogue.title(item)), stats, leave_out))
+            evidence.append(compute_evidence(history, Item(item, catalogue.title(item)), stats, leave_out, sequence))
             labels.append(item == positive)
     return evidence, labels
 
@@ -119,6 +131,10 @@ def popularity_phrase(evidence: Evidence) -> str:
     return f"top {top}% popular" if top <= 10 else f"niche, top {top}%"
 
 
+def next_item_phrase(rank: int | None) -> str:
+    return f"rank {rank if rank is not None else 'unknown'}"
+
+
 class BuiltinTeacher:
     def __init__(self, model: EvidenceModel) -> None:
         self.model = model
@@ -126,18 +142,23 @@ class BuiltinTeacher:
     @classmethod
     def calibrated(
         cls, splits: Sequence[UserSplit], catalogue: Catalogue, stats: EvidenceStats, users: int = 5000,
-        exclude: set[str] | frozenset[str] = frozenset(),
+        exclude: set[str] | frozenset[str] = frozenset(), sequence: SequenceRanker | None = None,
     ) -> BuiltinTeacher:  # fmt: skip
         """A teacher whose verdict model is fitted on ``users`` calibration users (none of ``exclude``)."""
-        return cls(EvidenceModel.fit(*calibration_examples(splits, catalogue, stats, users, exclude=exclude)))
+        examples = calibration_examples(splits, catalogue, stats, users, exclude=exclude, sequence=sequence)
+        return cls(EvidenceModel.fit(*examples))
 
     def verdict(self, evidence: Evidence) -> str:
         p = self.model.probability(evidence)
         return VERDICTS[0] if p >= VERDICT_THRESHOLDS[0] else VERDICTS[1] if p >= VERDICT_THRESHOLDS[1] else VERDICTS[2]
 
     def rationale(self, evidence: Evidence) -> str:
-        """One line, at most three clauses: the strongest link, a shared word, popularity; then the verdict."""
+        """One line, at most three clauses: the next-item rank where the evidence states one, else popularity
+        (last); the strongest link; a shared word; then the verdict. (The rank stands for popularity too: a
+        sequence model learns it, and the line must fit the rationale budget.)"""
         clauses = []
+        if evidence.next_item is not None:
+            clauses.append(next_item_phrase(evidence.next_item.rank))
         if evidence.links:
             strongest = max(evidence.links, key=lambda link: (link.count / link.ref, -link.ref))
             clauses.append(f"{link_strength(strongest.count)} link: follows #{strongest.ref} {strongest.count}x")
@@ -150,7 +171,8 @@ class BuiltinTeacher:
         elif evidence.attributes:
             attribute = evidence.attributes[0]
             clauses.append(f"same {attribute.name} as #{attribute.ref}")
-        clauses.append(popularity_phrase(evidence))
+        if evidence.next_item is None:
+            clauses.append(popularity_phrase(evidence))
         text = "; ".join(clauses) + f": {self.verdict(evidence)}."
         return text[0].upper() + text[1:]
 

@@ -12,7 +12,8 @@ from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
-from contract.evidence import EvidenceStats, Item, compute_evidence
+from contract.evidence import EvidenceStats, Item, compute_evidence_batch
+from contract.sequence import SequenceRanker
 from trainer.data import Catalogue, UserSplit
 from trainer.evaluation.cases import EvalCase
 from trainer.seqrec import SequenceModel
@@ -93,13 +94,17 @@ def cooccurrence_scorer(stats: TrainingStats, recent_items: int = RECENT) -> Sco
     return per_case(score)
 
 
-def evidence_scorer(stats: EvidenceStats, model: EvidenceModel, catalogue: Catalogue) -> Scorer:
+def evidence_scorer(
+    stats: EvidenceStats, model: EvidenceModel, catalogue: Catalogue, sequence: SequenceRanker | None = None
+) -> Scorer:
     """The teacher's verdict model alone on the same evidence the ranker reads (a logistic regression on its
-    features): what a model adds beyond weighing the evidence linearly."""
+    features, the next-item rank included where the ranker's checkpoint ships a sequence model): what a model
+    adds beyond weighing the evidence linearly."""
 
     def score(case: EvalCase) -> list[float]:
         history = [Item(i, catalogue.title(i)) for i in case.history]
-        return [model.logit(compute_evidence(history, Item(c, catalogue.title(c)), stats)) for c in case.candidates]
+        candidates = [Item(c, catalogue.title(c)) for c in case.candidates]
+        return [model.logit(e) for e in compute_evidence_batch(history, candidates, stats, sequence=sequence)]
 
     return per_case(score)
 
@@ -116,6 +121,7 @@ def baseline_scorers(
     verdicts: EvidenceModel,
     seed: int,
     sequence_model: SequenceModel | None = None,
+    evidence_sequence: SequenceRanker | None = None,
 ) -> dict[str, Scorer]:
     """Every baseline row of a report, in the order it is shown."""
     stats = TrainingStats.from_splits(splits)
@@ -125,7 +131,7 @@ def baseline_scorers(
         PRETEST_POPULARITY: pretest_popularity_scorer(splits),
         CO_OCCURRENCE: cooccurrence_scorer(stats),
         CO_OCCURRENCE_ALL: cooccurrence_scorer(stats, recent_items=10_000),
-        EVIDENCE_MODEL: evidence_scorer(evidence_stats, verdicts, catalogue),
+        EVIDENCE_MODEL: evidence_scorer(evidence_stats, verdicts, catalogue, evidence_sequence),
     }
     if sequence_model is not None:
         scorers[SEQUENCE_MODEL] = sequence_model_scorer(sequence_model)

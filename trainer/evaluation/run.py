@@ -12,13 +12,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from contract.evidence import EvidenceStats
+from contract.sequence import SequenceRanker
 from trainer.data import Catalogue, UserSplit
-from trainer.evaluation.baselines import COMPARED, baseline_scorers
+from trainer.evaluation.baselines import COMPARED, EVIDENCE_MODEL, baseline_scorers
 from trainer.evaluation.cases import EvalCase, Split, build_cases
 from trainer.evaluation.metrics import metrics_with_ci, paired_difference, positive_rank
 from trainer.evaluation.report import write_report
 from trainer.seqrec import SequenceModel
-from trainer.teacher import BuiltinTeacher
+from trainer.teacher import BuiltinTeacher, EvidenceModel
 
 RANKS = "ranks.json"
 
@@ -56,15 +57,18 @@ def load_sequence_model(path: Path, split: Split) -> SequenceModel:
 
 
 def reused_rows(
-    path: Path, cases: Sequence[EvalCase], baseline_ranks: dict[str, list[int]]
+    path: Path, cases: Sequence[EvalCase], baseline_ranks: dict[str, list[int]], own_evidence: bool = True
 ) -> tuple[dict[str, list[int]], dict[str, dict]]:
     """Model rows (ranks and faithfulness) of an earlier report, only if it was made on exactly these cases: the
-    same users, and every baseline both reports have ranked the positive exactly where it does now."""
+    same users, and every baseline both reports have ranked the positive exactly where it does now.
+    ``own_evidence=False`` (no --model given): the evidence-model row here is the recipe's, not the reused
+    models' teacher's, so it proves nothing about the cases and the caller takes the stored one."""
     stored = json.loads(path.read_text())
     if stored.get("users") != [c.user_id for c in cases]:
         raise EvalError(f"--reuse {path}: made on other users than this evaluation's (same --data, --users, "
                         "--negatives, --retriever, --split and --seed are needed)")  # fmt: skip
-    differing = [name for name, ranks in baseline_ranks.items() if stored["ranks"].get(name, ranks) != ranks]
+    compared = {n: r for n, r in baseline_ranks.items() if own_evidence or n != EVIDENCE_MODEL}
+    differing = [name for name, ranks in compared.items() if stored["ranks"].get(name, ranks) != ranks]
     if differing:
         raise EvalError(f"--reuse {path}: its {', '.join(differing)} rows differ from this evaluation's: not the "
                         "same candidates or statistics, so its models cannot be paired with these rows")  # fmt: skip
@@ -90,22 +94,48 @@ def paired_differences(ranks: dict[str, list[int]], models: Sequence[str], modes
     return differences
 
 
-def evaluate(catalogue: Catalogue, splits: Sequence[UserSplit], evidence_stats: EvidenceStats, plan: EvalPlan) -> dict:
+@dataclass(frozen=True)
+class EvidenceSource:
+    """What the evidence-model row reads: the reference checkpoint's statistics, its sequence model (the
+    next-item rank), and the teacher's verdict model that checkpoint learned from (None: fit one here, which
+    is only possible without a sequence model: fitting the rank needs one that never saw the fitted positions)."""
+
+    stats: EvidenceStats
+    sequence: SequenceRanker | None = None
+    verdicts: EvidenceModel | None = None
+
+    @classmethod
+    def of(cls, checkpoint) -> EvidenceSource:
+        """A checkpoint's: with a sequence model, the teacher's verdict weights from its provenance."""
+        if checkpoint.sequence is None:
+            return cls(checkpoint.stats)
+        recorded = checkpoint.manifest.provenance.get("teacher_verdict_model")
+        if recorded is None:
+            raise EvalError(f"{checkpoint.path}: its evidence states a next-item rank but its provenance has no "
+                            "teacher_verdict_model (trained with an LLM teacher?): the evidence-model row cannot "
+                            "be fitted here without a leak")  # fmt: skip
+        return cls(checkpoint.stats, checkpoint.sequence, EvidenceModel(recorded["weights"], recorded["bias"]))
+
+
+def evaluate(catalogue: Catalogue, splits: Sequence[UserSplit], evidence: EvidenceSource, plan: EvalPlan) -> dict:
     """Run ``plan`` and write its report to ``plan.out``; returns the report."""
     from contract.checkpoint import open_checkpoint
     from trainer.evaluation.serving import Faithfulness, model_ranks
 
     sequence_model = load_sequence_model(plan.sequence_model, plan.split) if plan.sequence_model else None
     cases = build_cases(splits, catalogue, plan.users, plan.negatives, plan.seed, plan.retriever, plan.split)
-    verdicts = BuiltinTeacher.calibrated(splits, catalogue, evidence_stats).model
+    verdicts = evidence.verdicts or BuiltinTeacher.calibrated(splits, catalogue, evidence.stats).model
     ranks: dict[str, list[int]] = {}
-    baselines = baseline_scorers(splits, catalogue, evidence_stats, verdicts, plan.seed, sequence_model)
+    baselines = baseline_scorers(splits, catalogue, evidence.stats, verdicts, plan.seed, sequence_model,
+                                 evidence.sequence)  # fmt: skip
     for name, scorer in baselines.items():
         ranks[name] = [positive_rank(s, c.candidates, c.target) for s, c in zip(scorer(cases), cases, strict=True)]
     models: list[str] = []  # "<model_version> (<mode>)", in order; baseline names may end in ")" too
     faithfulness: dict[str, dict] = {}
     if plan.reuse is not None:
-        reused, faithfulness = reused_rows(plan.reuse, cases, ranks)
+        reused, faithfulness = reused_rows(plan.reuse, cases, ranks, own_evidence=bool(plan.models))
+        if not plan.models and EVIDENCE_MODEL in (stored := json.loads(plan.reuse.read_text())["ranks"]):
+            ranks[EVIDENCE_MODEL] = stored[EVIDENCE_MODEL]  # the reused models' teacher's row, not the recipe's
         ranks.update(reused)
         models += list(reused)
     for path in plan.models:

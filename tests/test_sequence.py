@@ -1,0 +1,152 @@
+"""The next-item rank (``contract.sequence``): the NumPy forward pass the service runs agrees with the torch model
+the trainer trains; the rank is the candidate's own (no other candidate moves it); unknown stays unknown; and
+a checkpoint states it only when it ships the model it was trained with."""
+
+from __future__ import annotations
+
+import math
+import random
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from contract.evidence import EvidenceStats, Item, compute_evidence_batch, unfaithful_citations
+from contract.sequence import SEQUENCE_DIR
+from trainer.config import SeqRecConfig
+from trainer.seqrec import SequenceModel, train_seqrec
+
+ITEMS = [f"i{n}" for n in range(40)]
+SMALL = SeqRecConfig(hidden_size=16, layers=2, heads=2, inner_size=32, max_length=8, dropout=0.0, epochs=3)
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory) -> Path:
+    """A small SASRec trained on a cyclic pattern (i -> i+1), saved as `r2rank-train seqrec` saves it."""
+    rng = random.Random(0)
+    sequences = []
+    for _ in range(300):
+        start = rng.randrange(len(ITEMS))
+        sequences.append([ITEMS[(start + k) % len(ITEMS)] for k in range(rng.randint(3, 10))])
+    out = tmp_path_factory.mktemp("seqrec")
+    config = SeqRecConfig(**{**SMALL.__dict__, "epochs": 10, "batch_tokens": 64, "lr": 5e-3})
+    train_seqrec(ITEMS, sequences, out, config)
+    return out
+
+
+def test_numpy_forward_equals_torch(trained):
+    """The service's NumPy inference (GELU via an erf approximation) gives torch's logits, to float precision."""
+    model = SequenceModel.load(trained)
+    ranker = model.ranker()
+    histories = [["i3", "i4", "i5"], ITEMS[:12], ["i7"]]
+    torch_scores = model.score_batch(histories, [ITEMS] * len(histories))
+    for history, expected in zip(histories, torch_scores, strict=True):
+        assert np.allclose(ranker.scores(history, ITEMS), expected, atol=1e-4)
+    with torch.no_grad():
+        state = model.model(torch.tensor([model.encode(ITEMS[:12])]))[0, -1].numpy()
+    assert np.allclose(ranker.state(model.encode(ITEMS[:12])), state, atol=1e-5)
+
+
+def test_rank_is_the_candidates_own_and_learned(trained):
+    ranker = SequenceModel.load(trained).ranker()
+    history = ["i10", "i11", "i12"]
+    alone = ranker.ranks(history, ["i13"])
+    among = ranker.ranks(history, ["i30", "i13", "i2", "i31"])
+    assert alone[0] == among[1] == ranker.ranks(history, list(reversed(["i30", "i13", "i2", "i31"])))[2]
+    assert alone == [1]  # the pattern was learned: what follows i12 is its top pick
+    # 1 + the items outside the history scored above it: never counts the history, never exceeds the rest
+    logits = ranker.scores(history, ITEMS)
+    for item, rank in zip(ITEMS, ranker.ranks(history, ITEMS), strict=True):
+        above = sum(1 for other, s in zip(ITEMS, logits, strict=True)
+                    if other not in history and other != item and s > logits[ITEMS.index(item)])  # fmt: skip
+        assert rank == 1 + above
+
+
+def test_unknown_candidates_and_histories_are_stated_unknown(trained):
+    ranker = SequenceModel.load(trained).ranker()
+    assert ranker.ranks(["i1", "i2"], ["never-seen", None, "i3"])[:2] == [None, None]
+    assert ranker.ranks(["never-seen", None], ["i3", "i4"]) == [None, None]
+    assert ranker.scores(["never-seen"], ["i3"]) == [-math.inf]
+    stats = EvidenceStats.from_sequences([ITEMS[:5]], {i: f"Title {i}" for i in ITEMS})
+    history = [Item("i1", "Title i1"), Item("i2", "Title i2")]
+    candidates = [Item("i3", "Title i3"), Item("new", "A new item"), Item("i4", "doc", in_catalogue=False)]
+    evidence = compute_evidence_batch(history, candidates, stats, sequence=ranker)
+    assert evidence[0].text().startswith("next-item rank ") and evidence[0].next_item.rank is not None
+    assert [e.next_item.rank for e in evidence[1:]] == [None, None]  # a rerank document's id is never looked up
+    assert evidence[1].text().startswith("next-item rank unknown;")
+    # without a sequence model the line is exactly v2's
+    plain = compute_evidence_batch(history, candidates, stats)
+    assert plain[0].next_item is None and plain[0].text() == evidence[0].text().split("; ", 1)[1]
+
+
+def test_a_rationale_citing_another_rank_is_unfaithful(trained):
+    line = "next-item rank 37; no links; popularity 4 (top 20%)"
+    assert unfaithful_citations("Rank 37; no links: unlikely.", line) == []
+    assert unfaithful_citations("Rank 3; no links: unlikely.", line) != []
+    assert unfaithful_citations("Rank unknown; no links: unlikely.", line) != []
+    assert unfaithful_citations("Rank unknown: unlikely.", "next-item rank unknown; no links") == []
+
+
+def test_checkpoint_ships_states_and_versions_its_sequence_model(trained, tmp_path):
+    """A checkpoint with ``sequence/`` is format v3 and states the rank; its model_version changes with the
+    sequence model's bytes; a v3 manifest without the model, or a v2 one with it, is refused."""
+    from contract import prompt
+    from contract.checkpoint import CheckpointError, open_checkpoint, write_checkpoint_manifest
+    from tests.toy_model import build_toy_model
+    from trainer.statistics import ship_sequence_model
+
+    titles = {i: f"Game {i}" for i in ITEMS}
+    out = build_toy_model(tmp_path / "toy", list(titles.values()) * 20, vocab_size=512)
+    EvidenceStats.from_sequences([ITEMS[:10]], titles).save(out)
+    plain = write_checkpoint_manifest(out, "toy", {"stage": "test"})
+    assert plain.prompt_format == prompt.PROMPT_FORMAT_WITHOUT_SEQUENCE and plain.sequence_version is None
+    ship_sequence_model(trained, out)
+    shipped = write_checkpoint_manifest(out, "toy", {"stage": "test"})
+    assert shipped.prompt_format == prompt.PROMPT_FORMAT and shipped.sequence_version
+    assert shipped.model_version != plain.model_version  # the score cache can never mix them
+    checkpoint = open_checkpoint(out)
+    prompts = checkpoint.prompts.prompts([Item("i1", titles["i1"])], [Item("i2", titles["i2"])], "none")
+    assert "Evidence: next-item rank " in prompts.segment_texts[0]
+    shutil.rmtree(out / SEQUENCE_DIR)
+    with pytest.raises(CheckpointError, match="needs a sequence model"):
+        open_checkpoint(out)
+    ship_sequence_model(trained, out)
+    (out / SEQUENCE_DIR / "seqrec.json").write_text((trained / "seqrec.json").read_text().replace('"i1"', '"x1"'))
+    with pytest.raises(CheckpointError, match="sequence_version"):
+        open_checkpoint(out)
+
+
+def test_sft_positives_get_ranks_like_validation_positives_and_a_leaky_model_would_not(tmp_path):
+    """No leak, no skew: SFT positives (the last training position), ranked by a model trained as `make
+    seqrec-ranker` trains the examples' one (horizon sft), land in the sequence model's top 100 about as often
+    as validation positives ranked by the shipped one (horizon valid, started from it); ranked by the shipped
+    model, which trained on them, they would land there far more often. The models are small and trained to
+    memorise (no dropout, many epochs over 2,000 users), so a leak shows plainly."""
+    from trainer.data import DEFAULT_DATA, load_splits
+    from trainer.seqrec import training_sequences
+
+    catalogue, splits = load_splits(DEFAULT_DATA)
+    users = random.Random(0).sample([s for s in splits if len(s.train) >= 3], 2000)
+    items = sorted(catalogue.titles, key=lambda k: (len(k), k))
+    config = SeqRecConfig(horizon="sft", held_out=2, epochs=12, dropout=0.0, lr=3e-3)
+    train_seqrec(items, training_sequences(users, "sft", 2), tmp_path / "sft", config)
+    examples = SequenceModel.load(tmp_path / "sft")
+    shipped_config = SeqRecConfig(**{**config.__dict__, "horizon": "valid", "epochs": 4})
+    train_seqrec(items, training_sequences(users, "valid"), tmp_path / "valid", shipped_config, init=examples)
+    shipped = SequenceModel.load(tmp_path / "valid").ranker()
+
+    def top100(ranker, pairs) -> float:
+        ranks = [ranker.ranks(history, [target])[0] for history, target in pairs]
+        return sum(r is not None and r <= 100 for r in ranks) / len(ranks)
+
+    sft_positives = [(s.train[:-1], s.train[-1]) for s in users[:1500]]
+    shares = {
+        "sft positives, examples' model": top100(examples.ranker(), sft_positives),
+        "validation positives, shipped model": top100(shipped, [(s.train, s.valid_target) for s in users[:1500]]),
+        "sft positives, shipped model (leak)": top100(shipped, sft_positives),
+    }
+    print("share of positives in the sequence model's top 100:", {k: round(v, 3) for k, v in shares.items()})
+    assert abs(shares["sft positives, examples' model"] - shares["validation positives, shipped model"]) < 0.04
+    assert shares["sft positives, shipped model (leak)"] > shares["validation positives, shipped model"] + 0.2

@@ -5,6 +5,8 @@ Redis, Prometheus or an engine, so training does not pull in the service and the
 what the trainer taught.
 
 - ``contract.prompt``: the versioned text format (``PROMPT_FORMAT``, cues, cleaning, the score).
+- ``contract.evidence``: the facts one (history, candidate) pair's prompt states, and the faithfulness check.
+- ``contract.sequence``: the next-item rank, a shipped sequence model's forward pass in NumPy.
 - ``contract.assembly``: ``PromptAssembler``, the one place where titles and rationales become token ids.
 - ``contract.checkpoint``: ``manifest.json``, ``open_checkpoint`` and ``write_checkpoint_manifest``.
 """

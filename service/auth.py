@@ -18,7 +18,8 @@ remembered, and while Redis is unreachable it keeps working for up to ``KEY_CACH
 verified, so ranking with Redis-issued keys survives a Redis outage as inline ranking does.
 
 Missing or unknown key → 401; known key without the scope → 403; over its rate → 429. Health and metrics stay
-open.
+open. Routes built with ``AuthenticatedRoute`` check the key before their body is read: an unauthenticated
+caller cannot make the service parse a JSON body.
 """
 
 from __future__ import annotations
@@ -33,7 +34,8 @@ from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from fastapi import Request
+from fastapi import Request, Response
+from fastapi.routing import APIRoute
 
 from service.exceptions import Forbidden, StoreUnavailable, Unauthenticated
 from service.store import RedisStore
@@ -190,7 +192,7 @@ def require(scope: Scope):
 
     async def check(request: Request) -> None:
         state = request.app.state.r2rank
-        if not state.settings.auth_enabled:
+        if not state.settings.auth_enabled or getattr(request.state, "key_checked", False):
             return
         key = _presented_key(request)
         if key is None:
@@ -207,6 +209,27 @@ def require(scope: Scope):
             state.metrics.rejected.labels("forbidden").inc()
             raise Forbidden(f"this API key lacks the {scope!r} scope")
         request.state.api_key = (hash_key(key), entry)
+        request.state.key_checked = True  # once per request: the route ran it before the body, not again after
         state.rates.take_request(hash_key(key), entry)
 
+    check.auth_scope = scope  # type: ignore[attr-defined]  # what AuthenticatedRoute looks for
     return check
+
+
+class AuthenticatedRoute(APIRoute):
+    """A route that runs its ``require`` checks before FastAPI reads and parses the request body (FastAPI
+    parses the body first, then resolves dependencies): a request without a valid key costs no JSON parse and
+    learns nothing about the schema. The checks stay dependencies too (OpenAPI, and routes built otherwise)."""
+
+    def get_route_handler(self):
+        handler = super().get_route_handler()
+        gates = [d.call for d in self.dependant.dependencies if getattr(d.call, "auth_scope", None)]
+        if not gates:
+            return handler
+
+        async def authenticated_first(request: Request) -> Response:
+            for gate in gates:
+                await gate(request)
+            return await handler(request)
+
+        return authenticated_first

@@ -177,6 +177,24 @@ def test_api_keys_and_scopes(guarded, demo):
     assert RANK_KEY not in log and ADMIN_KEY not in log and INGEST_KEY not in log  # keys are never logged
 
 
+def test_the_key_is_checked_before_the_body_is_parsed(guarded):
+    """Without a valid key a body is never parsed: malformed JSON, or a body against the schema, gets 401 (not a
+    422 that parses it and describes the schema); with a key it gets the 422 naming the field."""
+    url = guarded.url
+    malformed = b'{"user_id": "u", "candidates": [' + b'"x",' * 50_000  # cut short: not JSON
+    for headers in ({}, _auth("r2r_wrong")):
+        for path in ("/rank", "/v1/rerank", "/users/u/events"):
+            response = httpx.post(f"{url}{path}", content=malformed,
+                                  headers={"content-type": "application/json", **headers})  # fmt: skip
+            assert response.status_code == 401, (path, response.text)
+        assert httpx.post(f"{url}/rank", json={"candidates": 5}, headers=headers).status_code == 401
+    with_key = httpx.post(f"{url}/rank", json={"candidates": 5}, headers=_auth(RANK_KEY))
+    assert with_key.status_code == 422 and "candidates" in with_key.text
+    # a key without the scope is refused before the body too
+    wrong_scope = httpx.put(f"{url}/items", content=b"[{", headers=_auth(RANK_KEY))
+    assert wrong_scope.status_code == 403
+
+
 def test_keys_stored_in_redis_work(guarded, demo, redis_prefix):
     import subprocess
     import sys

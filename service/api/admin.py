@@ -8,10 +8,11 @@ from fastapi import APIRouter, Depends
 from pydantic import BaseModel, ConfigDict, Field
 
 from service.api.deps import StateDep
-from service.auth import require
+from service.auth import AuthenticatedRoute, require
 from service.protocol import ERROR_RESPONSES, ErrorResponse
 
 router = APIRouter(
+    route_class=AuthenticatedRoute,
     prefix="/admin/models",
     tags=["admin"],
     dependencies=[Depends(require("admin"))],

@@ -7,14 +7,14 @@ from typing import Annotated
 from fastapi import APIRouter, Body, Depends, Path
 
 from service.api.deps import StoreDep
-from service.auth import require
+from service.auth import AuthenticatedRoute, require
 from service.exceptions import NotFound
 from service.protocol import ERROR_RESPONSES, CatalogItem, ErrorResponse, ItemsUpserted
 
 WRITE = [Depends(require("ingest"))]  # writes: an ingestion key (or admin)
 READ = [Depends(require("rank"))]
 
-router = APIRouter(prefix="/items", tags=["items"], responses=ERROR_RESPONSES)
+router = APIRouter(route_class=AuthenticatedRoute, prefix="/items", tags=["items"], responses=ERROR_RESPONSES)
 
 MAX_ITEMS_PER_CALL = 20_000
 

@@ -5,10 +5,12 @@ from __future__ import annotations
 from fastapi import APIRouter, Depends, Request
 
 from service.api.deps import RankerDep, RequestContextDep, charge_items, request_id_header
-from service.auth import require
+from service.auth import AuthenticatedRoute, require
 from service.protocol import RANKING_ERROR_RESPONSES, RankRequest, RankResponse
 
-router = APIRouter(tags=["rank"], dependencies=[Depends(require("rank")), Depends(request_id_header)])
+router = APIRouter(
+    route_class=AuthenticatedRoute, tags=["rank"], dependencies=[Depends(require("rank")), Depends(request_id_header)]
+)
 
 
 @router.post(

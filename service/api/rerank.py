@@ -5,12 +5,12 @@ from __future__ import annotations
 from fastapi import APIRouter, Depends, Request
 
 from service.api.deps import RankerDep, RequestContextDep, charge_items, request_id_header
-from service.auth import require
+from service.auth import AuthenticatedRoute, require
 from service.exceptions import ServiceError
 from service.protocol import RANKING_ERROR_RESPONSES
 from service.rerank import RerankRequest, RerankResponse, to_rank_request, to_rerank_response
 
-router = APIRouter(tags=["rerank"], responses=RANKING_ERROR_RESPONSES,
+router = APIRouter(route_class=AuthenticatedRoute, tags=["rerank"], responses=RANKING_ERROR_RESPONSES,
                    dependencies=[Depends(require("rank")), Depends(request_id_header)])  # fmt: skip
 
 

@@ -7,14 +7,14 @@ import time
 from fastapi import APIRouter, Depends, Path, Response
 
 from service.api.deps import StoreDep
-from service.auth import require
+from service.auth import AuthenticatedRoute, require
 from service.protocol import ERROR_RESPONSES, EventIn, EventOut, HistoryEntryOut, HistoryOut, HistoryPut
 from service.store import HistoryEntry
 
 WRITE = [Depends(require("ingest"))]  # writes: an ingestion key (or admin)
 READ = [Depends(require("rank"))]
 
-router = APIRouter(prefix="/users", tags=["users"], responses=ERROR_RESPONSES)
+router = APIRouter(route_class=AuthenticatedRoute, prefix="/users", tags=["users"], responses=ERROR_RESPONSES)
 
 UserId = Path(min_length=1, max_length=256, description="The caller's user id.")
 

@@ -78,6 +78,21 @@ def _log_to_stderr() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
 
 
+@app.command("check-data")
+def check_data_cmd(
+    data: Annotated[Path, typer.Argument(help="A directory with items.jsonl and interactions.jsonl (docs/data.md).")],
+) -> None:
+    """Check a catalogue before training: every problem with file and line (errors make training refuse;
+    warnings are skipped or cut), and how many users each stage of the recipe will get. Exit status 1 on
+    errors."""
+    from trainer.check_data import check_dataset
+
+    report = check_dataset(data)
+    typer.echo(report.render())
+    if report.errors:
+        raise typer.Exit(1)
+
+
 @app.command("data")
 def data_cmd(
     out: Annotated[Path, typer.Option(help="Directory for train/valid/test candidate sets (JSONL).")],

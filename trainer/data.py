@@ -21,7 +21,7 @@ import re
 from collections import defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timezone
 from pathlib import Path
 
 logger = logging.getLogger(__name__)
@@ -125,7 +125,8 @@ def read_jsonl_items(path: Path) -> Catalogue:
 
 
 def parse_timestamp(value: object) -> float:
-    """Unix seconds, or an ISO 8601 date/time (``2018-03-04``, ``2018-03-04T10:00:00Z``)."""
+    """Unix seconds, or an ISO 8601 date/time (``2018-03-04``, ``2018-03-04T10:00:00Z``); one without a zone is
+    read as UTC (not the machine's local time: the same file gives the same order on every machine)."""
     if isinstance(value, int | float) and not isinstance(value, bool):
         return float(value)
     text = str(value).strip()
@@ -134,6 +135,8 @@ def parse_timestamp(value: object) -> float:
     except ValueError:
         pass
     parsed = datetime.fromisoformat(text[:-1] + "+00:00" if text.endswith("Z") else text)
+    if parsed.tzinfo is None:
+        parsed = parsed.replace(tzinfo=timezone.utc)
     return parsed.timestamp()
 
 

@@ -8,7 +8,7 @@ EXTRAS  ?= cpu,dev
 PORT    ?= 8000
 STAMP   := $(VENV)/.r2rank-installed
 
-.PHONY: setup run test lint bench loadtest clean redis system-deps train seqrec seqrec-ranker eval openapi
+.PHONY: setup run test lint bench loadtest clean redis system-deps train seqrec seqrec-ranker eval ship openapi
 
 setup: $(STAMP)
 
@@ -95,18 +95,27 @@ seqrec: setup seqrec-ranker
 	$(PY) -m trainer.cli seqrec --data $(DATA) --out $(RUN)/seqrec
 
 # `make eval`: first the choice, on the selection users' validation positions (held apart from RL): the SFT start
-# beside the RL model (docs/eval-selection). Then the report on the model shipped (SHIP), made once, on the test
-# positions: 6,000 users, random negatives, both modes (docs/eval, whose figures the manifest records), and
-# SASRec-hard negatives where DATA has a *.sasrec file (docs/eval-sasrec). Then SHIP is exported with docs/eval.
+# beside the RL model (RUN/eval-selection). Then the report on the model to ship (SHIP), made once, on the test
+# positions: 6,000 users, random negatives, both modes (RUN/eval, whose figures the manifest records), and
+# SASRec-hard negatives where DATA has a *.sasrec file (RUN/eval-sasrec). Everything is written beside the run:
+# nothing shipped changes until `make ship`.
 SHIP       ?= $(RUN)/rl/model
 EVAL_USERS ?= 6000
 
 eval: setup seqrec
 	$(PY) -m trainer.cli eval --data $(DATA) --split selection --model $(RUN)/sft/model --model $(SHIP) \
-		--seqrec $(RUN)/seqrec-valid --users 1000 --out docs/eval-selection
-	$(PY) -m trainer.cli eval --data $(DATA) --model $(SHIP) --seqrec $(RUN)/seqrec --users $(EVAL_USERS) --out docs/eval
+		--seqrec $(RUN)/seqrec-valid --users 1000 --out $(RUN)/eval-selection
+	$(PY) -m trainer.cli eval --data $(DATA) --model $(SHIP) --seqrec $(RUN)/seqrec --users $(EVAL_USERS) \
+		--out $(RUN)/eval
 	if ls $(DATA)/*.sasrec >/dev/null 2>&1; then $(PY) -m trainer.cli eval --data $(DATA) --model $(SHIP) \
-		--seqrec $(RUN)/seqrec --retriever sasrec --users $(EVAL_USERS) --reasoning full --out docs/eval-sasrec; fi
+		--seqrec $(RUN)/seqrec --retriever sasrec --users $(EVAL_USERS) --reasoning full --out $(RUN)/eval-sasrec; fi
+
+# `make ship`: the one explicit step that replaces the shipped model: SHIP exported to models/default with the
+# test report `make eval` wrote (its manifest records the figures), and the reports copied to docs/.
+ship: setup
+	test -f $(RUN)/eval/eval.json || { echo "no $(RUN)/eval/eval.json: run make eval first"; exit 1; }
+	for report in eval-selection eval eval-sasrec; do \
+		if [ -d $(RUN)/$$report ]; then rm -rf docs/$$report && cp -r $(RUN)/$$report docs/$$report; fi; done
 	$(PY) -m trainer.cli export --model $(SHIP) --out models/default --report docs/eval/eval.json
 
 # docs/openapi.json: the live schema, committed (tests/test_api_docs.py compares them)

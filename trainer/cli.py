@@ -460,7 +460,9 @@ def eval_cmd(
     retriever: Annotated[str | None, typer.Option(help="Negatives from DATA/*.<name> (e.g. sasrec).")] = None,
     reasoning: Annotated[str, typer.Option(help="Comma-separated modes for the model(s): full,none.")] = "full,none",
     split: SplitOption = "test",
-    out: Annotated[Path, typer.Option(help="Report directory (eval.json, eval.md, eval.png).")] = Path("docs/eval"),
+    out: Annotated[
+        Path, typer.Option(help="Report directory (eval.json, eval.md, eval.png, ranks.json); e.g. RUN/eval.")
+    ] = ...,
     seed: Annotated[int, typer.Option(help="Seed for the users and their negatives.")] = 0,
     seqrec: Annotated[
         Path | None,

@@ -360,3 +360,26 @@ def test_every_cli_option_has_help_and_the_recipe_as_default():
             option = renamed.get(field.name, prefix + field.name)
             if option in defaults[command]:
                 assert defaults[command][option] == field.default, (command, option)
+
+
+def test_a_run_resumes_only_what_the_same_data_and_settings_started(tiny_data, tmp_path):
+    """Every stage records what made its run; another dataset (or settings) in the same directory is refused,
+    naming what differs, and --restart starts over."""
+    other = tmp_path / "other-data"
+    shutil.copytree(tiny_data, other)
+    with (other / "interactions.jsonl").open("a") as handle:
+        handle.write(json.dumps({"user_id": "new", "item_id": json.loads(
+            (tiny_data / "items.jsonl").read_text().splitlines()[0])["item_id"], "timestamp": 1}) + "\n")  # fmt: skip
+    out = tmp_path / "seqrec"
+    args = ["seqrec", "--out", str(out), "--epochs", "1", *TINY_SEQREC]
+    _train(*args, "--data", str(tiny_data))
+    unboxed = lambda text: re.sub(r"[\s│╭╮╰╯─]+", " ", text)  # noqa: E731 - the error box wraps at any width
+    refused = unboxed(_train_fails(*args, "--data", str(other)))
+    assert "another dataset" in refused and "--restart" in refused
+    more_epochs = ["seqrec", "--out", str(out), "--epochs", "2", *TINY_SEQREC, "--data", str(tiny_data)]
+    assert "settings (epochs: 1 → 2)" in unboxed(_train_fails(*more_epochs))
+    _train(*args, "--data", str(other), "--restart")
+    manifest_like = json.loads((out / "seqrec.json").read_text())["provenance"]
+    from trainer.runs import data_fingerprint
+
+    assert manifest_like["data_fingerprint"] == data_fingerprint(other) != data_fingerprint(tiny_data)

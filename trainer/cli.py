@@ -64,6 +64,23 @@ def _splits(data: Path):
         raise typer.BadParameter(str(exc), param_hint="--data") from exc
 
 
+RestartOption = Annotated[
+    bool, typer.Option("--restart", help="Start over: delete what an earlier run left in the output directory.")
+]
+
+
+def _claim(out: Path, data: Path, base: str | None, *configs, restart: bool = False) -> dict:
+    """Record what makes this run in ``out``; refuse to resume a run that other inputs made (``trainer.runs``)."""
+    from trainer.runs import RunMismatch, claim_run, run_fingerprint
+
+    fingerprint = run_fingerprint(data, base, *configs)
+    try:
+        claim_run(out, fingerprint, restart)
+    except RunMismatch as exc:
+        raise typer.BadParameter(str(exc), param_hint="--out") from exc
+    return fingerprint
+
+
 def _checkpoint(path: Path, hint: str):
     """Open a checkpoint or fail with the contract's own message (names the file and field)."""
     from contract.checkpoint import CheckpointError, open_checkpoint
@@ -155,6 +172,7 @@ def init_model_cmd(
     base_model: Annotated[
         Path | None, typer.Option(help="A local HF checkpoint (e.g. Qwen2.5-3B) to start from instead of scratch.")
     ] = None,
+    restart: RestartOption = False,
 ) -> None:
     """A small Qwen2-architecture model + a BPE tokenizer trained on training-split titles only, LM pre-trained
     on the training histories; or, with --base-model, a copy of a real model with an r2rank manifest (its
@@ -169,6 +187,13 @@ def init_model_cmd(
     evidence = _build(EvidenceConfig, window=evidence_window, max_followers=max_followers,
                       stopword_share=stopword_share)  # fmt: skip
     catalogue, splits = _splits(data)
+    config = _build(TinyModelConfig, vocab_size=vocab_size, hidden_size=hidden_size,
+                    intermediate_size=intermediate_size, num_hidden_layers=layers, num_attention_heads=heads,
+                    num_key_value_heads=kv_heads)  # fmt: skip
+    pretrain = _build(PretrainConfig, epochs=pretrain_epochs, batch_size=pretrain_batch_size, lr=pretrain_lr,
+                      holdout_last=pretrain_holdout_last, seed=seed, stop_after=stop_after)  # fmt: skip
+    base_name = str(base_model) if base_model is not None else None
+    fingerprint = _claim(out, data, base_name, evidence, config, pretrain, {"name": name}, restart=restart)
     if base_model is not None:
         stats = build_stats(catalogue, splits, evidence)
         try:
@@ -177,11 +202,6 @@ def init_model_cmd(
             raise typer.BadParameter(str(exc), param_hint="--base-model") from exc
         typer.echo(f"wrote {out} model_version={manifest.model_version} (from {base_model})")
         return
-    config = _build(TinyModelConfig, vocab_size=vocab_size, hidden_size=hidden_size,
-                    intermediate_size=intermediate_size, num_hidden_layers=layers, num_attention_heads=heads,
-                    num_key_value_heads=kv_heads)  # fmt: skip
-    pretrain = _build(PretrainConfig, epochs=pretrain_epochs, batch_size=pretrain_batch_size, lr=pretrain_lr,
-                      holdout_last=pretrain_holdout_last, seed=seed, stop_after=stop_after)  # fmt: skip
     if (out / STATE).exists():  # an interrupted pre-training: keep its weights, rebuild only the provenance
         provenance = json.loads((out / "init_provenance.json").read_text())
     else:
@@ -191,7 +211,8 @@ def init_model_cmd(
         provenance["evidence"] = {**dataclasses.asdict(evidence), "stats_version": stats.version,
                                   "items": len(stats.item_ids), "follower_pairs": len(stats.followers)}  # fmt: skip
         (out / "init_provenance.json").write_text(json.dumps(provenance))
-    provenance.update(command=_command_line(), data=data.name, users=len(splits))
+    provenance.update(command=_command_line(), data=data.name, data_fingerprint=fingerprint["data"],
+                      users=len(splits))  # fmt: skip
     manifest = write_checkpoint_manifest(out, name, provenance)
     if pretrain.epochs > 0:
         provenance.update(pretrain_lm(out, open_checkpoint(out), catalogue, splits, pretrain))
@@ -239,9 +260,11 @@ def sft_cmd(
             "calibration (a model that never saw their targets)."
         ),
     ] = None,
+    restart: RestartOption = False,
 ) -> None:
     """Supervised cold start on teacher rationales (built-in, or an LLM behind --teacher-url); resumable."""
     from contract.checkpoint import write_checkpoint_manifest
+    from contract.sequence import SequenceRanker
     from trainer.seqrec import ranker_sequence_models
     from trainer.sft import sft_users, train_sft
     from trainer.teacher import BuiltinTeacher
@@ -262,6 +285,12 @@ def sft_cmd(
         except ValueError as exc:
             raise typer.BadParameter(str(exc), param_hint="--sequence-model") from exc
     catalogue, splits = _splits(data)
+    sequence_versions = {"sequence_model": None, "example_sequence_model": None}
+    if sequences is not None:
+        sequence_versions = {"sequence_model": SequenceRanker.load(sequences.shipped).version,
+                             "example_sequence_model": sequences.examples.version}  # fmt: skip
+    fingerprint = _claim(out, data, base_checkpoint.model_version, config, teacher_config, sequence_versions,
+                         restart=restart)  # fmt: skip
     try:
         chosen = sft_users(splits, config, reserve=0 if teacher_config.url else teacher_config.calibration_users)
     except DataError as exc:
@@ -285,6 +314,7 @@ def sft_cmd(
         summary["teacher_verdict_model"] = {"weights": teacher.model.weights, "bias": teacher.model.bias}
     provenance = {**summary, "command": _command_line(), "base": str(base),
                   "base_model_version": base_checkpoint.model_version, "data": data.name,
+                  "data_fingerprint": fingerprint["data"],
                   "teacher": teacher_name}  # fmt: skip
     manifest = write_checkpoint_manifest(out / "model", name, provenance)
     shown = {k: summary[k] for k in ("examples", "loss_first_10", "loss_last_10", "skipped_updates")}
@@ -314,6 +344,7 @@ def rl_cmd(
     name: Annotated[str, typer.Option(help="Prefix of model_version.")] = "rl",
     rollout_engine: Annotated[RolloutEngine, _opt(RLConfig, "rollout_engine")] = RLConfig.rollout_engine,
     stop_after: Annotated[int | None, _opt(RLConfig, "stop_after")] = None,
+    restart: RestartOption = False,
 ) -> None:
     """Listwise RL: G rollouts per user, PL-sampled rankings rewarded by NDCG@10; resumable."""
     from contract.checkpoint import write_checkpoint_manifest
@@ -344,6 +375,7 @@ def rl_cmd(
     base_checkpoint = _checkpoint(base, "--base")
     base_version = base_checkpoint.model_version
     catalogue, splits = _splits(data)
+    fingerprint = _claim(out, data, base_version, config, restart=restart)
     held_apart = {u.user_id for u in selection_users(splits)}  # never trained on: they choose between checkpoints
     cases = rl_cases(splits, catalogue, config.users, config.negatives, config.seed, held_apart)
     summary = train_rl(base, out, cases, config)
@@ -353,6 +385,7 @@ def rl_cmd(
         "base": str(base),
         "base_model_version": base_version,
         "data": data.name,
+        "data_fingerprint": fingerprint["data"],
         "users": len(cases),
         # what the SFT start learned from, kept so eval's evidence-model row is the teacher's own logistic
         **{
@@ -405,6 +438,7 @@ def seqrec_cmd(
     curve_users: Annotated[
         int, typer.Option(help="Horizon valid: selection users whose NDCG@10 is measured after every epoch (0: none).")
     ] = 1000,
+    restart: RestartOption = False,
 ) -> None:
     """The sequence-model baseline (SASRec over item ids, full-softmax cross-entropy) that `eval --seqrec` shows
     beside the other baselines; resumable (rerun to continue after the last finished epoch)."""
@@ -419,6 +453,10 @@ def seqrec_cmd(
     if init is not None and not SequenceModel.exists(init):
         raise typer.BadParameter(f"no sequence model in {init}", param_hint="--init")
     catalogue, splits = _splits(data)
+    from contract.sequence import SequenceRanker
+
+    init_version = SequenceRanker.load(init).version if init is not None else None
+    fingerprint = _claim(out, data, init_version, config, restart=restart)
     monitor = None
     if horizon == "valid" and curve_users > 0:  # a model that stops before the validation targets can be scored there
         cases = build_cases(splits, catalogue, curve_users, 19, 0, split="selection")
@@ -429,7 +467,8 @@ def seqrec_cmd(
             return {"selection_ndcg@10": round(metrics_with_ci(ranks)["ndcg@10"]["mean"], 4)}
 
     items = sorted(catalogue.titles, key=lambda k: (len(k), k))
-    provenance = {"command": _command_line(), "data": data.name, "users": len(splits),
+    provenance = {"command": _command_line(), "data": data.name, "data_fingerprint": fingerprint["data"],
+                  "users": len(splits),
                   **({"init": str(init)} if init else {})}  # fmt: skip
     try:
         summary = train_seqrec(items, training_sequences(splits, horizon, held_out), out, config, monitor, provenance,

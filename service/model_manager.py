@@ -70,6 +70,34 @@ def gate_score(checkpoint: Checkpoint) -> float | None:
     return float(value)
 
 
+def gate_refusal(serving: Checkpoint, new: Checkpoint) -> str | None:
+    """Why ``new`` may not replace ``serving`` without force, or None. Scores are compared only on the same
+    dataset (``data_fingerprint`` in both provenances, where recorded): another catalogue's NDCG@10 says nothing
+    about this one, so a first publish of a new catalogue is a forced one. A checkpoint with no eval metrics
+    (exported without ``--report``) cannot pass a gate the serving model's metrics set."""
+    old_score, new_score = gate_score(serving), gate_score(new)
+    old_data = serving.manifest.provenance.get("data_fingerprint")
+    new_data = new.manifest.provenance.get("data_fingerprint")
+    if old_data and new_data and old_data != new_data:
+        return (
+            f"{new.model_version} was trained on another dataset (fingerprint {new_data}, the serving "
+            f"{serving.model_version}'s is {old_data}): their {GATE_METRIC} cannot be compared"
+        )
+    if old_score is None:
+        return None
+    if new_score is None:
+        return (
+            f"{new.model_version} has no {GATE_METRIC} in its manifest (export it with --report) and the "
+            f"serving {serving.model_version} has {old_score}"
+        )
+    if new_score < old_score:
+        return (
+            f"{new.model_version} has {GATE_METRIC}={new_score}, worse than the serving "
+            f"{serving.model_version} ({old_score})"
+        )
+    return None
+
+
 class ModelManager:
     def __init__(
         self,
@@ -121,14 +149,9 @@ class ModelManager:
             raise InvalidRequest(f"path: {exc}", "path") from exc
 
     def _gate(self, new: Checkpoint, force: bool) -> None:
-        serving = self.holder.engine
-        old_score, new_score = gate_score(serving.checkpoint), gate_score(new)
-        if force or old_score is None or new_score is None:
-            return
-        if new_score < old_score:
-            raise Conflict(f"{new.model_version} has {GATE_METRIC}={new_score}, worse than the serving "
-                           f"{serving.model_version} ({old_score}); publish with force=true to override",
-                           "force", "eval_gate")  # fmt: skip
+        refusal = None if force else gate_refusal(self.holder.engine.checkpoint, new)
+        if refusal is not None:
+            raise Conflict(f"{refusal}; publish with force=true to override", "force", "eval_gate")
 
     async def publish(self, path: str, force: bool = False) -> dict[str, Any]:
         if self.settings.engine != "local":

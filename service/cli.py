@@ -100,6 +100,46 @@ def load_demo(
     typer.echo(f"loaded {n_items} items and {n_users} user histories under prefix {settings.redis_prefix!r}")
 
 
+@app.command("load")
+def load_cmd(
+    data: Annotated[
+        Path, typer.Argument(help="A directory with items.jsonl and/or interactions.jsonl (docs/data.md).")
+    ],
+    concurrency: Annotated[int, typer.Option(min=1, max=512, help="Histories written at a time.")] = 32,
+    quiet: Annotated[bool, typer.Option(help="No progress lines.")] = False,
+) -> None:
+    """Load a catalogue and its users' histories into Redis (R2RANK_REDIS_URL, R2RANK_REDIS_PREFIX): the files
+    `make train DATA=DIR` trained on, read the same way. Idempotent (rerun after an interruption or a fix);
+    rows the API would refuse are refused with their line and the rest load."""
+    import asyncio
+
+    from service.bulk_load import load_directory
+    from service.config import Settings
+    from service.state import build_store
+    from service.store import StoreUnavailable
+
+    settings = Settings()
+    store = build_store(settings)
+    if store is None:
+        raise typer.BadParameter("R2RANK_REDIS_URL is empty", param_hint="R2RANK_REDIS_URL")
+
+    async def run():
+        try:
+            return await load_directory(store, data, concurrency, quiet)
+        finally:
+            await store.close()
+
+    try:
+        report = asyncio.run(run())
+    except FileNotFoundError as exc:
+        raise typer.BadParameter(str(exc), param_hint="DATA") from exc
+    except StoreUnavailable as exc:
+        typer.echo(f"r2rank-serve load: {exc} (rerun to continue: the load is idempotent)", err=True)
+        raise typer.Exit(1) from exc
+    typer.echo(report.render())
+    typer.echo(f"under prefix {settings.redis_prefix!r}")
+
+
 keys_app = typer.Typer(help="API keys in Redis: add, list, revoke (signed with R2RANK_KEY_SECRET).")
 app.add_typer(keys_app, name="keys")
 

@@ -38,7 +38,7 @@ import json
 import logging
 import math
 import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -258,14 +258,25 @@ class RedisStore:
         rows = await self._call(self.client.zrange(self._user_keys(user_id)[0], 0, -1, withscores=True))
         return [HistoryEntry(member.split("|", 1)[1], float(score)) for member, score in rows]
 
-    async def replace_history(self, user_id: str, entries: Sequence[tuple[str, float]]) -> int:
+    async def replace_history(
+        self, user_id: str, entries: Sequence[tuple[str, float]], count_popularity: bool = True
+    ) -> int:
+        """``count_popularity=False``: the caller sets the counts itself (a bulk load, which must be idempotent)."""
         args: list[Any] = [self.history_max, self.user_ttl_s]
         for item_id, timestamp in entries:
             args += [repr(float(timestamp)), item_id]
         length = int(await self._call(self._replace(keys=self._user_keys(user_id), args=args), "replacing the history"))
-        kept = sorted(range(len(entries)), key=lambda i: (float(entries[i][1]), i))[-self.history_max :]
-        await self._count_interactions([entries[i][0] for i in sorted(kept)])  # only what the history keeps
+        if count_popularity:
+            kept = sorted(range(len(entries)), key=lambda i: (float(entries[i][1]), i))[-self.history_max :]
+            await self._count_interactions([entries[i][0] for i in sorted(kept)])  # only what the history keeps
         return length
+
+    async def set_popularity(self, counts: Mapping[str, int]) -> None:
+        """Set (not add to) the popularity counts of these items: a rerun of the same bulk load changes nothing."""
+        rows = list(counts.items())
+        for start in range(0, len(rows), ITEM_BATCH):
+            mapping = {item: float(count) for item, count in rows[start : start + ITEM_BATCH]}
+            await self._call(self.client.zadd(self._popularity_key, mapping), "setting popularity counts")
 
     async def append_event(
         self, user_id: str, item_id: str, timestamp: float | None, event_id: str | None

@@ -8,18 +8,17 @@ The rules are docs/data.md's.
 
 from __future__ import annotations
 
-import json
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 
+from contract.catalogue import jsonl_rows, parse_timestamp
 from trainer.data import (
     ATTRIBUTE_NAME,
     MAX_ATTRIBUTE_CHARS,
     DataError,
     leave_one_out,
-    parse_timestamp,
     selection_users,
 )
 
@@ -69,19 +68,12 @@ class DataReport:
 
 def _rows(path: Path, report: DataReport):
     """(line number, object) for every JSON object line; bad lines become problems."""
-    with path.open(encoding="utf-8", errors="replace") as handle:
-        for lineno, line in enumerate(handle, start=1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as exc:
-                report.add("error", "invalid JSON", f"{path.name}:{lineno}", exc.msg)
-                continue
-            if not isinstance(row, dict):
-                report.add("error", "not a JSON object", f"{path.name}:{lineno}", type(row).__name__)
-                continue
-            yield lineno, row
+    for lineno, row, problem in jsonl_rows(path):
+        if row is None:
+            kind = "invalid JSON" if problem.startswith("invalid JSON") else "not a JSON object"
+            report.add("error", kind, f"{path.name}:{lineno}", problem.removeprefix("invalid JSON: "))
+            continue
+        yield lineno, row
 
 
 def _check_items(path: Path, report: DataReport) -> set[str]:

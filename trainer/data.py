@@ -14,15 +14,15 @@ training prefix.
 
 from __future__ import annotations
 
-import json
 import logging
 import random
 import re
 from collections import defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
 from pathlib import Path
+
+from contract.catalogue import jsonl_rows, parse_timestamp
 
 logger = logging.getLogger(__name__)
 
@@ -124,22 +124,6 @@ def read_jsonl_items(path: Path) -> Catalogue:
     return catalogue
 
 
-def parse_timestamp(value: object) -> float:
-    """Unix seconds, or an ISO 8601 date/time (``2018-03-04``, ``2018-03-04T10:00:00Z``); one without a zone is
-    read as UTC (not the machine's local time: the same file gives the same order on every machine)."""
-    if isinstance(value, int | float) and not isinstance(value, bool):
-        return float(value)
-    text = str(value).strip()
-    try:
-        return float(text)
-    except ValueError:
-        pass
-    parsed = datetime.fromisoformat(text[:-1] + "+00:00" if text.endswith("Z") else text)
-    if parsed.tzinfo is None:
-        parsed = parsed.replace(tzinfo=timezone.utc)
-    return parsed.timestamp()
-
-
 def read_jsonl_interactions(path: Path, catalogue: Catalogue) -> dict[str, list[str]]:
     events: dict[str, list[tuple[float, int, str]]] = defaultdict(list)
     for lineno, row in _read_jsonl(path):
@@ -160,17 +144,10 @@ def read_jsonl_interactions(path: Path, catalogue: Catalogue) -> dict[str, list[
 def _read_jsonl(path: Path) -> Iterable[tuple[int, dict]]:
     if not path.is_file():
         raise DataError(f"{path}: file not found")
-    with path.open(encoding="utf-8") as handle:
-        for lineno, line in enumerate(handle, start=1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise DataError(f"{path}:{lineno}: invalid JSON: {exc.msg}") from exc
-            if not isinstance(row, dict):
-                raise DataError(f"{path}:{lineno}: expected a JSON object")
-            yield lineno, row
+    for lineno, row, problem in jsonl_rows(path):
+        if row is None:
+            raise DataError(f"{path}:{lineno}: {problem}")
+        yield lineno, row
 
 
 def load_dataset(source: Path) -> tuple[Catalogue, dict[str, list[str]]]:

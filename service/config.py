@@ -27,7 +27,11 @@ class Settings(BaseSettings):
     )
     engine: Literal["local", "remote"] = Field("local", description="In-process vLLM or a remote vLLM server.")
     engine_url: str | None = Field(None, description="Remote engine base URL, e.g. http://vllm:8000 (engine=remote).")
-    engine_model_name: str | None = Field(None, description="Model name the remote server serves (default: its first).")
+    engine_model_name: str | None = Field(
+        None,
+        description="Name the remote server serves this checkpoint under (default: its model_version); the API "
+        "is not ready while the server does not serve it.",
+    )
     engine_api_key: str | None = Field(None, description="Bearer token for the remote engine, if it wants one.")
     engine_timeout_s: float = Field(120.0, gt=0, description="Per engine call timeout (remote).")
     engine_batch: bool = Field(

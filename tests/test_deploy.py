@@ -69,7 +69,9 @@ def test_compose_file_is_valid(profile):
     # Redis requires a password and the API's URL carries it; the remote engine requires a key the API sends
     assert "--requirepass" in config["services"]["redis"]["command"]
     assert config["services"]["r2rank"]["environment"]["R2RANK_REDIS_URL"].startswith("redis://:")
-    assert "--api-key" in config["services"]["vllm"]["command"]
+    engine = config["services"]["vllm"]
+    assert engine["environment"]["VLLM_API_KEY"] and "--api-key" not in " ".join(engine["command"])
+    assert "--served-model-name" in engine["command"][-1] and "model_version" in engine["command"][-1]
     assert config["services"]["r2rank-remote"]["environment"]["R2RANK_ENGINE_API_KEY"]
     dashboard = REPO_ROOT / "deploy/grafana/dashboards/r2rank.json"
     assert "r2rank_model_info" in dashboard.read_text()
@@ -134,7 +136,8 @@ def test_kustomize_overlays_render_and_validate(overlay, tmp_path):
         assert engine["spec"]["template"]["spec"]["containers"][0]["resources"]["limits"]["nvidia.com/gpu"] == 1
         vllm = engine["spec"]["template"]["spec"]["containers"][0]
         key = next(e for e in vllm["env"] if e["name"] == "VLLM_API_KEY")  # vLLM requires it on every call
-        assert key["valueFrom"]["secretKeyRef"]["key"] == "R2RANK_ENGINE_API_KEY" and "--api-key" not in vllm["args"]
+        assert key["valueFrom"]["secretKeyRef"]["key"] == "R2RANK_ENGINE_API_KEY"
+        assert "--api-key" not in " ".join(vllm["args"]) and "--served-model-name" in vllm["args"][-1]
         assert vllm["securityContext"]["readOnlyRootFilesystem"] is True
         assert engine["spec"]["template"]["spec"]["automountServiceAccountToken"] is False
         assert engine["spec"]["replicas"] >= 2

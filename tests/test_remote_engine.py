@@ -58,6 +58,29 @@ def test_remote_ranks_like_in_process(service, remote_service, demo, reasoning):
     assert ready["engine"]["backend"] == "vllm-remote"
 
 
+def test_an_engine_serving_other_weights_is_refused_not_labelled(log_dir, vllm_server, demo, tmp_path):
+    """The API's checkpoint is another version than the one the engine serves (a mis-copied volume, a half-done
+    roll-out): the API is not ready and /rank answers 503, naming neither host; no score is labelled with the
+    API's version."""
+    import json
+    import shutil
+
+    other = tmp_path / "other"
+    shutil.copytree(DEFAULT_MODEL, other)
+    manifest = json.loads((other / "manifest.json").read_text())
+    (other / "manifest.json").write_text(json.dumps({**manifest, "model_version": "rl-other-weights"}))
+    service = start_service(log_dir, env={"R2RANK_ENGINE": "remote", "R2RANK_ENGINE_URL": vllm_server.url,
+                                          "R2RANK_MODEL_PATH": str(other)})  # fmt: skip
+    try:
+        service.wait_ready("/healthz", timeout=120)
+        ready = httpx.get(f"{service.url}/readyz")
+        assert ready.status_code == 503 and "rl-other-weights" in ready.json()["engine"]["detail"], ready.text
+        response = httpx.post(f"{service.url}/rank", json=demo.rank_request(demo.users[0], n_candidates=2))
+        assert response.status_code == 503 and response.json()["error"]["type"] == "engine_unavailable"
+    finally:
+        service.stop()
+
+
 def test_unreachable_remote_engine_gives_503_not_500(log_dir, demo):
     """Nothing listens at the engine URL: the API still starts, is not ready, and /rank answers 503."""
     dead_url = f"http://127.0.0.1:{free_port()}"

@@ -54,7 +54,9 @@ class RemoteVLLMEngine(ReasoningEngine):
         super().__init__(checkpoint, max_rationale_tokens)
         self.batched = batched
         self.base_url = base_url.rstrip("/")
-        self.served_model_name = served_model_name
+        # the name the server must serve this checkpoint under: its model_version (`--served-model-name`), so scores
+        # from a server on another checkpoint are never labelled with this one's version
+        self.served_model_name = served_model_name or checkpoint.model_version
         self.timeout = httpx.Timeout(timeout_s, connect=min(5.0, timeout_s), pool=None)
         self.headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
         self.limits = httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections)
@@ -87,14 +89,18 @@ class RemoteVLLMEngine(ReasoningEngine):
             raise EngineError("remote engine unreachable", detail=f"{self.base_url}: {exc!r}") from exc
         if response.status_code != 200:
             raise EngineError(f"remote engine unhealthy: HTTP {response.status_code}", detail=self.base_url)
-        if self.served_model_name is None:
-            await self._discover_model()
+        await self._check_served_model()
 
-    async def _discover_model(self) -> None:
-        models = (await self._post_or_get("GET", "/v1/models")).get("data", [])
-        if not models:
-            raise EngineError("remote engine serves no model", detail=self.base_url)
-        self.served_model_name = models[0]["id"]
+    async def _check_served_model(self) -> None:
+        """The server must serve this API's checkpoint: a rolled or mis-copied engine on other weights makes the
+        API unready rather than label its scores with this checkpoint's version."""
+        served = [m.get("id") for m in (await self._post_or_get("GET", "/v1/models")).get("data", [])]
+        if self.served_model_name not in served:
+            raise EngineError(
+                f"remote engine serves {served}, not this API's checkpoint {self.served_model_name}: start vLLM on "
+                "the same checkpoint with --served-model-name <its model_version> (deploy/ does)",
+                detail=self.base_url,
+            )
 
     def _http(self) -> httpx.AsyncClient:
         if self._client is None:
@@ -144,8 +150,6 @@ class RemoteVLLMEngine(ReasoningEngine):
         ``None``."""
         if not prompts:
             return []
-        if self.served_model_name is None:
-            await self._discover_model()
         request = {"model": self.served_model_name, "prompt": prompts, "request_id": request_id, **body}
         try:
             payload = await self._post_or_get("POST", "/v1/completions", request, routing_key)

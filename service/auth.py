@@ -210,7 +210,7 @@ def require(scope: Scope):
             raise Forbidden(f"this API key lacks the {scope!r} scope")
         request.state.api_key = (hash_key(key), entry)
         request.state.key_checked = True  # once per request: the route ran it before the body, not again after
-        state.rates.take_request(hash_key(key), entry)
+        await state.rates.take_request(hash_key(key), entry)
 
     check.auth_scope = scope  # type: ignore[attr-defined]  # what AuthenticatedRoute looks for
     return check

@@ -49,7 +49,7 @@ class ServiceState:
         ranker = Ranker(engine, settings, metrics, store)
         secret = settings.key_secret.get_secret_value() if settings.key_secret else None
         keys = KeyStore(settings.api_keys, store, secret)
-        rates = KeyRates(settings.max_candidates, metrics)
+        rates = KeyRates(settings.max_candidates, metrics, store)
         state = cls(settings=settings, engine=engine, metrics=metrics, ranker=ranker, store=store, keys=keys,
                     rates=rates)  # fmt: skip
         models_root = settings.models_root or Path(settings.model_path).resolve().parent

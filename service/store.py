@@ -20,6 +20,8 @@ digest of the user id, so no id can break the key's shape and the multi-key scri
     P:model:published       STRING the fleet's published-model record, signed (``service.published``)
     P:{engine}:leases       ZSET  lease id -> expiry (Unix s): the engine budget shared by every API pod
     P:{engine}:lease-items  HASH  lease id -> items the lease holds
+    P:rate:{<key digest>:<kind>}  HASH  tokens, updated (Redis time): a key's request or item rate, shared by
+                                  every API pod; expires when idle
 
 This class owns every key: nothing else in the service builds a key or calls the Redis client. Every write
 is one atomic script or MULTI, so a 2xx means the whole write is in Redis. Failures raise
@@ -96,6 +98,25 @@ if tonumber(ARGV[2]) > 0 then
   for i = 1, 3 do redis.call('EXPIRE', KEYS[i], ARGV[2]) end
 end
 return redis.call('ZCARD', KEYS[1])
+"""
+
+
+_TAKE_TOKENS = """
+-- KEYS: bucket (HASH tokens, updated)   ARGV: rate per s, capacity, tokens wanted
+-- A token bucket shared by every API pod: refilled by the Redis clock, so pods' clocks never disagree.
+-- Returns 0 when the tokens were taken, else the milliseconds until they would be (nothing taken).
+local rate, capacity, wanted = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
+local t = redis.call('TIME')
+local now = tonumber(t[1]) + tonumber(t[2]) / 1e6
+local state = redis.call('HMGET', KEYS[1], 'tokens', 'updated')
+local tokens = tonumber(state[1]) or capacity
+local updated = tonumber(state[2]) or now
+tokens = math.min(capacity, tokens + math.max(0, now - updated) * rate)
+local wait = 0
+if tokens >= wanted then tokens = tokens - wanted else wait = math.ceil((wanted - tokens) / rate * 1000) end
+redis.call('HSET', KEYS[1], 'tokens', tostring(tokens), 'updated', tostring(now))
+redis.call('EXPIRE', KEYS[1], math.ceil(capacity / rate) + 60)
+return wait
 """
 
 
@@ -209,6 +230,7 @@ class RedisStore:
         self._append = self.client.register_script(_APPEND_EVENT)
         self._replace = self.client.register_script(_REPLACE_HISTORY)
         self._admit_engine = self.client.register_script(_ADMIT_ENGINE_ITEMS)  # idempotent by lease: retried
+        self._take_tokens = self._once.register_script(_TAKE_TOKENS)  # a repeat would take twice: never retried
 
     # --- keys -------------------------------------------------------------------------------------------
     def _user_keys(self, user_id: str) -> list[str]:
@@ -252,6 +274,14 @@ class RedisStore:
                 raise StoreUnavailable(f"redis did not confirm {write}; retrying the same request is safe",
                                        detail=detail) from exc  # fmt: skip
             raise StoreUnavailable("redis unavailable", detail=detail) from exc
+
+    # --- rates --------------------------------------------------------------------------------------------
+    async def take_tokens(self, bucket: str, rate: float, capacity: float, wanted: float) -> float:
+        """Take ``wanted`` tokens from the fleet-wide bucket ``bucket``: 0.0, or the seconds until they would be
+        there (nothing taken)."""
+        key = f"{self.prefix}:rate:{{{bucket}}}"
+        wait_ms = await self._call(self._take_tokens(keys=[key], args=[rate, capacity, wanted]))
+        return int(wait_ms) / 1000.0
 
     # --- histories --------------------------------------------------------------------------------------
     async def get_history(self, user_id: str) -> list[HistoryEntry]:

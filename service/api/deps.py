@@ -31,11 +31,11 @@ def get_store(request: Request) -> RedisStore:
     return store
 
 
-def charge_items(request: Request, items: int) -> None:
+async def charge_items(request: Request, items: int) -> None:
     """Take a request's candidate items from its API key's item rate (when it has one)."""
     charged = getattr(request.state, "api_key", None)
     if charged is not None:
-        request.app.state.r2rank.rates.take_items(*charged, items)
+        await request.app.state.r2rank.rates.take_items(*charged, items)
 
 
 def request_id_header(

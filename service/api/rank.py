@@ -24,5 +24,5 @@ async def rank(body: RankRequest, ranker: RankerDep, context: RequestContextDep,
     """Each candidate is reasoned about and scored on its own (no position bias); items come back by
     score, best first. The request id is the `X-Request-Id` header, else the body's `request_id`, else a new
     one; the reply body, the reply header and the logs carry the same."""
-    charge_items(request, len(body.candidates))
+    await charge_items(request, len(body.candidates))
     return await ranker.rank(body, context.adopt(body.request_id))

@@ -20,7 +20,7 @@ RERANK_PARAMS = {"candidates": "documents", "top_k": "top_n", "user_id": "query"
 async def _rerank(
     body: RerankRequest, ranker: RankerDep, context: RequestContextDep, request: Request, version: str
 ) -> RerankResponse:
-    charge_items(request, len(body.documents))
+    await charge_items(request, len(body.documents))
     try:
         ranked = await ranker.rank(to_rank_request(body), context.request_id, catalogue_ids=False)
     except ServiceError as exc:  # name the rerank field, not the /rank one it maps to

@@ -177,7 +177,8 @@ def test_none_weight_tunes_the_no_reasoning_scores(toy_checkpoint):
 @pytest.mark.parametrize("objective", ["pl", "top1"])
 def test_served_users_tune_the_scores_after_greedy_rationales(toy_checkpoint, objective):
     """The served-rationale term: with served users, the positive's score margin after the rationale the
-    service would write (greedy) grows on held-out cases more than with full-mode rollouts alone."""
+    service would write (greedy) grows on held-out cases more than with full-mode rollouts alone. At a small
+    learning rate, so that neither run saturates the toy task's margin (at 3e-3 both reached about +6.5)."""
     held = [encode_case(toy_checkpoint, c) for c in _toy_cases(16, seed=7)]
     cases = _toy_cases(80, seed=1)
 
@@ -191,7 +192,7 @@ def test_served_users_tune_the_scores_after_greedy_rationales(toy_checkpoint, ob
     gains = {}
     for served in (0, 4):
         torch.manual_seed(0)
-        config = RLConfig(steps=8, users_per_step=2, rollouts=2, lr=3e-3, beta=0.0, none_weight=0.0,
+        config = RLConfig(steps=8, users_per_step=2, rollouts=2, lr=1e-3, beta=0.0, none_weight=0.0,
                           served_users_per_step=served, served_objective=objective, seed=0,
                           rationale_credit="rollout")  # fmt: skip
         trainer = RLTrainer(toy_checkpoint, _model(toy_checkpoint), _model(toy_checkpoint).eval(), config)
@@ -202,7 +203,7 @@ def test_served_users_tune_the_scores_after_greedy_rationales(toy_checkpoint, ob
             assert (stats.ndcg_served is None) == (served == 0)
         gains[served] = margin(trainer) - before
     print(f"served-rationale margin gain ({objective}): no served users {gains[0]:+.3f}, 4 per step {gains[4]:+.3f}")
-    assert gains[4] > gains[0] + 0.5, gains
+    assert gains[4] > gains[0] + 0.2, gains
 
 
 @pytest.mark.engine

@@ -11,6 +11,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 PLACEHOLDER_SECRET = "CHANGE-ME"
+DEMO_SECRET = "local-demo-only"  # deploy/docker-compose.yml's defaults: public, so never with keys turned on
 
 
 class Settings(BaseSettings):
@@ -113,7 +114,8 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _no_placeholder_secrets(self) -> Settings:
-        """The deploy manifests ship CHANGE-ME placeholders: serving with one would be serving with no secret."""
+        """The deploy manifests ship CHANGE-ME placeholders: serving with one would be serving with no secret. The
+        compose demo's public defaults pass only while API keys are off (a laptop demo)."""
         secrets = {
             "R2RANK_KEY_SECRET": self.key_secret.get_secret_value() if self.key_secret else "",
             "R2RANK_ENGINE_API_KEY": self.engine_api_key or "",
@@ -122,6 +124,9 @@ class Settings(BaseSettings):
         for name, value in secrets.items():
             if PLACEHOLDER_SECRET in value:
                 raise ValueError(f"{name} holds the {PLACEHOLDER_SECRET} placeholder: set a real secret")
+            if self.auth_enabled and DEMO_SECRET in value:  # the demo's public default guards nothing
+                raise ValueError(f"{name} holds compose's public {DEMO_SECRET!r} default, which API keys must "
+                                 "not rely on: set REDIS_PASSWORD, R2RANK_KEY_SECRET and VLLM_API_KEY")  # fmt: skip
         return self
 
     def apply_vllm_cpu_env(self) -> None:

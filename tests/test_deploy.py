@@ -128,6 +128,13 @@ def test_kustomize_overlays_render_and_validate(overlay, tmp_path):
                for v in pod["volumes"])  # fmt: skip
     policies = {d["metadata"]["name"]: d["spec"] for d in docs if d["kind"] == "NetworkPolicy"}
     assert policies["default-deny-ingress"]["podSelector"] == {}
+    # egress denied by default too: the API may reach Redis (and the router), every pod DNS, nothing else
+    assert policies["default-deny-egress"] == {"podSelector": {}, "policyTypes": ["Egress"]}
+    api_egress = [p for p in policies.values() if "Egress" in p["policyTypes"]
+                  and p["podSelector"].get("matchLabels") == {"app.kubernetes.io/name": "r2rank"}]  # fmt: skip
+    reachable = {(t["podSelector"]["matchLabels"]["app.kubernetes.io/name"], port["port"])
+                 for p in api_egress for rule in p["egress"] for t in rule["to"] for port in rule["ports"]}  # fmt: skip
+    assert reachable == ({("redis", 6379), ("vllm-router", 8000)} if overlay == "gpu" else {("redis", 6379)})
     allowed = policies["redis-from-api-only"]["ingress"][0]["from"][0]["podSelector"]["matchLabels"]
     assert allowed == {"app.kubernetes.io/name": "r2rank"}
     assert config["R2RANK_ENGINE"] == ("remote" if overlay == "gpu" else "local")

@@ -380,3 +380,19 @@ def test_a_settings_error_names_the_setting_never_the_secrets(name, secret):
     output = result.stdout + result.stderr
     assert result.returncode != 0 and "R2RANK_ENGINE_URL is required" in output, output[-2000:]
     assert secret.removeprefix("redis://:").split("@")[0] not in output, f"{name} leaked into the error output"
+
+
+@pytest.mark.parametrize("name", ["R2RANK_KEY_SECRET", "R2RANK_ENGINE_API_KEY", "R2RANK_REDIS_URL"])
+def test_compose_demo_secrets_are_refused_once_keys_are_on(name):
+    """deploy/docker-compose.yml's public `local-demo-only` defaults serve the laptop demo (keys off); with API keys
+    on they would sign and guard nothing, so they are refused like the manifests' CHANGE-ME placeholders."""
+    from pydantic import ValidationError
+
+    from service.config import DEMO_SECRET, Settings
+
+    value = f"redis://:{DEMO_SECRET}@redis:6379/0" if name == "R2RANK_REDIS_URL" else DEMO_SECRET
+    field = {"R2RANK_KEY_SECRET": "key_secret", "R2RANK_ENGINE_API_KEY": "engine_api_key",
+             "R2RANK_REDIS_URL": "redis_url"}[name]  # fmt: skip
+    Settings(**{field: value})  # the demo: keys off
+    with pytest.raises(ValidationError, match=name):
+        Settings(**{field: value, "auth_enabled": True})

@@ -560,15 +560,20 @@ def diagnose_cmd(
     from trainer.diagnose import clause_ceiling, diagnose
     from trainer.evaluation.cases import build_cases
     from trainer.evaluation.metrics import metrics_with_ci
-    from trainer.teacher import BuiltinTeacher
+    from trainer.teacher import BuiltinTeacher, EvidenceModel
 
     _log_to_stderr()
     checkpoint = _checkpoint(model, "--model")
     catalogue, splits = _splits(data)
     cases = build_cases(splits, catalogue, users, negatives, seed, split=split)  # type: ignore[arg-type]
-    teacher = BuiltinTeacher.calibrated(splits, catalogue, checkpoint.stats)
+    recorded = checkpoint.manifest.provenance.get("teacher_verdict_model")
+    if checkpoint.sequence is not None and recorded is not None:  # the teacher it learned from (ranks included)
+        teacher = BuiltinTeacher(EvidenceModel(recorded["weights"], recorded["bias"]))
+    else:
+        teacher = BuiltinTeacher.calibrated(splits, catalogue, checkpoint.stats)
     result = diagnose(model, catalogue, cases, teacher)
-    result.ranks["clauses"] = clause_ceiling(splits, catalogue, checkpoint.stats, teacher, cases)
+    result.ranks["clauses"] = clause_ceiling(splits, catalogue, checkpoint.stats, teacher, cases,
+                                             sequence=checkpoint.sequence)  # fmt: skip
     ndcg = {mode: metrics_with_ci(ranks)["ndcg@10"] for mode, ranks in result.ranks.items()}
     agreement = {
         kind: {"all": t[0] / max(1, t[1]), "positives": t[2] / max(1, t[3])} for kind, t in result.agree.items()

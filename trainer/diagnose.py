@@ -27,6 +27,7 @@ import torch
 
 from contract.checkpoint import open_checkpoint
 from contract.evidence import EvidenceStats, Item, compute_evidence
+from contract.sequence import SequenceRanker
 from trainer.data import Catalogue, UserSplit, sample_negatives
 from trainer.evaluation.cases import EvalCase
 from trainer.evaluation.metrics import positive_rank
@@ -121,6 +122,7 @@ def clause_ceiling(
     cases: Sequence[EvalCase],
     calibration_users: int = 6000,
     seed: int = 1,
+    sequence: SequenceRanker | None = None,
 ) -> list[int]:
     """Ranks of ``cases`` under the best use of the teacher's clauses alone: P(positive | clause kinds) counted
     on other users' validation positions (1 + 19 random negatives), ties broken at random. What a model
@@ -133,7 +135,7 @@ def clause_ceiling(
 
     def rationales(history: Sequence[str], candidates: Sequence[str]) -> list[str]:
         shown = [item(i) for i in history]
-        return [teacher.rationale(compute_evidence(shown, item(c), stats)) for c in candidates]
+        return [teacher.rationale(compute_evidence(shown, item(c), stats, sequence=sequence)) for c in candidates]
 
     positives, totals = Counter(), Counter()
     for split in rng.sample(pool, min(calibration_users, len(pool))):

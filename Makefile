@@ -69,8 +69,11 @@ bench: setup redis
 # rank in the evidence (seqrec-ranker), then listwise RL (PL + NDCG@10).
 # The stages' defaults are the shipped recipe (trainer/config.py); *_ARGS add or override flags. Every stage
 # resumes if interrupted and writes its step log (RUN/<stage>_steps.jsonl).
-RUN       ?= runs/default
-DATA      ?= ../shared/data/amazon-videogames
+DEFAULT_DATA := ../shared/data/amazon-videogames
+DATA      ?= $(DEFAULT_DATA)
+# one run folder per catalogue: two catalogues never share one by accident (and a stage refuses a run that
+# other data started anyway: trainer/runs.py)
+RUN       ?= runs/$(if $(filter $(DEFAULT_DATA),$(DATA)),default,$(notdir $(abspath $(DATA))))
 INIT_ARGS ?=
 SFT_ARGS  ?=
 RL_ARGS   ?=

@@ -289,14 +289,15 @@ class _BrokenEngine(_SlowEngine):
 
 async def test_a_swap_that_fails_any_way_closes_the_new_engine_and_answers_503(tmp_path):
     """Before, only an EngineError closed the new engine: anything else was a 500 with the new engine left
-    running beside the old one. A non-numeric eval metric in a manifest was a 500 too; now it skips the gate."""
+    running beside the old one. A non-numeric eval metric in a manifest was a 500 too; now it counts as no
+    metric: the gate refuses it (409) where the serving model has one, and a forced publish goes on."""
     import json
     import shutil
 
     from contract.checkpoint import open_checkpoint
     from loadtest.procs import DEFAULT_MODEL
     from service.config import Settings
-    from service.exceptions import EngineError
+    from service.exceptions import Conflict, EngineError
     from service.metrics import Metrics
     from service.model_manager import ModelManager, gate_score
 
@@ -310,8 +311,10 @@ async def test_a_swap_that_fails_any_way_closes_the_new_engine_and_answers_503(t
     holder = _Holder(serving)
     manager = ModelManager(holder, Settings(redis_url=None), Metrics(), tmp_path / "models",
                            engine_factory=lambda settings, checkpoint: _BrokenEngine(checkpoint))  # fmt: skip
-    with pytest.raises(EngineError, match="still serving the old one"):
+    with pytest.raises(Conflict, match="no ndcg@10"):
         await manager.publish(str(candidate))
+    with pytest.raises(EngineError, match="still serving the old one"):
+        await manager.publish(str(candidate), force=True)
     assert _BrokenEngine.closed and holder.engine is serving
 
 

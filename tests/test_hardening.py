@@ -46,20 +46,24 @@ def test_timestamps_must_be_finite_and_sane(client, timestamp):
     assert history.status_code == 422 and history.json()["error"]["param"] == "items.0.timestamp"
 
 
-class DelayFirstScriptReply:
-    """A TCP proxy to Redis that passes the first script call (EVALSHA) on and holds its reply back for longer
-    than the client's timeout: the write happened, the client does not hear it in time, as when Redis stalls or
-    the network drops mid-write. Everything after passes through."""
+class RedisProxy:
+    """A TCP proxy in front of Redis that lets a subclass see every request chunk (``request``) and hold or drop
+    every reply chunk (``reply``: False drops it): faults that land between a write and its confirmation."""
 
     def __init__(self, target_port: int = 6379) -> None:
         self.target_port = target_port
-        self.dropped = False
-        self._armed = False
         self.server: asyncio.AbstractServer | None = None
 
     async def start(self) -> int:
         self.server = await asyncio.start_server(self._handle, "127.0.0.1", 0)
         return self.server.sockets[0].getsockname()[1]
+
+    def request(self, data: bytes) -> None:
+        """Sees a chunk on its way to Redis (which always receives it)."""
+
+    async def reply(self, data: bytes) -> bool:
+        """Whether a reply chunk reaches the client (it may also be held first)."""
+        return True
 
     async def _handle(self, client_reader, client_writer) -> None:
         upstream_reader, upstream_writer = await asyncio.open_connection("127.0.0.1", self.target_port)
@@ -67,8 +71,7 @@ class DelayFirstScriptReply:
         async def to_redis() -> None:
             with contextlib.suppress(ConnectionError, OSError):
                 while data := await client_reader.read(65536):
-                    if not self.dropped and b"EVALSHA" in data:
-                        self._armed = True
+                    self.request(data)
                     upstream_writer.write(data)
                     await upstream_writer.drain()
             upstream_writer.close()
@@ -76,11 +79,9 @@ class DelayFirstScriptReply:
         async def to_client() -> None:
             with contextlib.suppress(ConnectionError, OSError):
                 while data := await upstream_reader.read(65536):
-                    if self._armed and not self.dropped:
-                        self.dropped = True  # the reply to the script call: late, past the client's timeout
-                        await asyncio.sleep(2.0)
-                    client_writer.write(data)
-                    await client_writer.drain()
+                    if await self.reply(data):
+                        client_writer.write(data)
+                        await client_writer.drain()
             client_writer.close()
 
         await asyncio.gather(to_redis(), to_client())
@@ -88,6 +89,27 @@ class DelayFirstScriptReply:
     async def stop(self) -> None:
         if self.server is not None:
             self.server.close()
+
+
+class DelayFirstScriptReply(RedisProxy):
+    """Passes the first script call (EVALSHA) on and holds its reply back for longer than the client's timeout:
+    the write happened, the client does not hear it in time, as when Redis stalls or the network drops
+    mid-write. Everything after passes through."""
+
+    def __init__(self, target_port: int = 6379) -> None:
+        super().__init__(target_port)
+        self.dropped = False
+        self._armed = False
+
+    def request(self, data: bytes) -> None:
+        if not self.dropped and b"EVALSHA" in data:
+            self._armed = True
+
+    async def reply(self, data: bytes) -> bool:
+        if self._armed and not self.dropped:
+            self.dropped = True  # the reply to the script call: late, past the client's timeout
+            await asyncio.sleep(2.0)
+        return True
 
 
 async def test_a_retried_append_after_a_lost_reply_stores_the_event_once():
@@ -187,34 +209,16 @@ async def test_remote_engine_budget_is_shared_by_every_api_pod():
         delete_prefix(prefix)
 
 
-class _ReplyDroppingProxy:
-    """A TCP proxy in front of Redis: while ``drop`` is set, every command still reaches Redis (and runs) but
-    its reply never reaches the client: a lost reply, landing exactly between "done" and "confirmed"."""
+class _ReplyDroppingProxy(RedisProxy):
+    """While ``drop`` is set, every command still reaches Redis (and runs) but its reply never reaches the
+    client: a lost reply, landing exactly between "done" and "confirmed"."""
 
     def __init__(self, port: int) -> None:
-        self.upstream_port = port
+        super().__init__(port)
         self.drop = False
-        self.server: asyncio.Server | None = None
 
-    async def start(self) -> int:
-        self.server = await asyncio.start_server(self._connection, "127.0.0.1", 0)
-        return self.server.sockets[0].getsockname()[1]
-
-    async def _connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.upstream_port)
-
-        async def pipe(source: asyncio.StreamReader, sink: asyncio.StreamWriter, replies: bool) -> None:
-            with contextlib.suppress(ConnectionError):
-                while data := await source.read(65536):
-                    if not (replies and self.drop):
-                        sink.write(data)
-                        await sink.drain()
-            sink.close()
-
-        await asyncio.gather(pipe(reader, up_writer, False), pipe(up_reader, writer, True))
-
-    async def close(self) -> None:
-        self.server.close()
+    async def reply(self, data: bytes) -> bool:
+        return not self.drop
 
 
 async def test_the_engine_budget_cannot_leak_when_an_admit_reply_and_a_release_are_lost(monkeypatch):
@@ -263,7 +267,7 @@ async def test_the_engine_budget_cannot_leak_when_an_admit_reply_and_a_release_a
     finally:
         for store in (store_a, store_b):
             await store.close()
-        await proxy.close()
+        await proxy.stop()
         delete_prefix(prefix)
 
 

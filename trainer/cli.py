@@ -267,7 +267,7 @@ def sft_cmd(
     from contract.sequence import SequenceRanker
     from trainer.seqrec import ranker_sequence_models
     from trainer.sft import sft_users, train_sft
-    from trainer.teacher import BuiltinTeacher
+    from trainer.teacher import VERDICT_PROVENANCE, BuiltinTeacher
 
     _log_to_stderr()
     config = _build(SFTConfig, users=users, negatives=negatives, targets_per_user=targets_per_user,
@@ -311,7 +311,7 @@ def sft_cmd(
                                      "examples_version": sequences.examples.version}  # fmt: skip
     teacher_name = f"{teacher_config.url} {teacher_config.model}" if teacher_config.url else "builtin"
     if isinstance(teacher, BuiltinTeacher):
-        summary["teacher_verdict_model"] = {"weights": teacher.model.weights, "bias": teacher.model.bias}
+        summary[VERDICT_PROVENANCE] = teacher.model.record()
     provenance = {**summary, "command": _command_line(), "base": str(base),
                   "base_model_version": base_checkpoint.model_version, "data": data.name,
                   "data_fingerprint": fingerprint["data"],
@@ -350,6 +350,7 @@ def rl_cmd(
     from contract.checkpoint import write_checkpoint_manifest
     from trainer.data import selection_users
     from trainer.rl import rl_cases, train_rl
+    from trainer.teacher import VERDICT_PROVENANCE
 
     _log_to_stderr()
     config = _build(
@@ -390,7 +391,7 @@ def rl_cmd(
         # what the SFT start learned from, kept so eval's evidence-model row is the teacher's own logistic
         **{
             k: base_checkpoint.manifest.provenance[k]
-            for k in INHERITED_PROVENANCE
+            for k in (VERDICT_PROVENANCE, "sequence_model", "teacher")
             if k in base_checkpoint.manifest.provenance
         },
     }
@@ -404,8 +405,6 @@ def rl_cmd(
         )
     )
 
-
-INHERITED_PROVENANCE = ("teacher_verdict_model", "sequence_model", "teacher")
 
 SplitOption = Annotated[
     str,
@@ -560,15 +559,15 @@ def diagnose_cmd(
     from trainer.diagnose import clause_ceiling, diagnose
     from trainer.evaluation.cases import build_cases
     from trainer.evaluation.metrics import metrics_with_ci
-    from trainer.teacher import BuiltinTeacher, EvidenceModel
+    from trainer.teacher import BuiltinTeacher, recorded_verdicts
 
     _log_to_stderr()
     checkpoint = _checkpoint(model, "--model")
     catalogue, splits = _splits(data)
     cases = build_cases(splits, catalogue, users, negatives, seed, split=split)  # type: ignore[arg-type]
-    recorded = checkpoint.manifest.provenance.get("teacher_verdict_model")
+    recorded = recorded_verdicts(checkpoint.manifest.provenance)
     if checkpoint.sequence is not None and recorded is not None:  # the teacher it learned from (ranks included)
-        teacher = BuiltinTeacher(EvidenceModel(recorded["weights"], recorded["bias"]))
+        teacher = BuiltinTeacher(recorded)
     else:
         teacher = BuiltinTeacher.calibrated(splits, catalogue, checkpoint.stats)
     result = diagnose(model, catalogue, cases, teacher)

@@ -14,9 +14,9 @@ from __future__ import annotations
 
 import math
 import random
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 import torch
 
@@ -69,6 +69,10 @@ class EvidenceModel:
             raise ValueError(f"{len(self.weights)} weights for {size} evidence features")
         self.bias = bias
 
+    def record(self) -> dict[str, Any]:
+        """What a checkpoint's provenance keeps under ``VERDICT_PROVENANCE``."""
+        return {"weights": self.weights, "bias": self.bias}
+
     def logit(self, evidence: Evidence) -> float:
         return self.bias + sum(w * x for w, x in zip(self.weights, evidence_features(evidence), strict=True))
 
@@ -91,6 +95,16 @@ class EvidenceModel:
 
         optimizer.step(closure)
         return cls(w.detach().tolist(), float(b.detach()))
+
+
+VERDICT_PROVENANCE = "teacher_verdict_model"
+"""Where a checkpoint's provenance records the verdict model its SFT teacher used (RL carries it forward)."""
+
+
+def recorded_verdicts(provenance: Mapping[str, Any]) -> EvidenceModel | None:
+    """The verdict model a checkpoint learned from, as SFT recorded it (``EvidenceModel.record``); None if not."""
+    recorded = provenance.get(VERDICT_PROVENANCE)
+    return EvidenceModel(recorded["weights"], recorded["bias"]) if recorded is not None else None
 
 
 def calibration_examples(

@@ -19,7 +19,7 @@ from trainer.evaluation.cases import EvalCase, Split, build_cases
 from trainer.evaluation.metrics import metrics_with_ci, paired_difference, positive_rank
 from trainer.evaluation.report import write_report
 from trainer.seqrec import SequenceModel
-from trainer.teacher import BuiltinTeacher, EvidenceModel
+from trainer.teacher import VERDICT_PROVENANCE, BuiltinTeacher, EvidenceModel, recorded_verdicts
 
 RANKS = "ranks.json"
 
@@ -109,12 +109,12 @@ class EvidenceSource:
         """A checkpoint's: with a sequence model, the teacher's verdict weights from its provenance."""
         if checkpoint.sequence is None:
             return cls(checkpoint.stats)
-        recorded = checkpoint.manifest.provenance.get("teacher_verdict_model")
-        if recorded is None:
+        verdicts = recorded_verdicts(checkpoint.manifest.provenance)
+        if verdicts is None:
             raise EvalError(f"{checkpoint.path}: its evidence states a next-item rank but its provenance has no "
-                            "teacher_verdict_model (trained with an LLM teacher?): the evidence-model row cannot "
+                            f"{VERDICT_PROVENANCE} (trained with an LLM teacher?): the evidence-model row cannot "
                             "be fitted here without a leak")  # fmt: skip
-        return cls(checkpoint.stats, checkpoint.sequence, EvidenceModel(recorded["weights"], recorded["bias"]))
+        return cls(checkpoint.stats, checkpoint.sequence, verdicts)
 
 
 def evaluate(catalogue: Catalogue, splits: Sequence[UserSplit], evidence: EvidenceSource, plan: EvalPlan) -> dict:

@@ -149,3 +149,42 @@ def test_every_benchmark_and_load_module_imports():
     result = subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     assert int(result.stdout.strip()) >= 15
+
+
+SERVER_ONLY = ("torch", "transformers", "tokenizers", "safetensors", "vllm", "fastapi", "starlette", "uvicorn",
+               "redis", "prometheus_client", "typer", "orjson", "pydantic_settings")  # fmt: skip
+
+
+def test_the_client_imports_and_calls_with_only_the_core_install():
+    """`pip install 'r2rank[client]'` installs the core dependencies alone; the typed client must work with them.
+    The server's packages are made unimportable in a fresh interpreter, then the client ranks over a transport
+    that answers like the service."""
+    code = (
+        "import importlib.abc, sys\n"
+        f"blocked = {SERVER_ONLY!r}\n"
+        "class Block(importlib.abc.MetaPathFinder):\n"
+        "    def find_spec(self, name, path, target=None):\n"
+        "        if name.split('.')[0] in blocked:\n"
+        "            raise ImportError(f'{name} is not in the client install')\n"
+        "sys.meta_path.insert(0, Block())\n"
+        "import httpx\n"
+        "from service.client import R2RankClient\n"
+        "reply = {'request_id': 'r', 'model_version': 'm', 'timings_ms': {},\n"
+        "         'items': [{'item_id': 'a', 'score': 1.0, 'rank': 1}]}\n"
+        "transport = httpx.MockTransport(lambda request: httpx.Response(200, json=reply))\n"
+        "with R2RankClient(transport=transport) as client:\n"
+        "    ranked = client.rank(user_id='u', candidates=['a'])\n"
+        "print(ranked.items[0].item_id)"
+    )
+    result = subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.strip() == "a"
+
+
+def test_the_core_install_names_no_server_package():
+    import tomllib
+
+    project = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())["project"]
+    core = {re.split(r"[<>=\[ ;]", requirement)[0].replace("-", "_").lower() for requirement in project["dependencies"]}
+    assert not core & set(SERVER_ONLY), core & set(SERVER_ONLY)
+    assert project["optional-dependencies"]["client"] == []

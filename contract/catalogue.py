@@ -8,7 +8,7 @@ same in both, so the evidence the service states is keyed as the trainer counted
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -27,6 +27,12 @@ def parse_timestamp(value: object) -> float:
     if parsed.tzinfo is None:
         parsed = parsed.replace(tzinfo=timezone.utc)
     return parsed.timestamp()
+
+
+def oldest_first(events: Iterable[tuple[float, int, str]]) -> list[tuple[str, float]]:
+    """A user's ``(timestamp, line number, item)`` events as ``(item, timestamp)``, oldest first; equal timestamps
+    keep their order in the file."""
+    return [(item, timestamp) for timestamp, _, item in sorted(events)]
 
 
 def jsonl_rows(path: Path) -> Iterator[tuple[int, dict | None, str | None]]:

@@ -24,7 +24,7 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
-from contract.catalogue import jsonl_rows, parse_timestamp
+from contract.catalogue import jsonl_rows, oldest_first, parse_timestamp
 from service.protocol import CatalogItem, HistoryEntryIn
 from service.store import RedisStore
 
@@ -86,7 +86,7 @@ async def load_items(store: RedisStore, path: Path, report: LoadReport) -> set[s
 
 
 def read_histories(path: Path, known: set[str] | None, report: LoadReport) -> dict[str, list[tuple[str, float]]]:
-    """Each user's (item, timestamp) pairs, oldest first (ties in file order), as ``trainer.data`` orders them."""
+    """Each user's (item, timestamp) pairs, in the order ``trainer.data`` reads them (``oldest_first``)."""
     events: dict[str, list[tuple[float, int, str]]] = defaultdict(list)
     for lineno, row, problem in jsonl_rows(path):
         where = f"{path.name}:{lineno}"
@@ -111,7 +111,7 @@ def read_histories(path: Path, known: set[str] | None, report: LoadReport) -> di
             report.refused.append(f"{where}: field 'item_id': {entry.item_id!r} is not in the catalogue file")
             continue
         events[user].append((entry.timestamp, lineno, entry.item_id))
-    return {user: [(item, ts) for ts, _, item in sorted(rows)] for user, rows in events.items()}
+    return {user: oldest_first(rows) for user, rows in events.items()}
 
 
 async def load_histories(

@@ -22,7 +22,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from contract.catalogue import jsonl_rows, parse_timestamp
+from contract.catalogue import jsonl_rows, oldest_first, parse_timestamp
 
 logger = logging.getLogger(__name__)
 
@@ -138,7 +138,7 @@ def read_jsonl_interactions(path: Path, catalogue: Catalogue) -> dict[str, list[
         except (TypeError, ValueError) as exc:
             raise DataError(f"{path}:{lineno}: field 'timestamp' is neither Unix seconds nor ISO 8601") from exc
         events[str(row["user_id"])].append((ts, lineno, item_id))
-    return {user: [item for _, _, item in sorted(evts)] for user, evts in events.items()}
+    return {user: [item for item, _ in oldest_first(evts)] for user, evts in events.items()}
 
 
 def _read_jsonl(path: Path) -> Iterable[tuple[int, dict]]:

@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from loadtest.procs import REPO_ROOT
 from trainer.check_data import check_dataset
 from trainer.data import parse_timestamp
@@ -58,3 +60,51 @@ def test_a_clean_catalogue_is_ready(tmp_path):
 def test_a_timestamp_without_a_zone_is_utc_on_every_machine():
     assert parse_timestamp("2018-03-04T10:00:00") == parse_timestamp("2018-03-04T10:00:00Z") == 1520157600.0
     assert parse_timestamp("2018-03-04") == 1520121600.0 and parse_timestamp(1520121600) == 1520121600.0
+
+
+def _generated(directory: Path, users: int, items: int = 400) -> Path:
+    """A catalogue of ``users`` users with 4-8 interactions each (a seeded mix of popular and random items)."""
+    import random
+
+    rng = random.Random(users)
+    (directory / "items.jsonl").write_text("".join(json.dumps({"item_id": f"i{i}", "title": f"Item number {i}"}) + "\n"
+                                                   for i in range(items)))  # fmt: skip
+    rows = [{"user_id": f"u{u}", "item_id": f"i{int(rng.paretovariate(1.2)) % items}", "timestamp": 1_600_000_000 + k}
+            for u in range(users) for k in range(rng.randint(4, 8))]  # fmt: skip
+    (directory / "interactions.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
+    return directory
+
+
+@pytest.mark.parametrize("users", [2000, 300])
+def test_every_stage_finds_users_of_its_own_on_a_small_catalogue_with_the_default_options(tmp_path, users):
+    """The recipe's user counts are caps: on a catalogue smaller than they ask for, selection, SFT, the teacher's
+    calibration and RL each still get users, and the pools that must be apart are."""
+    from trainer.config import RLConfig, SFTConfig, TeacherConfig
+    from trainer.data import load_splits, selection_users
+    from trainer.evaluation.cases import build_cases
+    from trainer.rl import rl_cases
+    from trainer.sft import sft_users
+
+    catalogue, splits = load_splits(_generated(tmp_path, users))
+    selection = {s.user_id for s in selection_users(splits)}
+    sft = {s.user_id for s in sft_users(splits, SFTConfig(), reserve=TeacherConfig().calibration_users)}
+    calibration = {s.user_id for s in splits if len(s.train) >= 2} - sft
+    rl = rl_cases(splits, catalogue, RLConfig().users, RLConfig().negatives, RLConfig().seed, selection)
+    assert selection and sft and calibration and rl, (len(selection), len(sft), len(calibration), len(rl))
+    assert len(rl) == min(RLConfig().users, len(splits) - len(selection))
+    assert not sft & calibration
+    report = check_dataset(tmp_path)
+    assert report.errors == [] and report.figures["SFT users (recipe)"] == len(sft)
+    for split in ("selection", "test"):
+        assert build_cases(splits, catalogue, 6000, 19, seed=0, split=split)
+
+
+def test_a_catalogue_too_small_for_the_recipe_is_refused_naming_the_option(tmp_path):
+    from trainer.config import SFTConfig, TeacherConfig
+    from trainer.data import DataError, load_splits
+    from trainer.sft import sft_users
+
+    _, splits = load_splits(_generated(tmp_path, 1))
+    with pytest.raises(DataError, match="--teacher-calibration-users"):
+        sft_users(splits, SFTConfig(), reserve=TeacherConfig().calibration_users)
+    assert any(p.kind == "too small for SFT" for p in check_dataset(tmp_path).problems)

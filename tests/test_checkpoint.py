@@ -30,10 +30,11 @@ def _edit_manifest(model_dir: Path, **changes) -> None:
 
 def test_shipped_default_model_opens():
     checkpoint = open_checkpoint(DEFAULT_MODEL)
-    assert checkpoint.manifest.prompt_format == "r2rank-grounded-v2"
+    assert checkpoint.manifest.prompt_format == "r2rank-grounded-v3"  # its evidence states the next-item rank
     assert checkpoint.manifest.stats_version == checkpoint.stats.version  # the statistics it was trained with
+    assert checkpoint.sequence is not None and checkpoint.manifest.sequence_version == checkpoint.sequence.version
     assert checkpoint.model_version.rsplit("-", 1)[1] == content_hash(DEFAULT_MODEL)[:12]  # names its bytes
-    size = sum(p.stat().st_size for p in DEFAULT_MODEL.iterdir())
+    size = sum(p.stat().st_size for p in DEFAULT_MODEL.rglob("*") if p.is_file())
     assert size <= 50 * 1024 * 1024
 
 

@@ -8,6 +8,7 @@ import asyncio
 import contextlib
 import time
 import uuid
+from pathlib import Path
 
 import httpx
 import pytest
@@ -305,11 +306,15 @@ async def test_a_swap_that_fails_any_way_closes_the_new_engine_and_answers_503(t
     from service.metrics import Metrics
     from service.model_manager import ModelManager, gate_score
 
-    serving = _SlowEngine(open_checkpoint(DEFAULT_MODEL))
-    candidate = tmp_path / "models" / "next"
-    shutil.copytree(DEFAULT_MODEL, candidate)
-    manifest = json.loads((candidate / "manifest.json").read_text())
-    (candidate / "manifest.json").write_text(json.dumps({**manifest, "metrics": {"ndcg@10": "very good"}}))
+    def copy_with_metrics(name: str, metrics: dict) -> Path:
+        target = tmp_path / "models" / name
+        shutil.copytree(DEFAULT_MODEL, target)
+        manifest = json.loads((target / "manifest.json").read_text())
+        (target / "manifest.json").write_text(json.dumps({**manifest, "metrics": metrics}))
+        return target
+
+    serving = _SlowEngine(open_checkpoint(copy_with_metrics("serving", {"ndcg@10": 0.5})))
+    candidate = copy_with_metrics("next", {"ndcg@10": "very good"})
     assert gate_score(open_checkpoint(candidate)) is None  # not a number: no gate, and no 500
 
     holder = _Holder(serving)

@@ -14,7 +14,7 @@ from pathlib import Path
 from contract.evidence import EvidenceStats
 from contract.sequence import SequenceRanker
 from trainer.data import Catalogue, UserSplit
-from trainer.evaluation.baselines import COMPARED, EVIDENCE_MODEL, baseline_scorers
+from trainer.evaluation.baselines import COMPARED, EVIDENCE_MODEL, SEQUENCE_MODEL, baseline_scorers
 from trainer.evaluation.cases import EvalCase, Split, build_cases
 from trainer.evaluation.metrics import metrics_with_ci, paired_difference, positive_rank
 from trainer.evaluation.report import write_report
@@ -62,12 +62,14 @@ def reused_rows(
     """Model rows (ranks and faithfulness) of an earlier report, only if it was made on exactly these cases: the
     same users, and every baseline both reports have ranked the positive exactly where it does now.
     ``own_evidence=False`` (no --model given): the evidence-model row here is the recipe's, not the reused
-    models' teacher's, so it proves nothing about the cases and the caller takes the stored one."""
+    models' teacher's, so it proves nothing about the cases and the caller takes the stored one. The sequence-model
+    row is not compared either: adding another sequence model's row (``--seqrec``) is what a reuse is for."""
     stored = json.loads(path.read_text())
     if stored.get("users") != [c.user_id for c in cases]:
         raise EvalError(f"--reuse {path}: made on other users than this evaluation's (same --data, --users, "
                         "--negatives, --retriever, --split and --seed are needed)")  # fmt: skip
-    compared = {n: r for n, r in baseline_ranks.items() if own_evidence or n != EVIDENCE_MODEL}
+    skipped = {SEQUENCE_MODEL} if own_evidence else {SEQUENCE_MODEL, EVIDENCE_MODEL}
+    compared = {n: r for n, r in baseline_ranks.items() if n not in skipped}
     differing = [name for name, ranks in compared.items() if stored["ranks"].get(name, ranks) != ranks]
     if differing:
         raise EvalError(f"--reuse {path}: its {', '.join(differing)} rows differ from this evaluation's: not the "

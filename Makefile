@@ -105,8 +105,10 @@ seqrec: setup seqrec-ranker
 # `make eval`: first the choice, on the selection users' validation positions (held apart from RL): the SFT model,
 # beside the RL model where `make rl` made one (RUN/eval-selection). Then the report on the model to ship (SHIP),
 # made once, on the test positions: 6,000 users, random negatives, both modes (RUN/eval, whose figures the
-# manifest records), and SASRec-hard negatives where DATA has a *.sasrec file (RUN/eval-sasrec). Everything is
-# written beside the run: nothing shipped changes until `make ship`.
+# manifest records), the same rows beside the sequence model the checkpoint ships (trained on the same positions as
+# the ranker, RUN/eval-seqrec-valid; the report's own SASRec row has one more position per user), and SASRec-hard
+# negatives where DATA has a *.sasrec file (RUN/eval-sasrec). Everything is written beside the run: nothing
+# shipped changes until `make ship`.
 SHIP       ?= $(RUN)/sft/model
 EVAL_USERS ?= 6000
 SELECTION_MODELS = --model $(RUN)/sft/model $(if $(wildcard $(RUN)/rl/model),--model $(RUN)/rl/model)
@@ -116,6 +118,8 @@ eval: setup seqrec
 		--seqrec $(RUN)/seqrec-valid --users 1000 --out $(RUN)/eval-selection
 	$(PY) -m trainer.cli eval --data $(DATA) --model $(SHIP) --seqrec $(RUN)/seqrec --users $(EVAL_USERS) \
 		--out $(RUN)/eval
+	$(PY) -m trainer.cli eval --data $(DATA) --seqrec $(RUN)/seqrec-valid --users $(EVAL_USERS) \
+		--reuse $(RUN)/eval/ranks.json --out $(RUN)/eval-seqrec-valid
 	if ls $(DATA)/*.sasrec >/dev/null 2>&1; then $(PY) -m trainer.cli eval --data $(DATA) --model $(SHIP) \
 		--seqrec $(RUN)/seqrec --retriever sasrec --users $(EVAL_USERS) --reasoning full --out $(RUN)/eval-sasrec; fi
 
@@ -123,7 +127,7 @@ eval: setup seqrec
 # test report `make eval` wrote (its manifest records the figures), and the reports copied to docs/.
 ship: setup
 	test -f $(RUN)/eval/eval.json || { echo "no $(RUN)/eval/eval.json: run make eval first"; exit 1; }
-	for report in eval-selection eval eval-sasrec; do \
+	for report in eval-selection eval eval-seqrec-valid eval-sasrec; do \
 		if [ -d $(RUN)/$$report ]; then rm -rf docs/$$report && cp -r $(RUN)/$$report docs/$$report; fi; done
 	$(PY) -m trainer.cli export --model $(SHIP) --out models/default --report docs/eval/eval.json
 

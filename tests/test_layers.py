@@ -19,6 +19,15 @@ from loadtest.procs import REPO_ROOT
 PACKAGES = ("contract", "service", "trainer", "loadtest")
 
 
+def run_fresh(code: str, timeout: int = 120) -> str:
+    """``code``'s standard output, run in a fresh interpreter at the repository root (what a module imports
+    there is all its own); fails the test with the end of its standard error if it fails."""
+    command = [sys.executable, "-c", code]
+    result = subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True, timeout=timeout)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return result.stdout.strip()
+
+
 def _module_name(path: Path) -> str:
     parts = list(path.relative_to(REPO_ROOT).with_suffix("").parts)
     return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
@@ -55,9 +64,7 @@ def graph() -> dict[str, set[str]]:
     import json
 
     script = "import json, tests.test_layers as t; print(json.dumps(t.read_graph()))"
-    done = subprocess.run([sys.executable, "-c", script], cwd=REPO_ROOT, capture_output=True, text=True, timeout=120)
-    assert done.returncode == 0, done.stderr[-2000:]
-    return {name: set(deps) for name, deps in json.loads(done.stdout).items()}
+    return {name: set(deps) for name, deps in json.loads(run_fresh(script)).items()}
 
 
 def _cycle(graph: dict[str, set[str]]) -> list[str] | None:
@@ -121,9 +128,8 @@ def test_training_loads_no_web_framework_redis_or_prometheus(module):
         "'prometheus_client', 'uvicorn'))\n"
         "print(','.join(bad))"
     )
-    result = subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, capture_output=True, text=True, timeout=120)
-    assert result.returncode == 0, result.stderr[-2000:]
-    assert result.stdout.strip() == "", f"{module} loads {result.stdout.strip()}"
+    loaded = run_fresh(code)
+    assert loaded == "", f"{module} loads {loaded}"
 
 
 def test_readme_module_map_lists_every_module(graph):
@@ -146,9 +152,7 @@ def test_every_benchmark_and_load_module_imports():
         "    importlib.import_module(name)\n"
         "print(len(names))"
     )
-    result = subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0, result.stderr[-3000:]
-    assert int(result.stdout.strip()) >= 15
+    assert int(run_fresh(code, timeout=300)) >= 15
 
 
 SERVER_ONLY = ("torch", "transformers", "tokenizers", "safetensors", "vllm", "fastapi", "starlette", "uvicorn",
@@ -176,9 +180,7 @@ def test_the_client_imports_and_calls_with_only_the_core_install():
         "    ranked = client.rank(user_id='u', candidates=['a'])\n"
         "print(ranked.items[0].item_id)"
     )
-    result = subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, capture_output=True, text=True, timeout=120)
-    assert result.returncode == 0, result.stderr[-2000:]
-    assert result.stdout.strip() == "a"
+    assert run_fresh(code) == "a"
 
 
 def test_the_core_install_names_no_server_package():

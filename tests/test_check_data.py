@@ -84,17 +84,20 @@ def test_every_stage_finds_users_of_its_own_on_a_small_catalogue_with_the_defaul
     from trainer.evaluation.cases import build_cases
     from trainer.rl import rl_cases
     from trainer.sft import sft_users
+    from trainer.teacher import calibration_pool
 
     catalogue, splits = load_splits(_generated(tmp_path, users))
     selection = {s.user_id for s in selection_users(splits)}
     sft = {s.user_id for s in sft_users(splits, SFTConfig(), reserve=TeacherConfig().calibration_users)}
-    calibration = {s.user_id for s in splits if len(s.train) >= 2} - sft
+    calibration = {s.user_id for s in calibration_pool(splits, exclude=sft)}
     rl = rl_cases(splits, catalogue, RLConfig().users, RLConfig().negatives, RLConfig().seed, selection)
     assert selection and sft and calibration and rl, (len(selection), len(sft), len(calibration), len(rl))
     assert len(rl) == min(RLConfig().users, len(splits) - len(selection))
     assert not sft & calibration
     report = check_dataset(tmp_path)
     assert report.errors == [] and report.figures["SFT users (recipe)"] == len(sft)
+    assert report.figures["teacher calibration users (recipe)"] == min(TeacherConfig().calibration_users,
+                                                                       len(calibration))  # fmt: skip
     for split in ("selection", "test"):
         assert build_cases(splits, catalogue, 6000, 19, seed=0, split=split)
 

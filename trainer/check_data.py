@@ -155,6 +155,7 @@ def check_dataset(source: Path) -> DataReport:
     """Every problem of ``source`` (``items.jsonl`` + ``interactions.jsonl``), and what the recipe will get."""
     from trainer.config import RLConfig, SFTConfig, TeacherConfig
     from trainer.sft import sft_users
+    from trainer.teacher import calibration_pool
 
     report = DataReport()
     source = Path(source)
@@ -180,9 +181,8 @@ def check_dataset(source: Path) -> DataReport:
     try:
         sft = sft_users(splits, SFTConfig(), reserve=TeacherConfig().calibration_users)
         report.figures["SFT users (recipe)"] = len(sft)
-        eligible = sum(1 for s in splits if len(s.train) >= 2)
-        report.figures["teacher calibration users (recipe)"] = min(TeacherConfig().calibration_users,
-                                                                   eligible - len(sft))  # fmt: skip
+        pool = calibration_pool(splits, exclude={s.user_id for s in sft})
+        report.figures["teacher calibration users (recipe)"] = min(TeacherConfig().calibration_users, len(pool))
     except DataError as exc:
         report.add("error", "too small for SFT", "interactions.jsonl", str(exc))
     report.figures["RL users (recipe)"] = min(RLConfig().users, len(splits) - len(selection))

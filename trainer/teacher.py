@@ -107,6 +107,12 @@ def recorded_verdicts(provenance: Mapping[str, Any]) -> EvidenceModel | None:
     return EvidenceModel(recorded["weights"], recorded["bias"]) if recorded is not None else None
 
 
+def calibration_pool(splits: Sequence[UserSplit], exclude: set[str] | frozenset[str]) -> list[UserSplit]:
+    """The users the verdict model may be fitted on: 2+ training items (one to predict, one before it), and
+    not in ``exclude`` (SFT's users)."""
+    return [s for s in splits if len(s.train) >= 2 and s.user_id not in exclude]
+
+
 def calibration_examples(
     splits: Sequence[UserSplit], catalogue: Catalogue, stats: EvidenceStats, users: int, negatives: int = 4,
     seed: int = 1,
@@ -118,7 +124,7 @@ def calibration_examples(
     next-item rank from ``sequence`` (which must not have seen that position: horizon ``sft``)."""
     rng = random.Random(seed)
     items = sorted(catalogue.titles)
-    pool = [s for s in splits if len(s.train) >= 2 and s.user_id not in exclude]
+    pool = calibration_pool(splits, exclude)
     if not pool:
         raise DataError("no users with 2+ training items are left to fit the teacher's verdict model on "
                         "(--teacher-calibration-users)")  # fmt: skip

@@ -90,9 +90,10 @@ rl: setup
 	$(PY) -m trainer.cli rl --data $(DATA) --base $(RUN)/sft/model --out $(RUN)/rl $(RL_ARGS)
 
 # The sequence models (SASRec over item ids). The ranker's: one that stops before SFT's targets (the next-item
-# rank SFT examples state) and, started from it, one that stops before the validation targets (shipped in the
-# checkpoint: the rank RL, selection and serving state; also the selection report's baseline row). The
-# report's baseline: one trained up to the test targets. Resumable; a finished one is not trained again.
+# rank SFT examples state) and, started from it, one that stops before the validation targets (in the trained
+# checkpoint: the rank RL and the selection users are scored with; also the selection report's baseline row). The
+# report's baseline: one trained up to the test targets, which the checkpoint `make eval` reports on and
+# `make ship` ships reads (refresh). Resumable; a finished one is not trained again.
 SEQREC_VALID_EPOCHS ?= 4
 seqrec-ranker: setup
 	$(PY) -m trainer.cli seqrec --data $(DATA) --out $(RUN)/seqrec-sft --horizon sft
@@ -103,33 +104,33 @@ seqrec: setup seqrec-ranker
 	$(PY) -m trainer.cli seqrec --data $(DATA) --out $(RUN)/seqrec
 
 # `make eval`: first the choice, on the selection users' validation positions (held apart from RL): the SFT model,
-# beside the RL model where `make rl` made one (RUN/eval-selection). Then the report on the model to ship (SHIP),
-# made once, on the test positions: 6,000 users, random negatives, both modes (RUN/eval, whose figures the
-# manifest records), the same rows beside the sequence model the checkpoint ships (trained on the same positions as
-# the ranker, RUN/eval-seqrec-valid; the report's own SASRec row has one more position per user), and SASRec-hard
-# negatives where DATA has a *.sasrec file (RUN/eval-sasrec). Everything is written beside the run: nothing
-# shipped changes until `make ship`.
+# beside the RL model where `make rl` made one (RUN/eval-selection). Then the chosen checkpoint (SHIP) refreshed
+# (RUN/shipped): the same LLM reading the report's SASRec and statistics counted on the same positions, every
+# interaction before the test targets, as a product would refresh them before serving (trainer/refresh.py). Then
+# the report on it, made once, on the test positions: 6,000 users, random negatives, both modes (RUN/eval, whose
+# figures the manifest records), and SASRec-hard negatives where DATA has a *.sasrec file (RUN/eval-sasrec).
+# Everything is written beside the run: nothing shipped changes until `make ship`.
 SHIP       ?= $(RUN)/sft/model
+SHIPPED     = $(RUN)/shipped
 EVAL_USERS ?= 6000
 SELECTION_MODELS = --model $(RUN)/sft/model $(if $(wildcard $(RUN)/rl/model),--model $(RUN)/rl/model)
 
 eval: setup seqrec
 	$(PY) -m trainer.cli eval --data $(DATA) --split selection $(SELECTION_MODELS) \
 		--seqrec $(RUN)/seqrec-valid --users 1000 --out $(RUN)/eval-selection
-	$(PY) -m trainer.cli eval --data $(DATA) --model $(SHIP) --seqrec $(RUN)/seqrec --users $(EVAL_USERS) \
+	$(PY) -m trainer.cli refresh --model $(SHIP) --sequence-model $(RUN)/seqrec --data $(DATA) --out $(SHIPPED)
+	$(PY) -m trainer.cli eval --data $(DATA) --model $(SHIPPED) --seqrec $(RUN)/seqrec --users $(EVAL_USERS) \
 		--out $(RUN)/eval
-	$(PY) -m trainer.cli eval --data $(DATA) --seqrec $(RUN)/seqrec-valid --users $(EVAL_USERS) \
-		--reuse $(RUN)/eval/ranks.json --out $(RUN)/eval-seqrec-valid
-	if ls $(DATA)/*.sasrec >/dev/null 2>&1; then $(PY) -m trainer.cli eval --data $(DATA) --model $(SHIP) \
+	if ls $(DATA)/*.sasrec >/dev/null 2>&1; then $(PY) -m trainer.cli eval --data $(DATA) --model $(SHIPPED) \
 		--seqrec $(RUN)/seqrec --retriever sasrec --users $(EVAL_USERS) --reasoning full --out $(RUN)/eval-sasrec; fi
 
-# `make ship`: the one explicit step that replaces the shipped model: SHIP exported to models/default with the
-# test report `make eval` wrote (its manifest records the figures), and the reports copied to docs/.
+# `make ship`: the one explicit step that replaces the shipped model: the refreshed SHIP that `make eval` reported on,
+# exported to models/default with its test report (its manifest records the figures), the reports copied to docs/.
 ship: setup
 	test -f $(RUN)/eval/eval.json || { echo "no $(RUN)/eval/eval.json: run make eval first"; exit 1; }
-	for report in eval-selection eval eval-seqrec-valid eval-sasrec; do \
+	for report in eval-selection eval eval-sasrec; do \
 		if [ -d $(RUN)/$$report ]; then rm -rf docs/$$report && cp -r $(RUN)/$$report docs/$$report; fi; done
-	$(PY) -m trainer.cli export --model $(SHIP) --out models/default --report docs/eval/eval.json
+	$(PY) -m trainer.cli export --model $(SHIPPED) --out models/default --report docs/eval/eval.json
 
 # docs/openapi.json: the live schema, committed (tests/test_api_docs.py compares them)
 openapi: setup

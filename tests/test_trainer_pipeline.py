@@ -85,7 +85,8 @@ def test_eval_baselines_and_metrics(tiny_data, tmp_path):
     written = json.loads((tmp_path / "eval" / "eval.json").read_text())
     report = written["results"]
     assert set(report) == {"random", "popularity", "popularity (all pre-test)", "co-occurrence + pop",
-                           "co-occurrence, all history + pop", "evidence model (the teacher's logistic)"}  # fmt: skip
+                           "co-occurrence, all history + pop", "co-occurrence, all pre-test + pop",
+                           "evidence model (the teacher's logistic)"}  # fmt: skip
     assert written["paired_differences"] == {}  # paired differences are for models, never baseline vs baseline
     for metrics in report.values():
         for name in ("ndcg@10", "hr@5", "hr@10", "mrr"):
@@ -107,15 +108,32 @@ def test_metrics_on_fixed_lists():
     assert m["hr@10"]["mean"] == pytest.approx(0.75) and m["mrr"]["mean"] == pytest.approx((1 + 1 + 0.5 + 1 / 11) / 4)
 
 
-def test_pretest_popularity_counts_validation_items_never_test_targets():
-    from trainer.data import UserSplit
-    from trainer.evaluation.baselines import TrainingStats, popularity_scorer, pretest_popularity_scorer
+def test_pretest_baselines_count_validation_items_never_test_targets_and_only_on_the_test_split():
+    from trainer.data import Catalogue, UserSplit
+    from trainer.evaluation.baselines import (
+        CO_OCCURRENCE_ALL,
+        POPULARITY,
+        PRETEST_CO_OCCURRENCE,
+        PRETEST_POPULARITY,
+        baseline_scorers,
+    )
     from trainer.evaluation.cases import EvalCase
 
-    splits = [UserSplit("u1", ["a", "b"], "v", "t1"), UserSplit("u2", ["a"], "v", "b")]
+    splits = [
+        UserSplit("u1", ["a", "b"], "v", "t1"),
+        UserSplit("u2", ["a"], "v", "b"),
+        UserSplit("u3", ["b"], "a", "v"),
+    ]
+    catalogue = Catalogue({i: i for i in ("a", "b", "v", "t1")})
     case = EvalCase("u1", ["a", "b", "v"], ["t1", "a", "b", "v"], "t1")
-    assert pretest_popularity_scorer(splits)([case]) == [[0.0, 2.0, 1.0, 2.0]]  # "b" as u2's test target not counted
-    assert popularity_scorer(TrainingStats.from_splits(splits))([case]) == [[0.0, 2.0, 1.0, 0.0]]
+    test_rows = baseline_scorers(splits, catalogue, None, None, 0)  # type: ignore[arg-type]
+    assert test_rows[POPULARITY]([case]) == [[0.0, 2.0, 2.0, 0.0]]
+    assert test_rows[PRETEST_POPULARITY]([case]) == [[0.0, 3.0, 2.0, 2.0]]  # "b" as u2's test target not counted
+    # "a" followed "b" (u3's validation item) and "v" followed "a" and "b" (u1, u2): counted only pre-test
+    assert test_rows[CO_OCCURRENCE_ALL]([case])[0][1:] == pytest.approx([2 / 3, 1 + 2 / 3, 0.0])
+    assert test_rows[PRETEST_CO_OCCURRENCE]([case])[0][1:] == pytest.approx([1 + 3 / 4, 1 + 2 / 4, 3 + 2 / 4])
+    selection_rows = baseline_scorers(splits, catalogue, None, None, 0, split="selection")  # type: ignore[arg-type]
+    assert PRETEST_POPULARITY not in selection_rows and PRETEST_CO_OCCURRENCE not in selection_rows
 
 
 def test_data_stage_candidate_sets(tiny_data, tmp_path):
@@ -217,6 +235,38 @@ def test_seqrec_row_in_every_report_and_never_on_positions_it_trained_on(tiny_da
            "--out", str(tmp_path / "s"))  # fmt: skip
 
 
+def test_refresh_swaps_in_fresher_evidence_and_is_refused_where_it_would_leak(tiny_data, tiny_model, tiny_sft,
+                                                                            tiny_seqrec, tmp_path):  # fmt: skip
+    """The same LLM reads a sequence model trained through the validation targets and statistics counted on the
+    same positions; a new model_version keys the cache; the selection split and RL refuse what saw their targets."""
+    from contract.evidence import EvidenceStats
+    from trainer.data import load_splits
+
+    base = tiny_sft
+    out = tmp_path / "refreshed"
+    _train("refresh", "--model", str(base), "--sequence-model", str(tiny_seqrec), "--data", str(tiny_data),
+           "--out", str(out))  # fmt: skip
+    before, after = open_checkpoint(base), open_checkpoint(out)
+    assert after.model_version != before.model_version and after.model_version.startswith("sft-")
+    assert (out / "model.safetensors").read_bytes() == (base / "model.safetensors").read_bytes()
+    assert after.sequence.version == SequenceRanker.load(tiny_seqrec).version != before.sequence.version
+    catalogue, splits = load_splits(tiny_data)
+    expected = EvidenceStats.from_sequences([s.test_history for s in splits], catalogue.titles)
+    assert after.stats.version == expected.version != before.stats.version
+    target = splits[0].valid_target  # counted now: the refreshed statistics have seen the validation targets
+    assert after.stats.popularity(target) > before.stats.popularity(target)
+    assert after.manifest.provenance["refresh"]["horizon"] == "test"
+    assert after.manifest.provenance["refresh"]["from_model_version"] == before.model_version
+    refused = _train_fails("eval", "--data", str(tiny_data), "--split", "selection", "--model", str(out),
+                           "--users", "20", "--out", str(tmp_path / "selection"))  # fmt: skip
+    assert "refreshed to horizon 'test'" in refused and "selection split" in refused
+    refused = _train_fails("rl", "--data", str(tiny_data), "--base", str(out), "--out", str(tmp_path / "rl"))
+    assert "refreshed to horizon 'test'" in refused and "--base" in refused
+    refused = _train_fails("refresh", "--model", str(tiny_model), "--sequence-model", str(tiny_seqrec),
+                           "--data", str(tiny_data), "--out", str(tmp_path / "v2"))  # fmt: skip
+    assert "states no next-item rank" in refused
+
+
 def test_rl_resume_gives_the_same_state_and_a_servable_checkpoint(tiny_data, tiny_sft, tmp_path):
     common = ["--base", str(tiny_sft), "--data", str(tiny_data), "--users", "40", "--negatives", "5",
               "--rollouts", "2", "--users-per-step", "1", "--steps", "4", "--lr", "1e-3", *SMALL_RL]  # fmt: skip
@@ -248,6 +298,7 @@ def test_eval_scores_a_model_through_vllm_and_export_records_its_metrics(
     version = open_checkpoint(tiny_sft).model_version
     assert {f"{version} (full)", f"{version} (none)"} <= set(report["results"])
     assert f"{version} (full) − popularity" in report["paired_differences"]
+    assert report["model_evidence"][version]["horizon"] == "valid"  # trained, not refreshed: training prefixes
     assert f"{version} (full) − co-occurrence + pop" in report["paired_differences"]
     faithful = report["faithfulness"][f"{version} (full)"]  # every full-mode rationale checked against its evidence
     assert faithful["rationales"] == 30 * 20 and 0.0 <= faithful["model_faithful_share"] <= 1.0

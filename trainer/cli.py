@@ -349,6 +349,7 @@ def rl_cmd(
     """Listwise RL: G rollouts per user, PL-sampled rankings rewarded by NDCG@10; resumable."""
     from contract.checkpoint import write_checkpoint_manifest
     from trainer.data import selection_users
+    from trainer.refresh import RefreshError, refuse_validation_leak
     from trainer.rl import rl_cases, train_rl
     from trainer.teacher import VERDICT_PROVENANCE
 
@@ -374,6 +375,10 @@ def rl_cmd(
         rollout_engine=rollout_engine,
     )
     base_checkpoint = _checkpoint(base, "--base")
+    try:
+        refuse_validation_leak(base_checkpoint, "RL (its rewards are scored at validation positions)")
+    except RefreshError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--base") from exc
     base_version = base_checkpoint.model_version
     catalogue, splits = _splits(data)
     fingerprint = _claim(out, data, base_version, config, restart=restart)
@@ -614,6 +619,33 @@ def export_cmd(
         raise typer.BadParameter(str(exc), param_hint="--report") from exc
     manifest = export_checkpoint(model, out, metrics, _command_line())
     typer.echo(f"exported {out} model_version={manifest.model_version} metrics={json.dumps(metrics)}")
+
+
+@app.command("refresh")
+def refresh_cmd(
+    model: Annotated[Path, typer.Option(help="A checkpoint whose evidence states a next-item rank (RUN/sft/model).")],
+    sequence_model: Annotated[
+        Path, typer.Option(help="A `seqrec` output trained on later positions (e.g. RUN/seqrec, horizon test).")
+    ],
+    out: Annotated[Path, typer.Option(help="Directory for the refreshed checkpoint (e.g. RUN/refreshed).")],
+    data: DataOption = DEFAULT_DATA,
+) -> None:
+    """The same LLM with fresher collaborative evidence: the given sequence model and statistics recounted on the
+    positions it trained on (its horizon); a new model_version. Run it whenever the sequence model is retrained:
+    the LLM needs no retraining to read a fresher one (trainer/refresh.py)."""
+    from trainer.refresh import RefreshError, refresh_checkpoint
+    from trainer.runs import data_fingerprint
+
+    _checkpoint(model, "--model")
+    catalogue, splits = _splits(data)
+    try:
+        manifest = refresh_checkpoint(model, sequence_model, catalogue, splits, out, data_fingerprint(data),
+                                      _command_line())  # fmt: skip
+    except RefreshError as exc:
+        raise typer.BadParameter(str(exc)) from exc
+    refresh = manifest.provenance["refresh"]
+    typer.echo(f"wrote {out} model_version={manifest.model_version} horizon={refresh['horizon']} "
+               f"stats_version={manifest.stats_version} sequence_version={manifest.sequence_version}")  # fmt: skip
 
 
 @app.command("demo-data")

@@ -36,9 +36,16 @@ def evidence_attributes(catalogue: Catalogue) -> dict[str, dict[str, str]]:
             if any(n in kept for n in a)}  # fmt: skip
 
 
-def build_stats(catalogue: Catalogue, splits: Sequence[UserSplit], config: EvidenceConfig) -> EvidenceStats:
-    """Popularity and followers from the training prefixes (no validation or test item is counted)."""
-    return EvidenceStats.from_sequences((split.train for split in splits), catalogue.titles, config.window,
+def build_stats(
+    catalogue: Catalogue,
+    splits: Sequence[UserSplit],
+    config: EvidenceConfig,
+    sequences: Sequence[Sequence[str]] | None = None,
+) -> EvidenceStats:
+    """Popularity and followers from the training prefixes (no validation or test item is counted), or from
+    ``sequences`` (a refresh counts a sequence model's horizon: ``trainer.refresh``)."""
+    counted = sequences if sequences is not None else [split.train for split in splits]
+    return EvidenceStats.from_sequences(counted, catalogue.titles, config.window,
                                         config.max_followers, config.stopword_share,
                                         evidence_attributes(catalogue))  # fmt: skip
 

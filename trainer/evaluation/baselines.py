@@ -1,7 +1,9 @@
 """The rankers every report shows beside the model(s), each scoring a batch of cases.
 
-Counts come from training prefixes only (never a validation or test target), except ``popularity (all
-pre-test)``, which also counts validation items. The sequence model (SASRec, ``trainer.seqrec``) is the
+Counts come from training prefixes only (never a validation or test target), except the two ``all pre-test``
+rows of the test split, which also count validation items: what a production system would have counted by the
+time of the test item, as the report's SASRec and a refreshed checkpoint (``trainer.refresh``) have. The
+sequence model (SASRec, ``trainer.seqrec``) is the
 strongest of them: the ID-based recommender a product team already runs.
 """
 
@@ -23,13 +25,16 @@ Scorer = Callable[[Sequence[EvalCase]], list[list[float]]]
 """Scores for every candidate of every case, in the cases' candidate order."""
 
 RECENT = 3  # the classic co-occurrence baseline counts the last 3 items
+ALL_HISTORY = 10_000
 POPULARITY = "popularity"
 PRETEST_POPULARITY = "popularity (all pre-test)"
 CO_OCCURRENCE = "co-occurrence + pop"
 CO_OCCURRENCE_ALL = "co-occurrence, all history + pop"
+PRETEST_CO_OCCURRENCE = "co-occurrence, all pre-test + pop"
 EVIDENCE_MODEL = "evidence model (the teacher's logistic)"
 SEQUENCE_MODEL = "sequence model (SASRec)"
-COMPARED = (POPULARITY, PRETEST_POPULARITY, CO_OCCURRENCE, CO_OCCURRENCE_ALL, EVIDENCE_MODEL, SEQUENCE_MODEL)
+COMPARED = (POPULARITY, PRETEST_POPULARITY, CO_OCCURRENCE, CO_OCCURRENCE_ALL, PRETEST_CO_OCCURRENCE, EVIDENCE_MODEL,
+            SEQUENCE_MODEL)  # fmt: skip
 """The baselines every model is compared with, paired, where the report has them."""
 
 
@@ -42,9 +47,12 @@ class TrainingStats:
 
     @classmethod
     def from_splits(cls, splits: Iterable[UserSplit], window: int = 3) -> TrainingStats:
+        return cls.from_sequences((split.train for split in splits), window)
+
+    @classmethod
+    def from_sequences(cls, sequences: Iterable[Sequence[str]], window: int = 3) -> TrainingStats:
         stats = cls()
-        for split in splits:
-            sequence = split.train
+        for sequence in sequences:
             stats.popularity.update(sequence)
             for i, item in enumerate(sequence):
                 for previous in sequence[max(0, i - window) : i]:
@@ -71,13 +79,10 @@ def popularity_scorer(stats: TrainingStats) -> Scorer:
     return count_scorer(stats.popularity)
 
 
-def pretest_popularity_scorer(splits: Sequence[UserSplit]) -> Scorer:
-    """Popularity over every interaction before each user's test item (training + validation items).
-
-    The stronger baseline a production system would have at test time; the models learn their counts from
-    training prefixes only (plus the validation items RL ranks), so ``popularity`` is the like-for-like one
-    and this one the bar to clear. Test targets are never counted."""
-    return count_scorer(Counter(item for split in splits for item in split.test_history))
+def pretest_stats(splits: Sequence[UserSplit]) -> TrainingStats:
+    """Counts over every interaction before each user's test item (training + validation items, never a test
+    target): the stronger baselines a production system would have at test time."""
+    return TrainingStats.from_sequences(split.test_history for split in splits)
 
 
 def cooccurrence_scorer(stats: TrainingStats, recent_items: int = RECENT) -> Scorer:
@@ -122,17 +127,20 @@ def baseline_scorers(
     seed: int,
     sequence_model: SequenceModel | None = None,
     evidence_sequence: SequenceRanker | None = None,
+    split: str = "test",
 ) -> dict[str, Scorer]:
-    """Every baseline row of a report, in the order it is shown."""
+    """Every baseline row of a report, in the order it is shown. The ``all pre-test`` rows only on the test split:
+    on the selection split's validation positions they would count the targets."""
     stats = TrainingStats.from_splits(splits)
-    scorers = {
-        "random": random_scorer(seed),
-        POPULARITY: popularity_scorer(stats),
-        PRETEST_POPULARITY: pretest_popularity_scorer(splits),
-        CO_OCCURRENCE: cooccurrence_scorer(stats),
-        CO_OCCURRENCE_ALL: cooccurrence_scorer(stats, recent_items=10_000),
-        EVIDENCE_MODEL: evidence_scorer(evidence_stats, verdicts, catalogue, evidence_sequence),
-    }
+    scorers = {"random": random_scorer(seed), POPULARITY: popularity_scorer(stats)}
+    pretest = pretest_stats(splits) if split == "test" else None
+    if pretest is not None:
+        scorers[PRETEST_POPULARITY] = popularity_scorer(pretest)
+    scorers[CO_OCCURRENCE] = cooccurrence_scorer(stats)
+    scorers[CO_OCCURRENCE_ALL] = cooccurrence_scorer(stats, recent_items=ALL_HISTORY)
+    if pretest is not None:
+        scorers[PRETEST_CO_OCCURRENCE] = cooccurrence_scorer(pretest, recent_items=ALL_HISTORY)
+    scorers[EVIDENCE_MODEL] = evidence_scorer(evidence_stats, verdicts, catalogue, evidence_sequence)
     if sequence_model is not None:
         scorers[SEQUENCE_MODEL] = sequence_model_scorer(sequence_model)
     return scorers

@@ -18,6 +18,7 @@ from trainer.evaluation.baselines import COMPARED, EVIDENCE_MODEL, SEQUENCE_MODE
 from trainer.evaluation.cases import EvalCase, Split, build_cases
 from trainer.evaluation.metrics import metrics_with_ci, paired_difference, positive_rank
 from trainer.evaluation.report import write_report
+from trainer.refresh import RefreshError, horizon_of, refuse_validation_leak
 from trainer.seqrec import SequenceModel
 from trainer.teacher import VERDICT_PROVENANCE, BuiltinTeacher, EvidenceModel, recorded_verdicts
 
@@ -124,12 +125,18 @@ def evaluate(catalogue: Catalogue, splits: Sequence[UserSplit], evidence: Eviden
     from contract.checkpoint import open_checkpoint
     from trainer.evaluation.serving import Faithfulness, model_ranks
 
+    if plan.split == "selection":
+        for path in plan.models:
+            try:
+                refuse_validation_leak(open_checkpoint(path), "the selection split (validation positions)")
+            except RefreshError as exc:
+                raise EvalError(f"--model {exc}") from exc
     sequence_model = load_sequence_model(plan.sequence_model, plan.split) if plan.sequence_model else None
     cases = build_cases(splits, catalogue, plan.users, plan.negatives, plan.seed, plan.retriever, plan.split)
     verdicts = evidence.verdicts or BuiltinTeacher.calibrated(splits, catalogue, evidence.stats).model
     ranks: dict[str, list[int]] = {}
     baselines = baseline_scorers(splits, catalogue, evidence.stats, verdicts, plan.seed, sequence_model,
-                                 evidence.sequence)  # fmt: skip
+                                 evidence.sequence, plan.split)  # fmt: skip
     for name, scorer in baselines.items():
         ranks[name] = [positive_rank(s, c.candidates, c.target) for s, c in zip(scorer(cases), cases, strict=True)]
     models: list[str] = []  # "<model_version> (<mode>)", in order; baseline names may end in ")" too
@@ -140,8 +147,12 @@ def evaluate(catalogue: Catalogue, splits: Sequence[UserSplit], evidence: Eviden
             ranks[EVIDENCE_MODEL] = stored[EVIDENCE_MODEL]  # the reused models' teacher's row, not the recipe's
         ranks.update(reused)
         models += list(reused)
+    evidence_of: dict[str, dict] = {}  # what each model's evidence was counted on (a refresh moves it later)
     for path in plan.models:
-        label = open_checkpoint(path).model_version
+        checkpoint = open_checkpoint(path)
+        label = checkpoint.model_version
+        evidence_of[label] = {"horizon": horizon_of(checkpoint), "stats_version": checkpoint.manifest.stats_version,
+                              "sequence_version": checkpoint.manifest.sequence_version}  # fmt: skip
         for mode in plan.modes:
             name = f"{label} ({mode})"
             models.append(name)
@@ -156,6 +167,8 @@ def evaluate(catalogue: Catalogue, splits: Sequence[UserSplit], evidence: Eviden
     details = {}
     if sequence_model is not None:
         details["sequence_model"] = {"path": str(plan.sequence_model), **sequence_model.provenance}
+    if evidence_of:
+        details["model_evidence"] = evidence_of
     report = write_report(results, plan.out, title, plan.command, differences, faithfulness, details)
     (plan.out / RANKS).write_text(json.dumps({"users": [c.user_id for c in cases], "models": models, "ranks": ranks}))
     return report

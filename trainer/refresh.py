@@ -1,0 +1,118 @@
+"""Refresh a checkpoint's collaborative state: the same LLM, reading statistics and a sequence model that have
+seen later interactions.
+
+The LLM learns how to read its evidence (links, popularity, the sequence model's next-item rank); what the
+evidence says about a user's next item comes from the statistics and the SASRec shipped beside the weights.
+Those go stale as interactions arrive, while the LLM does not need retraining to read fresher ones: SFT taught it
+on ranks from a model trained up to just before each user's SFT targets, so a model that has seen everything
+before the request is what it was trained to read, and a stale one is not. ``refresh`` writes a new checkpoint (a new
+``model_version``, so no score-cache entry carries over) with the same weights and tokenizer, the given
+sequence model, and statistics recounted on exactly the positions that model trained on (its horizon).
+
+A refreshed checkpoint has seen what its horizon has seen: one refreshed to ``test`` has the validation targets
+in its statistics and its SASRec, so the selection split and RL (both at validation positions) refuse it
+(``refuse_validation_leak``); the test report may score it, as it scores the report's SASRec.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+
+from contract.checkpoint import Checkpoint, Manifest, open_checkpoint, write_checkpoint_manifest
+from contract.sequence import SEQUENCE_META, SequenceRanker
+from trainer.config import EvidenceConfig
+from trainer.data import Catalogue, UserSplit
+from trainer.seqrec import training_sequences
+from trainer.statistics import build_stats, ship_sequence_model
+
+REFRESH_PROVENANCE = "refresh"
+LIMIT_FIELDS = ("max_history_items", "max_history_tokens", "max_title_tokens", "max_rationale_tokens")
+LLM_SUFFIXES = frozenset({".json", ".safetensors", ".txt", ".jinja"})  # weights, config, tokenizer
+
+
+class RefreshError(ValueError):
+    """The sequence model cannot be paired with this checkpoint or data; the message names the option."""
+
+
+def horizon_of(checkpoint: Checkpoint) -> str | None:
+    """The positions a checkpoint's collaborative state has seen: its sequence model's horizon (a refreshed
+    checkpoint's statistics were counted on the same positions, a trained one's on its training prefixes, the
+    ``valid`` horizon's)."""
+    return None if checkpoint.sequence is None else str(checkpoint.sequence.config.get("horizon", "valid"))
+
+
+def refuse_validation_leak(checkpoint: Checkpoint, use: str) -> None:
+    """Refuse a checkpoint whose evidence has seen the validation targets where ``use`` scores or trains on them."""
+    if horizon_of(checkpoint) == "test":
+        raise RefreshError(f"{checkpoint.path}: refreshed to horizon 'test' (its statistics and sequence model have "
+                           f"seen the validation targets), so it cannot be used for {use}; use the checkpoint it was "
+                           "refreshed from")  # fmt: skip
+
+
+def _check_pairing(base: Checkpoint, sequence: SequenceRanker, sequence_dir: Path, data_fingerprint: str) -> None:
+    if base.sequence is None:
+        raise RefreshError(f"--model {base.path}: its evidence states no next-item rank (prompt format "
+                           f"{base.manifest.prompt_format}); only a checkpoint trained with a sequence model "
+                           "can read a refreshed one")  # fmt: skip
+    if sequence.item_ids != base.sequence.item_ids:
+        raise RefreshError(f"--sequence-model {sequence_dir}: trained on another catalogue than the checkpoint's "
+                           "sequence model")  # fmt: skip
+    meta = json.loads((sequence_dir / SEQUENCE_META).read_text()).get("provenance", {})
+    if meta.get("data_fingerprint") not in (None, data_fingerprint):
+        raise RefreshError(f"--sequence-model {sequence_dir}: trained on data {meta['data_fingerprint']}, not "
+                           f"--data ({data_fingerprint})")  # fmt: skip
+
+
+def refresh_checkpoint(
+    model: Path,
+    sequence_dir: Path,
+    catalogue: Catalogue,
+    splits: Sequence[UserSplit],
+    out: Path,
+    data_fingerprint: str,
+    command: str,
+) -> Manifest:
+    """Write ``out``: ``model``'s weights and tokenizer with the sequence model in ``sequence_dir`` and statistics
+    recounted at its horizon. ``out`` is replaced whole, never left half-written."""
+    base = open_checkpoint(model)
+    if not SequenceRanker.exists(sequence_dir):
+        raise RefreshError(f"--sequence-model {sequence_dir}: no sequence model there (r2rank-train seqrec)")
+    sequence = SequenceRanker.load(sequence_dir)
+    _check_pairing(base, sequence, sequence_dir, data_fingerprint)
+    horizon, held_out = str(sequence.config["horizon"]), int(sequence.config.get("held_out", 0))
+    evidence = EvidenceConfig(window=base.stats.window, max_followers=base.stats.max_followers)
+    stats = build_stats(catalogue, splits, evidence, training_sequences(splits, horizon, held_out))
+    if stats.stopwords != base.stats.stopwords or stats.attributes != base.stats.attributes:
+        raise RefreshError(f"--model {model}: its statistics were built with other title or attribute options than "
+                           "the defaults; recounting them would change more than the interactions")  # fmt: skip
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))
+    for path in Path(model).iterdir():
+        if path.is_file() and path.suffix in LLM_SUFFIXES and path.name != "manifest.json":
+            shutil.copy2(path, staging / path.name)
+    stats.save(staging)
+    ship_sequence_model(sequence_dir, staging)
+    staging.chmod(0o755)
+    provenance = {
+        **base.manifest.provenance,
+        REFRESH_PROVENANCE: {
+            "from": str(model),
+            "from_model_version": base.model_version,
+            "sequence_model": str(sequence_dir),
+            "horizon": horizon,
+            "held_out": held_out if horizon == "sft" else 0,
+            "statistics": {"stats_version": stats.version, "follower_pairs": len(stats.followers)},
+            "command": command,
+        },
+    }
+    name = base.model_version.rsplit("-", 1)[0]
+    limits = {k: getattr(base.manifest, k) for k in LIMIT_FIELDS}
+    manifest = write_checkpoint_manifest(staging, name, provenance, **limits)
+    if out.exists():
+        shutil.rmtree(out)
+    staging.rename(out)
+    return manifest

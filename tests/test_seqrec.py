@@ -74,6 +74,8 @@ def test_the_horizon_never_reaches_a_target():
     splits = [UserSplit("u", ["a", "b", "c"], "v", "t")]
     assert training_sequences(splits, "test") == [["a", "b", "c", "v"]]  # never the test target
     assert training_sequences(splits, "valid") == [["a", "b", "c"]]  # never the validation target either
+    assert training_sequences(splits, "sft", held_out=1) == [["a", "b"]]
+    assert training_sequences(splits, "all") == [["a", "b", "c", "v", "t"]]  # to serve: no report scores it
 
 
 def test_length_batches_cover_every_sequence_once_within_the_budget():

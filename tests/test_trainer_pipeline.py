@@ -265,6 +265,20 @@ def test_refresh_swaps_in_fresher_evidence_and_is_refused_where_it_would_leak(ti
     refused = _train_fails("refresh", "--model", str(tiny_model), "--sequence-model", str(tiny_seqrec),
                            "--data", str(tiny_data), "--out", str(tmp_path / "v2"))  # fmt: skip
     assert "states no next-item rank" in refused
+    # every interaction (what a product serves): no report can score it, nor the sequence model alone
+    everything = tmp_path / "seqrec-all"
+    _train("seqrec", "--data", str(tiny_data), "--out", str(everything), "--horizon", "all", "--epochs", "1",
+           "--hidden-size", "16", "--layers", "1", "--batch-tokens", "256", "--init", str(tiny_seqrec))  # fmt: skip
+    _train("refresh", "--model", str(out), "--sequence-model", str(everything), "--data", str(tiny_data),
+           "--out", str(tmp_path / "served"))  # fmt: skip
+    served = open_checkpoint(tmp_path / "served")
+    assert served.stats.popularity(splits[0].test_target) > after.stats.popularity(splits[0].test_target)
+    refused = _train_fails("eval", "--data", str(tiny_data), "--model", str(tmp_path / "served"), "--users", "20",
+                           "--out", str(tmp_path / "test"))  # fmt: skip
+    assert "refreshed to horizon 'all'" in refused and "test targets" in refused
+    refused = _train_fails("eval", "--data", str(tiny_data), "--seqrec", str(everything), "--users", "20",
+                           "--out", str(tmp_path / "test"))  # fmt: skip
+    assert "horizon 'all'" in refused
 
 
 def test_rl_resume_gives_the_same_state_and_a_servable_checkpoint(tiny_data, tiny_sft, tmp_path):

@@ -349,7 +349,7 @@ def rl_cmd(
     """Listwise RL: G rollouts per user, PL-sampled rankings rewarded by NDCG@10; resumable."""
     from contract.checkpoint import write_checkpoint_manifest
     from trainer.data import selection_users
-    from trainer.refresh import RefreshError, refuse_validation_leak
+    from trainer.refresh import RefreshError, refuse_seen_targets
     from trainer.rl import rl_cases, train_rl
     from trainer.teacher import VERDICT_PROVENANCE
 
@@ -376,7 +376,7 @@ def rl_cmd(
     )
     base_checkpoint = _checkpoint(base, "--base")
     try:
-        refuse_validation_leak(base_checkpoint, "RL (its rewards are scored at validation positions)")
+        refuse_seen_targets(base_checkpoint, "validation", "RL (its rewards are scored at validation positions)")
     except RefreshError as exc:
         raise typer.BadParameter(str(exc), param_hint="--base") from exc
     base_version = base_checkpoint.model_version

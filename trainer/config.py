@@ -87,8 +87,8 @@ class EvidenceConfig:
         _require(0 < self.stopword_share <= 1, f"stopword_share must be in (0, 1], got {self.stopword_share}")
 
 
-SeqRecHorizon = Literal["test", "valid", "sft"]
-HORIZON_ORDER: tuple[str, ...] = ("sft", "valid", "test")  # each sees every position the earlier ones see
+SeqRecHorizon = Literal["test", "valid", "sft", "all"]
+HORIZON_ORDER: tuple[str, ...] = ("sft", "valid", "test", "all")  # each sees every position the earlier ones see
 
 
 @dataclass(frozen=True)
@@ -100,7 +100,8 @@ class SeqRecConfig:
         "test: train on every position before the test targets (the report's baseline); valid: stop "
         "before the validation targets (leak-free on the selection users and RL's positions: the model a ranker "
         "ships; the learning curve is measured there); sft: also stop before each user's last --held-out "
-        "training positions (SFT's targets: the model that states SFT examples' next-item rank).",
+        "training positions (SFT's targets: the model that states SFT examples' next-item rank); all: every "
+        "interaction, test targets included (to serve, through `refresh`; no report can score it).",
     )
     held_out: int = option(2, "Horizon sft: training positions per user left out (>= SFT's --targets-per-user).")
     epochs: int = option(12, "Passes over the training sequences.")

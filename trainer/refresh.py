@@ -11,7 +11,8 @@ sequence model, and statistics recounted on exactly the positions that model tra
 
 A refreshed checkpoint has seen what its horizon has seen: one refreshed to ``test`` has the validation targets
 in its statistics and its SASRec, so the selection split and RL (both at validation positions) refuse it
-(``refuse_validation_leak``); the test report may score it, as it scores the report's SASRec.
+(``refuse_seen_targets``) and only the test report scores it, as it scores the report's SASRec; one refreshed to
+``all`` (every interaction: what a product serves) has seen every target, and no report scores it.
 """
 
 from __future__ import annotations
@@ -45,12 +46,17 @@ def horizon_of(checkpoint: Checkpoint) -> str | None:
     return None if checkpoint.sequence is None else str(checkpoint.sequence.config.get("horizon", "valid"))
 
 
-def refuse_validation_leak(checkpoint: Checkpoint, use: str) -> None:
-    """Refuse a checkpoint whose evidence has seen the validation targets where ``use`` scores or trains on them."""
-    if horizon_of(checkpoint) == "test":
-        raise RefreshError(f"{checkpoint.path}: refreshed to horizon 'test' (its statistics and sequence model have "
-                           f"seen the validation targets), so it cannot be used for {use}; use the checkpoint it was "
-                           "refreshed from")  # fmt: skip
+SEEN_TARGETS = {"test": ("validation",), "all": ("validation", "test")}  # by horizon: whose targets it counted
+
+
+def refuse_seen_targets(checkpoint: Checkpoint, targets: str, use: str) -> None:
+    """Refuse a checkpoint whose evidence has seen the ``targets`` ("validation" or "test") that ``use`` scores or
+    trains on."""
+    horizon = horizon_of(checkpoint)
+    if horizon is not None and targets in SEEN_TARGETS.get(horizon, ()):
+        raise RefreshError(f"{checkpoint.path}: refreshed to horizon {horizon!r} (its statistics and sequence model "
+                           f"have seen the {targets} targets), so it cannot be used for {use}; use the checkpoint it "
+                           "was refreshed from")  # fmt: skip
 
 
 def _check_pairing(base: Checkpoint, sequence: SequenceRanker, sequence_dir: Path, data_fingerprint: str) -> None:

@@ -156,8 +156,10 @@ def _pad(sequences: Sequence[Sequence[int]]) -> tuple[torch.Tensor, torch.Tensor
 
 
 def training_sequences(splits: Sequence[UserSplit], horizon: str, held_out: int = 2) -> list[list[str]]:
-    """Each user's items before the horizon's targets: ``test`` = train + validation target, ``valid`` = train,
-    ``sft`` = train without its last ``held_out`` items."""
+    """Each user's items before the horizon's targets: ``all`` = every item, ``test`` = train + validation target,
+    ``valid`` = train, ``sft`` = train without its last ``held_out`` items."""
+    if horizon == "all":
+        return [[*s.test_history, s.test_target] for s in splits]
     if horizon == "test":
         return [s.test_history for s in splits]
     if horizon == "valid":

@@ -18,7 +18,7 @@ from trainer.evaluation.baselines import COMPARED, EVIDENCE_MODEL, SEQUENCE_MODE
 from trainer.evaluation.cases import EvalCase, Split, build_cases
 from trainer.evaluation.metrics import metrics_with_ci, paired_difference, positive_rank
 from trainer.evaluation.report import write_report
-from trainer.refresh import RefreshError, horizon_of, refuse_validation_leak
+from trainer.refresh import RefreshError, horizon_of, refuse_seen_targets
 from trainer.seqrec import SequenceModel
 from trainer.teacher import VERDICT_PROVENANCE, BuiltinTeacher, EvidenceModel, recorded_verdicts
 
@@ -50,6 +50,8 @@ def load_sequence_model(path: Path, split: Split) -> SequenceModel:
     if not SequenceModel.exists(path):
         raise EvalError(f"--seqrec {path}: no sequence model there (run `r2rank-train seqrec --out {path}`)")
     model = SequenceModel.load(path)
+    if model.config.horizon == "all":
+        raise EvalError(f"--seqrec {path}: trained with horizon 'all', on every target a report could score")
     if split == "selection" and model.config.horizon != "valid":
         raise EvalError(f"--seqrec {path}: trained with horizon {model.config.horizon!r}, which includes the "
                         "selection users' validation targets; the selection split needs one trained with --horizon "
@@ -125,12 +127,12 @@ def evaluate(catalogue: Catalogue, splits: Sequence[UserSplit], evidence: Eviden
     from contract.checkpoint import open_checkpoint
     from trainer.evaluation.serving import Faithfulness, model_ranks
 
-    if plan.split == "selection":
-        for path in plan.models:
-            try:
-                refuse_validation_leak(open_checkpoint(path), "the selection split (validation positions)")
-            except RefreshError as exc:
-                raise EvalError(f"--model {exc}") from exc
+    targets = "validation" if plan.split == "selection" else "test"
+    for path in plan.models:
+        try:
+            refuse_seen_targets(open_checkpoint(path), targets, f"the {plan.split} split ({targets} positions)")
+        except RefreshError as exc:
+            raise EvalError(f"--model {exc}") from exc
     sequence_model = load_sequence_model(plan.sequence_model, plan.split) if plan.sequence_model else None
     cases = build_cases(splits, catalogue, plan.users, plan.negatives, plan.seed, plan.retriever, plan.split)
     verdicts = evidence.verdicts or BuiltinTeacher.calibrated(splits, catalogue, evidence.stats).model

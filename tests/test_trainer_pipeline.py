@@ -265,10 +265,12 @@ def test_refresh_swaps_in_fresher_evidence_and_is_refused_where_it_would_leak(ti
     refused = _train_fails("refresh", "--model", str(tiny_model), "--sequence-model", str(tiny_seqrec),
                            "--data", str(tiny_data), "--out", str(tmp_path / "v2"))  # fmt: skip
     assert "states no next-item rank" in refused
-    # every interaction (what a product serves): no report can score it, nor the sequence model alone
+    # every interaction (what a product serves; warm-started from the checkpoint's own, as docs/deploy.md does):
+    # no report can score it, nor the sequence model alone
     everything = tmp_path / "seqrec-all"
     _train("seqrec", "--data", str(tiny_data), "--out", str(everything), "--horizon", "all", "--epochs", "1",
-           "--hidden-size", "16", "--layers", "1", "--batch-tokens", "256", "--init", str(tiny_seqrec))  # fmt: skip
+           "--hidden-size", "16", "--layers", "1", "--batch-tokens", "256",
+           "--init", str(out / "sequence"))  # fmt: skip
     _train("refresh", "--model", str(out), "--sequence-model", str(everything), "--data", str(tiny_data),
            "--out", str(tmp_path / "served"))  # fmt: skip
     served = open_checkpoint(tmp_path / "served")

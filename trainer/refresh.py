@@ -59,14 +59,11 @@ def refuse_seen_targets(checkpoint: Checkpoint, targets: str, use: str) -> None:
                            "was refreshed from")  # fmt: skip
 
 
-def _check_pairing(base: Checkpoint, sequence: SequenceRanker, sequence_dir: Path, data_fingerprint: str) -> None:
+def _check_pairing(base: Checkpoint, sequence_dir: Path, data_fingerprint: str) -> None:
     if base.sequence is None:
         raise RefreshError(f"--model {base.path}: its evidence states no next-item rank (prompt format "
                            f"{base.manifest.prompt_format}); only a checkpoint trained with a sequence model "
                            "can read a refreshed one")  # fmt: skip
-    if sequence.item_ids != base.sequence.item_ids:
-        raise RefreshError(f"--sequence-model {sequence_dir}: trained on another catalogue than the checkpoint's "
-                           "sequence model")  # fmt: skip
     meta = json.loads((sequence_dir / SEQUENCE_META).read_text()).get("provenance", {})
     if meta.get("data_fingerprint") not in (None, data_fingerprint):
         raise RefreshError(f"--sequence-model {sequence_dir}: trained on data {meta['data_fingerprint']}, not "
@@ -88,11 +85,12 @@ def refresh_checkpoint(
     if not SequenceRanker.exists(sequence_dir):
         raise RefreshError(f"--sequence-model {sequence_dir}: no sequence model there (r2rank-train seqrec)")
     sequence = SequenceRanker.load(sequence_dir)
-    _check_pairing(base, sequence, sequence_dir, data_fingerprint)
+    _check_pairing(base, sequence_dir, data_fingerprint)
     horizon, held_out = str(sequence.config["horizon"]), int(sequence.config.get("held_out", 0))
     evidence = EvidenceConfig(window=base.stats.window, max_followers=base.stats.max_followers)
     stats = build_stats(catalogue, splits, evidence, training_sequences(splits, horizon, held_out))
-    if stats.stopwords != base.stats.stopwords or stats.attributes != base.stats.attributes:
+    same_items = stats.item_ids == base.stats.item_ids  # a grown catalogue changes title statistics by itself
+    if same_items and (stats.stopwords != base.stats.stopwords or stats.attributes != base.stats.attributes):
         raise RefreshError(f"--model {model}: its statistics were built with other title or attribute options than "
                            "the defaults; recounting them would change more than the interactions")  # fmt: skip
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -109,6 +107,7 @@ def refresh_checkpoint(
             "from": str(model),
             "from_model_version": base.model_version,
             "sequence_model": str(sequence_dir),
+            "data_fingerprint": data_fingerprint,
             "horizon": horizon,
             "held_out": held_out if horizon == "sft" else 0,
             "statistics": {"stats_version": stats.version, "follower_pairs": len(stats.followers)},

@@ -32,27 +32,41 @@ def report_metrics(report: Path, model_version: str, mode: str) -> dict:
     return metrics
 
 
+def stage_llm_files(model: Path, out: Path) -> Path:
+    """A staging directory beside ``out`` holding ``model``'s weights, config and tokenizer (no manifest, no
+    statistics, no sequence model), readable by a service running as another user. The caller adds the rest and
+    finishes with ``replace_with_staged``, so ``out`` is never left half-written."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))
+    staging.chmod(0o755)  # mkdtemp makes it 0700
+    for path in Path(model).iterdir():
+        if path.is_file() and path.name != "manifest.json" and path.suffix in SERVED_SUFFIXES:
+            shutil.copy2(path, staging / path.name)
+            (staging / path.name).chmod(0o644)
+    return staging
+
+
+def replace_with_staged(staging: Path, out: Path) -> None:
+    """``out`` replaced whole by a finished staging directory (``stage_llm_files``)."""
+    if out.exists():
+        shutil.rmtree(out)
+    staging.rename(out)
+
+
 def export_checkpoint(model: Path, out: Path, metrics: dict, command: str) -> Manifest:
     """Copy weights + tokenizer to ``out`` with a fresh manifest; ``out`` is replaced whole, never left
     half-written (the copy is staged beside it and renamed)."""
     source = open_checkpoint(model)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))
-    for path in model.iterdir():
-        served = path.suffix in SERVED_SUFFIXES or path.name == EVIDENCE_FILE
-        if path.is_file() and path.name != "manifest.json" and served:
-            shutil.copy2(path, staging / path.name)
-            (staging / path.name).chmod(0o644)
+    staging = stage_llm_files(model, out)
+    shutil.copy2(model / EVIDENCE_FILE, staging / EVIDENCE_FILE)
+    (staging / EVIDENCE_FILE).chmod(0o644)
     if source.sequence is not None:
         ship_sequence_model(model / SEQUENCE_DIR, staging)
         (staging / SEQUENCE_DIR).chmod(0o755)
         for path in (staging / SEQUENCE_DIR).iterdir():
             path.chmod(0o644)
-    staging.chmod(0o755)  # mkdtemp makes it 0700: a service running as another user must read it
     name = source.model_version.rsplit("-", 1)[0]
     provenance = {**source.manifest.provenance, "exported_from": str(model), "export_command": command}
     manifest = write_checkpoint_manifest(staging, name, provenance, metrics)
-    if out.exists():
-        shutil.rmtree(out)
-    staging.rename(out)
+    replace_with_staged(staging, out)
     return manifest

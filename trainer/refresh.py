@@ -18,8 +18,6 @@ in its statistics and its SASRec, so the selection split and RL (both at validat
 from __future__ import annotations
 
 import json
-import shutil
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -27,12 +25,12 @@ from contract.checkpoint import Checkpoint, Manifest, open_checkpoint, write_che
 from contract.sequence import SEQUENCE_META, SequenceRanker
 from trainer.config import EvidenceConfig
 from trainer.data import Catalogue, UserSplit
+from trainer.export import replace_with_staged, stage_llm_files
 from trainer.seqrec import training_sequences
 from trainer.statistics import build_stats, ship_sequence_model
 
 REFRESH_PROVENANCE = "refresh"
 LIMIT_FIELDS = ("max_history_items", "max_history_tokens", "max_title_tokens", "max_rationale_tokens")
-LLM_SUFFIXES = frozenset({".json", ".safetensors", ".txt", ".jinja"})  # weights, config, tokenizer
 
 
 class RefreshError(ValueError):
@@ -93,14 +91,9 @@ def refresh_checkpoint(
     if same_items and (stats.stopwords != base.stats.stopwords or stats.attributes != base.stats.attributes):
         raise RefreshError(f"--model {model}: its statistics were built with other title or attribute options than "
                            "the defaults; recounting them would change more than the interactions")  # fmt: skip
-    out.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))
-    for path in Path(model).iterdir():
-        if path.is_file() and path.suffix in LLM_SUFFIXES and path.name != "manifest.json":
-            shutil.copy2(path, staging / path.name)
+    staging = stage_llm_files(model, out)
     stats.save(staging)
     ship_sequence_model(sequence_dir, staging)
-    staging.chmod(0o755)
     provenance = {
         **base.manifest.provenance,
         REFRESH_PROVENANCE: {
@@ -117,7 +110,5 @@ def refresh_checkpoint(
     name = base.model_version.rsplit("-", 1)[0]
     limits = {k: getattr(base.manifest, k) for k in LIMIT_FIELDS}
     manifest = write_checkpoint_manifest(staging, name, provenance, **limits)
-    if out.exists():
-        shutil.rmtree(out)
-    staging.rename(out)
+    replace_with_staged(staging, out)
     return manifest

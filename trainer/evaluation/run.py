@@ -127,10 +127,11 @@ def evaluate(catalogue: Catalogue, splits: Sequence[UserSplit], evidence: Eviden
     from contract.checkpoint import open_checkpoint
     from trainer.evaluation.serving import Faithfulness, model_ranks
 
+    checkpoints = [open_checkpoint(path) for path in plan.models]
     targets = "validation" if plan.split == "selection" else "test"
-    for path in plan.models:
+    for checkpoint in checkpoints:
         try:
-            refuse_seen_targets(open_checkpoint(path), targets, f"the {plan.split} split ({targets} positions)")
+            refuse_seen_targets(checkpoint, targets, f"the {plan.split} split ({targets} positions)")
         except RefreshError as exc:
             raise EvalError(f"--model {exc}") from exc
     sequence_model = load_sequence_model(plan.sequence_model, plan.split) if plan.sequence_model else None
@@ -150,8 +151,7 @@ def evaluate(catalogue: Catalogue, splits: Sequence[UserSplit], evidence: Eviden
         ranks.update(reused)
         models += list(reused)
     evidence_of: dict[str, dict] = {}  # what each model's evidence was counted on (a refresh moves it later)
-    for path in plan.models:
-        checkpoint = open_checkpoint(path)
+    for path, checkpoint in zip(plan.models, checkpoints, strict=True):
         label = checkpoint.model_version
         evidence_of[label] = {"horizon": horizon_of(checkpoint), "stats_version": checkpoint.manifest.stats_version,
                               "sequence_version": checkpoint.manifest.sequence_version}  # fmt: skip

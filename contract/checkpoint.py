@@ -34,6 +34,9 @@ class AnswerTokenIds(BaseModel):
     no: int = Field(ge=0)
 
 
+LIMIT_FIELDS = ("max_history_items", "max_history_tokens", "max_title_tokens", "max_rationale_tokens")
+
+
 class Manifest(BaseModel):
     """What ``manifest.json`` holds. Unknown keys are kept (``provenance`` is free-form)."""
 
@@ -58,6 +61,11 @@ class Manifest(BaseModel):
     @property
     def limits(self) -> PromptLimits:
         return PromptLimits(self.max_history_items, self.max_history_tokens, self.max_title_tokens)
+
+    def limit_settings(self) -> dict[str, int]:
+        """The prompt and rationale limits as ``write_checkpoint_manifest`` takes them: a copy of these weights
+        (export, refresh) must keep them, or it would read requests differently from the model it copies."""
+        return {name: getattr(self, name) for name in LIMIT_FIELDS}
 
 
 class CheckpointError(RuntimeError):

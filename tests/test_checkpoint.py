@@ -81,3 +81,15 @@ def test_service_refuses_to_start_on_wrong_format(model_copy: Path):
     )  # fmt: skip
     assert result.returncode != 0
     assert "r2rank-pointwise-v0" in result.stderr and "not supported" in result.stderr
+
+
+def test_export_keeps_the_prompt_limits_the_model_was_served_with(model_copy, tmp_path):
+    """A copy of the weights reads requests as its source does: export keeps the manifest's limits, not defaults."""
+    from trainer.export import export_checkpoint
+
+    limits = {"max_history_items": 7, "max_history_tokens": 300, "max_title_tokens": 12, "max_rationale_tokens": 20}
+    _edit_manifest(model_copy, **limits)
+    exported = export_checkpoint(model_copy, tmp_path / "exported", {}, "r2rank-train export")
+    assert exported.limit_settings() == limits
+    assert open_checkpoint(tmp_path / "exported").manifest.limits == read_manifest(model_copy).limits
+    assert exported.model_version == read_manifest(model_copy).model_version

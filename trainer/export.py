@@ -67,6 +67,6 @@ def export_checkpoint(model: Path, out: Path, metrics: dict, command: str) -> Ma
             path.chmod(0o644)
     name = source.model_version.rsplit("-", 1)[0]
     provenance = {**source.manifest.provenance, "exported_from": str(model), "export_command": command}
-    manifest = write_checkpoint_manifest(staging, name, provenance, metrics)
+    manifest = write_checkpoint_manifest(staging, name, provenance, metrics, **source.manifest.limit_settings())
     replace_with_staged(staging, out)
     return manifest

@@ -30,7 +30,6 @@ from trainer.seqrec import training_sequences
 from trainer.statistics import build_stats, ship_sequence_model
 
 REFRESH_PROVENANCE = "refresh"
-LIMIT_FIELDS = ("max_history_items", "max_history_tokens", "max_title_tokens", "max_rationale_tokens")
 
 
 class RefreshError(ValueError):
@@ -108,7 +107,6 @@ def refresh_checkpoint(
         },
     }
     name = base.model_version.rsplit("-", 1)[0]
-    limits = {k: getattr(base.manifest, k) for k in LIMIT_FIELDS}
-    manifest = write_checkpoint_manifest(staging, name, provenance, **limits)
+    manifest = write_checkpoint_manifest(staging, name, provenance, **base.manifest.limit_settings())
     replace_with_staged(staging, out)
     return manifest

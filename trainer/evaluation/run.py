@@ -151,7 +151,7 @@ def evaluate(catalogue: Catalogue, splits: Sequence[UserSplit], evidence: Eviden
         ranks.update(reused)
         models += list(reused)
     evidence_of: dict[str, dict] = {}  # what each model's evidence was counted on (a refresh moves it later)
-    for path, checkpoint in zip(plan.models, checkpoints, strict=True):
+    for checkpoint in checkpoints:
         label = checkpoint.model_version
         evidence_of[label] = {"horizon": horizon_of(checkpoint), "stats_version": checkpoint.manifest.stats_version,
                               "sequence_version": checkpoint.manifest.sequence_version}  # fmt: skip
@@ -159,7 +159,7 @@ def evaluate(catalogue: Catalogue, splits: Sequence[UserSplit], evidence: Eviden
             name = f"{label} ({mode})"
             models.append(name)
             checked = Faithfulness() if mode == "full" else None
-            ranks[name] = asyncio.run(model_ranks(path, catalogue, cases, mode, faithfulness=checked))
+            ranks[name] = asyncio.run(model_ranks(checkpoint, catalogue, cases, mode, faithfulness=checked))
             if checked is not None:
                 faithfulness[name] = checked.summary()
     where = "test users" if plan.split == "test" else "selection users (validation positions)"

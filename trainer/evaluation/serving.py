@@ -8,13 +8,16 @@ import asyncio
 import random
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
+from typing import TYPE_CHECKING
 
 from contract.evidence import CITED_REF, unfaithful_citations
 from trainer.data import Catalogue
 from trainer.evaluation.cases import EvalCase
 from trainer.evaluation.metrics import positive_rank
 from trainer.progress import Progress
+
+if TYPE_CHECKING:
+    from contract.checkpoint import Checkpoint
 
 
 @dataclass
@@ -54,7 +57,7 @@ class Faithfulness:
 
 
 async def model_ranks(
-    model_dir: Path,
+    checkpoint: Checkpoint,
     catalogue: Catalogue,
     cases: Sequence[EvalCase],
     reasoning: str,
@@ -64,16 +67,14 @@ async def model_ranks(
     """Rank every case with the service's Ranker on an in-process vLLM engine (no Redis, no cache): the
     serving path itself, so offline numbers are what users get. With ``faithfulness`` (full mode), every
     rationale is checked against its evidence."""
-    from contract.checkpoint import open_checkpoint
     from service.config import Settings
     from service.engine.factory import build_engine
     from service.metrics import Metrics
     from service.protocol import ItemIn, RankRequest
     from service.ranking import Ranker
 
-    settings = Settings(model_path=model_dir, redis_url=None, default_deadline_ms=600_000,
+    settings = Settings(model_path=checkpoint.path, redis_url=None, default_deadline_ms=600_000,
                         max_inflight_items=100_000)  # fmt: skip
-    checkpoint = open_checkpoint(model_dir)
     engine = build_engine(settings, checkpoint)
     await engine.start()
     ranker = Ranker(engine, settings, Metrics(), store=None)

@@ -7,8 +7,9 @@ Knobs (environment):
     R2RANK_LT_CANDIDATES   candidate-set sizes to draw from (default "20,50,100")
     R2RANK_LT_USERS        how many demo users to load and use (default 300)
     R2RANK_LT_FAIL_RATIO   exit non-zero above this failure ratio (default 0.01)
-The catalogue and the users' histories are loaded into the service once, at test start, with the typed
-client. The run's exit code is 1 when the failure ratio exceeds the threshold.
+    R2RANK_LT_RUN          a run whose users ``loadtest.run`` already loaded (see loadtest.demo_load)
+Without R2RANK_LT_RUN the catalogue and the users' histories are loaded at test start, with the typed
+client, inside the --run-time clock. The run's exit code is 1 when the failure ratio exceeds the threshold.
 """
 
 from __future__ import annotations
@@ -20,30 +21,28 @@ import uuid
 
 from locust import FastHttpUser, between, events, task
 
-from service.client import R2RankClient, rank_body
+from loadtest.demo_load import RUN_ENV, demo_user_count, load_demo
+from loadtest.demo_load import user_key as run_user_key
+from service.client import rank_body
 from service.demo import DemoData
 
 DEMO = DemoData()
 SIZES = [int(s) for s in os.environ.get("R2RANK_LT_CANDIDATES", "20,50,100").split(",")]
-N_USERS = min(int(os.environ.get("R2RANK_LT_USERS", "300")), len(DEMO.users))
+N_USERS = demo_user_count(DEMO)
 FAIL_RATIO = float(os.environ.get("R2RANK_LT_FAIL_RATIO", "0.01"))
-RUN = uuid.uuid4().hex[:6]
+PRELOADED_RUN = os.environ.get(RUN_ENV)
+RUN = PRELOADED_RUN or uuid.uuid4().hex[:6]
 ALL_ITEMS = sorted(DEMO.titles)
 
 
 def user_key(index: int) -> str:
-    return f"lt-{RUN}-{DEMO.users[index].user_id}"
+    return run_user_key(RUN, DEMO.users[index].user_id)
 
 
 @events.test_start.add_listener
-def load_demo(environment, **_kwargs) -> None:
-    """Catalogue + histories, so /rank by user_id and by item id works."""
-    with R2RankClient(environment.host, timeout=120) as client:
-        client.wait_ready(timeout_s=600)
-        client.put_items({"item_id": k, "title": v} for k, v in DEMO.titles.items())
-        for index in range(N_USERS):
-            client.put_history(user_key(index), DEMO.users[index].history)
-    logging.info("loaded %d items and %d user histories", len(DEMO.titles), N_USERS)
+def load_demo_unless_preloaded(environment, **_kwargs) -> None:
+    if PRELOADED_RUN is None:
+        load_demo(environment.host, RUN, DEMO, N_USERS)
 
 
 @events.quitting.add_listener

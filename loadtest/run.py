@@ -1,8 +1,9 @@
 """One command for a bounded load test: ``make loadtest`` (or ``python -m loadtest.run``).
 
-Starts the service on a free loopback port unless ``--url`` is given, runs locust headless for a fixed
-time, writes CSV + an HTML report under ``results/loadtest-<time>/`` and exits non-zero when the failure
-ratio exceeds 1% (the locustfile sets the exit code). Traffic goes to loopback only; the run stops by itself.
+Starts the service on a free loopback port unless ``--url`` is given and loads the demo users into it. Then
+it runs locust headless for a fixed time of traffic (the load is outside that clock), writes CSV + an HTML
+report under ``results/loadtest-<time>/`` and exits non-zero when the failure ratio exceeds 1% (the
+locustfile sets the exit code). Traffic goes to loopback only; the run stops by itself.
 """
 
 from __future__ import annotations
@@ -15,7 +16,9 @@ import time
 import uuid
 from pathlib import Path
 
+from loadtest.demo_load import RUN_ENV, demo_user_count, load_demo
 from loadtest.procs import REPO_ROOT, delete_prefix, start_service
+from service.demo import DemoData
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -36,13 +39,16 @@ def main(argv: list[str] | None = None) -> int:
         server.wait_ready("/readyz")
         url = server.url
     try:
+        run, demo = uuid.uuid4().hex[:6], DemoData()
+        load_demo(url, run, demo, demo_user_count(demo))
         command = [
             sys.executable, "-m", "locust", "-f", str(REPO_ROOT / "loadtest" / "locustfile.py"),
             "--host", url, "--headless", "--users", str(args.users), "--spawn-rate", str(args.spawn_rate),
             "--run-time", args.run_time, "--stop-timeout", "60", "--csv", str(out / "locust"),
             "--html", str(out / "report.html"), "--only-summary",
         ]  # fmt: skip
-        code = subprocess.run(command, cwd=REPO_ROOT, check=False).returncode
+        locust_env = {**os.environ, RUN_ENV: run}
+        code = subprocess.run(command, cwd=REPO_ROOT, env=locust_env, check=False).returncode
     finally:
         if server is not None:
             server.stop()

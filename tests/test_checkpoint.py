@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -12,6 +13,7 @@ import pytest
 
 from contract.checkpoint import CheckpointError, content_hash, open_checkpoint, read_manifest
 from loadtest.procs import DEFAULT_MODEL, REPO_ROOT
+from tests.files import not_world_readable
 
 
 @pytest.fixture
@@ -93,3 +95,17 @@ def test_export_keeps_the_prompt_limits_the_model_was_served_with(model_copy, tm
     assert exported.limit_settings() == limits
     assert open_checkpoint(tmp_path / "exported").manifest.limits == read_manifest(model_copy).limits
     assert exported.model_version == read_manifest(model_copy).model_version
+
+
+def test_export_under_a_strict_umask_ships_a_checkpoint_another_user_can_read(model_copy, tmp_path):
+    """The service often runs as another user than the trainer: every exported file must be readable by it."""
+    from trainer.export import export_checkpoint
+
+    (model_copy / "sequence").chmod(0o700)  # a source copied with private modes
+    previous = os.umask(0o077)
+    try:
+        export_checkpoint(model_copy, tmp_path / "exported", {}, "r2rank-train export")
+    finally:
+        os.umask(previous)
+    assert not_world_readable(tmp_path / "exported") == []
+    assert open_checkpoint(tmp_path / "exported").sequence is not None

@@ -16,6 +16,7 @@ import pytest
 from contract.checkpoint import open_checkpoint
 from contract.sequence import SequenceRanker
 from loadtest.procs import REPO_ROOT
+from tests.files import not_world_readable
 from trainer.progress import read_steps
 
 TINY = ["--vocab-size", "1024", "--hidden-size", "64", "--intermediate-size", "128", "--layers", "2",
@@ -244,8 +245,13 @@ def test_refresh_swaps_in_fresher_evidence_and_is_refused_where_it_would_leak(ti
 
     base = tiny_sft
     out = tmp_path / "refreshed"
-    _train("refresh", "--model", str(base), "--sequence-model", str(tiny_seqrec), "--data", str(tiny_data),
-           "--out", str(out))  # fmt: skip
+    previous = os.umask(0o077)  # the command inherits it: a service running as another user must still read out
+    try:
+        _train("refresh", "--model", str(base), "--sequence-model", str(tiny_seqrec), "--data", str(tiny_data),
+               "--out", str(out))  # fmt: skip
+    finally:
+        os.umask(previous)
+    assert not_world_readable(out) == []
     before, after = open_checkpoint(base), open_checkpoint(out)
     assert after.model_version != before.model_version and after.model_version.startswith("sft-")
     assert (out / "model.safetensors").read_bytes() == (base / "model.safetensors").read_bytes()

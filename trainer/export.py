@@ -34,23 +34,30 @@ def report_metrics(report: Path, model_version: str, mode: str) -> dict:
 
 def stage_llm_files(model: Path, out: Path) -> Path:
     """A staging directory beside ``out`` holding ``model``'s weights, config and tokenizer (no manifest, no
-    statistics, no sequence model), readable by a service running as another user. The caller adds the rest and
-    finishes with ``replace_with_staged``, so ``out`` is never left half-written."""
+    statistics, no sequence model). The caller adds the rest and finishes with ``replace_with_staged``, so
+    ``out`` is never left half-written."""
     out.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))
-    staging.chmod(0o755)  # mkdtemp makes it 0700
     for path in Path(model).iterdir():
         if path.is_file() and path.name != "manifest.json" and path.suffix in SERVED_SUFFIXES:
             shutil.copy2(path, staging / path.name)
-            (staging / path.name).chmod(0o644)
     return staging
 
 
 def replace_with_staged(staging: Path, out: Path) -> None:
-    """``out`` replaced whole by a finished staging directory (``stage_llm_files``)."""
+    """``out`` replaced whole by a finished staging directory (``stage_llm_files``), every file and folder in it
+    readable by a service running as another user: mkdtemp makes the folder 0700, and a trainer run under a
+    strict umask (or files copied with their modes) would otherwise ship a checkpoint that service cannot open."""
+    _make_world_readable(staging)
     if out.exists():
         shutil.rmtree(out)
     staging.rename(out)
+
+
+def _make_world_readable(root: Path) -> None:
+    root.chmod(0o755)
+    for path in root.rglob("*"):
+        path.chmod(0o755 if path.is_dir() else 0o644)
 
 
 def export_checkpoint(model: Path, out: Path, metrics: dict, command: str) -> Manifest:
@@ -59,12 +66,8 @@ def export_checkpoint(model: Path, out: Path, metrics: dict, command: str) -> Ma
     source = open_checkpoint(model)
     staging = stage_llm_files(model, out)
     shutil.copy2(model / EVIDENCE_FILE, staging / EVIDENCE_FILE)
-    (staging / EVIDENCE_FILE).chmod(0o644)
     if source.sequence is not None:
         ship_sequence_model(model / SEQUENCE_DIR, staging)
-        (staging / SEQUENCE_DIR).chmod(0o755)
-        for path in (staging / SEQUENCE_DIR).iterdir():
-            path.chmod(0o644)
     name = source.model_version.rsplit("-", 1)[0]
     provenance = {**source.manifest.provenance, "exported_from": str(model), "export_command": command}
     manifest = write_checkpoint_manifest(staging, name, provenance, metrics, **source.manifest.limit_settings())

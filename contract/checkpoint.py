@@ -35,6 +35,8 @@ class AnswerTokenIds(BaseModel):
 
 
 LIMIT_FIELDS = ("max_history_items", "max_history_tokens", "max_title_tokens", "max_rationale_tokens")
+REFRESH_PROVENANCE = "refresh"
+"""The provenance key under which ``r2rank-train refresh`` records what it changed (the evidence, not the LLM)."""
 
 
 class Manifest(BaseModel):
@@ -61,6 +63,14 @@ class Manifest(BaseModel):
     @property
     def limits(self) -> PromptLimits:
         return PromptLimits(self.max_history_items, self.max_history_tokens, self.max_title_tokens)
+
+    @property
+    def weights_version(self) -> str:
+        """The ``model_version`` these LLM weights were trained as. ``r2rank-train refresh`` gives the same weights
+        fresher evidence under a new ``model_version`` and records the weights' own version (``llm_model_version``;
+        a record without it names only the checkpoint it was refreshed from, which was then the trained one)."""
+        refresh = self.provenance.get(REFRESH_PROVENANCE) or {}
+        return refresh.get("llm_model_version") or refresh.get("from_model_version") or self.model_version
 
     def limit_settings(self) -> dict[str, int]:
         """The prompt and rationale limits as ``write_checkpoint_manifest`` takes them: a copy of these weights

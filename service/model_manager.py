@@ -25,7 +25,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Protocol
 
-from contract.checkpoint import Checkpoint, CheckpointError, open_checkpoint
+from contract.checkpoint import REFRESH_PROVENANCE, Checkpoint, CheckpointError, open_checkpoint
 from service.config import Settings
 from service.engine.base import ReasoningEngine
 from service.engine.factory import build_engine
@@ -70,11 +70,22 @@ def gate_score(checkpoint: Checkpoint) -> float | None:
     return float(value)
 
 
+def evidence_refresh_of(serving: Checkpoint, new: Checkpoint) -> bool:
+    """Whether ``new`` is the serving LLM's weights reading evidence refreshed on every interaction
+    (``r2rank-train refresh`` with a ``--horizon all`` sequence model): what a product publishes as data arrives.
+    Every target is in its evidence, so no report can score it; what changed is evidence that has seen more,
+    which the refresh measurements in docs/training.md find worth having, not the model the gate measured."""
+    refreshed = REFRESH_PROVENANCE in new.manifest.provenance
+    horizon = None if new.sequence is None else new.sequence.config.get("horizon")
+    return refreshed and horizon == "all" and new.manifest.weights_version == serving.manifest.weights_version
+
+
 def gate_refusal(serving: Checkpoint, new: Checkpoint) -> str | None:
     """Why ``new`` may not replace ``serving`` without force, or None. Scores are compared only on the same
     dataset (``data_fingerprint`` in both provenances, where recorded): another catalogue's NDCG@10 says nothing
     about this one, so a first publish of a new catalogue is a forced one. A checkpoint with no eval metrics
-    (exported without ``--report``) cannot pass a gate the serving model's metrics set."""
+    (exported without ``--report``) cannot pass a gate the serving model's metrics set, unless it is the serving
+    LLM refreshed on every interaction (``evidence_refresh_of``): no report can score that one."""
     old_score, new_score = gate_score(serving), gate_score(new)
     old_data = serving.manifest.provenance.get("data_fingerprint")
     new_data = new.manifest.provenance.get("data_fingerprint")
@@ -86,6 +97,8 @@ def gate_refusal(serving: Checkpoint, new: Checkpoint) -> str | None:
     if old_score is None:
         return None
     if new_score is None:
+        if evidence_refresh_of(serving, new):
+            return None
         return (
             f"{new.model_version} has no {GATE_METRIC} in its manifest (export it with --report) and the "
             f"serving {serving.model_version} has {old_score}"

@@ -16,6 +16,7 @@ import pytest
 from contract.checkpoint import open_checkpoint
 from contract.sequence import SequenceRanker
 from loadtest.procs import REPO_ROOT
+from service.model_manager import evidence_refresh_of
 from tests.files import not_world_readable
 from trainer.progress import read_steps
 
@@ -280,6 +281,8 @@ def test_refresh_swaps_in_fresher_evidence_and_is_refused_where_it_would_leak(ti
     _train("refresh", "--model", str(out), "--sequence-model", str(everything), "--data", str(tiny_data),
            "--out", str(tmp_path / "served"))  # fmt: skip
     served = open_checkpoint(tmp_path / "served")
+    assert served.manifest.weights_version == after.manifest.weights_version == before.model_version
+    assert evidence_refresh_of(after, served) and not evidence_refresh_of(before, after)  # the gate's no-report rule
     assert served.stats.popularity(splits[0].test_target) > after.stats.popularity(splits[0].test_target)
     refused = _train_fails("eval", "--data", str(tiny_data), "--model", str(tmp_path / "served"), "--users", "20",
                            "--out", str(tmp_path / "test"))  # fmt: skip

@@ -21,15 +21,19 @@ import json
 from collections.abc import Sequence
 from pathlib import Path
 
-from contract.checkpoint import Checkpoint, Manifest, open_checkpoint, write_checkpoint_manifest
+from contract.checkpoint import (
+    REFRESH_PROVENANCE,
+    Checkpoint,
+    Manifest,
+    open_checkpoint,
+    write_checkpoint_manifest,
+)
 from contract.sequence import SEQUENCE_META, SequenceRanker
 from trainer.config import EvidenceConfig
 from trainer.data import Catalogue, UserSplit
 from trainer.export import replace_with_staged, stage_llm_files
 from trainer.seqrec import training_sequences
 from trainer.statistics import build_stats, ship_sequence_model
-
-REFRESH_PROVENANCE = "refresh"
 
 
 class RefreshError(ValueError):
@@ -98,6 +102,7 @@ def refresh_checkpoint(
         REFRESH_PROVENANCE: {
             "from": str(model),
             "from_model_version": base.model_version,
+            "llm_model_version": base.manifest.weights_version,
             "sequence_model": str(sequence_dir),
             "data_fingerprint": data_fingerprint,
             "horizon": horizon,

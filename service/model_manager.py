@@ -64,7 +64,23 @@ def describe(checkpoint: Checkpoint) -> dict[str, Any]:
 
 def gate_score(checkpoint: Checkpoint) -> float | None:
     """The checkpoint's recorded gate metric, or None when it has none or it is not a finite number."""
-    value = checkpoint.manifest.metrics.get(GATE_METRIC)
+    return _finite_metric(checkpoint.manifest.metrics)
+
+
+def serving_gate_score(serving: Checkpoint) -> tuple[float | None, str]:
+    """The score a new checkpoint must reach to replace ``serving``, and whose it is. A refresh no report can
+    score (``evidence_refresh_of``) has none of its own; it is held to the last report on its weights, which
+    ``r2rank-train refresh`` records, so publishing daily refreshes does not switch the gate off."""
+    own = gate_score(serving)
+    refresh = serving.manifest.provenance.get(REFRESH_PROVENANCE) or {}
+    if own is not None or not isinstance(refresh.get("measured_metrics"), dict):
+        return own, serving.model_version
+    measured = refresh.get("measured_model_version", "its weights")
+    return _finite_metric(refresh["measured_metrics"]), f"{serving.model_version}, as measured on {measured}"
+
+
+def _finite_metric(metrics: dict[str, Any]) -> float | None:
+    value = metrics.get(GATE_METRIC)
     if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
         return None
     return float(value)
@@ -86,7 +102,7 @@ def gate_refusal(serving: Checkpoint, new: Checkpoint) -> str | None:
     about this one, so a first publish of a new catalogue is a forced one. A checkpoint with no eval metrics
     (exported without ``--report``) cannot pass a gate the serving model's metrics set, unless it is the serving
     LLM refreshed on every interaction (``evidence_refresh_of``): no report can score that one."""
-    old_score, new_score = gate_score(serving), gate_score(new)
+    (old_score, serving_name), new_score = serving_gate_score(serving), gate_score(new)
     old_data = serving.manifest.provenance.get("data_fingerprint")
     new_data = new.manifest.provenance.get("data_fingerprint")
     if old_data and new_data and old_data != new_data:
@@ -101,13 +117,10 @@ def gate_refusal(serving: Checkpoint, new: Checkpoint) -> str | None:
             return None
         return (
             f"{new.model_version} has no {GATE_METRIC} in its manifest (export it with --report) and the "
-            f"serving {serving.model_version} has {old_score}"
+            f"serving {serving_name} has {old_score}"
         )
     if new_score < old_score:
-        return (
-            f"{new.model_version} has {GATE_METRIC}={new_score}, worse than the serving "
-            f"{serving.model_version} ({old_score})"
-        )
+        return f"{new.model_version} has {GATE_METRIC}={new_score}, worse than the serving {serving_name} ({old_score})"
     return None
 
 

@@ -9,6 +9,7 @@ from contract.checkpoint import Checkpoint, open_checkpoint
 from contract.sequence import SequenceRanker
 from loadtest.procs import DEFAULT_MODEL
 from service.model_manager import evidence_refresh_of, gate_refusal
+from trainer.refresh import last_measured
 
 SHIPPED = open_checkpoint(DEFAULT_MODEL)
 
@@ -43,7 +44,8 @@ def test_a_checkpoint_without_eval_metrics_cannot_pass_a_set_gate():
 def _refreshed(base: Checkpoint, version: str, horizon: str) -> Checkpoint:
     """``base``'s weights with a sequence model trained to ``horizon``, as ``r2rank-train refresh`` writes them:
     a new model_version, no metrics, the weights' own version recorded."""
-    refresh = {"from_model_version": base.model_version, "llm_model_version": base.manifest.weights_version}
+    refresh = {"from_model_version": base.model_version, "llm_model_version": base.manifest.weights_version,
+               **last_measured(base.manifest)}  # fmt: skip
     provenance = {**base.manifest.provenance, "refresh": refresh}
     manifest = base.manifest.model_copy(update={"model_version": version, "metrics": {}, "provenance": provenance})
     old = base.sequence
@@ -69,3 +71,14 @@ def test_a_refresh_of_other_weights_or_one_a_report_could_score_still_needs_metr
     scorable = _refreshed(serving, "fresh", "test")  # the test report scores this one: export it with --report
     assert "--report" in gate_refusal(serving, scorable)
     assert "another dataset" in gate_refusal(_variant("old", 0.66, "xyz"), _refreshed(serving, "fresh", "all"))
+
+
+def test_while_an_unscored_refresh_serves_the_next_publish_is_held_to_its_weights_last_report():
+    """Publishing daily refreshes must not switch the gate off: their weights' last score still binds."""
+    serving = _variant("old", 0.66, "abc")
+    next_day = _refreshed(_refreshed(serving, "fresh-1", "all"), "fresh-2", "all")
+    assert next_day.manifest.provenance["refresh"]["measured_model_version"] == "old"
+    refusal = gate_refusal(next_day, _variant("new", 0.60, "abc"))
+    assert "worse than the serving fresh-2, as measured on old (0.66)" in refusal
+    assert "--report" in gate_refusal(next_day, _variant("new", None, "abc"))
+    assert gate_refusal(next_day, _variant("new", 0.70, "abc")) is None

@@ -36,6 +36,16 @@ from trainer.seqrec import training_sequences
 from trainer.statistics import build_stats, ship_sequence_model
 
 
+def last_measured(base: Manifest) -> dict:
+    """The last report's metrics for these weights and which checkpoint it measured: ``base``'s own, or those its
+    refresh record carries. The service's gate holds the next publish to them while a refresh no report can
+    score is serving."""
+    if base.metrics:
+        return {"measured_model_version": base.model_version, "measured_metrics": base.metrics}
+    earlier = base.provenance.get(REFRESH_PROVENANCE) or {}
+    return {key: earlier[key] for key in ("measured_model_version", "measured_metrics") if key in earlier}
+
+
 class RefreshError(ValueError):
     """The sequence model cannot be paired with this checkpoint or data; the message names the option."""
 
@@ -103,6 +113,7 @@ def refresh_checkpoint(
             "from": str(model),
             "from_model_version": base.model_version,
             "llm_model_version": base.manifest.weights_version,
+            **last_measured(base.manifest),
             "sequence_model": str(sequence_dir),
             "data_fingerprint": data_fingerprint,
             "horizon": horizon,

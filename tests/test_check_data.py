@@ -12,6 +12,7 @@ import pytest
 
 from contract.checkpoint import open_checkpoint
 from loadtest.procs import REPO_ROOT
+from tests.trainer_cli import train
 from trainer.check_data import check_dataset
 from trainer.data import parse_timestamp
 
@@ -115,12 +116,6 @@ def test_a_catalogue_too_small_for_the_recipe_is_refused_naming_the_option(tmp_p
     assert any(p.kind == "too small for SFT" for p in check_dataset(tmp_path).problems)
 
 
-def _stage(*args: str) -> None:
-    result = subprocess.run([sys.executable, "-m", "trainer.cli", *args], cwd=REPO_ROOT, capture_output=True,
-                            text=True, timeout=900)  # fmt: skip
-    assert result.returncode == 0, f"{args[0]}: {result.stderr[-3000:]}"
-
-
 @pytest.mark.parametrize("users", [2000, 300])
 def test_every_stage_trains_on_a_small_catalogue_with_the_recipes_pool_sizes(tmp_path, users):
     """`make train`, `make eval` and `make ship`'s commands, in their order, on a generated catalogue, with every
@@ -129,29 +124,29 @@ def test_every_stage_trains_on_a_small_catalogue_with_the_recipes_pool_sizes(tmp
     (tmp_path / "data").mkdir()
     data, run = _generated(tmp_path / "data", users), tmp_path / "run"
     one_epoch = ["--data", str(data), "--epochs", "1"]
-    _stage("seqrec", *one_epoch, "--out", str(run / "seqrec-sft"), "--horizon", "sft")
-    _stage("seqrec", *one_epoch, "--out", str(run / "seqrec-valid"), "--horizon", "valid",
+    train("seqrec", *one_epoch, "--out", str(run / "seqrec-sft"), "--horizon", "sft")
+    train("seqrec", *one_epoch, "--out", str(run / "seqrec-valid"), "--horizon", "valid",
            "--init", str(run / "seqrec-sft"))  # fmt: skip
-    _stage("seqrec", *one_epoch, "--out", str(run / "seqrec"))
-    _stage("init-model", "--data", str(data), "--out", str(run / "init"), "--vocab-size", "1024", "--hidden-size",
+    train("seqrec", *one_epoch, "--out", str(run / "seqrec"))
+    train("init-model", "--data", str(data), "--out", str(run / "init"), "--vocab-size", "1024", "--hidden-size",
            "64", "--intermediate-size", "128", "--layers", "2", "--heads", "2", "--kv-heads", "1")  # fmt: skip
-    _stage("sft", "--data", str(data), "--base", str(run / "init"), "--out", str(run / "sft"), "--steps", "2",
+    train("sft", "--data", str(data), "--base", str(run / "init"), "--out", str(run / "sft"), "--steps", "2",
            "--sequence-model", str(run / "seqrec-valid"),
            "--example-sequence-model", str(run / "seqrec-sft"))  # fmt: skip
-    _stage("rl", "--data", str(data), "--base", str(run / "sft" / "model"), "--out", str(run / "rl"), "--steps", "1",
+    train("rl", "--data", str(data), "--base", str(run / "sft" / "model"), "--out", str(run / "rl"), "--steps", "1",
            "--served-users-per-step", "1")  # fmt: skip
     sft = open_checkpoint(run / "sft" / "model")
     assert sft.sequence is not None and open_checkpoint(run / "rl" / "model").model_version.startswith("rl-")
     if users > 300:
         return  # what follows sizes its pools as above: one catalogue covers it
     # the selection report's users and baselines (scoring the models there would add engine starts, not sizes)
-    _stage("eval", "--data", str(data), "--split", "selection", "--seqrec", str(run / "seqrec-valid"),
+    train("eval", "--data", str(data), "--split", "selection", "--seqrec", str(run / "seqrec-valid"),
            "--users", "1000", "--out", str(run / "eval-selection"))  # fmt: skip
-    _stage("refresh", "--model", str(run / "sft" / "model"), "--sequence-model", str(run / "seqrec"),
+    train("refresh", "--model", str(run / "sft" / "model"), "--sequence-model", str(run / "seqrec"),
            "--data", str(data), "--out", str(run / "shipped"))  # fmt: skip
-    _stage("eval", "--data", str(data), "--model", str(run / "shipped"), "--seqrec", str(run / "seqrec"),
+    train("eval", "--data", str(data), "--model", str(run / "shipped"), "--seqrec", str(run / "seqrec"),
            "--users", "20", "--out", str(run / "eval"))  # fmt: skip
-    _stage("export", "--model", str(run / "shipped"), "--out", str(tmp_path / "models" / "default"),
+    train("export", "--model", str(run / "shipped"), "--out", str(tmp_path / "models" / "default"),
            "--report", str(run / "eval" / "eval.json"))  # fmt: skip
     selected = json.loads((run / "eval-selection" / "eval.json").read_text())
     assert selected["title"].startswith(f"{users // 5} selection users")  # a fifth of a small catalogue

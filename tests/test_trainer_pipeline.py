@@ -18,6 +18,7 @@ from contract.sequence import SequenceRanker
 from loadtest.procs import REPO_ROOT
 from service.model_manager import evidence_refresh_of
 from tests.files import not_world_readable
+from tests.trainer_cli import train, train_fails
 from trainer.progress import read_steps
 
 TINY = ["--vocab-size", "1024", "--hidden-size", "64", "--intermediate-size", "128", "--layers", "2",
@@ -27,36 +28,21 @@ SMALL_SFT = ["--targets-per-user", "1", "--none-fraction", "0", "--teacher-calib
 SMALL_RL = ["--served-users-per-step", "0", "--served-objective", "pl", "--rationale-credit", "rollout"]
 
 
-def _train(*args: str) -> subprocess.CompletedProcess:
-    result = subprocess.run([sys.executable, "-m", "trainer.cli", *args], cwd=REPO_ROOT, capture_output=True,
-                            text=True, timeout=600)  # fmt: skip
-    assert result.returncode == 0, result.stderr[-3000:]
-    return result
-
-
-def _train_fails(*args: str) -> str:
-    """Run a trainer command that must refuse; its error output."""
-    result = subprocess.run([sys.executable, "-m", "trainer.cli", *args], cwd=REPO_ROOT, capture_output=True,
-                            text=True, timeout=600)  # fmt: skip
-    assert result.returncode != 0, result.stdout[-2000:]
-    return result.stderr
-
-
 @pytest.fixture(scope="module")
 def tiny_model(tiny_data, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("models") / "init"
-    _train("init-model", "--out", str(out), "--data", str(tiny_data), *TINY)
+    train("init-model", "--out", str(out), "--data", str(tiny_data), *TINY)
     return out
 
 
 def test_init_model_is_deterministic(tiny_data, tiny_model, tmp_path):
     again = tmp_path / "again"
-    _train("init-model", "--out", str(again), "--data", str(tiny_data), *TINY)
+    train("init-model", "--out", str(again), "--data", str(tiny_data), *TINY)
     assert open_checkpoint(again).model_version == open_checkpoint(tiny_model).model_version
 
 
 def test_sft_loss_goes_down_and_output_is_servable(tiny_data, tiny_model, tmp_path):
-    result = _train("sft", "--base", str(tiny_model), "--out", str(tmp_path / "sft"), "--data", str(tiny_data),
+    result = train("sft", "--base", str(tiny_model), "--out", str(tmp_path / "sft"), "--data", str(tiny_data),
                     "--users", "100", "--steps", "40", "--batch-size", "8", "--lr", "3e-3", *SMALL_SFT)  # fmt: skip
     summary = json.loads(result.stdout.strip().splitlines()[-1])
     assert summary["loss_last_10"] < 0.8 * summary["loss_first_10"], summary
@@ -68,9 +54,9 @@ def test_sft_loss_goes_down_and_output_is_servable(tiny_data, tiny_model, tmp_pa
 
 def test_sft_resume_gives_the_same_state(tiny_data, tiny_model, tmp_path):
     common = ["--base", str(tiny_model), "--data", str(tiny_data), "--users", "40", "--batch-size", "4", *SMALL_SFT]
-    _train("sft", *common, "--out", str(tmp_path / "straight"), "--steps", "20")
-    _train("sft", *common, "--out", str(tmp_path / "resumed"), "--steps", "20", "--stop-after", "10")  # interrupted
-    _train("sft", *common, "--out", str(tmp_path / "resumed"), "--steps", "20")  # resumes from state.pt
+    train("sft", *common, "--out", str(tmp_path / "straight"), "--steps", "20")
+    train("sft", *common, "--out", str(tmp_path / "resumed"), "--steps", "20", "--stop-after", "10")  # interrupted
+    train("sft", *common, "--out", str(tmp_path / "resumed"), "--steps", "20")  # resumes from state.pt
     straight = json.loads((tmp_path / "straight" / "sft_log.json").read_text())["losses"]
     resumed = json.loads((tmp_path / "resumed" / "sft_log.json").read_text())["losses"]
     assert len(resumed) == len(straight) == 20
@@ -83,7 +69,7 @@ def test_sft_resume_gives_the_same_state(tiny_data, tiny_model, tmp_path):
 
 def test_eval_baselines_and_metrics(tiny_data, tmp_path):
     """Baselines only (fast): the report has every metric with a CI and random sits near its expectation."""
-    _train("eval", "--data", str(tiny_data), "--users", "150", "--out", str(tmp_path / "eval"))
+    train("eval", "--data", str(tiny_data), "--users", "150", "--out", str(tmp_path / "eval"))
     written = json.loads((tmp_path / "eval" / "eval.json").read_text())
     report = written["results"]
     assert set(report) == {"random", "popularity", "popularity (all pre-test)", "co-occurrence + pop",
@@ -140,9 +126,9 @@ def test_pretest_baselines_count_validation_items_never_test_targets_and_only_on
 
 def test_data_stage_candidate_sets(tiny_data, tmp_path):
     """Seeded, 1 + N candidates, negatives never from the user's items, no test target in training rows."""
-    _train("data", "--out", str(tmp_path / "a"), "--data", str(tiny_data), "--negatives", "9")
-    _train("data", "--out", str(tmp_path / "b"), "--data", str(tiny_data), "--negatives", "9")
-    _train("data", "--out", str(tmp_path / "pop"), "--data", str(tiny_data), "--negatives", "9",
+    train("data", "--out", str(tmp_path / "a"), "--data", str(tiny_data), "--negatives", "9")
+    train("data", "--out", str(tmp_path / "b"), "--data", str(tiny_data), "--negatives", "9")
+    train("data", "--out", str(tmp_path / "pop"), "--data", str(tiny_data), "--negatives", "9",
            "--negatives-from", "popularity")  # fmt: skip
     assert (tmp_path / "a" / "test.jsonl").read_text() == (tmp_path / "b" / "test.jsonl").read_text()
     rows = {
@@ -168,9 +154,9 @@ TINY_SEQREC = ["--hidden-size", "16", "--layers", "1", "--batch-tokens", "256"]
 def ranker_seqrec(tiny_data, tmp_path_factory) -> tuple[Path, Path]:
     """The ranker's sequence models as `make seqrec-ranker` trains them: (shipped: valid, examples: sft)."""
     root = tmp_path_factory.mktemp("ranker-seqrec")
-    _train("seqrec", "--data", str(tiny_data), "--out", str(root / "sft"), "--horizon", "sft", "--epochs", "2",
+    train("seqrec", "--data", str(tiny_data), "--out", str(root / "sft"), "--horizon", "sft", "--epochs", "2",
            *TINY_SEQREC)  # fmt: skip
-    _train("seqrec", "--data", str(tiny_data), "--out", str(root / "valid"), "--horizon", "valid", "--epochs", "1",
+    train("seqrec", "--data", str(tiny_data), "--out", str(root / "valid"), "--horizon", "valid", "--epochs", "1",
            "--init", str(root / "sft"), "--curve-users", "20", *TINY_SEQREC)  # fmt: skip
     return root / "valid", root / "sft"
 
@@ -180,7 +166,7 @@ def tiny_sft(tiny_data, tiny_model, ranker_seqrec, tmp_path_factory) -> Path:
     """SFT as `make train` runs it: the evidence states the next-item rank, the checkpoint ships the model."""
     out = tmp_path_factory.mktemp("sft")
     shipped, examples = ranker_seqrec
-    _train("sft", "--base", str(tiny_model), "--out", str(out), "--data", str(tiny_data), "--users", "60",
+    train("sft", "--base", str(tiny_model), "--out", str(out), "--data", str(tiny_data), "--users", "60",
            "--steps", "20", "--batch-size", "4", "--lr", "3e-3", *SMALL_SFT, "--none-fraction", "0.3",
            "--sequence-model", str(shipped), "--example-sequence-model", str(examples))  # fmt: skip
     return out / "model"
@@ -198,14 +184,14 @@ def test_sft_ships_the_sequence_model_and_refuses_one_that_saw_its_targets(tiny_
     assert len(provenance["teacher_verdict_model"]["weights"]) == 12  # the rank's two features included
     common = ["--base", str(tiny_model), "--data", str(tiny_data), "--users", "20", "--steps", "1", *SMALL_SFT]
     # examples stated by the shipped (valid-horizon) model: it trained on SFT's targets
-    refused = _train_fails("sft", *common, "--out", str(tmp_path / "a"), "--sequence-model", str(shipped),
+    refused = train_fails("sft", *common, "--out", str(tmp_path / "a"), "--sequence-model", str(shipped),
                            "--example-sequence-model", str(shipped))  # fmt: skip
     assert "--horizon sft" in refused
-    refused = _train_fails("sft", *common, "--out", str(tmp_path / "b"), "--sequence-model", str(examples),
+    refused = train_fails("sft", *common, "--out", str(tmp_path / "b"), "--sequence-model", str(examples),
                            "--example-sequence-model", str(examples))  # fmt: skip
     assert "--horizon valid" in refused
     # a warm start may only add positions
-    refused = _train_fails("seqrec", "--data", str(tiny_data), "--out", str(tmp_path / "c"), "--horizon", "sft",
+    refused = train_fails("seqrec", "--data", str(tiny_data), "--out", str(tmp_path / "c"), "--horizon", "sft",
                            "--init", str(shipped), *TINY_SEQREC)  # fmt: skip
     assert "later than" in refused
 
@@ -213,27 +199,27 @@ def test_sft_ships_the_sequence_model_and_refuses_one_that_saw_its_targets(tiny_
 @pytest.fixture(scope="module")
 def tiny_seqrec(tiny_data, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("seqrec")
-    _train("seqrec", "--data", str(tiny_data), "--out", str(out), "--epochs", "2", "--hidden-size", "16",
+    train("seqrec", "--data", str(tiny_data), "--out", str(out), "--epochs", "2", "--hidden-size", "16",
            "--layers", "1", "--batch-tokens", "256")  # fmt: skip
     return out
 
 
 def test_seqrec_row_in_every_report_and_never_on_positions_it_trained_on(tiny_data, tiny_seqrec, tmp_path):
-    _train("eval", "--data", str(tiny_data), "--users", "100", "--seqrec", str(tiny_seqrec), "--out", str(tmp_path))
+    train("eval", "--data", str(tiny_data), "--users", "100", "--seqrec", str(tiny_seqrec), "--out", str(tmp_path))
     report = json.loads((tmp_path / "eval.json").read_text())
     seqrec = report["results"]["sequence model (SASRec)"]["ndcg@10"]
     assert 0.0 <= seqrec["ci_low"] <= seqrec["mean"] <= seqrec["ci_high"] <= 1.0
     assert report["sequence_model"]["config"]["horizon"] == "test" and len(report["sequence_model"]["curve"]) == 2
     # trained through the validation targets: the selection split (validation positions) is refused
-    refused = _train_fails("eval", "--data", str(tiny_data), "--split", "selection", "--seqrec", str(tiny_seqrec),
+    refused = train_fails("eval", "--data", str(tiny_data), "--split", "selection", "--seqrec", str(tiny_seqrec),
                            "--out", str(tmp_path / "selection"))  # fmt: skip
     assert "--horizon valid" in refused
     # one that stops before them is scored there, and measured after every epoch (the learning curve)
     valid = tmp_path / "valid"
-    _train("seqrec", "--data", str(tiny_data), "--out", str(valid), "--horizon", "valid", "--epochs", "1",
+    train("seqrec", "--data", str(tiny_data), "--out", str(valid), "--horizon", "valid", "--epochs", "1",
            "--hidden-size", "16", "--layers", "1", "--batch-tokens", "256", "--curve-users", "20")  # fmt: skip
     assert 0.0 <= read_steps(valid / "seqrec_steps.jsonl")[0]["selection_ndcg@10"] <= 1.0
-    _train("eval", "--data", str(tiny_data), "--split", "selection", "--seqrec", str(valid),
+    train("eval", "--data", str(tiny_data), "--split", "selection", "--seqrec", str(valid),
            "--out", str(tmp_path / "s"))  # fmt: skip
 
 
@@ -248,7 +234,7 @@ def test_refresh_swaps_in_fresher_evidence_and_is_refused_where_it_would_leak(ti
     out = tmp_path / "refreshed"
     previous = os.umask(0o077)  # the command inherits it: a service running as another user must still read out
     try:
-        _train("refresh", "--model", str(base), "--sequence-model", str(tiny_seqrec), "--data", str(tiny_data),
+        train("refresh", "--model", str(base), "--sequence-model", str(tiny_seqrec), "--data", str(tiny_data),
                "--out", str(out))  # fmt: skip
     finally:
         os.umask(previous)
@@ -264,30 +250,30 @@ def test_refresh_swaps_in_fresher_evidence_and_is_refused_where_it_would_leak(ti
     assert after.stats.popularity(target) > before.stats.popularity(target)
     assert after.manifest.provenance["refresh"]["horizon"] == "test"
     assert after.manifest.provenance["refresh"]["from_model_version"] == before.model_version
-    refused = _train_fails("eval", "--data", str(tiny_data), "--split", "selection", "--model", str(out),
+    refused = train_fails("eval", "--data", str(tiny_data), "--split", "selection", "--model", str(out),
                            "--users", "20", "--out", str(tmp_path / "selection"))  # fmt: skip
     assert "refreshed to horizon 'test'" in refused and "selection split" in refused
-    refused = _train_fails("rl", "--data", str(tiny_data), "--base", str(out), "--out", str(tmp_path / "rl"))
+    refused = train_fails("rl", "--data", str(tiny_data), "--base", str(out), "--out", str(tmp_path / "rl"))
     assert "refreshed to horizon 'test'" in refused and "--base" in refused
-    refused = _train_fails("refresh", "--model", str(tiny_model), "--sequence-model", str(tiny_seqrec),
+    refused = train_fails("refresh", "--model", str(tiny_model), "--sequence-model", str(tiny_seqrec),
                            "--data", str(tiny_data), "--out", str(tmp_path / "v2"))  # fmt: skip
     assert "states no next-item rank" in refused
     # every interaction (what a product serves; warm-started from the checkpoint's own, as docs/deploy.md does):
     # no report can score it, nor the sequence model alone
     everything = tmp_path / "seqrec-all"
-    _train("seqrec", "--data", str(tiny_data), "--out", str(everything), "--horizon", "all", "--epochs", "1",
+    train("seqrec", "--data", str(tiny_data), "--out", str(everything), "--horizon", "all", "--epochs", "1",
            "--hidden-size", "16", "--layers", "1", "--batch-tokens", "256",
            "--init", str(out / "sequence"))  # fmt: skip
-    _train("refresh", "--model", str(out), "--sequence-model", str(everything), "--data", str(tiny_data),
+    train("refresh", "--model", str(out), "--sequence-model", str(everything), "--data", str(tiny_data),
            "--out", str(tmp_path / "served"))  # fmt: skip
     served = open_checkpoint(tmp_path / "served")
     assert served.manifest.weights_version == after.manifest.weights_version == before.model_version
     assert evidence_refresh_of(after, served) and not evidence_refresh_of(before, after)  # the gate's no-report rule
     assert served.stats.popularity(splits[0].test_target) > after.stats.popularity(splits[0].test_target)
-    refused = _train_fails("eval", "--data", str(tiny_data), "--model", str(tmp_path / "served"), "--users", "20",
+    refused = train_fails("eval", "--data", str(tiny_data), "--model", str(tmp_path / "served"), "--users", "20",
                            "--out", str(tmp_path / "test"))  # fmt: skip
     assert "refreshed to horizon 'all'" in refused and "test targets" in refused
-    refused = _train_fails("eval", "--data", str(tiny_data), "--seqrec", str(everything), "--users", "20",
+    refused = train_fails("eval", "--data", str(tiny_data), "--seqrec", str(everything), "--users", "20",
                            "--out", str(tmp_path / "test"))  # fmt: skip
     assert "horizon 'all'" in refused
 
@@ -295,9 +281,9 @@ def test_refresh_swaps_in_fresher_evidence_and_is_refused_where_it_would_leak(ti
 def test_rl_resume_gives_the_same_state_and_a_servable_checkpoint(tiny_data, tiny_sft, tmp_path):
     common = ["--base", str(tiny_sft), "--data", str(tiny_data), "--users", "40", "--negatives", "5",
               "--rollouts", "2", "--users-per-step", "1", "--steps", "4", "--lr", "1e-3", *SMALL_RL]  # fmt: skip
-    straight = _train("rl", *common, "--out", str(tmp_path / "straight"))
-    _train("rl", *common, "--out", str(tmp_path / "resumed"), "--stop-after", "2")  # interrupted after step 2
-    _train("rl", *common, "--out", str(tmp_path / "resumed"))
+    straight = train("rl", *common, "--out", str(tmp_path / "straight"))
+    train("rl", *common, "--out", str(tmp_path / "resumed"), "--stop-after", "2")  # interrupted after step 2
+    train("rl", *common, "--out", str(tmp_path / "resumed"))
     logs = [json.loads((tmp_path / run / "rl_log.json").read_text())["log"] for run in ("straight", "resumed")]
     assert len(logs[0]) == len(logs[1]) == 4
     steps = read_steps(tmp_path / "resumed" / "rl_steps.jsonl")
@@ -318,7 +304,7 @@ def test_rl_resume_gives_the_same_state_and_a_servable_checkpoint(tiny_data, tin
 def test_eval_scores_a_model_through_vllm_and_export_records_its_metrics(
     tiny_data, tiny_sft, tiny_seqrec, tmp_path, demo, log_dir
 ):
-    _train("eval", "--model", str(tiny_sft), "--data", str(tiny_data), "--users", "30", "--out", str(tmp_path / "e"))
+    train("eval", "--model", str(tiny_sft), "--data", str(tiny_data), "--users", "30", "--out", str(tmp_path / "e"))
     report = json.loads((tmp_path / "e" / "eval.json").read_text())
     version = open_checkpoint(tiny_sft).model_version
     assert {f"{version} (full)", f"{version} (none)"} <= set(report["results"])
@@ -329,17 +315,17 @@ def test_eval_scores_a_model_through_vllm_and_export_records_its_metrics(
     assert faithful["rationales"] == 30 * 20 and 0.0 <= faithful["model_faithful_share"] <= 1.0
     assert faithful["served_faithful_share"] == 1.0  # an unfaithful rationale is never served
     # a later report on the same users pairs with these model rows without scoring the model again
-    _train("eval", "--data", str(tiny_data), "--users", "30", "--seqrec", str(tiny_seqrec), "--reuse",
+    train("eval", "--data", str(tiny_data), "--users", "30", "--seqrec", str(tiny_seqrec), "--reuse",
            str(tmp_path / "e" / "ranks.json"), "--out", str(tmp_path / "again"))  # fmt: skip
     again = json.loads((tmp_path / "again" / "eval.json").read_text())
     earlier, later = (json.loads((tmp_path / d / "ranks.json").read_text()) for d in ("e", "again"))
     assert later["ranks"][f"{version} (full)"] == earlier["ranks"][f"{version} (full)"]
     assert f"{version} (full) − sequence model (SASRec)" in again["paired_differences"]
     assert again["faithfulness"] == report["faithfulness"]
-    other_users = _train_fails("eval", "--data", str(tiny_data), "--users", "20", "--reuse",
+    other_users = train_fails("eval", "--data", str(tiny_data), "--users", "20", "--reuse",
                                str(tmp_path / "e" / "ranks.json"), "--out", str(tmp_path / "other"))  # fmt: skip
     assert "other users" in other_users
-    _train("export", "--model", str(tiny_sft), "--out", str(tmp_path / "served"), "--report", str(tmp_path / "e" /
+    train("export", "--model", str(tiny_sft), "--out", str(tmp_path / "served"), "--report", str(tmp_path / "e" /
            "eval.json"))  # fmt: skip
     exported = open_checkpoint(tmp_path / "served")
     assert exported.model_version == version  # same bytes, same version (the score cache stays valid)
@@ -385,7 +371,7 @@ def _serve_own_catalogue(model: Path, data: Path, demo, log_dir: Path) -> None:
 
 
 def test_diagnose_compares_served_teacher_and_none_scores(tiny_data, tiny_sft, tmp_path):
-    result = _train("diagnose", "--model", str(tiny_sft), "--data", str(tiny_data), "--users", "12", "--out",
+    result = train("diagnose", "--model", str(tiny_sft), "--data", str(tiny_data), "--users", "12", "--out",
                     str(tmp_path / "d.json"))  # fmt: skip
     report = json.loads((tmp_path / "d.json").read_text())
     assert set(report["ndcg@10"]) == {"served", "teacher", "none", "clauses"} and report["users"] == 12
@@ -397,21 +383,13 @@ def test_diagnose_compares_served_teacher_and_none_scores(tiny_data, tiny_sft, t
 def test_init_model_with_lm_pretraining_learns_and_resumes(tiny_data, tmp_path):
     """LM pre-training on training sequences: loss goes down; an interrupted run resumes to the same weights."""
     args = ["--data", str(tiny_data), *TINY, "--pretrain-epochs", "4", "--pretrain-batch-size", "8"]
-    _train("init-model", "--out", str(tmp_path / "straight"), *args)
-    _train("init-model", "--out", str(tmp_path / "resumed"), *args, "--stop-after", "30")
-    _train("init-model", "--out", str(tmp_path / "resumed"), *args)
+    train("init-model", "--out", str(tmp_path / "straight"), *args)
+    train("init-model", "--out", str(tmp_path / "resumed"), *args, "--stop-after", "30")
+    train("init-model", "--out", str(tmp_path / "resumed"), *args)
     straight, resumed = open_checkpoint(tmp_path / "straight"), open_checkpoint(tmp_path / "resumed")
     provenance = straight.manifest.provenance
     assert provenance["pretrain_loss_last_10"] < 0.8 * provenance["pretrain_loss_first_10"], provenance
     assert straight.model_version == resumed.model_version  # same bytes after the resume
-
-
-def _train_fails(*args: str) -> str:
-    result = subprocess.run([sys.executable, "-m", "trainer.cli", *args], cwd=REPO_ROOT, capture_output=True,
-                            text=True, timeout=300, env={**os.environ, "COLUMNS": "2000"})  # fmt: skip
-    assert result.returncode != 0, result.stdout[-2000:]
-    assert "Traceback" not in result.stderr, result.stderr[-3000:]  # a clear message, not a crash
-    return " ".join(re.sub("[│╭╮╰╯─]", " ", result.stderr).split())  # typer boxes and wraps long messages
 
 
 def test_bad_input_gets_clear_errors_naming_file_line_and_field(tiny_data, tiny_model, tmp_path):
@@ -421,25 +399,25 @@ def test_bad_input_gets_clear_errors_naming_file_line_and_field(tiny_data, tiny_
     lines = (tiny_data / "interactions.jsonl").read_text().splitlines()
 
     (bad / "interactions.jsonl").write_text("\n".join([*lines[:3], "{not json", *lines[3:]]) + "\n")
-    message = _train_fails("data", "--out", str(tmp_path / "o"), "--data", str(bad))
+    message = train_fails("data", "--out", str(tmp_path / "o"), "--data", str(bad))
     assert "interactions.jsonl:4: invalid JSON" in message
 
     unknown = json.dumps({"user_id": "u", "item_id": "no-such-item", "timestamp": 1})
     (bad / "interactions.jsonl").write_text("\n".join([*lines[:5], unknown]) + "\n")
-    message = _train_fails("data", "--out", str(tmp_path / "o"), "--data", str(bad))
+    message = train_fails("data", "--out", str(tmp_path / "o"), "--data", str(bad))
     assert "interactions.jsonl:6: field 'item_id': unknown item 'no-such-item'" in message
 
     short = [json.dumps({"user_id": f"u{i}", "item_id": json.loads(lines[i])["item_id"], "timestamp": 0})
              for i in range(40)]  # fmt: skip
     (bad / "interactions.jsonl").write_text("\n".join(short) + "\n")  # 40 users with one item each
-    assert "40 of 40 users have fewer than 3 interactions" in _train_fails("data", "--out", str(tmp_path / "o"),
+    assert "40 of 40 users have fewer than 3 interactions" in train_fails("data", "--out", str(tmp_path / "o"),
                                                                          "--data", str(bad))  # fmt: skip
 
     other = tmp_path / "other-format"
     shutil.copytree(tiny_model, other)
     manifest = json.loads((other / "manifest.json").read_text())
     (other / "manifest.json").write_text(json.dumps({**manifest, "prompt_format": "someone-elses-v9"}))
-    message = _train_fails("sft", "--base", str(other), "--out", str(tmp_path / "s"), "--data", str(tiny_data))
+    message = train_fails("sft", "--base", str(other), "--out", str(tmp_path / "s"), "--data", str(tiny_data))
     assert "manifest.json" in message and "someone-elses-v9" in message
 
 
@@ -447,7 +425,7 @@ def test_init_model_from_a_local_base_model(tiny_model, tmp_path):
     """--base-model: a plain HF checkpoint (no r2rank manifest) becomes a servable starting point for sft."""
     raw = tmp_path / "raw-hf"
     shutil.copytree(tiny_model, raw, ignore=shutil.ignore_patterns("manifest.json", "*.jsonl"))
-    _train("init-model", "--out", str(tmp_path / "base"), "--base-model", str(raw), "--name", "qwen-like")
+    train("init-model", "--out", str(tmp_path / "base"), "--base-model", str(raw), "--name", "qwen-like")
     checkpoint = open_checkpoint(tmp_path / "base")
     assert checkpoint.model_version.startswith("qwen-like-")
     assert checkpoint.manifest.provenance["base_model"] == str(raw)
@@ -488,13 +466,13 @@ def test_a_run_resumes_only_what_the_same_data_and_settings_started(tiny_data, t
             (tiny_data / "items.jsonl").read_text().splitlines()[0])["item_id"], "timestamp": 1}) + "\n")  # fmt: skip
     out = tmp_path / "seqrec"
     args = ["seqrec", "--out", str(out), "--epochs", "1", *TINY_SEQREC]
-    _train(*args, "--data", str(tiny_data))
+    train(*args, "--data", str(tiny_data))
     unboxed = lambda text: re.sub(r"[\s│╭╮╰╯─]+", " ", text)  # noqa: E731 - the error box wraps at any width
-    refused = unboxed(_train_fails(*args, "--data", str(other)))
+    refused = unboxed(train_fails(*args, "--data", str(other)))
     assert "another dataset" in refused and "--restart" in refused
     more_epochs = ["seqrec", "--out", str(out), "--epochs", "2", *TINY_SEQREC, "--data", str(tiny_data)]
-    assert "settings (epochs: 1 → 2)" in unboxed(_train_fails(*more_epochs))
-    _train(*args, "--data", str(other), "--restart")
+    assert "settings (epochs: 1 → 2)" in unboxed(train_fails(*more_epochs))
+    train(*args, "--data", str(other), "--restart")
     manifest_like = json.loads((out / "seqrec.json").read_text())["provenance"]
     from trainer.runs import data_fingerprint
 

@@ -126,28 +126,28 @@ def test_every_stage_trains_on_a_small_catalogue_with_the_recipes_pool_sizes(tmp
     one_epoch = ["--data", str(data), "--epochs", "1"]
     train("seqrec", *one_epoch, "--out", str(run / "seqrec-sft"), "--horizon", "sft")
     train("seqrec", *one_epoch, "--out", str(run / "seqrec-valid"), "--horizon", "valid",
-           "--init", str(run / "seqrec-sft"))  # fmt: skip
+          "--init", str(run / "seqrec-sft"))  # fmt: skip
     train("seqrec", *one_epoch, "--out", str(run / "seqrec"))
     train("init-model", "--data", str(data), "--out", str(run / "init"), "--vocab-size", "1024", "--hidden-size",
-           "64", "--intermediate-size", "128", "--layers", "2", "--heads", "2", "--kv-heads", "1")  # fmt: skip
+          "64", "--intermediate-size", "128", "--layers", "2", "--heads", "2", "--kv-heads", "1")  # fmt: skip
     train("sft", "--data", str(data), "--base", str(run / "init"), "--out", str(run / "sft"), "--steps", "2",
-           "--sequence-model", str(run / "seqrec-valid"),
-           "--example-sequence-model", str(run / "seqrec-sft"))  # fmt: skip
+          "--sequence-model", str(run / "seqrec-valid"),
+          "--example-sequence-model", str(run / "seqrec-sft"))  # fmt: skip
     train("rl", "--data", str(data), "--base", str(run / "sft" / "model"), "--out", str(run / "rl"), "--steps", "1",
-           "--served-users-per-step", "1")  # fmt: skip
+          "--served-users-per-step", "1")  # fmt: skip
     sft = open_checkpoint(run / "sft" / "model")
     assert sft.sequence is not None and open_checkpoint(run / "rl" / "model").model_version.startswith("rl-")
     if users > 300:
         return  # what follows sizes its pools as above: one catalogue covers it
     # the selection report's users and baselines (scoring the models there would add engine starts, not sizes)
     train("eval", "--data", str(data), "--split", "selection", "--seqrec", str(run / "seqrec-valid"),
-           "--users", "1000", "--out", str(run / "eval-selection"))  # fmt: skip
+          "--users", "1000", "--out", str(run / "eval-selection"))  # fmt: skip
     train("refresh", "--model", str(run / "sft" / "model"), "--sequence-model", str(run / "seqrec"),
-           "--data", str(data), "--out", str(run / "shipped"))  # fmt: skip
+          "--data", str(data), "--out", str(run / "shipped"))  # fmt: skip
     train("eval", "--data", str(data), "--model", str(run / "shipped"), "--seqrec", str(run / "seqrec"),
-           "--users", "20", "--out", str(run / "eval"))  # fmt: skip
+          "--users", "20", "--out", str(run / "eval"))  # fmt: skip
     train("export", "--model", str(run / "shipped"), "--out", str(tmp_path / "models" / "default"),
-           "--report", str(run / "eval" / "eval.json"))  # fmt: skip
+          "--report", str(run / "eval" / "eval.json"))  # fmt: skip
     selected = json.loads((run / "eval-selection" / "eval.json").read_text())
     assert selected["title"].startswith(f"{users // 5} selection users")  # a fifth of a small catalogue
     exported = open_checkpoint(tmp_path / "models" / "default")

@@ -43,7 +43,7 @@ def test_init_model_is_deterministic(tiny_data, tiny_model, tmp_path):
 
 def test_sft_loss_goes_down_and_output_is_servable(tiny_data, tiny_model, tmp_path):
     result = train("sft", "--base", str(tiny_model), "--out", str(tmp_path / "sft"), "--data", str(tiny_data),
-                    "--users", "100", "--steps", "40", "--batch-size", "8", "--lr", "3e-3", *SMALL_SFT)  # fmt: skip
+                   "--users", "100", "--steps", "40", "--batch-size", "8", "--lr", "3e-3", *SMALL_SFT)  # fmt: skip
     summary = json.loads(result.stdout.strip().splitlines()[-1])
     assert summary["loss_last_10"] < 0.8 * summary["loss_first_10"], summary
     assert summary["skipped_updates"] == 0
@@ -129,7 +129,7 @@ def test_data_stage_candidate_sets(tiny_data, tmp_path):
     train("data", "--out", str(tmp_path / "a"), "--data", str(tiny_data), "--negatives", "9")
     train("data", "--out", str(tmp_path / "b"), "--data", str(tiny_data), "--negatives", "9")
     train("data", "--out", str(tmp_path / "pop"), "--data", str(tiny_data), "--negatives", "9",
-           "--negatives-from", "popularity")  # fmt: skip
+          "--negatives-from", "popularity")  # fmt: skip
     assert (tmp_path / "a" / "test.jsonl").read_text() == (tmp_path / "b" / "test.jsonl").read_text()
     rows = {
         s: [json.loads(line) for line in (tmp_path / "a" / f"{s}.jsonl").open()] for s in ("train", "valid", "test")
@@ -155,9 +155,9 @@ def ranker_seqrec(tiny_data, tmp_path_factory) -> tuple[Path, Path]:
     """The ranker's sequence models as `make seqrec-ranker` trains them: (shipped: valid, examples: sft)."""
     root = tmp_path_factory.mktemp("ranker-seqrec")
     train("seqrec", "--data", str(tiny_data), "--out", str(root / "sft"), "--horizon", "sft", "--epochs", "2",
-           *TINY_SEQREC)  # fmt: skip
+          *TINY_SEQREC)  # fmt: skip
     train("seqrec", "--data", str(tiny_data), "--out", str(root / "valid"), "--horizon", "valid", "--epochs", "1",
-           "--init", str(root / "sft"), "--curve-users", "20", *TINY_SEQREC)  # fmt: skip
+          "--init", str(root / "sft"), "--curve-users", "20", *TINY_SEQREC)  # fmt: skip
     return root / "valid", root / "sft"
 
 
@@ -167,8 +167,8 @@ def tiny_sft(tiny_data, tiny_model, ranker_seqrec, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("sft")
     shipped, examples = ranker_seqrec
     train("sft", "--base", str(tiny_model), "--out", str(out), "--data", str(tiny_data), "--users", "60",
-           "--steps", "20", "--batch-size", "4", "--lr", "3e-3", *SMALL_SFT, "--none-fraction", "0.3",
-           "--sequence-model", str(shipped), "--example-sequence-model", str(examples))  # fmt: skip
+          "--steps", "20", "--batch-size", "4", "--lr", "3e-3", *SMALL_SFT, "--none-fraction", "0.3",
+          "--sequence-model", str(shipped), "--example-sequence-model", str(examples))  # fmt: skip
     return out / "model"
 
 
@@ -185,14 +185,14 @@ def test_sft_ships_the_sequence_model_and_refuses_one_that_saw_its_targets(tiny_
     common = ["--base", str(tiny_model), "--data", str(tiny_data), "--users", "20", "--steps", "1", *SMALL_SFT]
     # examples stated by the shipped (valid-horizon) model: it trained on SFT's targets
     refused = train_fails("sft", *common, "--out", str(tmp_path / "a"), "--sequence-model", str(shipped),
-                           "--example-sequence-model", str(shipped))  # fmt: skip
+                          "--example-sequence-model", str(shipped))  # fmt: skip
     assert "--horizon sft" in refused
     refused = train_fails("sft", *common, "--out", str(tmp_path / "b"), "--sequence-model", str(examples),
-                           "--example-sequence-model", str(examples))  # fmt: skip
+                          "--example-sequence-model", str(examples))  # fmt: skip
     assert "--horizon valid" in refused
     # a warm start may only add positions
     refused = train_fails("seqrec", "--data", str(tiny_data), "--out", str(tmp_path / "c"), "--horizon", "sft",
-                           "--init", str(shipped), *TINY_SEQREC)  # fmt: skip
+                          "--init", str(shipped), *TINY_SEQREC)  # fmt: skip
     assert "later than" in refused
 
 
@@ -200,7 +200,7 @@ def test_sft_ships_the_sequence_model_and_refuses_one_that_saw_its_targets(tiny_
 def tiny_seqrec(tiny_data, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("seqrec")
     train("seqrec", "--data", str(tiny_data), "--out", str(out), "--epochs", "2", "--hidden-size", "16",
-           "--layers", "1", "--batch-tokens", "256")  # fmt: skip
+          "--layers", "1", "--batch-tokens", "256")  # fmt: skip
     return out
 
 
@@ -212,15 +212,15 @@ def test_seqrec_row_in_every_report_and_never_on_positions_it_trained_on(tiny_da
     assert report["sequence_model"]["config"]["horizon"] == "test" and len(report["sequence_model"]["curve"]) == 2
     # trained through the validation targets: the selection split (validation positions) is refused
     refused = train_fails("eval", "--data", str(tiny_data), "--split", "selection", "--seqrec", str(tiny_seqrec),
-                           "--out", str(tmp_path / "selection"))  # fmt: skip
+                          "--out", str(tmp_path / "selection"))  # fmt: skip
     assert "--horizon valid" in refused
     # one that stops before them is scored there, and measured after every epoch (the learning curve)
     valid = tmp_path / "valid"
     train("seqrec", "--data", str(tiny_data), "--out", str(valid), "--horizon", "valid", "--epochs", "1",
-           "--hidden-size", "16", "--layers", "1", "--batch-tokens", "256", "--curve-users", "20")  # fmt: skip
+          "--hidden-size", "16", "--layers", "1", "--batch-tokens", "256", "--curve-users", "20")  # fmt: skip
     assert 0.0 <= read_steps(valid / "seqrec_steps.jsonl")[0]["selection_ndcg@10"] <= 1.0
     train("eval", "--data", str(tiny_data), "--split", "selection", "--seqrec", str(valid),
-           "--out", str(tmp_path / "s"))  # fmt: skip
+          "--out", str(tmp_path / "s"))  # fmt: skip
 
 
 def test_refresh_swaps_in_fresher_evidence_and_is_refused_where_it_would_leak(tiny_data, tiny_model, tiny_sft,
@@ -235,7 +235,7 @@ def test_refresh_swaps_in_fresher_evidence_and_is_refused_where_it_would_leak(ti
     previous = os.umask(0o077)  # the command inherits it: a service running as another user must still read out
     try:
         train("refresh", "--model", str(base), "--sequence-model", str(tiny_seqrec), "--data", str(tiny_data),
-               "--out", str(out))  # fmt: skip
+              "--out", str(out))  # fmt: skip
     finally:
         os.umask(previous)
     assert not_world_readable(out) == []
@@ -251,30 +251,31 @@ def test_refresh_swaps_in_fresher_evidence_and_is_refused_where_it_would_leak(ti
     assert after.manifest.provenance["refresh"]["horizon"] == "test"
     assert after.manifest.provenance["refresh"]["from_model_version"] == before.model_version
     refused = train_fails("eval", "--data", str(tiny_data), "--split", "selection", "--model", str(out),
-                           "--users", "20", "--out", str(tmp_path / "selection"))  # fmt: skip
+                          "--users", "20", "--out", str(tmp_path / "selection"))  # fmt: skip
     assert "refreshed to horizon 'test'" in refused and "selection split" in refused
     refused = train_fails("rl", "--data", str(tiny_data), "--base", str(out), "--out", str(tmp_path / "rl"))
     assert "refreshed to horizon 'test'" in refused and "--base" in refused
     refused = train_fails("refresh", "--model", str(tiny_model), "--sequence-model", str(tiny_seqrec),
-                           "--data", str(tiny_data), "--out", str(tmp_path / "v2"))  # fmt: skip
+                          "--data", str(tiny_data), "--out", str(tmp_path / "v2"))  # fmt: skip
     assert "states no next-item rank" in refused
     # every interaction (what a product serves; warm-started from the checkpoint's own, as docs/deploy.md does):
     # no report can score it, nor the sequence model alone
     everything = tmp_path / "seqrec-all"
     train("seqrec", "--data", str(tiny_data), "--out", str(everything), "--horizon", "all", "--epochs", "1",
-           "--hidden-size", "16", "--layers", "1", "--batch-tokens", "256",
-           "--init", str(out / "sequence"))  # fmt: skip
-    train("refresh", "--model", str(out), "--sequence-model", str(everything), "--data", str(tiny_data),
-           "--out", str(tmp_path / "served"))  # fmt: skip
+          "--hidden-size", "16", "--layers", "1", "--batch-tokens", "256",
+          "--init", str(out / "sequence"))  # fmt: skip
+    result = train("refresh", "--model", str(out), "--sequence-model", str(everything), "--data", str(tiny_data),
+                   "--out", str(tmp_path / "served"))  # fmt: skip
+    assert f"in place of a checkpoint with the weights {before.model_version}" in result.stdout
     served = open_checkpoint(tmp_path / "served")
     assert served.manifest.weights_version == after.manifest.weights_version == before.model_version
     assert evidence_refresh_of(after, served) and not evidence_refresh_of(before, after)  # the gate's no-report rule
     assert served.stats.popularity(splits[0].test_target) > after.stats.popularity(splits[0].test_target)
     refused = train_fails("eval", "--data", str(tiny_data), "--model", str(tmp_path / "served"), "--users", "20",
-                           "--out", str(tmp_path / "test"))  # fmt: skip
+                          "--out", str(tmp_path / "test"))  # fmt: skip
     assert "refreshed to horizon 'all'" in refused and "test targets" in refused
     refused = train_fails("eval", "--data", str(tiny_data), "--seqrec", str(everything), "--users", "20",
-                           "--out", str(tmp_path / "test"))  # fmt: skip
+                          "--out", str(tmp_path / "test"))  # fmt: skip
     assert "horizon 'all'" in refused
 
 
@@ -316,17 +317,17 @@ def test_eval_scores_a_model_through_vllm_and_export_records_its_metrics(
     assert faithful["served_faithful_share"] == 1.0  # an unfaithful rationale is never served
     # a later report on the same users pairs with these model rows without scoring the model again
     train("eval", "--data", str(tiny_data), "--users", "30", "--seqrec", str(tiny_seqrec), "--reuse",
-           str(tmp_path / "e" / "ranks.json"), "--out", str(tmp_path / "again"))  # fmt: skip
+          str(tmp_path / "e" / "ranks.json"), "--out", str(tmp_path / "again"))  # fmt: skip
     again = json.loads((tmp_path / "again" / "eval.json").read_text())
     earlier, later = (json.loads((tmp_path / d / "ranks.json").read_text()) for d in ("e", "again"))
     assert later["ranks"][f"{version} (full)"] == earlier["ranks"][f"{version} (full)"]
     assert f"{version} (full) − sequence model (SASRec)" in again["paired_differences"]
     assert again["faithfulness"] == report["faithfulness"]
     other_users = train_fails("eval", "--data", str(tiny_data), "--users", "20", "--reuse",
-                               str(tmp_path / "e" / "ranks.json"), "--out", str(tmp_path / "other"))  # fmt: skip
+                              str(tmp_path / "e" / "ranks.json"), "--out", str(tmp_path / "other"))  # fmt: skip
     assert "other users" in other_users
     train("export", "--model", str(tiny_sft), "--out", str(tmp_path / "served"), "--report", str(tmp_path / "e" /
-           "eval.json"))  # fmt: skip
+          "eval.json"))  # fmt: skip
     exported = open_checkpoint(tmp_path / "served")
     assert exported.model_version == version  # same bytes, same version (the score cache stays valid)
     assert exported.manifest.metrics["ndcg@10"] == report["results"][f"{version} (full)"]["ndcg@10"]["mean"]
@@ -372,7 +373,7 @@ def _serve_own_catalogue(model: Path, data: Path, demo, log_dir: Path) -> None:
 
 def test_diagnose_compares_served_teacher_and_none_scores(tiny_data, tiny_sft, tmp_path):
     result = train("diagnose", "--model", str(tiny_sft), "--data", str(tiny_data), "--users", "12", "--out",
-                    str(tmp_path / "d.json"))  # fmt: skip
+                   str(tmp_path / "d.json"))  # fmt: skip
     report = json.loads((tmp_path / "d.json").read_text())
     assert set(report["ndcg@10"]) == {"served", "teacher", "none", "clauses"} and report["users"] == 12
     assert all(0.0 <= m["mean"] <= 1.0 for m in report["ndcg@10"].values())

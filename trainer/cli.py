@@ -645,7 +645,11 @@ def refresh_cmd(
         raise typer.BadParameter(str(exc)) from exc
     refresh = manifest.provenance["refresh"]
     typer.echo(f"wrote {out} model_version={manifest.model_version} horizon={refresh['horizon']} "
-               f"stats_version={manifest.stats_version} sequence_version={manifest.sequence_version}")  # fmt: skip
+               f"stats_version={manifest.stats_version} sequence_version={manifest.sequence_version} "
+               f"weights={manifest.weights_version}")  # fmt: skip
+    if refresh["horizon"] == "all":
+        typer.echo(f"no report can score it; the service's gate takes it in place of a checkpoint with the weights "
+                   f"{manifest.weights_version} (docs/deploy.md)")  # fmt: skip
 
 
 @app.command("demo-data")

@@ -197,6 +197,13 @@ class Checkpoint:
     def sequence(self) -> SequenceRanker | None:
         return self.prompts.sequence
 
+    @property
+    def evidence_horizon(self) -> str | None:
+        """The positions this checkpoint's collaborative state has seen: its sequence model's horizon (a refreshed
+        checkpoint's statistics were counted on the same positions, a trained one's on its training prefixes, the
+        ``valid`` horizon's); None without a sequence model."""
+        return None if self.sequence is None else str(self.sequence.config.get("horizon", "valid"))
+
     def with_manifest(self, manifest: Manifest) -> Checkpoint:
         """The same weights, tokenizer, statistics and sequence model under another manifest (limits re-read)."""
         assembler = PromptAssembler(self.encoder, manifest.limits, self.answer_ids, self.stats, self.sequence)

@@ -92,8 +92,8 @@ def evidence_refresh_of(serving: Checkpoint, new: Checkpoint) -> bool:
     Every target is in its evidence, so no report can score it; what changed is evidence that has seen more,
     which the refresh measurements in docs/training.md find worth having, not the model the gate measured."""
     refreshed = REFRESH_PROVENANCE in new.manifest.provenance
-    horizon = None if new.sequence is None else new.sequence.config.get("horizon")
-    return refreshed and horizon == "all" and new.manifest.weights_version == serving.manifest.weights_version
+    same_weights = new.manifest.weights_version == serving.manifest.weights_version
+    return refreshed and new.evidence_horizon == "all" and same_weights
 
 
 def gate_refusal(serving: Checkpoint, new: Checkpoint) -> str | None:

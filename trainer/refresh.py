@@ -50,20 +50,13 @@ class RefreshError(ValueError):
     """The sequence model cannot be paired with this checkpoint or data; the message names the option."""
 
 
-def horizon_of(checkpoint: Checkpoint) -> str | None:
-    """The positions a checkpoint's collaborative state has seen: its sequence model's horizon (a refreshed
-    checkpoint's statistics were counted on the same positions, a trained one's on its training prefixes, the
-    ``valid`` horizon's)."""
-    return None if checkpoint.sequence is None else str(checkpoint.sequence.config.get("horizon", "valid"))
-
-
 SEEN_TARGETS = {"test": ("validation",), "all": ("validation", "test")}  # by horizon: whose targets it counted
 
 
 def refuse_seen_targets(checkpoint: Checkpoint, targets: str, use: str) -> None:
     """Refuse a checkpoint whose evidence has seen the ``targets`` ("validation" or "test") that ``use`` scores or
     trains on."""
-    horizon = horizon_of(checkpoint)
+    horizon = checkpoint.evidence_horizon
     if horizon is not None and targets in SEEN_TARGETS.get(horizon, ()):
         raise RefreshError(f"{checkpoint.path}: refreshed to horizon {horizon!r} (its statistics and sequence model "
                            f"have seen the {targets} targets), so it cannot be used for {use}; use the checkpoint it "

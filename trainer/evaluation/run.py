@@ -18,7 +18,7 @@ from trainer.evaluation.baselines import COMPARED, EVIDENCE_MODEL, SEQUENCE_MODE
 from trainer.evaluation.cases import EvalCase, Split, build_cases
 from trainer.evaluation.metrics import metrics_with_ci, paired_difference, positive_rank
 from trainer.evaluation.report import write_report
-from trainer.refresh import RefreshError, horizon_of, refuse_seen_targets
+from trainer.refresh import RefreshError, refuse_seen_targets
 from trainer.seqrec import SequenceModel
 from trainer.teacher import VERDICT_PROVENANCE, BuiltinTeacher, EvidenceModel, recorded_verdicts
 
@@ -153,7 +153,8 @@ def evaluate(catalogue: Catalogue, splits: Sequence[UserSplit], evidence: Eviden
     evidence_of: dict[str, dict] = {}  # what each model's evidence was counted on (a refresh moves it later)
     for checkpoint in checkpoints:
         label = checkpoint.model_version
-        evidence_of[label] = {"horizon": horizon_of(checkpoint), "stats_version": checkpoint.manifest.stats_version,
+        evidence_of[label] = {"horizon": checkpoint.evidence_horizon,
+                              "stats_version": checkpoint.manifest.stats_version,
                               "sequence_version": checkpoint.manifest.sequence_version}  # fmt: skip
         for mode in plan.modes:
             name = f"{label} ({mode})"

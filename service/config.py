@@ -8,6 +8,7 @@ from typing import Literal
 
 from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+from threadpoolctl import threadpool_limits
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 PLACEHOLDER_SECRET = "CHANGE-ME"
@@ -37,6 +38,12 @@ class Settings(BaseSettings):
     engine_timeout_s: float = Field(120.0, gt=0, description="Per engine call timeout (remote).")
     engine_batch: bool = Field(
         True, description="Remote: send a request's prompts as two list-valued calls (false: two calls per item)."
+    )
+    api_blas_threads: int = Field(
+        1,
+        ge=1,
+        description="NumPy BLAS threads of the process that builds prompts (the sequence model's forward pass per "
+        "request is small, and idle BLAS workers would spin on the cores the engine computes on).",
     )
     max_rationale_tokens: int | None = Field(None, ge=1, le=1024, description="Override the manifest's rationale cap.")
     model_sync_interval_s: float = Field(
@@ -128,6 +135,11 @@ class Settings(BaseSettings):
                 raise ValueError(f"{name} holds compose's public {DEMO_SECRET!r} default, which API keys must "
                                  "not rely on: set REDIS_PASSWORD, R2RANK_KEY_SECRET and VLLM_API_KEY")  # fmt: skip
         return self
+
+    def apply_blas_threads(self) -> None:
+        """Keep NumPy's BLAS in this process to ``api_blas_threads``. Process-wide on purpose: prompts are built
+        in worker threads, and a limit entered and left per call would race between them."""
+        threadpool_limits(limits=self.api_blas_threads, user_api="blas")
 
     def apply_vllm_cpu_env(self) -> None:
         """vLLM's CPU backend reads these from the environment at engine start; explicit env wins."""

@@ -8,7 +8,9 @@ from service.engine.base import ReasoningEngine
 
 
 def build_engine(settings: Settings, checkpoint: Checkpoint) -> ReasoningEngine:
-    """An engine for ``checkpoint`` (not started: ``await engine.start()`` loads or connects it)."""
+    """An engine for ``checkpoint`` (not started: ``await engine.start()`` loads or connects it). The process
+    that serves it builds prompts, and runs the sequence model, beside it: its BLAS threads are set here."""
+    settings.apply_blas_threads()
     if settings.engine == "remote":
         from service.engine.vllm_remote import RemoteVLLMEngine
 

@@ -30,7 +30,7 @@ from contract.checkpoint import open_checkpoint
 from loadtest.procs import VLLM_CPU_ENV, start_service
 from service.config import Settings
 from service.demo import DemoData
-from service.engine.vllm_local import rationale_sampling_params
+from service.engine.vllm_local import kv_block_size, rationale_sampling_params
 from service.protocol import RankRequest
 
 WARMUP_USERS = 4
@@ -54,7 +54,8 @@ def run_raw_engine(model: Path, bodies_by_phase: dict[str, list[dict]], reasonin
     max_tokens = settings.max_rationale_tokens or checkpoint.manifest.max_rationale_tokens
     llm = LLM(
         str(model), dtype=settings.dtype, max_model_len=settings.max_model_len, enable_prefix_caching=True,
-        seed=0, max_num_seqs=settings.max_num_seqs, disable_log_stats=True,
+        seed=0, max_num_seqs=settings.max_num_seqs, block_size=kv_block_size(settings.kv_block_size),
+        disable_log_stats=True,
     )  # fmt: skip
     newline_ids = set(assembler.stop_ids)
     gen = rationale_sampling_params(max_tokens, sorted(newline_ids))  # the service's own generation parameters

@@ -14,6 +14,8 @@ from pathlib import Path
 
 import httpx
 
+from service.engine.vllm_local import CPU_BLOCK_SIZE
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_MODEL = REPO_ROOT / "models" / "default"
 VLLM_CPU_ENV = {
@@ -118,7 +120,7 @@ def start_vllm_server(
         sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", str(model),
         "--served-model-name", version, str(model),
         "--host", "127.0.0.1", "--port", str(port), "--dtype", "float32",
-        "--max-model-len", "2048", "--enable-prefix-caching", "--seed", "0",
+        "--max-model-len", "2048", "--enable-prefix-caching", "--block-size", str(CPU_BLOCK_SIZE), "--seed", "0",
         *([] if stats else ["--disable-log-stats"]), *extra,
     ]  # fmt: skip
     return _spawn("vllm-serve", argv, {"VLLM_SERVER_DEV_MODE": "1"} if stats else {}, log_dir, port)

@@ -58,6 +58,11 @@ class Settings(BaseSettings):
     max_num_seqs: int = Field(256, ge=1)
     max_num_batched_tokens: int | None = None
     gpu_memory_utilization: float = Field(0.85, gt=0, le=1)
+    kv_block_size: int | None = Field(
+        None,
+        ge=1,
+        description="Tokens per KV-cache block, what prefix caching reuses (unset: 32 on CPUs, vLLM's own on GPUs).",
+    )
     cpu_kvcache_gib: int = Field(1, ge=1, description="VLLM_CPU_KVCACHE_SPACE: KV cache size on CPU, GiB.")
     cpu_omp_threads_bind: str | None = Field(
         None, description="VLLM_CPU_OMP_THREADS_BIND, e.g. '0-1'; unset lets vLLM decide."

@@ -150,24 +150,3 @@ def test_sft_positives_get_ranks_like_validation_positives_and_a_leaky_model_wou
     print("share of positives in the sequence model's top 100:", {k: round(v, 3) for k, v in shares.items()})
     assert abs(shares["sft positives, examples' model"] - shares["validation positives, shipped model"]) < 0.04
     assert shares["sft positives, shipped model (leak)"] > shares["validation positives, shipped model"] + 0.2
-
-
-def test_the_api_process_runs_blas_on_the_threads_its_settings_give():
-    """The sequence model's forward pass runs in the API process beside the engine: BLAS workers left spinning
-    after it take the cores the engine computes on, so the app keeps NumPy's BLAS to ``api_blas_threads``."""
-    from threadpoolctl import threadpool_info, threadpool_limits
-
-    from service.app import create_app
-    from service.config import Settings
-
-    def blas_threads() -> set[int]:
-        return {pool["num_threads"] for pool in threadpool_info() if pool["user_api"] == "blas"}
-
-    before = blas_threads()
-    assert before, "NumPy has no BLAS that threadpoolctl can see"
-    try:
-        for threads in (2, 1):
-            create_app(Settings(redis_url=None, api_blas_threads=threads))
-            assert blas_threads() == {threads}
-    finally:
-        threadpool_limits(limits=max(before))

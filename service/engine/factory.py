@@ -34,5 +34,6 @@ def build_engine(settings: Settings, checkpoint: Checkpoint) -> ReasoningEngine:
         max_num_seqs=settings.max_num_seqs,
         max_num_batched_tokens=settings.max_num_batched_tokens,
         gpu_memory_utilization=settings.gpu_memory_utilization,
+        block_size=settings.kv_block_size,
     )
     return LocalVLLMEngine(checkpoint, options, max_rationale_tokens=settings.max_rationale_tokens)

@@ -28,7 +28,23 @@ class LocalEngineOptions:
     max_num_seqs: int = 256
     max_num_batched_tokens: int | None = None
     gpu_memory_utilization: float = 0.85
+    block_size: int | None = None
     seed: int = 0
+
+
+CPU_BLOCK_SIZE = 32
+"""KV-cache block size on CPUs. Prefix caching reuses whole blocks only: with vLLM's CPU default of 128 tokens, a
+user's history prefix shorter than that is prefilled again for every candidate, and a rationale's answer read
+recomputes most of its prompt. 32 is the smallest size the CPU attention kernel takes (16 fails at start-up)."""
+
+
+def kv_block_size(requested: int | None) -> int | None:
+    """The block size to ask vLLM for: ``requested``, else ``CPU_BLOCK_SIZE`` on CPUs and vLLM's own elsewhere."""
+    if requested is not None:
+        return requested
+    from vllm.platforms import current_platform
+
+    return CPU_BLOCK_SIZE if current_platform.is_cpu() else None
 
 
 def rationale_sampling_params(max_tokens: int, newline_token_ids: list[int]):
@@ -73,6 +89,7 @@ class LocalVLLMEngine(ReasoningEngine):
             max_num_seqs=opts.max_num_seqs,
             max_num_batched_tokens=opts.max_num_batched_tokens,
             gpu_memory_utilization=opts.gpu_memory_utilization,
+            block_size=kv_block_size(opts.block_size),
             seed=opts.seed,
             disable_log_stats=True,
         )

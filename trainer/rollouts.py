@@ -29,13 +29,10 @@ class VLLMRollouts:
     ) -> None:
         from vllm import LLM
 
-        from service.engine.vllm_local import kv_block_size
-
         # the tied-head fix below sends a function to the worker: pickled, between two processes of this run
         os.environ.setdefault("VLLM_ALLOW_INSECURE_SERIALIZATION", "1")
         self.llm = LLM(model=str(model_dir), dtype=dtype, max_model_len=max_model_len, enable_prefix_caching=True,
-                       block_size=kv_block_size(None), gpu_memory_utilization=gpu_memory_utilization, seed=0,
-                       enforce_eager=enforce_eager)  # fmt: skip
+                       gpu_memory_utilization=gpu_memory_utilization, seed=0, enforce_eager=enforce_eager)  # fmt: skip
         self._scratch = Path(tempfile.mkdtemp(prefix="r2rank-rl-sync-"))
 
     def sample(

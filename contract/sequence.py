@@ -18,7 +18,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -147,6 +147,24 @@ class SequenceRanker:
             above = len(ordered) - int(np.searchsorted(ordered, logits[column], side="right"))
             out.append(1 + above)
         return out
+
+    def top_items(self, history: Sequence[str | None], count: int, exclude: Collection[str] = ()) -> list[str]:
+        """The ``count`` items it scores highest after ``history``, best first, none of the history's or
+        ``exclude``'s: the items a SASRec would show this user (hard negatives for training, the candidate lists
+        of a hard evaluation). Empty if it knows no item of the history."""
+        logits = self.logits(history)
+        if logits is None or count <= 0:
+            return []
+        masked = logits.copy()
+        masked[0] = -np.inf
+        blocked = [self.index[i] for i in (*history, *exclude) if i is not None and i in self.index]
+        masked[blocked] = -np.inf
+        count = min(count, len(self.item_ids) - len(set(blocked)))
+        if count <= 0:
+            return []
+        top = np.argpartition(-masked, count - 1)[:count]
+        top = top[np.argsort(-masked[top], kind="stable")]
+        return [self.item_ids[int(column) - 1] for column in top]
 
     def scores(self, history: Sequence[str | None], candidates: Sequence[str | None]) -> list[float]:
         """Each candidate's logit (``-inf`` where ``ranks`` says unknown): the sequence model as a ranker."""

@@ -150,3 +150,55 @@ def test_sft_positives_get_ranks_like_validation_positives_and_a_leaky_model_wou
     print("share of positives in the sequence model's top 100:", {k: round(v, 3) for k, v in shares.items()})
     assert abs(shares["sft positives, examples' model"] - shares["validation positives, shipped model"]) < 0.04
     assert shares["sft positives, shipped model (leak)"] > shares["validation positives, shipped model"] + 0.2
+
+
+def test_top_items_are_its_best_scored_outside_the_history_and_exclusions(trained):
+    ranker = SequenceModel.load(trained).ranker()
+    history = ["i10", "i11", "i12"]
+    top = ranker.top_items(history, 5, exclude={"i14"})
+    logits = dict(zip(ITEMS, ranker.scores(history, ITEMS), strict=True))
+    allowed = sorted((i for i in ITEMS if i not in {*history, "i14"}), key=lambda i: -logits[i])
+    assert top == allowed[:5] and top[0] == "i13"  # best first: the learned next item leads
+    assert len(ranker.top_items(history, 1000)) == len(ITEMS) - len(history)  # never more than there are
+    assert ranker.top_items(["never-seen"], 5) == []  # no judgement without a known item
+
+
+def test_sft_hard_negatives_come_from_the_sequence_models_top_items_and_never_the_users(trained):
+    """A hard negative is one of the examples' sequence model's top ``hard_pool`` items after the history, never
+    the target or another item of the user's; without a sequence model SFT refuses to make them up."""
+    from trainer.config import SFTConfig
+    from trainer.data import DataError
+    from trainer.sft import build_examples, hard_negatives
+
+    ranker = SequenceModel.load(trained).ranker()
+    config = SFTConfig(negatives=3, hard_negatives=2, hard_pool=4)
+    history, target = ["i10", "i11", "i12"], "i13"
+    pool = ranker.top_items(history, 4, {target})
+    drawn = [hard_negatives(random.Random(seed), ranker, history, {*history, target}, config) for seed in range(30)]
+    assert all(len(d) == 2 and len(set(d)) == 2 and set(d) <= set(pool) for d in drawn)
+    assert {i for d in drawn for i in d} == set(pool)  # drawn across the pool, not always its head
+    assert hard_negatives(random.Random(0), ranker, history, {target}, SFTConfig()) == []  # off by default
+    with pytest.raises(DataError, match="sequence model"):
+        build_examples(None, None, [], None, config, sequence=None)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="hard_negatives"):
+        SFTConfig(negatives=3, hard_negatives=4)
+
+
+def test_eval_cases_can_take_a_sequence_models_top_items_as_negatives(trained):
+    """``eval --retriever-model``: each case's negatives are the model's top items after the history of the
+    split's position, never the user's own items, so any catalogue gets SASRec-hard negatives."""
+    from trainer.data import Catalogue, UserSplit
+    from trainer.evaluation.cases import SequenceModelLists, build_cases
+
+    ranker = SequenceModel.load(trained).ranker()
+    catalogue = Catalogue({i: f"Title {i}" for i in ITEMS})
+    users = [UserSplit(f"u{n}", [ITEMS[n], ITEMS[n + 1]], ITEMS[n + 2], ITEMS[n + 3]) for n in range(20)]
+    lists = SequenceModelLists(ranker, users, "test", count=4)
+    cases = build_cases(users, catalogue, users=20, negatives=4, seed=0, retriever=lists, split="test")
+    assert len(cases) == 20
+    for case in cases:
+        user = lists.users[case.user_id]
+        own = {*user.train, user.valid_target, user.test_target}
+        assert case.target == user.test_target and case.candidates[0] == user.test_target
+        assert case.candidates[1:] == ranker.top_items(user.test_history, 4, own)
+        assert not own & set(case.candidates[1:])

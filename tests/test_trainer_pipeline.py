@@ -190,6 +190,9 @@ def test_sft_ships_the_sequence_model_and_refuses_one_that_saw_its_targets(tiny_
     refused = train_fails("sft", *common, "--out", str(tmp_path / "b"), "--sequence-model", str(examples),
                           "--example-sequence-model", str(examples))  # fmt: skip
     assert "--horizon valid" in refused
+    # hard negatives are the examples' sequence model's top items: without one there are none to draw
+    refused = train_fails("sft", *common, "--out", str(tmp_path / "d"), "--hard-negatives", "1")
+    assert "--hard-negatives" in refused
     # a warm start may only add positions
     refused = train_fails("seqrec", "--data", str(tiny_data), "--out", str(tmp_path / "c"), "--horizon", "sft",
                           "--init", str(shipped), *TINY_SEQREC)  # fmt: skip

@@ -227,6 +227,8 @@ def sft_cmd(
     data: DataOption = DEFAULT_DATA,
     users: Annotated[int, _opt(SFTConfig, "users")] = SFTConfig.users,
     negatives: Annotated[int, _opt(SFTConfig, "negatives")] = SFTConfig.negatives,
+    hard_negatives: Annotated[int, _opt(SFTConfig, "hard_negatives")] = SFTConfig.hard_negatives,
+    hard_pool: Annotated[int, _opt(SFTConfig, "hard_pool")] = SFTConfig.hard_pool,
     targets_per_user: Annotated[int, _opt(SFTConfig, "targets_per_user")] = SFTConfig.targets_per_user,
     none_fraction: Annotated[float, _opt(SFTConfig, "none_fraction")] = SFTConfig.none_fraction,
     steps: Annotated[int, _opt(SFTConfig, "steps")] = SFTConfig.steps,
@@ -270,7 +272,8 @@ def sft_cmd(
     from trainer.teacher import VERDICT_PROVENANCE, BuiltinTeacher
 
     _log_to_stderr()
-    config = _build(SFTConfig, users=users, negatives=negatives, targets_per_user=targets_per_user,
+    config = _build(SFTConfig, users=users, negatives=negatives, hard_negatives=hard_negatives, hard_pool=hard_pool,
+                    targets_per_user=targets_per_user,
                     none_fraction=none_fraction, steps=steps, batch_size=batch_size, micro_batch=micro_batch, lr=lr,
                     seed=seed, stop_after=stop_after)  # fmt: skip
     teacher_config = _build(TeacherConfig, url=teacher_url, model=teacher_model, api=teacher_api,
@@ -279,6 +282,9 @@ def sft_cmd(
     sequences = None
     if (sequence_model is None) != (example_sequence_model is None):
         raise typer.BadParameter("give both or neither", param_hint="--sequence-model/--example-sequence-model")
+    if config.hard_negatives and sequence_model is None:
+        raise typer.BadParameter("hard negatives come from the examples' sequence model: give it",
+                                 param_hint="--hard-negatives/--example-sequence-model")  # fmt: skip
     if sequence_model is not None and example_sequence_model is not None:
         try:
             sequences = ranker_sequence_models(sequence_model, example_sequence_model, config.targets_per_user)
@@ -501,6 +507,13 @@ def eval_cmd(
     users: Annotated[int, typer.Option(help="Held-out users (>= 1000 for a report).")] = 1000,
     negatives: Annotated[int, typer.Option(help="Negatives per user (1 positive + N candidates).")] = 19,
     retriever: Annotated[str | None, typer.Option(help="Negatives from DATA/*.<name> (e.g. sasrec).")] = None,
+    retriever_model: Annotated[
+        Path | None,
+        typer.Option(
+            help="Negatives: the top N items of this `seqrec` output after each case's history, none of the "
+            "user's (SASRec-hard negatives on any catalogue; horizon valid for --split selection)."
+        ),
+    ] = None,
     reasoning: Annotated[str, typer.Option(help="Comma-separated modes for the model(s): full,none.")] = "full,none",
     split: SplitOption = "test",
     out: Annotated[
@@ -532,7 +545,20 @@ def eval_cmd(
         raise typer.BadParameter(f"test or selection, got {split!r}", param_hint="--split")
     catalogue, splits = _splits(data)
     lists = None
-    if retriever:
+    if retriever and retriever_model:
+        raise typer.BadParameter("give one source of negatives", param_hint="--retriever/--retriever-model")
+    if retriever_model:
+        from trainer.evaluation.cases import SequenceModelLists
+        from trainer.evaluation.run import load_sequence_model
+
+        try:
+            ranker = load_sequence_model(retriever_model, split).ranker()  # type: ignore[arg-type]
+        except EvalError as exc:
+            raise typer.BadParameter(str(exc).replace("--seqrec", "--retriever-model"),
+                                     param_hint="--retriever-model") from exc  # fmt: skip
+        lists = SequenceModelLists(ranker, splits, split, negatives)  # type: ignore[arg-type]
+        retriever = "sequence-model top"
+    elif retriever:
         files = sorted(data.glob(f"*.{retriever}"))
         if not files:
             raise typer.BadParameter(f"no file {data}/*.{retriever}", param_hint="--retriever")

@@ -156,6 +156,13 @@ class SFTConfig:
 
     users: int = option(10_000, "Training users to draw examples from.")
     negatives: int = option(3, "Negatives per positive (pointwise labels: 1 yes + N no).")
+    hard_negatives: int = option(
+        0,
+        "Of those negatives, how many are drawn from the --hard-pool items the examples' sequence model scores "
+        "highest after the history (items a SASRec would show this user; needs the sequence models); the "
+        "rest are random.",
+    )
+    hard_pool: int = option(50, "Hard negatives are drawn uniformly from this many of the sequence model's top items.")
     targets_per_user: int = option(2, "Positions of a user's training prefix used as targets, latest first.")
     none_fraction: float = option(0.3, 'Share of examples in reasoning="none" form (one model serves both modes).')
     steps: int = option(1200, "Optimiser steps.")
@@ -179,6 +186,11 @@ class SFTConfig:
         for name, value in sizes.items():
             _require(value > 0, f"{name} must be > 0, got {value}")
         _require(self.negatives >= 1, "negatives must be >= 1: SFT needs 'no' answers as well as 'yes'")
+        _require(
+            0 <= self.hard_negatives <= self.negatives,
+            f"hard_negatives must be in [0, negatives={self.negatives}], got {self.hard_negatives}",
+        )
+        _require(self.hard_pool >= self.hard_negatives, "hard_pool must be >= hard_negatives")
         _require(
             0 <= self.none_fraction <= 1, f"none_fraction is a share: give a value in [0, 1], got {self.none_fraction}"
         )

@@ -65,6 +65,19 @@ def sft_users(splits: list[UserSplit], config: SFTConfig, reserve: int = 0) -> l
     return random.Random(f"sft-users-{config.seed}").sample(eligible, min(wanted, len(eligible)))
 
 
+def hard_negatives(
+    rng: random.Random, sequence: SequenceRanker, history: list[str], exclude: set[str], config: SFTConfig
+) -> list[str]:
+    """``config.hard_negatives`` items drawn uniformly from the ``config.hard_pool`` items ``sequence`` scores
+    highest after ``history`` (never the target or another item of the user's): negatives that look like a next
+    item to a SASRec, so the model learns what separates them from the real one beyond the rank it is told. A
+    history the model knows no item of gets none (the example's negatives are then all random)."""
+    if config.hard_negatives == 0:
+        return []
+    pool = sequence.top_items(history, config.hard_pool, exclude)
+    return rng.sample(pool, min(config.hard_negatives, len(pool)))
+
+
 def build_examples(
     checkpoint: Checkpoint,
     catalogue: Catalogue,
@@ -73,7 +86,11 @@ def build_examples(
     config: SFTConfig,
     sequence: SequenceRanker | None = None,
 ) -> list[Example]:
-    """The examples; ``sequence`` states their next-item rank (a model that never saw their targets)."""
+    """The examples; ``sequence`` states their next-item rank (a model that never saw their targets) and, with
+    ``config.hard_negatives``, proposes that many of each example's negatives (``hard_negatives``)."""
+    if config.hard_negatives and sequence is None:
+        raise DataError("hard negatives come from the examples' sequence model: give --sequence-model and "
+                        "--example-sequence-model, or --hard-negatives 0")  # fmt: skip
     rng = random.Random(config.seed)
     assembler = checkpoint.prompts if sequence is None else checkpoint.prompts.with_sequence(sequence)
     items = sorted(catalogue.titles)
@@ -84,7 +101,9 @@ def build_examples(
         leave_out = LeaveOut.of_sequence(split.train, assembler.stats.window)
         for end in range(len(split.train) - 1, max(0, len(split.train) - 1 - config.targets_per_user), -1):
             history, positive = split.train[:end], split.train[end]
-            candidates = [positive, *sample_negatives(rng, items, exclude, config.negatives)]
+            hard = hard_negatives(rng, sequence, history, exclude, config) if sequence is not None else []
+            random_negatives = sample_negatives(rng, items, exclude | set(hard), config.negatives - len(hard))
+            candidates = [positive, *hard, *random_negatives]
             mode: Reasoning = "none" if rng.random() < config.none_fraction else "full"
             prompts = assembler.prompts([item(i) for i in history], [item(i) for i in candidates], mode, leave_out)
             shown = zip(candidates, prompts.candidates, prompts.evidence, prompts.segments, strict=True)

@@ -4,17 +4,19 @@ Two splits:
 - ``selection``: the VALIDATION positions of the selection users (``data.selection_users``, never trained on
   by RL): where runs and checkpoints are compared and chosen;
 - ``test``: the test positions of sampled users: the report on the model chosen, made once.
-Negatives are random (seeded), or the first N of a retriever's list (such as ``Games-6k.sasrec``).
+Negatives are random (seeded), the first N of a retriever's list (such as ``Games-6k.sasrec``), or the top N of a
+sequence model after the history (``SequenceModelLists``: SASRec-hard negatives on any catalogue).
 """
 
 from __future__ import annotations
 
 import random
-from collections.abc import Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
+from contract.sequence import SequenceRanker
 from trainer.data import Catalogue, UserSplit, sample_negatives, selection_users
 
 Split = Literal["test", "selection"]
@@ -40,13 +42,38 @@ def read_retriever_lists(path: Path) -> dict[str, list[str]]:
     return lists
 
 
+class SequenceModelLists(Mapping[str, list[str]]):
+    """A retriever's lists made by a sequence model: for each user, the ``count`` items ``ranker`` scores highest
+    after the history of the split's position, none of the user's own. So any catalogue gets hard negatives
+    (the items a SASRec would show instead of the real next one) without a retriever file; computed per user
+    only when a case asks for it."""
+
+    def __init__(self, ranker: SequenceRanker, splits: Sequence[UserSplit], split: Split, count: int) -> None:
+        self.ranker, self.split, self.count = ranker, split, count
+        self.users = {s.user_id: s for s in splits}
+
+    def __getitem__(self, user_id: str) -> list[str]:
+        user = self.users[user_id]
+        history = user.valid_history if self.split == "selection" else user.test_history
+        return self.ranker.top_items(history, self.count, {*user.train, user.valid_target, user.test_target})
+
+    def __contains__(self, user_id: object) -> bool:
+        return user_id in self.users
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.users)
+
+    def __len__(self) -> int:
+        return len(self.users)
+
+
 def build_cases(
     splits: Sequence[UserSplit],
     catalogue: Catalogue,
     users: int,
     negatives: int,
     seed: int,
-    retriever: dict[str, list[str]] | None = None,
+    retriever: Mapping[str, list[str]] | None = None,
     split: Split = "test",
 ) -> list[EvalCase]:
     """``users`` cases of 1 positive + ``negatives`` negatives: test positions of sampled users, or the

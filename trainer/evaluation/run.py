@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import json
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -40,7 +40,7 @@ class EvalPlan:
     out: Path
     command: str
     retriever_name: str | None = None
-    retriever: dict[str, list[str]] | None = None
+    retriever: Mapping[str, list[str]] | None = None
     sequence_model: Path | None = None  # a `seqrec` output: its row beside the other baselines
     reuse: Path | None = None  # an earlier report's ranks.json on the same users: its model rows, not re-scored
 

@@ -108,7 +108,8 @@ seqrec: setup seqrec-ranker
 # (RUN/shipped): the same LLM reading the report's SASRec and statistics counted on the same positions, every
 # interaction before the test targets, as a product would refresh them before serving (trainer/refresh.py). Then
 # the report on it, made once, on the test positions: 6,000 users, random negatives, both modes (RUN/eval, whose
-# figures the manifest records), and SASRec-hard negatives where DATA has a *.sasrec file (RUN/eval-sasrec).
+# figures the manifest records), and SASRec-hard negatives (RUN/eval-sasrec): DATA's *.sasrec lists where it has
+# them (Games: LLMRank's), else the report's own SASRec's top items after each history (eval --retriever-model).
 # Everything is written beside the run: nothing shipped changes until `make ship`.
 SHIP       ?= $(RUN)/sft/model
 SHIPPED     = $(RUN)/shipped
@@ -121,8 +122,9 @@ eval: setup seqrec
 	$(PY) -m trainer.cli refresh --model $(SHIP) --sequence-model $(RUN)/seqrec --data $(DATA) --out $(SHIPPED)
 	$(PY) -m trainer.cli eval --data $(DATA) --model $(SHIPPED) --seqrec $(RUN)/seqrec --users $(EVAL_USERS) \
 		--out $(RUN)/eval
-	if ls $(DATA)/*.sasrec >/dev/null 2>&1; then $(PY) -m trainer.cli eval --data $(DATA) --model $(SHIPPED) \
-		--seqrec $(RUN)/seqrec --retriever sasrec --users $(EVAL_USERS) --reasoning full --out $(RUN)/eval-sasrec; fi
+	$(PY) -m trainer.cli eval --data $(DATA) --model $(SHIPPED) --seqrec $(RUN)/seqrec --users $(EVAL_USERS) \
+		--reasoning full --out $(RUN)/eval-sasrec \
+		$(if $(wildcard $(DATA)/*.sasrec),--retriever sasrec,--retriever-model $(RUN)/seqrec)
 
 # `make ship`: the one explicit step that replaces the shipped model: the refreshed SHIP that `make eval` reported on,
 # exported to models/default with its test report (its manifest records the figures), the reports copied to docs/.

@@ -226,6 +226,23 @@ def test_seqrec_row_in_every_report_and_never_on_positions_it_trained_on(tiny_da
           "--out", str(tmp_path / "s"))  # fmt: skip
 
 
+def test_eval_takes_a_sequence_models_top_items_as_negatives_on_any_catalogue(tiny_data, tiny_seqrec, tmp_path):
+    """`eval --retriever-model`: SASRec-hard cases without a retriever file, refused where the model has seen the
+    split's targets, and never beside a retriever file."""
+    train("eval", "--data", str(tiny_data), "--users", "50", "--retriever-model", str(tiny_seqrec),
+          "--out", str(tmp_path / "top"))  # fmt: skip
+    report = json.loads((tmp_path / "top" / "eval.json").read_text())
+    assert "19 sequence-model top negatives" in report["title"]
+    random_order = report["results"]["random"]["ndcg@10"]["mean"]
+    assert 0.0 <= random_order <= 1.0
+    refused = train_fails("eval", "--data", str(tiny_data), "--split", "selection", "--retriever-model",
+                          str(tiny_seqrec), "--out", str(tmp_path / "selection"))  # fmt: skip
+    assert "--retriever-model" in refused and "--horizon valid" in refused
+    refused = train_fails("eval", "--data", str(tiny_data), "--retriever", "sasrec", "--retriever-model",
+                          str(tiny_seqrec), "--out", str(tmp_path / "both"))  # fmt: skip
+    assert "one source of negatives" in refused
+
+
 def test_refresh_swaps_in_fresher_evidence_and_is_refused_where_it_would_leak(tiny_data, tiny_model, tiny_sft,
                                                                             tiny_seqrec, tmp_path):  # fmt: skip
     """The same LLM reads a sequence model trained through the validation targets and statistics counted on the

@@ -18,7 +18,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-from collections.abc import Collection, Sequence
+from collections.abc import Collection, Iterable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -127,6 +127,14 @@ class SequenceRanker:
             return None
         return self._items @ self.state(ids)
 
+    def _outside(self, logits: np.ndarray, items: Iterable[str | None]) -> np.ndarray:
+        """A copy of ``logits`` with padding and ``items`` (those it has ids for) at ``-inf``: what is left are the
+        items a rank counts and a top list may name."""
+        masked = logits.copy()
+        masked[0] = -np.inf
+        masked[[self.index[i] for i in items if i is not None and i in self.index]] = -np.inf
+        return masked
+
     def ranks(self, history: Sequence[str | None], candidates: Sequence[str | None]) -> list[int | None]:
         """Each candidate's catalogue rank after ``history``: 1 + the items outside the history scored above
         it. ``None`` (unknown) for a candidate it has no id for, or for every candidate of a history it knows
@@ -134,10 +142,7 @@ class SequenceRanker:
         logits = self.logits(history)
         if logits is None:
             return [None] * len(candidates)
-        others = logits.copy()
-        others[0] = -np.inf
-        others[[self.index[i] for i in history if i is not None and i in self.index]] = -np.inf
-        ordered = np.sort(others)
+        ordered = np.sort(self._outside(logits, history))
         out: list[int | None] = []
         for candidate in candidates:
             column = self.index.get(candidate) if candidate is not None else None
@@ -155,11 +160,8 @@ class SequenceRanker:
         logits = self.logits(history)
         if logits is None or count <= 0:
             return []
-        masked = logits.copy()
-        masked[0] = -np.inf
-        blocked = [self.index[i] for i in (*history, *exclude) if i is not None and i in self.index]
-        masked[blocked] = -np.inf
-        count = min(count, len(self.item_ids) - len(set(blocked)))
+        masked = self._outside(logits, (*history, *exclude))
+        count = min(count, int(np.isfinite(masked).sum()))
         if count <= 0:
             return []
         top = np.argpartition(-masked, count - 1)[:count]

@@ -552,10 +552,9 @@ def eval_cmd(
         from trainer.evaluation.run import load_sequence_model
 
         try:
-            ranker = load_sequence_model(retriever_model, split).ranker()  # type: ignore[arg-type]
+            ranker = load_sequence_model(retriever_model, split, "--retriever-model").ranker()  # type: ignore[arg-type]
         except EvalError as exc:
-            raise typer.BadParameter(str(exc).replace("--seqrec", "--retriever-model"),
-                                     param_hint="--retriever-model") from exc  # fmt: skip
+            raise typer.BadParameter(str(exc), param_hint="--retriever-model") from exc
         lists = SequenceModelLists(ranker, splits, split, negatives)  # type: ignore[arg-type]
         retriever = "sequence-model top"
     elif retriever:

@@ -45,15 +45,15 @@ class EvalPlan:
     reuse: Path | None = None  # an earlier report's ranks.json on the same users: its model rows, not re-scored
 
 
-def load_sequence_model(path: Path, split: Split) -> SequenceModel:
-    """The sequence model, refused where it has seen the positions it would be scored on."""
+def load_sequence_model(path: Path, split: Split, option: str = "--seqrec") -> SequenceModel:
+    """The sequence model given as ``option``, refused where it has seen the positions it would be scored on."""
     if not SequenceModel.exists(path):
-        raise EvalError(f"--seqrec {path}: no sequence model there (run `r2rank-train seqrec --out {path}`)")
+        raise EvalError(f"{option} {path}: no sequence model there (run `r2rank-train seqrec --out {path}`)")
     model = SequenceModel.load(path)
     if model.config.horizon == "all":
-        raise EvalError(f"--seqrec {path}: trained with horizon 'all', on every target a report could score")
+        raise EvalError(f"{option} {path}: trained with horizon 'all', on every target a report could score")
     if split == "selection" and model.config.horizon != "valid":
-        raise EvalError(f"--seqrec {path}: trained with horizon {model.config.horizon!r}, which includes the "
+        raise EvalError(f"{option} {path}: trained with horizon {model.config.horizon!r}, which includes the "
                         "selection users' validation targets; the selection split needs one trained with --horizon "
                         "valid")  # fmt: skip
     return model

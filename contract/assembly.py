@@ -133,8 +133,7 @@ def answer_token_ids(encoder: Encoder) -> tuple[int, int]:
 
 class PromptAssembler:
     """Token ids of every part of the prompt for one tokenizer, one checkpoint's limits and its evidence (and
-    its sequence model, whose rank the evidence states where the checkpoint ships one: with its band where
-    ``rank_bands``, as ``prompt.states_rank_band`` says of the checkpoint's format)."""
+    its sequence model, whose rank the evidence states where the checkpoint ships one)."""
 
     def __init__(
         self,
@@ -143,14 +142,12 @@ class PromptAssembler:
         answer_ids: tuple[int, int],
         stats: EvidenceStats,
         sequence: SequenceRanker | None = None,
-        rank_bands: bool = True,
     ) -> None:
         self.encoder = encoder
         self.limits = limits
         self.answer_ids = answer_ids  # (yes, no)
         self.stats = stats
         self.sequence = sequence
-        self.rank_bands = rank_bands
         self.answer_cue_ids = encoder.encode(prompt.ANSWER_CUE)
         specials = sorted((s for s in encoder.special_texts if s), key=len, reverse=True)
         self._special = re.compile("|".join(map(re.escape, specials))) if specials else None
@@ -171,7 +168,7 @@ class PromptAssembler:
         ``contract.evidence``; the next-item rank too, from the history the prompt shows)."""
         kept, shown = self._select(history, candidates)
         text = prompt.history_prefix([item.title for item in kept])
-        evidence = compute_evidence_batch(kept, shown, self.stats, leave_out, self.sequence, self.rank_bands)
+        evidence = compute_evidence_batch(kept, shown, self.stats, leave_out, self.sequence)
         texts = [prompt.candidate_segment(c.title, e.text(), reasoning) for c, e in zip(shown, evidence, strict=True)]
         prefix = HistoryPrefix(text, self.encoder.encode(text))
         segments = self.encoder.encode_batch(texts)
@@ -187,12 +184,7 @@ class PromptAssembler:
     def with_sequence(self, sequence: SequenceRanker | None) -> PromptAssembler:
         """The same assembler with another sequence model: a training example's next-item rank must come from
         a model that never saw its target (``trainer.seqrec`` horizons)."""
-        return PromptAssembler(self.encoder, self.limits, self.answer_ids, self.stats, sequence, self.rank_bands)
-
-    @property
-    def prompt_format(self) -> str:
-        """The format of the prompts this assembler builds: what a model trained on them is trained on."""
-        return prompt.prompt_format_for(self.sequence is not None, self.rank_bands)
+        return PromptAssembler(self.encoder, self.limits, self.answer_ids, self.stats, sequence)
 
     def _plain(self, text: str) -> str:
         """``text`` without the tokenizer's special-token strings (they would encode as control tokens)."""

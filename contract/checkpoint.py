@@ -206,8 +206,7 @@ class Checkpoint:
 
     def with_manifest(self, manifest: Manifest) -> Checkpoint:
         """The same weights, tokenizer, statistics and sequence model under another manifest (limits re-read)."""
-        assembler = PromptAssembler(self.encoder, manifest.limits, self.answer_ids, self.stats, self.sequence,
-                                    prompt.states_rank_band(manifest.prompt_format))  # fmt: skip
+        assembler = PromptAssembler(self.encoder, manifest.limits, self.answer_ids, self.stats, self.sequence)
         return Checkpoint(self.path, manifest, self.encoder, assembler)
 
 
@@ -242,17 +241,15 @@ def open_checkpoint(model_dir: str | Path) -> Checkpoint:
         raise CheckpointError(f"{path / EVIDENCE_FILE}: statistics version {stats.version} is not the manifest's "
                               f"stats_version {manifest.stats_version}")  # fmt: skip
     sequence = read_sequence(path, manifest)
-    assembler = PromptAssembler(encoder, manifest.limits, ids, stats, sequence,
-                                prompt.states_rank_band(manifest.prompt_format))  # fmt: skip
-    return Checkpoint(path, manifest, encoder, assembler)
+    return Checkpoint(path, manifest, encoder, PromptAssembler(encoder, manifest.limits, ids, stats, sequence))
 
 
 def read_sequence(model_dir: Path, manifest: Manifest) -> SequenceRanker | None:
-    """The shipped sequence model, which a v3 or v4 checkpoint must have (its evidence states the rank) and a v2 one
+    """The shipped sequence model, which a v3 checkpoint must have (its evidence states the rank) and an older one
     must not (it was never trained on the field)."""
     where = Path(model_dir) / SEQUENCE_DIR
     has_model = SequenceRanker.exists(where)
-    if manifest.prompt_format != prompt.prompt_format_for(has_model, prompt.states_rank_band(manifest.prompt_format)):
+    if manifest.prompt_format != prompt.prompt_format_for(has_model):
         raise CheckpointError(
             f"{Path(model_dir) / MANIFEST_NAME}: prompt_format {manifest.prompt_format!r} "
             + ("does not state a next-item rank, but the directory holds a sequence model"
@@ -298,13 +295,10 @@ def write_checkpoint_manifest(
     name: str,
     provenance: dict[str, Any],
     metrics: dict[str, Any] | None = None,
-    prompt_format: str | None = None,
     **limits: int,
 ) -> Manifest:
     """Write ``manifest.json`` for ``model_dir`` (``model_version`` = ``name`` + its content hash) and check
-    that the result opens. ``prompt_format``: what the weights were trained on (a copy, RL or a refresh keeps
-    its source's); by default today's format, with or without the rank as the directory ships a sequence
-    model."""
+    that the result opens."""
     from transformers import AutoTokenizer
 
     yes, no = answer_token_ids(HFEncoder(AutoTokenizer.from_pretrained(str(model_dir))))
@@ -312,7 +306,7 @@ def write_checkpoint_manifest(
     sequence = SequenceRanker.load(shipped) if SequenceRanker.exists(shipped) else None
     manifest = Manifest(
         model_version=f"{name}-{content_hash(model_dir)[:12]}",
-        prompt_format=prompt_format or prompt.prompt_format_for(sequence is not None),
+        prompt_format=prompt.prompt_format_for(sequence is not None),
         answer_token_ids=AnswerTokenIds(yes=yes, no=no),
         stats_version=read_stats(model_dir).version,
         sequence_version=sequence.version if sequence is not None else None,

@@ -12,8 +12,7 @@ diagnose and eval alike, from one versioned artifact (``EvidenceStats``, shipped
   the catalogue's titles are ignored: data-driven, no catalogue-specific word list);
 - **shared attributes** (``brand``, ``category``...) where the catalogue carries them;
 - **the next-item rank**, where the checkpoint ships a sequence model (``contract.sequence``): where it ranks
-  the candidate among the whole catalogue after this history (``unknown`` where it cannot say), with its
-  log-scale band (``rank_band``) from prompt format v4 on.
+  the candidate among the whole catalogue after this history (``unknown`` where it cannot say).
 
 Training examples leave the example's own user out of the counts (``leave_out``), so an SFT positive carries
 a link exactly when another user made the same move, as at serving time; without that, every training
@@ -27,7 +26,6 @@ import hashlib
 import json
 import math
 import re
-from bisect import bisect_left
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -70,37 +68,15 @@ class SharedAttribute:
     item_id: str
 
 
-RANK_BAND_BOUNDS = (3, 10, 31, 100, 316, 1000, 3162, 10000)
-"""Half-decades of the next-item rank: band k holds the ranks above bound k-1 up to bound k (about 10^(k/2));
-band 9 is every rank above 10,000."""
-
-
-def rank_band(rank: int) -> int:
-    """The rank's band, 1 (ranks 1-3) to 9 (above 10,000): a log scale in one digit. A rank's digits are one token
-    each, so a small LM must read their count to tell 340 from 34; the band says it in one token, as the
-    teacher's logistic reads log(rank)."""
-    return 1 + bisect_left(RANK_BAND_BOUNDS, rank)
-
-
 @dataclass(frozen=True)
 class NextItemRank:
     """The sequence model's judgement: the candidate's catalogue rank after the history (1 = its top pick), or
-    ``None`` where it has no id for the candidate or knows no item of the history. ``band_shown``: the prompt
-    states the rank's band too (format v4; v3 checkpoints read the number alone)."""
+    ``None`` where it has no id for the candidate or knows no item of the history."""
 
     rank: int | None
-    band_shown: bool = True
-
-    @property
-    def band(self) -> int | None:
-        """The band the evidence line states; None where it states none."""
-        return rank_band(self.rank) if self.rank is not None and self.band_shown else None
 
     def text(self) -> str:
-        if self.rank is None:
-            return "next-item rank unknown"
-        band = f" (band {self.band})" if self.band is not None else ""
-        return f"next-item rank {self.rank}{band}"
+        return f"next-item rank {self.rank if self.rank is not None else 'unknown'}"
 
 
 @dataclass(frozen=True)
@@ -116,7 +92,7 @@ class Evidence:
     next_item: NextItemRank | None = None  # None: the checkpoint has no sequence model (the field is not shown)
 
     def text(self) -> str:
-        """The ``Evidence:`` line's content, e.g. ``next-item rank 37 (band 4); follows #1 14x, #3 2x, older 3x;
+        """The ``Evidence:`` line's content, e.g. ``next-item rank 37; follows #1 14x, #3 2x, older 3x;
         popularity 812 (top 3%); shares "zelda" with #2``."""
         links = [f"#{link.ref} {link.count}x" for link in self.links]
         if self.older_links:
@@ -316,13 +292,11 @@ def compute_evidence(
     stats: EvidenceStats,
     leave_out: LeaveOut | None = None,
     sequence: SequenceRanker | None = None,
-    rank_bands: bool = True,
 ) -> Evidence:
     """The evidence for ``candidate`` given ``history`` (the prompt's history, OLDEST first; its last item is
     ``#1``). ``leave_out`` subtracts one user's own sequence from the counts (training examples only);
-    ``sequence`` adds the next-item rank (training examples pass a model that never saw their target), with its
-    band where ``rank_bands`` (``prompt.states_rank_band`` of the checkpoint's format)."""
-    return compute_evidence_batch(history, [candidate], stats, leave_out, sequence, rank_bands)[0]
+    ``sequence`` adds the next-item rank (training examples pass a model that never saw their target)."""
+    return compute_evidence_batch(history, [candidate], stats, leave_out, sequence)[0]
 
 
 def compute_evidence_batch(
@@ -331,7 +305,6 @@ def compute_evidence_batch(
     stats: EvidenceStats,
     leave_out: LeaveOut | None = None,
     sequence: SequenceRanker | None = None,
-    rank_bands: bool = True,
 ) -> list[Evidence]:
     """``compute_evidence`` for every candidate of one history (the history's lookups, and the sequence
     model's forward pass, done once)."""
@@ -362,7 +335,7 @@ def compute_evidence_batch(
                 if common:
                     shared = SharedWord(max(sorted(common), key=len), ref, item.item_id)
                     break
-        next_item = NextItemRank(ranks[column], rank_bands) if ranks is not None else None
+        next_item = NextItemRank(ranks[column]) if ranks is not None else None
         out.append(Evidence(tuple(links), older, popularity, stats.top_percent(popularity), shared,
                             _shared_attributes(latest_first, candidate, stats), next_item))  # fmt: skip
     return out
@@ -388,7 +361,6 @@ _CLAIMS = (
     (re.compile(r"older links \((\d+)x\)"), re.compile(r"older (\d+)x")),  # the older links' total
     (re.compile(r"same (\w+) as #(\d+)"), re.compile(r"same (\w+) as #(\d+)")),  # a shared attribute
     (re.compile(r"(?i)\brank (\d+|unknown)"), re.compile(r"next-item rank (\d+|unknown)")),  # the next-item rank
-    (re.compile(r"(?i)\bband (\d+)"), re.compile(r"\(band (\d+)\)")),  # the rank's band
 )
 
 

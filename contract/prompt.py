@@ -29,35 +29,20 @@ import unicodedata
 from collections.abc import Callable
 from typing import Literal
 
-PROMPT_FORMAT = "r2rank-grounded-v4"
+PROMPT_FORMAT = "r2rank-grounded-v3"
 """Version of everything in this module and of the evidence line. Bump it when any string or rule changes.
-v4 states the sequence model's next-item rank with its log-scale band (``next-item rank 340 (band 6)``,
-``contract.evidence.rank_band``) on the evidence line."""
-
-PROMPT_FORMAT_RANK_WITHOUT_BAND = "r2rank-grounded-v3"
-"""v4's text with the rank's number alone. Served as it was trained until no shipped checkpoint needs it."""
+v3 states the sequence model's next-item rank on the evidence line (``contract.sequence``)."""
 
 PROMPT_FORMAT_WITHOUT_SEQUENCE = "r2rank-grounded-v2"
 """v3's text without the next-item rank: what a checkpoint that ships no sequence model was trained on. It
 stays served (its prompts are exactly what it was trained on) until no shipped checkpoint needs it."""
 
-SUPPORTED_PROMPT_FORMATS: frozenset[str] = frozenset(
-    {PROMPT_FORMAT, PROMPT_FORMAT_RANK_WITHOUT_BAND, PROMPT_FORMAT_WITHOUT_SEQUENCE}
-)
+SUPPORTED_PROMPT_FORMATS: frozenset[str] = frozenset({PROMPT_FORMAT, PROMPT_FORMAT_WITHOUT_SEQUENCE})
 
 
-def prompt_format_for(has_sequence_model: bool, rank_bands: bool = True) -> str:
-    """The format a checkpoint is trained on: the next-item rank is on its evidence line iff it ships a model,
-    with its band unless it was trained on v3's text."""
-    if not has_sequence_model:
-        return PROMPT_FORMAT_WITHOUT_SEQUENCE
-    return PROMPT_FORMAT if rank_bands else PROMPT_FORMAT_RANK_WITHOUT_BAND
-
-
-def states_rank_band(prompt_format: str) -> bool:
-    """Whether a next-item rank, where the evidence states one, carries its band for a checkpoint of this format:
-    every format but v3 (a v2 checkpoint that gains a sequence model in SFT learns today's format)."""
-    return prompt_format != PROMPT_FORMAT_RANK_WITHOUT_BAND
+def prompt_format_for(has_sequence_model: bool) -> str:
+    """The format a checkpoint is trained on: the next-item rank is on its evidence line iff it ships a model."""
+    return PROMPT_FORMAT if has_sequence_model else PROMPT_FORMAT_WITHOUT_SEQUENCE
 
 
 Reasoning = Literal["full", "none"]

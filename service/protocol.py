@@ -136,12 +136,6 @@ class NextItemOut(BaseModel):
         "after this history: 1 is its top pick; items in the history are not counted. null: unknown (a candidate "
         "or a history it has no id for); never estimated."
     )
-    band: int | None = Field(
-        None,
-        description="The rank's log-scale band as the prompt states it (prompt format v4): 1 for ranks 1-3, then one "
-        "band per half-decade (2: up to 10, 3: up to 31, 4: up to 100 ... 8: up to 10,000), 9 above 10,000. null "
-        "where the prompt states none (an unknown rank, or a v3 checkpoint).",
-    )
 
 
 class EvidenceOut(BaseModel):
@@ -156,7 +150,7 @@ class EvidenceOut(BaseModel):
     shared_word: SharedWordOut | None
     attributes: list[SharedAttributeOut]
     next_item: NextItemOut | None = Field(
-        None, description="The sequence model's judgement, where the checkpoint ships one (prompt formats v3, v4)."
+        None, description="The sequence model's judgement, where the checkpoint ships one (prompt format v3)."
     )
 
     @classmethod
@@ -175,9 +169,7 @@ class EvidenceOut(BaseModel):
                 SharedAttributeOut(ref=a.ref, item_id=a.item_id, title=titles[a.ref], name=a.name, value=a.value)
                 for a in evidence.attributes
             ],  # fmt: skip
-            next_item=NextItemOut(rank=evidence.next_item.rank, band=evidence.next_item.band)
-            if evidence.next_item is not None
-            else None,
+            next_item=NextItemOut(rank=evidence.next_item.rank) if evidence.next_item is not None else None,
         )
 
 

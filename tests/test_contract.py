@@ -10,7 +10,7 @@ import pytest
 from contract import prompt
 from contract.assembly import PromptAssembler, answer_token_ids, select_history, truncate_all_to_tokens
 from contract.checkpoint import open_checkpoint
-from contract.evidence import Item, rank_band
+from contract.evidence import Item
 from loadtest.procs import DEFAULT_MODEL
 
 GOLDEN_FULL = (
@@ -48,7 +48,7 @@ def _scored_text(assembler: PromptAssembler, history, candidate, reasoning, rati
 
 
 def test_golden_prompt_full(assembler):
-    """Pins the exact text of formats r2rank-grounded-v2 (no sequence model) and v3/v4 (the next-item rank first on
+    """Pins the exact text of formats r2rank-grounded-v2 (no sequence model) and v3 (its next-item rank first on
     the Evidence line): a change here needs a new PROMPT_FORMAT."""
     from trainer.config import SeqRecConfig
     from trainer.seqrec import SequenceModel
@@ -59,33 +59,7 @@ def test_golden_prompt_full(assembler):
     v3 = assembler.with_sequence(ranker)
     golden_v3 = GOLDEN_FULL.replace("Evidence: ", "Evidence: next-item rank unknown; ")  # the items are unseen
     assert _scored_text(v3, ["Mario Kart", "Zelda"], "Metroid", "full", "Same console.") == golden_v3
-    assert prompt.PROMPT_FORMAT_RANK_WITHOUT_BAND == "r2rank-grounded-v3"
-    assert prompt.PROMPT_FORMAT == "r2rank-grounded-v4"
-
-
-def test_golden_next_item_rank_v3_and_v4(checkpoint):
-    """A known rank: v4 states its band beside the number, v3 (checkpoints trained on it) the number alone."""
-    sequence = checkpoint.sequence
-    stats = checkpoint.stats
-    history = [Item(item, f"History item {i}") for i, item in enumerate(stats.item_ids[:3])]
-    candidate = Item(stats.item_ids[3], "The candidate")
-    rank = sequence.ranks([item.item_id for item in history], [candidate.item_id])[0]
-    assert rank is not None
-    texts = {}
-    for bands in (False, True):
-        assembler = PromptAssembler(checkpoint.encoder, checkpoint.manifest.limits, checkpoint.answer_ids, stats,
-                                    sequence, rank_bands=bands)  # fmt: skip
-        texts[assembler.prompt_format] = assembler.prompts(history, [candidate], "none").evidence[0].text()
-    assert texts["r2rank-grounded-v3"].startswith(f"next-item rank {rank}; ")
-    assert texts["r2rank-grounded-v4"].startswith(f"next-item rank {rank} (band {rank_band(rank)}); ")
-    assert texts["r2rank-grounded-v4"].split("; ", 1)[1] == texts["r2rank-grounded-v3"].split("; ", 1)[1]
-
-
-def test_rank_bands_are_half_decades():
-    """Band k holds the ranks up to about 10^(k/2); 9 is everything above 10,000."""
-    edges = {1: 1, 3: 1, 4: 2, 10: 2, 11: 3, 31: 3, 32: 4, 100: 4, 101: 5, 316: 5, 317: 6, 1000: 6, 1001: 7,
-             3162: 7, 3163: 8, 10000: 8, 10001: 9, 10**7: 9}  # fmt: skip
-    assert {rank: rank_band(rank) for rank in edges} == edges
+    assert prompt.PROMPT_FORMAT == "r2rank-grounded-v3"
 
 
 def test_golden_evidence_line(assembler):

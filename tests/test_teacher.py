@@ -56,20 +56,16 @@ def test_rationale_weighs_the_evidence_and_cites_it():
 
 def test_rationale_cites_the_next_item_rank_in_place_of_popularity():
     """Where the evidence states the sequence model's rank, the teacher cites it first (the verdict weighs its
-    log: a higher rank, a likelier verdict) and drops popularity, which the rank stands for, to stay in budget.
-    Where the evidence states the rank's band (v4) the line cites the band; on v3's evidence, the number."""
+    log: a higher rank, a likelier verdict) and drops popularity, which the rank stands for, to stay in budget."""
     teacher = BuiltinTeacher(EvidenceModel([0.0] * 10 + [0.0, -1.0], 3.0))
     top = Evidence((Link(1, "a", 14),), 0, 812, 3, None, (), NextItemRank(2))
-    assert teacher.rationale(top) == "Rank band 1; strong link: follows #1 14x: likely."
+    assert teacher.rationale(top) == "Rank 2; strong link: follows #1 14x: likely."
     low = Evidence((), 0, 812, 3, None, (), NextItemRank(4000))
-    assert teacher.rationale(low) == "Rank band 8; no links: unlikely."
-    low_v3 = Evidence((), 0, 812, 3, None, (), NextItemRank(4000, band_shown=False))
-    assert teacher.rationale(low_v3) == "Rank 4000; no links: unlikely."
+    assert teacher.rationale(low) == "Rank 4000; no links: unlikely."
     unknown = Evidence((), 0, 0, None, None, (), NextItemRank(None))
     assert teacher.rationale(unknown).startswith("Rank unknown; no links")
-    for evidence in (top, low, low_v3, unknown):
+    for evidence in (top, low, unknown):
         assert unfaithful_citations(teacher.rationale(evidence), evidence.text()) == []
-    assert unfaithful_citations("Rank band 7; no links: unlikely.", low.text()) == ["band 7", "7"]
 
 
 def test_the_strongest_link_weighs_count_by_recency():

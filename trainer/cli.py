@@ -266,7 +266,6 @@ def sft_cmd(
 ) -> None:
     """Supervised cold start on teacher rationales (built-in, or an LLM behind --teacher-url); resumable."""
     from contract.checkpoint import write_checkpoint_manifest
-    from contract.prompt import prompt_format_for
     from contract.sequence import SequenceRanker
     from trainer.seqrec import ranker_sequence_models
     from trainer.sft import sft_users, train_sft
@@ -323,8 +322,7 @@ def sft_cmd(
                   "base_model_version": base_checkpoint.model_version, "data": data.name,
                   "data_fingerprint": fingerprint["data"],
                   "teacher": teacher_name}  # fmt: skip
-    trained_on = prompt_format_for(sequences is not None, base_checkpoint.prompts.rank_bands)
-    manifest = write_checkpoint_manifest(out / "model", name, provenance, prompt_format=trained_on)
+    manifest = write_checkpoint_manifest(out / "model", name, provenance)
     shown = {k: summary[k] for k in ("examples", "loss_first_10", "loss_last_10", "skipped_updates")}
     typer.echo(json.dumps({"model_version": manifest.model_version, **shown}))
 
@@ -408,8 +406,7 @@ def rl_cmd(
             if k in base_checkpoint.manifest.provenance
         },
     }
-    manifest = write_checkpoint_manifest(out / "model", name, provenance,
-                                         prompt_format=base_checkpoint.manifest.prompt_format)  # fmt: skip
+    manifest = write_checkpoint_manifest(out / "model", name, provenance)
     typer.echo(
         json.dumps(
             {

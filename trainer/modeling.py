@@ -24,8 +24,8 @@ EXAMPLE_EVIDENCE = (
     'follows #1 14x, #3 2x, older 5x; popularity 812 (top 3%); shares "word" with #2',
     "no links; popularity 7 (top 61%)",
     "follows #2 1x; popularity 0 (new); same brand as #4",
-    'next-item rank 37 (band 4); follows #1 14x, #3 2x, older 5x; popularity 812 (top 3%); shares "word" with #2',
-    "next-item rank 4120 (band 8); no links; popularity 7 (top 61%)",
+    'next-item rank 37; follows #1 14x, #3 2x, older 5x; popularity 812 (top 3%); shares "word" with #2',
+    "next-item rank 4120; no links; popularity 7 (top 61%)",
     "next-item rank unknown; follows #2 1x; popularity 0 (new); same brand as #4",
 )
 EXAMPLE_RATIONALES = (
@@ -34,8 +34,8 @@ EXAMPLE_RATIONALES = (
     "Weak link: follows #2 1x; niche, top 40%: unlikely.",
     "Only older links (5x); a new item: unlikely.",
     "No links; same brand as #4; niche, top 61%: unlikely.",
-    'Rank band 4; strong link: follows #1 14x; shares "word" with #2: likely.',
-    "Rank band 8; no links: unlikely.",
+    'Rank 37; strong link: follows #1 14x; shares "word" with #2: likely.',
+    "Rank 4120; no links: unlikely.",
     "Rank unknown; weak link: follows #2 1x; same brand as #4: possible.",
 )
 

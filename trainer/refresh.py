@@ -116,7 +116,6 @@ def refresh_checkpoint(
         },
     }
     name = base.model_version.rsplit("-", 1)[0]
-    manifest = write_checkpoint_manifest(staging, name, provenance, prompt_format=base.manifest.prompt_format,
-                                         **base.manifest.limit_settings())  # fmt: skip
+    manifest = write_checkpoint_manifest(staging, name, provenance, **base.manifest.limit_settings())
     replace_with_staged(staging, out)
     return manifest

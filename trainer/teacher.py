@@ -20,7 +20,7 @@ from typing import Any, Protocol
 
 import torch
 
-from contract.evidence import RECENT_REFS, Evidence, EvidenceStats, Item, LeaveOut, NextItemRank, compute_evidence
+from contract.evidence import RECENT_REFS, Evidence, EvidenceStats, Item, LeaveOut, compute_evidence
 from contract.sequence import SequenceRanker
 from trainer.data import Catalogue, DataError, UserSplit, sample_negatives
 
@@ -151,12 +151,8 @@ def popularity_phrase(evidence: Evidence) -> str:
     return f"top {top}% popular" if top <= 10 else f"niche, top {top}%"
 
 
-def next_item_phrase(next_item: NextItemRank) -> str:
-    """The rank's band where the evidence states one (``rank band 6``: what the verdict weighs, in fewer tokens
-    than the number, so the line fits the rationale budget), else the rank itself."""
-    if next_item.rank is None:
-        return "rank unknown"
-    return f"rank band {next_item.band}" if next_item.band is not None else f"rank {next_item.rank}"
+def next_item_phrase(rank: int | None) -> str:
+    return f"rank {rank if rank is not None else 'unknown'}"
 
 
 class BuiltinTeacher:
@@ -182,7 +178,7 @@ class BuiltinTeacher:
         sequence model learns it, and the line must fit the rationale budget.)"""
         clauses = []
         if evidence.next_item is not None:
-            clauses.append(next_item_phrase(evidence.next_item))
+            clauses.append(next_item_phrase(evidence.next_item.rank))
         if evidence.links:
             strongest = max(evidence.links, key=lambda link: (link.count / link.ref, -link.ref))
             clauses.append(f"{link_strength(strongest.count)} link: follows #{strongest.ref} {strongest.count}x")

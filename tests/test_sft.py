@@ -12,7 +12,18 @@ import torch
 from tests.toy_model import build_toy_model
 from trainer.loop import optimizer_step
 from trainer.packing import target_log_probs
-from trainer.sft import Example, micro_batches, packed_length, step_losses, summed_token_nll, target_tokens
+from trainer.sft import (
+    AnswerTarget,
+    Example,
+    answer_target,
+    build_examples,
+    loss_weight,
+    micro_batches,
+    packed_length,
+    step_losses,
+    summed_token_nll,
+    target_tokens,
+)
 
 
 @pytest.fixture(scope="module")
@@ -108,3 +119,51 @@ def test_micro_batched_step_has_the_whole_batch_gradient(tiny_model_dir, micro_b
     assert float(clipped) > 0
     for got, want in zip(_gradients(model), _gradients(whole), strict=True):
         torch.testing.assert_close(got, want, atol=1e-6, rtol=1e-4)
+
+
+def test_answer_targets_weigh_and_soften_only_each_rows_last_token(tiny_model_dir):
+    """A row's answer (its last target) counts ``weight`` times and puts ``1 - share`` of its target on the other
+    answer; every other token keeps its plain cross-entropy, and the step's loss is the mean over the weights."""
+    plain = _examples(2, seed=5)
+    soft = [Example(e.prefix, e.rows, [AnswerTarget(other=9, share=0.25 * (1 + j % 4), weight=1.0 + j)
+                                       for j in range(len(e.rows))]) for e in plain]  # fmt: skip
+    model = _model(tiny_model_dir)
+    with torch.no_grad():
+        expected = 0.0
+        for example in soft:
+            for (ids, n), answer in zip(example.rows, example.answers, strict=True):
+                sequence = torch.tensor([[*example.prefix, *ids]])
+                logp = torch.log_softmax(model(input_ids=sequence).logits[0].float(), -1)[-n - 1 : -1]
+                targets = sequence[0, -n:]
+                nll = -logp.gather(-1, targets.unsqueeze(-1)).squeeze(-1)
+                answer_nll = answer.share * nll[-1] - (1 - answer.share) * logp[-1, answer.other]
+                expected += float(nll[:-1].sum() + answer.weight * answer_nll)
+        got = float(summed_token_nll(model, soft, pad_id=1))
+        unchanged = float(summed_token_nll(model, [Example(e.prefix, e.rows, [AnswerTarget(9)] * len(e.rows))
+                                                   for e in plain], pad_id=1))  # fmt: skip
+        assert unchanged == pytest.approx(float(summed_token_nll(model, plain, pad_id=1)), rel=1e-6)
+    assert got == pytest.approx(expected, rel=1e-5)
+    assert got != pytest.approx(unchanged, rel=1e-3)
+    weights = sum(a.weight for e in soft for a in e.answers)
+    assert loss_weight(soft) == pytest.approx(target_tokens(plain) - sum(len(e.rows) for e in plain) + weights)
+    assert loss_weight(plain) == target_tokens(plain)
+
+
+def test_distilled_answers_take_their_share_from_the_teachers_probability_and_need_the_builtin_teacher():
+    from contract.evidence import Evidence, Link
+    from trainer.config import SFTConfig
+    from trainer.data import DataError
+    from trainer.teacher import BuiltinTeacher, EvidenceModel, TeacherInput
+
+    teacher = BuiltinTeacher(EvidenceModel([1.0, 0.8, 0.6, 0.4, 0.2, 0.1, 0.3, 0.5, 0.5, 0.0], -2.0))
+    evidence = Evidence((Link(1, "a", 14),), 0, 812, 3, None, ())
+    pair, p_next = TeacherInput([], None, evidence), teacher.model.probability(evidence)  # type: ignore[arg-type]
+    assert 0.05 < p_next < 0.95
+    config = SFTConfig(answer_distill=0.5, answer_weight=3.0)
+    assert answer_target(9, True, pair, teacher, config) == AnswerTarget(9, 0.5 + 0.5 * p_next, 3.0)
+    assert answer_target(9, False, pair, teacher, config) == AnswerTarget(9, 0.5 + 0.5 * (1 - p_next), 3.0)
+    assert answer_target(9, True, pair, teacher, SFTConfig()) == AnswerTarget(9, 1.0, 1.0)  # the plain label
+    with pytest.raises(DataError, match="built-in teacher"):
+        build_examples(None, None, [], object(), config)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="answer_distill"):
+        SFTConfig(answer_distill=1.5)

@@ -230,6 +230,8 @@ def sft_cmd(
     hard_negatives: Annotated[int, _opt(SFTConfig, "hard_negatives")] = SFTConfig.hard_negatives,
     hard_pool: Annotated[int, _opt(SFTConfig, "hard_pool")] = SFTConfig.hard_pool,
     targets_per_user: Annotated[int, _opt(SFTConfig, "targets_per_user")] = SFTConfig.targets_per_user,
+    answer_weight: Annotated[float, _opt(SFTConfig, "answer_weight")] = SFTConfig.answer_weight,
+    answer_distill: Annotated[float, _opt(SFTConfig, "answer_distill")] = SFTConfig.answer_distill,
     none_fraction: Annotated[float, _opt(SFTConfig, "none_fraction")] = SFTConfig.none_fraction,
     steps: Annotated[int, _opt(SFTConfig, "steps")] = SFTConfig.steps,
     batch_size: Annotated[int, _opt(SFTConfig, "batch_size")] = SFTConfig.batch_size,
@@ -273,7 +275,7 @@ def sft_cmd(
 
     _log_to_stderr()
     config = _build(SFTConfig, users=users, negatives=negatives, hard_negatives=hard_negatives, hard_pool=hard_pool,
-                    targets_per_user=targets_per_user,
+                    targets_per_user=targets_per_user, answer_weight=answer_weight, answer_distill=answer_distill,
                     none_fraction=none_fraction, steps=steps, batch_size=batch_size, micro_batch=micro_batch, lr=lr,
                     seed=seed, stop_after=stop_after)  # fmt: skip
     teacher_config = _build(TeacherConfig, url=teacher_url, model=teacher_model, api=teacher_api,

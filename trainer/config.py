@@ -164,6 +164,16 @@ class SFTConfig:
     )
     hard_pool: int = option(50, "Hard negatives are drawn uniformly from this many of the sequence model's top items.")
     targets_per_user: int = option(2, "Positions of a user's training prefix used as targets, latest first.")
+    answer_weight: float = option(
+        1.0,
+        "How many times each row's answer token (yes/no, what the score is read from) counts in the loss, "
+        "against once for every rationale and cue token.",
+    )
+    answer_distill: float = option(
+        0.0,
+        "Share of each answer's target taken from the built-in teacher's verdict model (its probability that "
+        "the pair is next) instead of the 0/1 label: soft labels.",
+    )
     none_fraction: float = option(0.3, 'Share of examples in reasoning="none" form (one model serves both modes).')
     steps: int = option(1200, "Optimiser steps.")
     batch_size: int = option(16, "Examples per step (each 1 + N candidate rows sharing one history prefix).")
@@ -195,6 +205,8 @@ class SFTConfig:
             0 <= self.none_fraction <= 1, f"none_fraction is a share: give a value in [0, 1], got {self.none_fraction}"
         )
         _require(self.lr > 0 and self.checkpoint_every > 0, "lr and checkpoint_every must be > 0")
+        _require(self.answer_weight > 0, f"answer_weight must be > 0, got {self.answer_weight}")
+        _require(0 <= self.answer_distill <= 1, f"answer_distill must be in [0, 1], got {self.answer_distill}")
 
 
 @dataclass(frozen=True)

@@ -74,7 +74,17 @@ def packed_hidden_states(model, batch: PackedBatch) -> torch.Tensor:
 def target_log_probs(
     model, prefixes: Sequence[Tokens], rows: Sequence[Sequence[tuple[Tokens, int]]], pad_id: int
 ) -> torch.Tensor:
-    """Log-probabilities of every row's trailing target tokens, concatenated in row order.
+    """Log-probabilities of every row's trailing target tokens, concatenated in row order (``target_log_softmax``
+    gathered at the targets)."""
+    log_probs, targets = target_log_softmax(model, prefixes, rows, pad_id)
+    return log_probs.gather(-1, targets.unsqueeze(-1)).squeeze(-1)
+
+
+def target_log_softmax(
+    model, prefixes: Sequence[Tokens], rows: Sequence[Sequence[tuple[Tokens, int]]], pad_id: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The log-softmax over the vocabulary at every position that predicts a target (T, V), and the target ids
+    (T,), both in row order: for losses that weigh other tokens than the target (soft labels).
 
     rows: per prefix, its (row ids, n) pairs, where the last n ids of the row are the targets (each
     predicted from the token before it, so n must be smaller than the row's length plus the prefix's).
@@ -90,5 +100,4 @@ def target_log_probs(
             target += list(ids[len(ids) - n :])
     index = torch.tensor(example, device=hidden.device), torch.tensor(column, device=hidden.device)
     logits = model.get_output_embeddings()(hidden[index]).float()  # (T, V)
-    targets = torch.tensor(target, device=hidden.device)
-    return torch.log_softmax(logits, dim=-1).gather(-1, targets.unsqueeze(-1)).squeeze(-1)
+    return torch.log_softmax(logits, dim=-1), torch.tensor(target, device=hidden.device)

@@ -7,7 +7,10 @@ difference that removes a skew: the evidence leaves the user's own sequence out 
 (``contract.evidence.LeaveOut``), so the positive carries a co-occurrence link only when other users made the
 same move, as at serving time. Each row is then the rationale's ids + the answer cue + [yes|no]; a share of
 examples (``none_fraction``) uses the ``reasoning="none"`` form, prompt + cue + answer, so one model serves
-both modes. The loss is next-token cross-entropy on everything after the prompt. Each example's history
+both modes. The loss is next-token cross-entropy on everything after the prompt. The answer token is the one
+the ranking is read from, yet one of some thirty targets in a ``full`` row: ``answer_weight`` counts its loss
+that many times, and ``answer_distill`` moves that share of its target from the 0/1 label to the built-in
+teacher's probability that the pair is next (``AnswerTarget``). Each example's history
 prefix and all its candidate rows run as one packed sequence (``trainer/packing.py``: the prefix once, no
 padding between rows, the vocabulary projection only where a loss is taken), and a step's examples go
 through the model in small micro-batches of similar length (``micro_batch``), their gradients summed.
@@ -32,15 +35,25 @@ from contract.sequence import SequenceRanker
 from trainer.config import SFTConfig
 from trainer.data import Catalogue, DataError, UserSplit, sample_negatives
 from trainer.loop import load_state, optimizer_step, save_state, training_device
-from trainer.packing import target_log_probs
+from trainer.packing import target_log_softmax
 from trainer.progress import Progress
 from trainer.seqrec import RankerSequenceModels
 from trainer.statistics import carry_stats, ship_sequence_model
-from trainer.teacher import Teacher, TeacherInput
+from trainer.teacher import BuiltinTeacher, Teacher, TeacherInput
 
 logger = logging.getLogger(__name__)
 
 STEP_LOG = "sft_steps.jsonl"
+
+
+@dataclass(frozen=True)
+class AnswerTarget:
+    """How a row's last target, its answer, is trained: ``share`` of the target on the row's own answer token and
+    the rest on ``other`` (the opposite answer), its loss counted ``weight`` times."""
+
+    other: int
+    share: float = 1.0
+    weight: float = 1.0
 
 
 @dataclass(frozen=True)
@@ -49,6 +62,7 @@ class Example:
 
     prefix: list[int]
     rows: list[tuple[list[int], int]]  # (candidate segment + target ids, how many trailing ids are targets)
+    answers: list[AnswerTarget] | None = None  # per row; None: every answer a plain 0/1 target of weight 1
 
 
 def sft_users(splits: list[UserSplit], config: SFTConfig, reserve: int = 0) -> list[UserSplit]:
@@ -91,6 +105,9 @@ def build_examples(
     if config.hard_negatives and sequence is None:
         raise DataError("hard negatives come from the examples' sequence model: give --sequence-model and "
                         "--example-sequence-model, or --hard-negatives 0")  # fmt: skip
+    if config.answer_distill and not isinstance(teacher, BuiltinTeacher):
+        raise DataError("--answer-distill takes its soft labels from the built-in teacher's verdict model: "
+                        "give --answer-distill 0 with --teacher-url")  # fmt: skip
     rng = random.Random(config.seed)
     assembler = checkpoint.prompts if sequence is None else checkpoint.prompts.with_sequence(sequence)
     items = sorted(catalogue.titles)
@@ -114,25 +131,64 @@ def build_examples(
     rationales = iter(assembler.rationale_ids(texts))
     examples = []
     for prefix, rows, mode in pending:
-        built = []
-        for segment, _, label in rows:
+        built, answers = [], []
+        for segment, inputs, label in rows:
             # "none" is scored as prompt + cue (no Reasoning line); "full" as prompt + rationale + cue
             row = assembler.score_input(segment, next(rationales) if mode == "full" else ())
             row.append(assembler.answer_id(label))
             built.append((row, len(row) - len(segment)))
-        examples.append(Example(prefix, built))
+            answers.append(answer_target(assembler.answer_id(not label), label, inputs, teacher, config))
+        examples.append(Example(prefix, built, answers))
     rng.shuffle(examples)
     return examples
 
 
+def answer_target(other: int, label: bool, inputs: TeacherInput, teacher: Teacher, config: SFTConfig) -> AnswerTarget:
+    """The row's answer target: with ``answer_distill`` d, a share (1 - d) + d * P of it on the row's own answer,
+    P the built-in teacher's probability that the row's label is right (its verdict model's P(next | evidence))."""
+    share = 1.0
+    if config.answer_distill and isinstance(teacher, BuiltinTeacher):
+        p_next = teacher.model.probability(inputs.evidence)
+        share = 1.0 - config.answer_distill + config.answer_distill * (p_next if label else 1.0 - p_next)
+    return AnswerTarget(other, share, config.answer_weight)
+
+
+def answers_of(example: Example) -> list[AnswerTarget | None]:
+    return list(example.answers) if example.answers is not None else [None] * len(example.rows)
+
+
 def summed_token_nll(model, batch: list[Example], pad_id: int) -> torch.Tensor:
     """Summed next-token cross-entropy over every target token of the batch (rationale, cue, answer), each
-    example's prefix and candidate rows run as one packed sequence (``target_log_probs``)."""
-    return -target_log_probs(model, [e.prefix for e in batch], [e.rows for e in batch], pad_id).sum()
+    example's prefix and candidate rows run as one packed sequence (``target_log_softmax``); each row's answer
+    weighed and soft-labelled as its ``AnswerTarget`` says."""
+    log_probs, targets = target_log_softmax(model, [e.prefix for e in batch], [e.rows for e in batch], pad_id)
+    nll = -log_probs.gather(-1, targets.unsqueeze(-1)).squeeze(-1)
+    position, answer_rows, others, shares, weights = 0, [], [], [], []
+    for example in batch:
+        for (_, n), answer in zip(example.rows, answers_of(example), strict=True):
+            position += n
+            if answer is not None and (answer.share != 1.0 or answer.weight != 1.0):
+                answer_rows.append(position - 1)
+                others.append(answer.other)
+                shares.append(answer.share)
+                weights.append(answer.weight)
+    if not answer_rows:
+        return nll.sum()
+    index = torch.tensor(answer_rows, device=nll.device)
+    share = torch.tensor(shares, device=nll.device, dtype=nll.dtype)
+    soft = share * nll[index] - (1.0 - share) * log_probs[index, torch.tensor(others, device=nll.device)]
+    weight = torch.ones_like(nll).index_put((index,), torch.tensor(weights, device=nll.device, dtype=nll.dtype))
+    return (nll.index_put((index,), soft) * weight).sum()
 
 
 def target_tokens(batch: list[Example]) -> int:
     return sum(n for example in batch for _, n in example.rows)
+
+
+def loss_weight(batch: list[Example]) -> float:
+    """The target tokens, each answer counted by its weight: what the step's loss is the mean over."""
+    rows = ((n, answer) for example in batch for (_, n), answer in zip(example.rows, answers_of(example), strict=True))
+    return sum(n - 1 + (answer.weight if answer is not None else 1.0) for n, answer in rows)
 
 
 def packed_length(example: Example) -> int:
@@ -152,7 +208,7 @@ def micro_batches(batch: list[Example], size: int) -> list[list[Example]]:
 def step_losses(model, batch: list[Example], pad_id: int, micro_batch: int, autocast) -> Iterator[torch.Tensor]:
     """The step's mean token cross-entropy as one part per micro-batch (the parts sum to it), produced lazily
     so ``optimizer_step`` backpropagates each before the next forward."""
-    total = target_tokens(batch)
+    total = loss_weight(batch)
     for group in micro_batches(batch, micro_batch):
         with autocast:
             part = summed_token_nll(model, group, pad_id) / total

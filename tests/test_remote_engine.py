@@ -187,6 +187,7 @@ def test_sft_with_a_teacher_url_trains_on_its_rationales(vllm_server, tiny_data,
     assert cached and len(cached) % 4 == 0  # per user: 1 positive + 3 negatives, one request each
     provenance = open_checkpoint(tmp_path / "sft" / "model").manifest.provenance
     assert provenance["teacher"] == f"{vllm_server.url} {DEFAULT_MODEL}"
+    assert provenance["config"]["answer_distill"] == 0.0  # soft labels come from the built-in teacher only
 
 
 async def test_batched_calls_score_like_per_item_calls_and_a_rejected_prompt_costs_only_its_item(vllm_server, demo):

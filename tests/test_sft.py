@@ -162,7 +162,7 @@ def test_distilled_answers_take_their_share_from_the_teachers_probability_and_ne
     config = SFTConfig(answer_distill=0.5, answer_weight=3.0)
     assert answer_target(9, True, pair, teacher, config) == AnswerTarget(9, 0.5 + 0.5 * p_next, 3.0)
     assert answer_target(9, False, pair, teacher, config) == AnswerTarget(9, 0.5 + 0.5 * (1 - p_next), 3.0)
-    assert answer_target(9, True, pair, teacher, SFTConfig()) == AnswerTarget(9, 1.0, 1.0)  # the plain label
+    assert answer_target(9, True, pair, teacher, SFTConfig(answer_distill=0, answer_weight=1)) == AnswerTarget(9)  # 0/1
     with pytest.raises(DataError, match="built-in teacher"):
         build_examples(None, None, [], object(), config)  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="answer_distill"):

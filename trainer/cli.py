@@ -280,6 +280,10 @@ def sft_cmd(
                     seed=seed, stop_after=stop_after)  # fmt: skip
     teacher_config = _build(TeacherConfig, url=teacher_url, model=teacher_model, api=teacher_api,
                             concurrency=teacher_concurrency, calibration_users=teacher_calibration_users)  # fmt: skip
+    if teacher_config.url and config.answer_distill:
+        message = "--answer-distill takes soft labels from the built-in teacher: an LLM teacher's answers are 0/1"
+        logging.getLogger(__name__).warning(message)
+        config = dataclasses.replace(config, answer_distill=0.0)
     base_checkpoint = _checkpoint(base, "--base")
     sequences = None
     if (sequence_model is None) != (example_sequence_model is None):

@@ -165,14 +165,14 @@ class SFTConfig:
     hard_pool: int = option(50, "Hard negatives are drawn uniformly from this many of the sequence model's top items.")
     targets_per_user: int = option(2, "Positions of a user's training prefix used as targets, latest first.")
     answer_weight: float = option(
-        1.0,
+        4.0,
         "How many times each row's answer token (yes/no, what the score is read from) counts in the loss, "
         "against once for every rationale and cue token.",
     )
     answer_distill: float = option(
-        0.0,
+        0.5,
         "Share of each answer's target taken from the built-in teacher's verdict model (its probability that "
-        "the pair is next) instead of the 0/1 label: soft labels.",
+        "the pair is next) instead of the 0/1 label: soft labels. With --teacher-url the answers are 0/1.",
     )
     none_fraction: float = option(0.3, 'Share of examples in reasoning="none" form (one model serves both modes).')
     steps: int = option(1200, "Optimiser steps.")

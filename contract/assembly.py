@@ -187,8 +187,13 @@ class PromptAssembler:
         return PromptAssembler(self.encoder, self.limits, self.answer_ids, self.stats, sequence)
 
     def _plain(self, text: str) -> str:
-        """``text`` without the tokenizer's special-token strings (they would encode as control tokens)."""
-        return self._special.sub(" ", text) if self._special is not None and "<" in text else text
+        """``text`` without the tokenizer's special-token strings (they would encode as control tokens), each replaced
+        by a space, so no word or cue is glued to its neighbour; where cutting them out would join halves into
+        another special token (``<|endof<|endoftext|>text|>``), they are cut out so the next pass removes it."""
+        if self._special is None or "<" not in text:
+            return text
+        joined = self._special.sub("", text)
+        return joined if self._special.search(joined) else self._special.sub(" ", text)
 
     def clean_title(self, title: str) -> str:
         """``prompt.clean_title`` and the tokenizer's special-token strings removed, after look-alikes are folded

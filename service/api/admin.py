@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from fastapi import APIRouter, Depends
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from service.api.deps import StateDep
 from service.auth import AuthenticatedRoute, require
@@ -33,6 +33,14 @@ class PublishRequest(BaseModel):
 
     path: str = Field(min_length=1, description="Checkpoint directory on the server, under R2RANK_MODELS_ROOT.")
     force: bool = Field(False, description="Publish even when its eval metric is worse than the serving model's.")
+
+    @field_validator("path")
+    @classmethod
+    def _no_nul(cls, path: str) -> str:
+        """A NUL byte cannot be in a file path: the OS call would raise (a 500), so it is a 422 naming the field."""
+        if "\x00" in path:
+            raise ValueError("a path cannot contain a NUL character")
+        return path
 
 
 @router.get("", summary="The serving and the previous checkpoint")

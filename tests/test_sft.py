@@ -22,7 +22,6 @@ from trainer.sft import (
     packed_length,
     step_losses,
     summed_token_nll,
-    target_tokens,
 )
 
 
@@ -50,6 +49,11 @@ def _examples(n: int, seed: int) -> list[Example]:
             rows.append((ids, rng.randint(1, len(ids) - 1)))
         examples.append(Example(tokens(rng.randint(3, 40)), rows))
     return examples
+
+
+def target_tokens(batch: list[Example]) -> int:
+    """Every row's target count, summed: the plain token mean's denominator."""
+    return sum(n for example in batch for _, n in example.rows)
 
 
 def _gradients(model) -> list[torch.Tensor]:
@@ -153,16 +157,16 @@ def test_distilled_answers_take_their_share_from_the_teachers_probability_and_ne
     from contract.evidence import Evidence, Link
     from trainer.config import SFTConfig
     from trainer.data import DataError
-    from trainer.teacher import BuiltinTeacher, EvidenceModel, TeacherInput
+    from trainer.teacher import BuiltinTeacher, EvidenceModel
 
     teacher = BuiltinTeacher(EvidenceModel([1.0, 0.8, 0.6, 0.4, 0.2, 0.1, 0.3, 0.5, 0.5, 0.0], -2.0))
     evidence = Evidence((Link(1, "a", 14),), 0, 812, 3, None, ())
-    pair, p_next = TeacherInput([], None, evidence), teacher.model.probability(evidence)  # type: ignore[arg-type]
+    p_next = teacher.model.probability(evidence)
     assert 0.05 < p_next < 0.95
     config = SFTConfig(answer_distill=0.5, answer_weight=3.0)
-    assert answer_target(9, True, pair, teacher, config) == AnswerTarget(9, 0.5 + 0.5 * p_next, 3.0)
-    assert answer_target(9, False, pair, teacher, config) == AnswerTarget(9, 0.5 + 0.5 * (1 - p_next), 3.0)
-    assert answer_target(9, True, pair, teacher, SFTConfig(answer_distill=0, answer_weight=1)) == AnswerTarget(9)  # 0/1
+    assert answer_target(9, True, p_next, config) == AnswerTarget(9, 0.5 + 0.5 * p_next, 3.0)
+    assert answer_target(9, False, p_next, config) == AnswerTarget(9, 0.5 + 0.5 * (1 - p_next), 3.0)
+    assert answer_target(9, True, None, SFTConfig(answer_distill=0, answer_weight=1)) == AnswerTarget(9)  # 0/1
     with pytest.raises(DataError, match="built-in teacher"):
         build_examples(None, None, [], object(), config)  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="answer_distill"):

@@ -105,7 +105,8 @@ def build_examples(
     if config.hard_negatives and sequence is None:
         raise DataError("hard negatives come from the examples' sequence model: give --sequence-model and "
                         "--example-sequence-model, or --hard-negatives 0")  # fmt: skip
-    if config.answer_distill and not isinstance(teacher, BuiltinTeacher):
+    verdicts = teacher.model if isinstance(teacher, BuiltinTeacher) else None
+    if config.answer_distill and verdicts is None:
         raise DataError("--answer-distill takes its soft labels from the built-in teacher's verdict model: "
                         "give --answer-distill 0 with --teacher-url")  # fmt: skip
     rng = random.Random(config.seed)
@@ -137,18 +138,19 @@ def build_examples(
             row = assembler.score_input(segment, next(rationales) if mode == "full" else ())
             row.append(assembler.answer_id(label))
             built.append((row, len(row) - len(segment)))
-            answers.append(answer_target(assembler.answer_id(not label), label, inputs, teacher, config))
+            p_next = verdicts.probability(inputs.evidence) if verdicts is not None and config.answer_distill else None
+            answers.append(answer_target(assembler.answer_id(not label), label, p_next, config))
         examples.append(Example(prefix, built, answers))
     rng.shuffle(examples)
     return examples
 
 
-def answer_target(other: int, label: bool, inputs: TeacherInput, teacher: Teacher, config: SFTConfig) -> AnswerTarget:
-    """The row's answer target: with ``answer_distill`` d, a share (1 - d) + d * P of it on the row's own answer,
-    P the built-in teacher's probability that the row's label is right (its verdict model's P(next | evidence))."""
+def answer_target(other: int, label: bool, p_next: float | None, config: SFTConfig) -> AnswerTarget:
+    """The row's answer target: with ``answer_distill`` d and ``p_next`` the built-in teacher's P(next | evidence),
+    a share (1 - d) + d * P of it on the row's own answer, P the probability that the row's label is right; a plain
+    0/1 target where ``p_next`` is None."""
     share = 1.0
-    if config.answer_distill and isinstance(teacher, BuiltinTeacher):
-        p_next = teacher.model.probability(inputs.evidence)
+    if p_next is not None:
         share = 1.0 - config.answer_distill + config.answer_distill * (p_next if label else 1.0 - p_next)
     return AnswerTarget(other, share, config.answer_weight)
 
@@ -179,10 +181,6 @@ def summed_token_nll(model, batch: list[Example], pad_id: int) -> torch.Tensor:
     soft = share * nll[index] - (1.0 - share) * log_probs[index, torch.tensor(others, device=nll.device)]
     weight = torch.ones_like(nll).index_put((index,), torch.tensor(weights, device=nll.device, dtype=nll.dtype))
     return (nll.index_put((index,), soft) * weight).sum()
-
-
-def target_tokens(batch: list[Example]) -> int:
-    return sum(n for example in batch for _, n in example.rows)
 
 
 def loss_weight(batch: list[Example]) -> float:

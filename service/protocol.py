@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints, field_validator
 
@@ -31,6 +31,38 @@ def _request_id(value: str) -> str:
 RequestId = Annotated[
     str, StringConstraints(min_length=1, max_length=MAX_REQUEST_ID_CHARS), AfterValidator(_request_id)
 ]
+
+# What the response encoder (orjson) can write back: a free-form value outside these is refused on the way in,
+# not stored and then turned into a 500 on every read.
+ECHO_INT_RANGE = (-(2**63), 2**64 - 1)
+MAX_ECHO_DEPTH = 32
+
+
+def _echo_problem(value: Any, depth: int = 0) -> str | None:
+    """Why ``value`` (parsed JSON) could not be written back in a reply, or None."""
+    if depth > MAX_ECHO_DEPTH:
+        return f"nested deeper than {MAX_ECHO_DEPTH} levels"
+    if isinstance(value, bool) or not isinstance(value, int | list | dict):
+        return None
+    if isinstance(value, int):
+        low, high = ECHO_INT_RANGE
+        return None if low <= value <= high else f"integer {value} outside [{low}, {high}] (send it as a string)"
+    children = value.values() if isinstance(value, dict) else value
+    return next((problem for child in children if (problem := _echo_problem(child, depth + 1))), None)
+
+
+def _echoable(value: Any) -> Any:
+    if problem := _echo_problem(value):
+        raise ValueError(problem)
+    return value
+
+
+class EchoedExtras(BaseModel):
+    """A model whose extra fields are kept as given and echoed in replies: each must be writable back (an error
+    names the field)."""
+
+    model_config = ConfigDict(extra="allow")
+    __pydantic_extra__: dict[str, Annotated[Any, AfterValidator(_echoable)]] = Field(init=False)
 
 
 class ItemIn(BaseModel):
@@ -284,7 +316,7 @@ class EventOut(BaseModel):
 
 
 # --- catalogue ------------------------------------------------------------------------------------------
-class CatalogItem(BaseModel):
+class CatalogItem(EchoedExtras):
     """A catalogue entry; fields beyond item_id and title are kept as given."""
 
     model_config = ConfigDict(

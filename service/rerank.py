@@ -17,15 +17,13 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError
 
 from service.exceptions import InvalidRequest
-from service.protocol import HARD_MAX_CANDIDATES, ItemIn, RankRequest, RankResponse
+from service.protocol import HARD_MAX_CANDIDATES, EchoedExtras, ItemIn, RankRequest, RankResponse
 
 DocumentText = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=2000)]
 USER_QUERY_PREFIX = "user:"
 
 
-class DocumentObject(BaseModel):
-    model_config = ConfigDict(extra="allow")
-
+class DocumentObject(EchoedExtras):
     text: DocumentText
 
 

@@ -68,3 +68,33 @@ def test_non_json_or_wrong_shape_body(client: httpx.Client, raw: bytes):
 def test_unknown_route_and_method(client: httpx.Client):
     assert client.get("/nope").json()["error"]["code"] == 404
     assert client.get("/rank").status_code == 405
+
+
+# Free-form fields are echoed back (GET /items/{id}, rerank's return_documents): a value the reply could not
+# encode is refused on the way in, naming the field, instead of being stored and failing every read with a 500.
+def _nested(depth: int) -> list:
+    value: list = []
+    for _ in range(depth):
+        value = [value]
+    return value
+
+
+UNECHOABLE = [
+    ("integer past 64 bits", {"a": [2**70]}),
+    ("nested 40 deep", _nested(40)),
+]
+
+
+@pytest.mark.parametrize(("case", "value"), UNECHOABLE, ids=[c[0] for c in UNECHOABLE])
+def test_catalogue_fields_that_could_not_be_echoed_are_refused(client: httpx.Client, case: str, value: object):
+    response = client.put("/items", json=[{"item_id": "echo-1", "title": "Chess", "extra": value}])
+    assert response.status_code == 422, response.text
+    assert response.json()["error"]["param"] == "0.extra"
+    assert client.get("/items/echo-1").status_code == 404  # nothing was stored
+    document = {"text": "Chess", "extra": value}
+    rerank = client.post("/v1/rerank", json={"query": "Go", "documents": [document], "return_documents": True})
+    assert rerank.status_code == 422, rerank.text
+    assert any(d["param"].endswith(".extra") for d in rerank.json()["error"]["details"])
+    kept = client.put("/items", json=[{"item_id": "echo-2", "title": "Chess", "extra": {"a": [2**64 - 1]}}])
+    assert kept.status_code == 200
+    assert client.get("/items/echo-2").json()["extra"] == {"a": [2**64 - 1]}

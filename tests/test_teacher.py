@@ -138,3 +138,27 @@ def test_sft_and_the_teachers_calibration_share_a_small_catalogue_with_the_defau
     with pytest.raises(DataError, match="--teacher-calibration-users"):
         calibration_examples(_users(3), CATALOGUE, EvidenceStats.from_sequences([], CATALOGUE.titles), 10,
                              exclude={"u0", "u1", "u2"})  # fmt: skip
+
+
+def test_fusion_probe_fits_what_a_logistic_cannot():
+    """The evidence-ceiling probe's MLP learns an interaction of two features (next only with a link at #1 XOR a
+    shared word) that no logistic of the same features ranks: so when it ties the logistic on real evidence, the
+    features, not their weighting, are the limit."""
+    import random
+
+    from trainer.evaluation.fusion import fit_mlp
+
+    rng = random.Random(0)
+    evidence, labels = [], []
+    for _ in range(2000):
+        link, shared = rng.random() < 0.5, rng.random() < 0.5
+        evidence.append(Evidence((Link(1, "a", 5),) if link else (), 0, 10, 50,
+                                 SharedWord("zelda", 1, "a") if shared else None, ()))  # fmt: skip
+        labels.append(link != shared)
+    mlp, logistic = fit_mlp(evidence, labels, epochs=30), EvidenceModel.fit(evidence, labels)
+
+    def accuracy(scores: list[float], threshold: float) -> float:
+        return sum((s > threshold) == y for s, y in zip(scores, labels, strict=True)) / len(labels)
+
+    assert accuracy(mlp(evidence), 0.0) == 1.0
+    assert accuracy([logistic.logit(e) for e in evidence], 0.0) < 0.8

@@ -5,5 +5,6 @@
 - ``baselines``: popularity, co-occurrence, the teacher's evidence model, the sequence model (SASRec);
 - ``serving``: a checkpoint scored through the service's own ``Ranker`` on vLLM, rationales checked;
 - ``report``: JSON, Markdown and PNG;
-- ``run``: the whole evaluation the command runs, ranks stored so later reports pair on the same users.
+- ``run``: the whole evaluation the command runs, ranks stored so later reports pair on the same users;
+- ``fusion``: the evidence's ceiling, the teacher's logistic against a nonlinear fusion of the same features.
 """

@@ -14,7 +14,7 @@ from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
-from contract.evidence import EvidenceStats, Item, compute_evidence_batch
+from contract.evidence import Evidence, EvidenceStats, Item, compute_evidence_batch
 from contract.sequence import SequenceRanker
 from trainer.data import Catalogue, UserSplit
 from trainer.evaluation.cases import EvalCase
@@ -99,19 +99,22 @@ def cooccurrence_scorer(stats: TrainingStats, recent_items: int = RECENT) -> Sco
     return per_case(score)
 
 
+def case_evidence(
+    case: EvalCase, catalogue: Catalogue, stats: EvidenceStats, sequence: SequenceRanker | None = None
+) -> list[Evidence]:
+    """The evidence a ranker's prompt states for each of the case's candidates, in their order."""
+    history = [Item(i, catalogue.title(i)) for i in case.history]
+    candidates = [Item(c, catalogue.title(c)) for c in case.candidates]
+    return compute_evidence_batch(history, candidates, stats, sequence=sequence)
+
+
 def evidence_scorer(
     stats: EvidenceStats, model: EvidenceModel, catalogue: Catalogue, sequence: SequenceRanker | None = None
 ) -> Scorer:
     """The teacher's verdict model alone on the same evidence the ranker reads (a logistic regression on its
     features, the next-item rank included where the ranker's checkpoint ships a sequence model): what a model
     adds beyond weighing the evidence linearly."""
-
-    def score(case: EvalCase) -> list[float]:
-        history = [Item(i, catalogue.title(i)) for i in case.history]
-        candidates = [Item(c, catalogue.title(c)) for c in case.candidates]
-        return [model.logit(e) for e in compute_evidence_batch(history, candidates, stats, sequence=sequence)]
-
-    return per_case(score)
+    return per_case(lambda case: [model.logit(e) for e in case_evidence(case, catalogue, stats, sequence)])
 
 
 def sequence_model_scorer(model: SequenceModel) -> Scorer:

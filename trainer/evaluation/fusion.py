@@ -18,10 +18,11 @@ from pathlib import Path
 
 import torch
 
-from contract.evidence import Evidence, Item, compute_evidence_batch
+from contract.evidence import Evidence
 from contract.sequence import SequenceRanker
 from trainer.config import EvidenceConfig, SFTConfig, TeacherConfig
 from trainer.data import DEFAULT_DATA, load_splits
+from trainer.evaluation.baselines import case_evidence
 from trainer.evaluation.cases import build_cases
 from trainer.evaluation.metrics import metrics_with_ci, paired_difference, positive_rank
 from trainer.seqrec import ranker_sequence_models
@@ -29,11 +30,12 @@ from trainer.sft import sft_users
 from trainer.statistics import build_stats
 from trainer.teacher import EvidenceModel, calibration_examples, evidence_features
 
-Scorer = Callable[[Sequence[Evidence]], list[float]]
+EvidenceScorer = Callable[[Sequence[Evidence]], list[float]]
+"""A logit for each pair's evidence, in order."""
 
 
 def fit_mlp(evidence: Sequence[Evidence], labels: Sequence[bool], hidden: int = 32, epochs: int = 60,
-            weight_decay: float = 1e-4, seed: int = 0) -> Scorer:  # fmt: skip
+            weight_decay: float = 1e-4, seed: int = 0) -> EvidenceScorer:  # fmt: skip
     """A two-hidden-layer MLP on standardised ``evidence_features`` (binary cross-entropy, AdamW): the logit."""
     generator = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
@@ -75,19 +77,18 @@ def main() -> None:
     evidence, labels = calibration_examples(splits, catalogue, stats, args.calibration_users,
                                             exclude=sft_chosen, sequence=sequences.examples)  # fmt: skip
     logistic = EvidenceModel.fit(evidence, labels)
-    scorers: dict[str, Scorer] = {
+    scorers: dict[str, EvidenceScorer] = {
         "logistic (the teacher's)": lambda batch: [logistic.logit(e) for e in batch],
         "MLP, 2x32": fit_mlp(evidence, labels),
     }
     shipped = SequenceRanker.load(sequences.shipped)
+    cases = build_cases(splits, catalogue, args.users, 19, 0, None, "selection")
     ranks: dict[str, list[int]] = {name: [] for name in scorers}
-    for case in build_cases(splits, catalogue, args.users, 19, 0, None, "selection"):
-        history = [Item(i, catalogue.title(i)) for i in case.history]
-        candidates = [Item(c, catalogue.title(c)) for c in case.candidates]
-        batch = compute_evidence_batch(history, candidates, stats, sequence=shipped)
+    for case in cases:
+        batch = case_evidence(case, catalogue, stats, shipped)  # once per case, for every scorer
         for name, score in scorers.items():
             ranks[name].append(positive_rank(score(batch), case.candidates, case.target))
-    print(f"{len(evidence)} calibration rows; {len(ranks[next(iter(ranks))])} selection users, 1 + 19 random")
+    print(f"{len(evidence)} calibration rows; {len(cases)} selection users, 1 + 19 random")
     baseline, *others = ranks
     for name, found in ranks.items():
         ndcg = metrics_with_ci(found)["ndcg@10"]

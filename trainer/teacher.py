@@ -81,20 +81,28 @@ class EvidenceModel:
 
     @classmethod
     def fit(cls, evidence: Sequence[Evidence], labels: Sequence[bool], l2: float = 1e-4) -> EvidenceModel:
-        x = torch.tensor([evidence_features(e) for e in evidence], dtype=torch.float64)
-        y = torch.tensor([float(v) for v in labels], dtype=torch.float64)
-        w = torch.zeros(x.shape[1], dtype=torch.float64, requires_grad=True)
-        b = torch.zeros(1, dtype=torch.float64, requires_grad=True)
-        optimizer = torch.optim.LBFGS([w, b], max_iter=200, line_search_fn="strong_wolfe")
+        return cls(*fit_logistic([evidence_features(e) for e in evidence], labels, l2))
 
-        def closure():
-            optimizer.zero_grad()
-            loss = torch.nn.functional.binary_cross_entropy_with_logits(x @ w + b, y) + l2 * (w**2).sum()
-            loss.backward()
-            return loss
 
-        optimizer.step(closure)
-        return cls(w.detach().tolist(), float(b.detach()))
+def fit_logistic(
+    rows: Sequence[Sequence[float]], labels: Sequence[bool], l2: float = 1e-4
+) -> tuple[list[float], float]:
+    """Weights and bias of an L2-regularised logistic regression (L-BFGS, float64): the verdict model's fit, and
+    the fusion probe's on other feature sets (``trainer.evaluation.fusion``)."""
+    x = torch.tensor(rows, dtype=torch.float64)
+    y = torch.tensor([float(v) for v in labels], dtype=torch.float64)
+    w = torch.zeros(x.shape[1], dtype=torch.float64, requires_grad=True)
+    b = torch.zeros(1, dtype=torch.float64, requires_grad=True)
+    optimizer = torch.optim.LBFGS([w, b], max_iter=200, line_search_fn="strong_wolfe")
+
+    def closure():
+        optimizer.zero_grad()
+        loss = torch.nn.functional.binary_cross_entropy_with_logits(x @ w + b, y) + l2 * (w**2).sum()
+        loss.backward()
+        return loss
+
+    optimizer.step(closure)
+    return w.detach().tolist(), float(b.detach())
 
 
 VERDICT_PROVENANCE = "teacher_verdict_model"
@@ -113,30 +121,52 @@ def calibration_pool(splits: Sequence[UserSplit], exclude: set[str] | frozenset[
     return [s for s in splits if len(s.train) >= 2 and s.user_id not in exclude]
 
 
-def calibration_examples(
-    splits: Sequence[UserSplit], catalogue: Catalogue, stats: EvidenceStats, users: int, negatives: int = 4,
-    seed: int = 1,
+@dataclass(frozen=True)
+class CalibrationPair:
+    """One calibration row: a user's training prefix before its last item, a candidate, and whether it is that item."""
+
+    split: UserSplit
+    history: list[str]
+    candidate: str
+    label: bool
+
+
+def calibration_pairs(
+    splits: Sequence[UserSplit], catalogue: Catalogue, users: int, negatives: int = 4, seed: int = 1,
     exclude: set[str] | frozenset[str] = frozenset(),
-    sequence: SequenceRanker | None = None,
-) -> tuple[list[Evidence], list[bool]]:  # fmt: skip
-    """Evidence at the last training position of ``users`` users (not in ``exclude``), leaving each user's own
-    sequence out of the counts as SFT does, with 1 positive + ``negatives`` random negatives each; the
-    next-item rank from ``sequence`` (which must not have seen that position: horizon ``sft``)."""
+) -> list[CalibrationPair]:  # fmt: skip
+    """The last training position of ``users`` users (not in ``exclude``), with 1 positive + ``negatives``
+    random negatives each (seeded)."""
     rng = random.Random(seed)
     items = sorted(catalogue.titles)
     pool = calibration_pool(splits, exclude)
     if not pool:
         raise DataError("no users with 2+ training items are left to fit the teacher's verdict model on "
                         "(--teacher-calibration-users)")  # fmt: skip
-    evidence, labels = [], []
+    pairs = []
     for split in rng.sample(pool, min(users, len(pool))):
-        history = [Item(i, catalogue.title(i)) for i in split.train[:-1]]
         positive = split.train[-1]
-        leave_out = LeaveOut.of_sequence(split.train, stats.window)
         excluded = {*split.train, split.valid_target, split.test_target}
         for item in [positive, *sample_negatives(rng, items, excluded, negatives)]:
-            evidence.append(compute_evidence(history, Item(item, catalogue.title(item)), stats, leave_out, sequence))
-            labels.append(item == positive)
+            pairs.append(CalibrationPair(split, split.train[:-1], item, item == positive))
+    return pairs
+
+
+def calibration_examples(
+    splits: Sequence[UserSplit], catalogue: Catalogue, stats: EvidenceStats, users: int, negatives: int = 4,
+    seed: int = 1,
+    exclude: set[str] | frozenset[str] = frozenset(),
+    sequence: SequenceRanker | None = None,
+) -> tuple[list[Evidence], list[bool]]:  # fmt: skip
+    """The evidence of ``calibration_pairs``, leaving each user's own sequence out of the counts as SFT does; the
+    next-item rank from ``sequence`` (which must not have seen that position: horizon ``sft``)."""
+    evidence, labels = [], []
+    for pair in calibration_pairs(splits, catalogue, users, negatives, seed, exclude):
+        history = [Item(i, catalogue.title(i)) for i in pair.history]
+        leave_out = LeaveOut.of_sequence(pair.split.train, stats.window)
+        candidate = Item(pair.candidate, catalogue.title(pair.candidate))
+        evidence.append(compute_evidence(history, candidate, stats, leave_out, sequence))
+        labels.append(pair.label)
     return evidence, labels
 
 

@@ -1,0 +1,40 @@
+"""The fusion probe's signals beyond the evidence (``trainer.evaluation.signals``): what they compute, and that
+a calibration row's own target is left out of the counts as the evidence's links leave it out."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+
+from contract.sequence import SequenceRanker
+from trainer.evaluation.signals import CoPurchase, SequenceConfidence
+
+SHIPPED_SEQUENCE = Path(__file__).resolve().parents[1] / "models" / "default" / "sequence"
+
+
+def test_co_purchase_counts_users_with_both_items_and_leaves_a_counted_target_out():
+    signal = CoPurchase([["a", "b", "c"], ["a", "b"], ["b", "d"]])
+    log_count, cosine_sum, cosine_max = signal(["a", "b"], ["a", "b"], ["c"])[0]
+    assert log_count == math.log1p(2)  # one user had a and c, one had b and c
+    assert math.isclose(cosine_sum, 1 / math.sqrt(2 * 1) + 1 / math.sqrt(3 * 1))
+    assert math.isclose(cosine_max, 1 / math.sqrt(2))
+    # the user whose counted sequence is a, b, c, at the position before c: c's pairs with them are theirs
+    assert signal(["a", "b", "c"], ["a", "b"], ["c"]) == [[0.0, 0.0, 0.0]]
+    assert signal(["a", "b", "c"], ["a", "b"], ["d"]) == signal(["a", "b"], ["a", "b"], ["d"])
+    assert signal(["a"], ["a"], ["unknown"]) == [[0.0, 0.0, 0.0]]
+
+
+def test_sequence_confidence_is_a_distribution_over_the_items_a_rank_counts():
+    ranker = SequenceRanker.load(SHIPPED_SEQUENCE)
+    history = ranker.item_ids[:3]
+    outside = [item for item in ranker.item_ids if item not in history]
+    values = SequenceConfidence(ranker)(history, history, outside)
+    log_probs = np.array([v[0] for v in values])
+    assert math.isclose(float(np.exp(log_probs).sum()), 1.0, rel_tol=1e-4)
+    gaps = np.array([v[1] for v in values])
+    assert gaps.max() == 0.0 and (gaps <= 0).all()
+    ranks = ranker.ranks(history, outside)
+    assert ranks[int(gaps.argmax())] == 1  # the top item's gap is 0
+    assert SequenceConfidence(ranker)(history, history, ["not-an-item"]) == [[0.0, 0.0]]

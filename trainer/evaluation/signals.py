@@ -1,0 +1,154 @@
+"""Signals beyond the evidence line, for the fusion probe (``trainer.evaluation.fusion --signals``).
+
+The evidence line is the ceiling of what the LLM and its teacher's logistic rank with (a nonlinear fusion of it
+ranks no better). Before a signal becomes an evidence field (a prompt format, a retrained recipe), the probe
+measures whether a logistic that also weighs it ranks better on the selection users. Each signal here gives a few
+numbers per (history, candidate), computed once per history for all its candidates:
+
+- ``SequenceConfidence``: the sequence model's log-probability of the candidate (softmax over the catalogue
+  outside the history) and its gap to the top item's: how sure the SASRec is, which its rank alone does not say.
+- ``CoPurchase``: whole-history co-occurrence (item-kNN): how many users had both a history item and the
+  candidate anywhere in their sequences, summed and cosine-normalised; the evidence's links count only moves
+  within a few steps.
+- ``TitleLikelihood``: the pre-trained LM's log-probability of the candidate's title as the history's next line:
+  what the LLM itself learned of which titles follow which, the one signal the logistic cannot read.
+
+``counted`` is the user's sequence as the statistics counted it; where it holds items beyond the history (a
+calibration row's positive, counted in the training prefix), they are left out, as ``LeaveOut`` does for links.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+import torch
+
+from contract.checkpoint import open_checkpoint
+from contract.evidence import Item
+from contract.sequence import SequenceRanker
+from trainer.data import Catalogue
+
+
+class Signal(Protocol):
+    """A few numbers per candidate of one history (``names`` says which)."""
+
+    names: tuple[str, ...]
+
+    def __call__(
+        self, counted: Sequence[str], history: Sequence[str], candidates: Sequence[str]
+    ) -> list[list[float]]: ...
+
+
+class SequenceConfidence:
+    """log P(candidate) under the sequence model, and log P(candidate) − log P(its top item); 0 where unknown (the
+    evidence's rank-known feature marks those)."""
+
+    names = ("sasrec log-probability", "sasrec gap to top")
+
+    def __init__(self, ranker: SequenceRanker) -> None:
+        self.ranker = ranker
+
+    def __call__(self, counted: Sequence[str], history: Sequence[str], candidates: Sequence[str]) -> list[list[float]]:
+        logits = self.ranker.logits(history)
+        if logits is None:
+            return [[0.0, 0.0] for _ in candidates]
+        masked = self.ranker._outside(logits, history)  # noqa: SLF001 - the same items a rank counts
+        top = float(masked.max())
+        log_norm = top + math.log(float(np.exp(masked[np.isfinite(masked)] - top).sum()))
+        out = []
+        for candidate in candidates:
+            column = self.ranker.index.get(candidate)
+            value = float(logits[column]) if column is not None else None
+            out.append([value - log_norm, value - top] if value is not None else [0.0, 0.0])
+        return out
+
+
+class CoPurchase:
+    """Item-kNN over whole sequences: pair counts of distinct items per user, from ``sequences`` (the statistics'
+    horizon), kept as sorted pair keys and counts."""
+
+    names = ("co-purchase log count", "co-purchase cosine sum", "co-purchase cosine max")
+
+    def __init__(self, sequences: Sequence[Sequence[str]]) -> None:
+        self.index: dict[str, int] = {}
+        keys: list[np.ndarray] = []
+        item_users: dict[int, int] = {}
+        for sequence in sequences:
+            ids = sorted({self.index.setdefault(item, len(self.index)) for item in sequence})
+            for i in ids:
+                item_users[i] = item_users.get(i, 0) + 1
+            grid = np.array(ids, dtype=np.int64)
+            first, second = np.triu_indices(len(grid), k=1)
+            keys.append(grid[first] * (1 << 32) + grid[second])
+        self.keys, self.counts = np.unique(
+            np.concatenate(keys) if keys else np.zeros(0, dtype=np.int64), return_counts=True
+        )
+        self.users = np.array([item_users.get(i, 0) for i in range(len(self.index))], dtype=np.float64)
+
+    def _pair_counts(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+        keys = np.minimum(a, b) * (1 << 32) + np.maximum(a, b)
+        at = np.searchsorted(self.keys, keys).clip(max=max(len(self.keys) - 1, 0))
+        found = (self.keys[at] == keys) if len(self.keys) else np.zeros(len(keys), dtype=bool)
+        return np.where(found, self.counts[at] if len(self.keys) else 0, 0).astype(np.float64)
+
+    def __call__(self, counted: Sequence[str], history: Sequence[str], candidates: Sequence[str]) -> list[list[float]]:
+        seen = np.array(sorted({self.index[i] for i in history if i in self.index}), dtype=np.int64)
+        extra = set(counted) - set(history)  # counted for this user, yet after the history: leave it out
+        out = []
+        for candidate in candidates:
+            column = self.index.get(candidate)
+            if column is None or len(seen) == 0:
+                out.append([0.0, 0.0, 0.0])
+                continue
+            pairs = self._pair_counts(seen, np.full(len(seen), column, dtype=np.int64))
+            users = self.users[column]
+            if candidate in extra:
+                pairs, users = pairs - 1.0, users - 1.0
+            cosine = pairs / np.sqrt(np.maximum(users, 1.0) * np.maximum(self.users[seen], 1.0))
+            out.append([math.log1p(float(pairs.sum())), float(cosine.sum()), float(cosine.max())])
+        return out
+
+
+class TitleLikelihood:
+    """The LM's log-probability of ``#1 <candidate title>`` ending the history block, summed and per token."""
+
+    names = ("title log-likelihood", "title log-likelihood per token")
+
+    def __init__(self, model_dir: Path, catalogue: Catalogue) -> None:
+        from trainer.attention import load_causal_lm
+
+        self.checkpoint = open_checkpoint(model_dir)
+        self.model = load_causal_lm(model_dir).eval()
+        self.catalogue = catalogue
+        self.pad_id = self.checkpoint.encoder.pad_token_id
+
+    def _line(self, history: Sequence[str], candidate: str) -> tuple[list[int], int]:
+        """The history block with the candidate as its latest line, and where that line's title starts."""
+        items = [Item(i, self.catalogue.title(i)) for i in (*history, candidate)]
+        text = self.checkpoint.prompts.history_prefix(items).text
+        head = text[: text.rindex("\n#1") + len("\n#1")]
+        ids, head_ids = self.checkpoint.encoder.encode(text), self.checkpoint.encoder.encode(head)
+        if ids[: len(head_ids)] != head_ids:  # a merge across the cut: score from the line's start instead
+            head_ids = self.checkpoint.encoder.encode(text[: text.rindex("\n#1") + 1])
+        return ids, len(head_ids)
+
+    @torch.no_grad()
+    def __call__(self, counted: Sequence[str], history: Sequence[str], candidates: Sequence[str]) -> list[list[float]]:
+        lines = [self._line(history, c) for c in candidates]
+        width = max(len(ids) for ids, _ in lines)
+        batch = torch.full((len(lines), width), self.pad_id, dtype=torch.long)
+        mask = torch.zeros((len(lines), width), dtype=torch.long)
+        for row, (ids, _) in enumerate(lines):
+            batch[row, : len(ids)] = torch.tensor(ids)
+            mask[row, : len(ids)] = 1
+        log_probs = torch.log_softmax(self.model(input_ids=batch, attention_mask=mask).logits.float(), dim=-1)
+        out = []
+        for row, (ids, start) in enumerate(lines):
+            targets = torch.tensor(ids[start:])
+            picked = log_probs[row, start - 1 : len(ids) - 1].gather(-1, targets.unsqueeze(-1)).squeeze(-1)
+            out.append([float(picked.sum()), float(picked.mean())])
+        return out

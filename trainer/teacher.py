@@ -12,6 +12,7 @@ by construction (``contract.evidence.unfaithful_citations``).
 
 from __future__ import annotations
 
+import itertools
 import math
 import random
 from collections.abc import Mapping, Sequence
@@ -158,16 +159,26 @@ def calibration_examples(
     exclude: set[str] | frozenset[str] = frozenset(),
     sequence: SequenceRanker | None = None,
 ) -> tuple[list[Evidence], list[bool]]:  # fmt: skip
-    """The evidence of ``calibration_pairs``, leaving each user's own sequence out of the counts as SFT does; the
-    next-item rank from ``sequence`` (which must not have seen that position: horizon ``sft``)."""
-    evidence, labels = [], []
-    for pair in calibration_pairs(splits, catalogue, users, negatives, seed, exclude):
-        history = [Item(i, catalogue.title(i)) for i in pair.history]
-        leave_out = LeaveOut.of_sequence(pair.split.train, stats.window)
-        candidate = Item(pair.candidate, catalogue.title(pair.candidate))
-        evidence.append(compute_evidence(history, candidate, stats, leave_out, sequence))
-        labels.append(pair.label)
-    return evidence, labels
+    """The evidence of ``calibration_pairs`` (``pair_evidence``) and their labels."""
+    pairs = calibration_pairs(splits, catalogue, users, negatives, seed, exclude)
+    return pair_evidence(pairs, catalogue, stats, sequence), [pair.label for pair in pairs]
+
+
+def pair_evidence(
+    pairs: Sequence[CalibrationPair], catalogue: Catalogue, stats: EvidenceStats, sequence: SequenceRanker | None
+) -> list[Evidence]:
+    """Each pair's evidence, leaving its user's own sequence out of the counts as SFT does (once per user: a
+    user's pairs are consecutive); the next-item rank from ``sequence`` (which must not have seen that position:
+    horizon ``sft``)."""
+    evidence = []
+    for split, group in itertools.groupby(pairs, key=lambda pair: pair.split):
+        group = list(group)
+        history = [Item(i, catalogue.title(i)) for i in group[0].history]
+        leave_out = LeaveOut.of_sequence(split.train, stats.window)
+        for pair in group:
+            candidate = Item(pair.candidate, catalogue.title(pair.candidate))
+            evidence.append(compute_evidence(history, candidate, stats, leave_out, sequence))
+    return evidence
 
 
 def link_strength(count: int) -> str:

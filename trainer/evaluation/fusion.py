@@ -41,7 +41,7 @@ from trainer.evaluation.signals import CoPurchase, SequenceConfidence, Signal, T
 from trainer.seqrec import ranker_sequence_models
 from trainer.sft import sft_users
 from trainer.statistics import build_stats
-from trainer.teacher import calibration_examples, calibration_pairs, evidence_features, fit_logistic
+from trainer.teacher import calibration_pairs, evidence_features, fit_logistic, pair_evidence
 
 EvidenceScorer = Callable[[Sequence[Evidence]], list[float]]
 """A logit for each pair's evidence, in order."""
@@ -91,9 +91,11 @@ def validation_cases(splits: Sequence[UserSplit], catalogue: Catalogue, users: i
 def signal_rows(signals: Sequence[Signal], counted: Sequence[str], history: Sequence[str],
                 candidates: Sequence[str]) -> list[list[float]]:  # fmt: skip
     """Every signal's numbers for each candidate of one history, side by side."""
-    columns = [signal(counted, history, candidates) for signal in signals]
-    return [[value for part in parts for value in part] for parts in zip(*columns, strict=True)] if columns else [
-        [] for _ in candidates]  # fmt: skip
+    rows: list[list[float]] = [[] for _ in candidates]
+    for signal in signals:
+        for row, values in zip(rows, signal(counted, history, candidates), strict=True):
+            row += values
+    return rows
 
 
 def report(title: str, ranks: dict[str, list[int]]) -> None:
@@ -125,6 +127,8 @@ def main() -> None:
     sequences = ranker_sequence_models(args.run / "seqrec-valid", args.run / "seqrec-sft", SFTConfig.targets_per_user)
     shipped = SequenceRanker.load(sequences.shipped)
     names = [name for name in args.signals.split(",") if name]
+    if unknown := set(names) - {"sasrec", "copurchase", "title"}:
+        parser.error(f"--signals: unknown {sorted(unknown)} (sasrec, copurchase, title)")
     shared = {"copurchase": lambda: CoPurchase([s.train for s in splits]),
               "title": lambda: TitleLikelihood(args.run / "init", catalogue)}  # fmt: skip
     built = {name: shared[name]() for name in names if name in shared}
@@ -132,9 +136,8 @@ def main() -> None:
     serving_signals = {n: built.get(n) or SequenceConfidence(shipped) for n in names}
 
     sft_chosen = {u.user_id for u in sft_users(splits, SFTConfig(), reserve=args.calibration_users)}
-    evidence, labels = calibration_examples(splits, catalogue, stats, args.calibration_users,
-                                            exclude=sft_chosen, sequence=sequences.examples)  # fmt: skip
     pairs = calibration_pairs(splits, catalogue, args.calibration_users, exclude=sft_chosen)
+    evidence, labels = pair_evidence(pairs, catalogue, stats, sequences.examples), [pair.label for pair in pairs]
     extra: list[list[float]] = []
     for _, group in itertools.groupby(pairs, key=lambda pair: pair.split.user_id):
         group = list(group)

@@ -240,20 +240,26 @@ def open_checkpoint(model_dir: str | Path) -> Checkpoint:
     if stats.version != manifest.stats_version:
         raise CheckpointError(f"{path / EVIDENCE_FILE}: statistics version {stats.version} is not the manifest's "
                               f"stats_version {manifest.stats_version}")  # fmt: skip
-    sequence = read_sequence(path, manifest)
+    sequence = read_sequence(path, manifest, stats.has_co_bought)
     return Checkpoint(path, manifest, encoder, PromptAssembler(encoder, manifest.limits, ids, stats, sequence))
 
 
-def read_sequence(model_dir: Path, manifest: Manifest) -> SequenceRanker | None:
-    """The shipped sequence model, which a v3 checkpoint must have (its evidence states the rank) and an older one
-    must not (it was never trained on the field)."""
+def read_sequence(model_dir: Path, manifest: Manifest, has_co_bought: bool) -> SequenceRanker | None:
+    """The shipped sequence model, which a checkpoint whose format states the rank must have and another must not
+    (it was never trained on the field); the statistics must count co-purchases iff the format states them."""
     where = Path(model_dir) / SEQUENCE_DIR
     has_model = SequenceRanker.exists(where)
-    if manifest.prompt_format != prompt.prompt_format_for(has_model):
+    if manifest.prompt_format == prompt.prompt_format_for(not has_model, has_co_bought):
         raise CheckpointError(
             f"{Path(model_dir) / MANIFEST_NAME}: prompt_format {manifest.prompt_format!r} "
             + ("does not state a next-item rank, but the directory holds a sequence model"
                if has_model else f"needs a sequence model ({where}/), which the directory lacks")
+        )  # fmt: skip
+    if manifest.prompt_format != prompt.prompt_format_for(has_model, has_co_bought):
+        raise CheckpointError(
+            f"{Path(model_dir) / MANIFEST_NAME}: prompt_format {manifest.prompt_format!r} "
+            + ("does not state co-purchases, but the directory's statistics count them (built for a later format)"
+               if has_co_bought else f"states co-purchases, which {Path(model_dir) / EVIDENCE_FILE} does not count")
         )  # fmt: skip
     if not has_model:
         return None
@@ -304,11 +310,12 @@ def write_checkpoint_manifest(
     yes, no = answer_token_ids(HFEncoder(AutoTokenizer.from_pretrained(str(model_dir))))
     shipped = Path(model_dir) / SEQUENCE_DIR
     sequence = SequenceRanker.load(shipped) if SequenceRanker.exists(shipped) else None
+    stats = read_stats(model_dir)
     manifest = Manifest(
         model_version=f"{name}-{content_hash(model_dir)[:12]}",
-        prompt_format=prompt.prompt_format_for(sequence is not None),
+        prompt_format=prompt.prompt_format_for(sequence is not None, stats.has_co_bought),
         answer_token_ids=AnswerTokenIds(yes=yes, no=no),
-        stats_version=read_stats(model_dir).version,
+        stats_version=stats.version,
         sequence_version=sequence.version if sequence is not None else None,
         provenance=provenance,
         metrics=metrics or {},

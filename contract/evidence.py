@@ -8,6 +8,9 @@ diagnose and eval alike, from one versioned artifact (``EvidenceStats``, shipped
 - **links**: how often the candidate followed each of the user's most recent items (within ``window`` steps)
   in the training sequences, per item (``#1`` is the latest), and the sum over older history items;
 - **popularity**: how many training interactions the candidate has, and its top-percent rank;
+- **co-purchases**: how many (other) users had the candidate and a history item anywhere in their training
+  sequences, summed over the history's distinct items (item-kNN: the whole-history collaborative signal a
+  sequence model learns, which links within a few steps miss), where the statistics count them;
 - **a shared title word** with the most recent history item that has one (words common to more than 1% of
   the catalogue's titles are ignored: data-driven, no catalogue-specific word list);
 - **shared attributes** (``brand``, ``category``...) where the catalogue carries them;
@@ -90,15 +93,18 @@ class Evidence:
     shared_word: SharedWord | None = None
     attributes: tuple[SharedAttribute, ...] = ()
     next_item: NextItemRank | None = None  # None: the checkpoint has no sequence model (the field is not shown)
+    co_bought: int | None = None  # None: the statistics count no co-purchases (a v2/v3 checkpoint: not shown)
 
     def text(self) -> str:
         """The ``Evidence:`` line's content, e.g. ``next-item rank 37; follows #1 14x, #3 2x, older 3x;
-        popularity 812 (top 3%); shares "zelda" with #2``."""
+        co-bought 45x; popularity 812 (top 3%); shares "zelda" with #2``."""
         links = [f"#{link.ref} {link.count}x" for link in self.links]
         if self.older_links:
             links.append(f"older {self.older_links}x")
         parts = [] if self.next_item is None else [self.next_item.text()]
         parts.append("follows " + ", ".join(links) if links else "no links")
+        if self.co_bought is not None:
+            parts.append(f"co-bought {self.co_bought}x")
         if self.popularity_top_percent is None:
             parts.append("popularity 0 (new)")
         else:
@@ -115,10 +121,26 @@ class LeaveOut:
 
     follows: Mapping[tuple[str, str], int] = field(default_factory=dict)
     popularity: Mapping[str, int] = field(default_factory=dict)
+    items: frozenset[str] = frozenset()  # the user counts once in the co-purchases of any two of these
 
     @classmethod
     def of_sequence(cls, sequence: Sequence[str], window: int) -> LeaveOut:
-        return cls(follow_pairs(sequence, window), Counter(sequence))
+        return cls(follow_pairs(sequence, window), Counter(sequence), frozenset(sequence))
+
+
+def co_bought_keys(sequences: Iterable[Sequence[str]], index: Mapping[str, int]) -> tuple[np.ndarray, np.ndarray]:
+    """Every unordered pair of distinct items that one user had, as ``low * len(index) + high`` keys (sorted),
+    with how many users had it."""
+    size = len(index)
+    keys = []
+    for sequence in sequences:
+        ids = np.array(sorted({index[item] for item in sequence}), dtype=np.int64)
+        low, high = np.triu_indices(len(ids), k=1)
+        keys.append(ids[low] * size + ids[high])
+    if not keys:
+        return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int32)
+    unique, counts = np.unique(np.concatenate(keys), return_counts=True)
+    return unique, counts.astype(np.int32)
 
 
 def follow_pairs(sequence: Sequence[str], window: int) -> Counter:
@@ -132,9 +154,11 @@ def follow_pairs(sequence: Sequence[str], window: int) -> Counter:
 
 class EvidenceStats:
     """The statistics evidence is computed from: popularity and the top followers of every item, counted on
-    training sequences only and pruned to ``max_followers`` per item (a bounded artifact); the words too common
-    to be evidence; and string attributes of the catalogue's items. Followers are kept as one sorted CSR
-    array (a few MB for tens of thousands of items), so a lookup is a binary search."""
+    training sequences only and pruned to ``max_followers`` per item (a bounded artifact); co-purchases (users
+    per pair of distinct items in one training sequence, every pair kept: ``co_bought_keys``), or none for
+    statistics of a format before v5; the words too common to be evidence; and string attributes of the
+    catalogue's items. Followers are kept as one sorted CSR array and co-purchases as sorted pair keys (a few MB
+    for tens of thousands of items, delta-coded on disk), so a lookup is a binary search."""
 
     def __init__(
         self,
@@ -147,6 +171,7 @@ class EvidenceStats:
         max_followers: int,
         stopwords: Iterable[str],
         attributes: Mapping[str, Mapping[str, str]] | None = None,
+        co_bought: tuple[np.ndarray, np.ndarray] | None = None,
     ) -> None:
         self.item_ids = list(item_ids)
         self.index = {item: i for i, item in enumerate(self.item_ids)}
@@ -156,6 +181,7 @@ class EvidenceStats:
         self.max_followers = max_followers
         self.stopwords = frozenset(stopwords)
         self.attributes = {k: dict(v) for k, v in (attributes or {}).items()}
+        self.co_bought = co_bought  # (sorted pair keys, users per pair); None: not counted
         seen = np.sort(self.popularity_of[self.popularity_of > 0])[::-1]
         self._by_popularity = -seen  # ascending, for searchsorted
         self.version = self._digest()
@@ -170,12 +196,15 @@ class EvidenceStats:
         max_followers: int = 256,
         stopword_share: float = 0.01,
         attributes: Mapping[str, Mapping[str, str]] | None = None,
+        co_bought: bool = True,
     ) -> EvidenceStats:
-        """Count ``sequences`` (training sequences only: the caller's promise) for the catalogue ``titles``."""
+        """Count ``sequences`` (training sequences only: the caller's promise) for the catalogue ``titles``;
+        co-purchases too unless ``co_bought`` is False (statistics for a checkpoint trained before them)."""
         item_ids = sorted(titles, key=lambda k: (len(k), k))
         index = {item: i for i, item in enumerate(item_ids)}
         popularity = np.zeros(len(item_ids), dtype=np.int64)
         pairs: Counter = Counter()
+        sequences = list(sequences)
         for sequence in sequences:
             for item in sequence:
                 popularity[index[item]] += 1
@@ -195,11 +224,17 @@ class EvidenceStats:
         stopwords = {w for w, n in document_frequency.items() if n > limit or len(w) <= 2 or w.isdigit()}
         return cls(item_ids, popularity.tolist(), np.asarray(indptr, dtype=np.int64),
                    np.asarray(followers, dtype=np.int32), np.asarray(counts, dtype=np.int32), window, max_followers,
-                   stopwords, attributes)  # fmt: skip
+                   stopwords, attributes, co_bought_keys(sequences, index) if co_bought else None)  # fmt: skip
+
+    @property
+    def has_co_bought(self) -> bool:
+        return self.co_bought is not None
 
     def _digest(self) -> str:
         digest = hashlib.sha256()
         for array in (self.popularity_of, self.indptr, self.followers, self.counts):
+            digest.update(np.ascontiguousarray(array).tobytes())
+        for array in self.co_bought or ():
             digest.update(np.ascontiguousarray(array).tobytes())
         digest.update(json.dumps([self.item_ids, self.window, sorted(self.stopwords), self.attributes],
                                  sort_keys=True).encode())  # fmt: skip
@@ -213,6 +248,10 @@ class EvidenceStats:
             "followers": self.followers.tolist(), "counts": self.counts.tolist(),
             "stopwords": sorted(self.stopwords), "attributes": self.attributes,
         }  # fmt: skip
+        if self.co_bought is not None:
+            keys, counts = self.co_bought
+            payload["co_bought_key_deltas"] = np.diff(keys, prepend=0).tolist()  # small numbers: gzip well
+            payload["co_bought_counts"] = counts.tolist()
         with gzip.open(path, "wt", encoding="utf-8", compresslevel=6) as handle:
             json.dump(payload, handle, separators=(",", ":"))
         return path
@@ -222,9 +261,14 @@ class EvidenceStats:
         path = Path(directory) / EVIDENCE_FILE
         with gzip.open(path, "rt", encoding="utf-8") as handle:
             raw = json.load(handle)
+        co_bought = None
+        if "co_bought_key_deltas" in raw:
+            co_bought = (np.cumsum(np.asarray(raw["co_bought_key_deltas"], dtype=np.int64)),
+                         np.asarray(raw["co_bought_counts"], dtype=np.int32))  # fmt: skip
         stats = cls(raw["item_ids"], raw["popularity"], np.asarray(raw["indptr"], dtype=np.int64),
                     np.asarray(raw["followers"], dtype=np.int32), np.asarray(raw["counts"], dtype=np.int32),
-                    raw["window"], raw["max_followers"], raw["stopwords"], raw.get("attributes"))  # fmt: skip
+                    raw["window"], raw["max_followers"], raw["stopwords"], raw.get("attributes"),
+                    co_bought)  # fmt: skip
         if stats.version != raw["version"]:
             raise ValueError(f"{path}: content does not match its version {raw['version']!r} (got {stats.version})")
         return stats
@@ -265,6 +309,21 @@ class EvidenceStats:
             position = np.minimum(np.searchsorted(followers, targets), end - start - 1)
             out[row] = np.where(followers[position] == targets, self.counts[start:end][position], 0)
         return out
+
+    def co_bought_counts(self, history: Sequence[str | None], items: Sequence[str | None]) -> np.ndarray:
+        """Users who had both history[r] and items[c], (R, C); 0 for an item the statistics do not know and for
+        an item paired with itself."""
+        size = len(self.item_ids)
+        rows = np.asarray([self.index.get(item, -1) for item in history], dtype=np.int64)[:, None]
+        columns = np.asarray([self.index.get(item, -1) for item in items], dtype=np.int64)[None, :]
+        out = np.zeros((len(history), len(items)), dtype=np.int64)
+        if self.co_bought is None or not len(self.co_bought[0]) or not out.size:
+            return out
+        keys, counts = self.co_bought
+        wanted = np.minimum(rows, columns) * size + np.maximum(rows, columns)
+        position = np.minimum(np.searchsorted(keys, wanted), len(keys) - 1)
+        valid = (rows >= 0) & (columns >= 0) & (rows != columns) & (keys[position] == wanted)
+        return np.where(valid, counts[position], 0)
 
     def content_words(self, title: str) -> set[str]:
         return title_words(title) - self.stopwords
@@ -314,6 +373,7 @@ def compute_evidence_batch(
         ranks = sequence.ranks([item.stats_id for item in history], [c.stats_id for c in candidates])
     latest_first = list(reversed(history))
     counts = stats.follow_counts([item.stats_id for item in latest_first], [c.stats_id for c in candidates])
+    co_bought = _co_bought(latest_first, candidates, stats, own)
     history_words = [stats.content_words(item.title) for item in latest_first]
     out = []
     for column, candidate in enumerate(candidates):
@@ -337,8 +397,24 @@ def compute_evidence_batch(
                     break
         next_item = NextItemRank(ranks[column]) if ranks is not None else None
         out.append(Evidence(tuple(links), older, popularity, stats.top_percent(popularity), shared,
-                            _shared_attributes(latest_first, candidate, stats), next_item))  # fmt: skip
+                            _shared_attributes(latest_first, candidate, stats), next_item,
+                            None if co_bought is None else int(co_bought[column])))  # fmt: skip
     return out
+
+
+def _co_bought(
+    latest_first: Sequence[Item], candidates: Sequence[Item], stats: EvidenceStats, own: LeaveOut
+) -> np.ndarray | None:
+    """Per candidate: co-purchases with the history's distinct items, summed; less the user's own (a training
+    example's user had its history and, if it is in its sequence, the candidate). None: not counted."""
+    if not stats.has_co_bought:
+        return None
+    distinct = list(dict.fromkeys(item.stats_id for item in latest_first if item.stats_id is not None))
+    counts = stats.co_bought_counts(distinct, [c.stats_id for c in candidates])
+    mine = np.asarray([[h in own.items and c.item_id in own.items for c in candidates] for h in distinct], dtype=bool)
+    if mine.size:
+        counts = np.where(mine & (counts > 0), counts - 1, counts)
+    return counts.sum(axis=0)
 
 
 def _shared_attributes(latest_first: Sequence[Item], candidate: Item, stats: EvidenceStats) -> tuple:
@@ -361,13 +437,15 @@ _CLAIMS = (
     (re.compile(r"older links \((\d+)x\)"), re.compile(r"older (\d+)x")),  # the older links' total
     (re.compile(r"same (\w+) as #(\d+)"), re.compile(r"same (\w+) as #(\d+)")),  # a shared attribute
     (re.compile(r"(?i)\brank (\d+|unknown)"), re.compile(r"next-item rank (\d+|unknown)")),  # the next-item rank
+    (re.compile(r"(?i)co-bought (\d+)x"), re.compile(r"co-bought (\d+)x")),  # the co-purchases
 )
 
 
 def unfaithful_citations(rationale: str, evidence_text: str) -> list[str]:
     """What a rationale cites that its prompt's evidence line does not state. Each claim it makes (a link's
-    count, the popularity rank, the shared word, the older links' total, a shared attribute) must be the
-    evidence's own claim, and every other ``#k`` and number must appear on the line too. Empty: faithful."""
+    count, the popularity rank, the shared word, the older links' total, a shared attribute, the next-item rank,
+    the co-purchases) must be the evidence's own claim, and every other ``#k`` and number must appear on the line
+    too. Empty: faithful."""
     problems = []
     for in_rationale, in_evidence in _CLAIMS:
         stated = {match.groups() for match in in_evidence.finditer(evidence_text)}

@@ -12,7 +12,8 @@ Layout of one item prompt (``reasoning="full"``)::
     #2 <title>
     #1 <title>                       <- shared prefix: identical for every candidate of a user (#1 = latest)
     Candidate: <candidate title>
-    Evidence: follows #1 14x, older 2x; popularity 812 (top 3%); shares "zelda" with #2
+    Evidence: next-item rank 37; follows #1 14x, older 2x; co-bought 45x; popularity 812 (top 3%); shares "zelda"
+      with #2                        <- one line
     Reasoning: <rationale, generated, ends at RATIONALE_STOP>
     Answer: yes|no                   <- score = log P(" yes") - log P(" no") at this position
 
@@ -29,20 +30,35 @@ import unicodedata
 from collections.abc import Callable
 from typing import Literal
 
-PROMPT_FORMAT = "r2rank-grounded-v3"
+PROMPT_FORMAT = "r2rank-grounded-v5"
 """Version of everything in this module and of the evidence line. Bump it when any string or rule changes.
-v3 states the sequence model's next-item rank on the evidence line (``contract.sequence``)."""
+v5 states the co-purchases (``co-bought 45x``) beside the sequence model's next-item rank (v3) on the evidence
+line (``contract.evidence``). (v4, the rank's band, was an experiment never shipped: its name is not reused.)"""
 
-PROMPT_FORMAT_WITHOUT_SEQUENCE = "r2rank-grounded-v2"
-"""v3's text without the next-item rank: what a checkpoint that ships no sequence model was trained on. It
-stays served (its prompts are exactly what it was trained on) until no shipped checkpoint needs it."""
+PROMPT_FORMAT_WITHOUT_SEQUENCE = "r2rank-grounded-v5-no-rank"
+"""v5's text without the next-item rank: a checkpoint that ships no sequence model (e.g. ``init-model``'s)."""
 
-SUPPORTED_PROMPT_FORMATS: frozenset[str] = frozenset({PROMPT_FORMAT, PROMPT_FORMAT_WITHOUT_SEQUENCE})
+PROMPT_FORMAT_V3 = "r2rank-grounded-v3"
+"""v5's text without the co-purchases: what a checkpoint whose statistics count none was trained on."""
+
+PROMPT_FORMAT_V2 = "r2rank-grounded-v2"
+"""v3's text without the next-item rank."""
+
+_FORMATS: dict[tuple[bool, bool], str] = {
+    (True, True): PROMPT_FORMAT, (False, True): PROMPT_FORMAT_WITHOUT_SEQUENCE,
+    (True, False): PROMPT_FORMAT_V3, (False, False): PROMPT_FORMAT_V2,
+}  # fmt: skip
+
+SUPPORTED_PROMPT_FORMATS: frozenset[str] = frozenset(_FORMATS.values())
+"""Older formats stay served (a checkpoint's prompts are exactly what it was trained on): which one a checkpoint
+reads follows from what it ships (``prompt_format_for``), so a v3 checkpoint keeps v3's text through refresh,
+RL and export."""
 
 
-def prompt_format_for(has_sequence_model: bool) -> str:
-    """The format a checkpoint is trained on: the next-item rank is on its evidence line iff it ships a model."""
-    return PROMPT_FORMAT if has_sequence_model else PROMPT_FORMAT_WITHOUT_SEQUENCE
+def prompt_format_for(has_sequence_model: bool, has_co_bought: bool = True) -> str:
+    """The format a checkpoint is trained on: the next-item rank is on its evidence line iff it ships a sequence
+    model, the co-purchases iff its statistics count them."""
+    return _FORMATS[(has_sequence_model, has_co_bought)]
 
 
 Reasoning = Literal["full", "none"]

@@ -182,7 +182,13 @@ class EvidenceOut(BaseModel):
     shared_word: SharedWordOut | None
     attributes: list[SharedAttributeOut]
     next_item: NextItemOut | None = Field(
-        None, description="The sequence model's judgement, where the checkpoint ships one (prompt format v3)."
+        None, description="The sequence model's judgement, where the checkpoint ships one (prompt formats v3, v5)."
+    )
+    co_bought: int | None = Field(
+        None,
+        description="How many users had both the candidate and a history item in their training sequences, summed "
+        "over the history's distinct items (prompt format v5); 0 for a candidate the statistics do not know. null: "
+        "the checkpoint's statistics count no co-purchases (an older format).",
     )
 
     @classmethod
@@ -202,6 +208,7 @@ class EvidenceOut(BaseModel):
                 for a in evidence.attributes
             ],  # fmt: skip
             next_item=NextItemOut(rank=evidence.next_item.rank) if evidence.next_item is not None else None,
+            co_bought=evidence.co_bought,
         )
 
 

@@ -48,18 +48,33 @@ def _scored_text(assembler: PromptAssembler, history, candidate, reasoning, rati
 
 
 def test_golden_prompt_full(assembler):
-    """Pins the exact text of formats r2rank-grounded-v2 (no sequence model) and v3 (its next-item rank first on
-    the Evidence line): a change here needs a new PROMPT_FORMAT."""
+    """Pins the exact text of every served format: r2rank-grounded-v2 (no sequence model, no co-purchases), v3
+    (the next-item rank first on the Evidence line), v5 (co-purchases after the links) and v5 without the rank:
+    a change here needs a new PROMPT_FORMAT."""
+    from contract.evidence import EvidenceStats
     from trainer.config import SeqRecConfig
     from trainer.seqrec import SequenceModel
 
-    assert _scored_text(assembler, ["Mario Kart", "Zelda"], "Metroid", "full", "Same console.") == GOLDEN_FULL
-    assert prompt.PROMPT_FORMAT_WITHOUT_SEQUENCE == "r2rank-grounded-v2"
     ranker = SequenceModel(["a", "b"], SeqRecConfig(hidden_size=8, heads=1, inner_size=8)).ranker()
-    v3 = assembler.with_sequence(ranker)
-    golden_v3 = GOLDEN_FULL.replace("Evidence: ", "Evidence: next-item rank unknown; ")  # the items are unseen
-    assert _scored_text(v3, ["Mario Kart", "Zelda"], "Metroid", "full", "Same console.") == golden_v3
-    assert prompt.PROMPT_FORMAT == "r2rank-grounded-v3"
+    titles = {"a": "Mario Kart", "b": "Zelda"}
+    with_co_bought = EvidenceStats.from_sequences([["a", "b"]], titles)
+    without = EvidenceStats.from_sequences([["a", "b"]], titles, co_bought=False)
+
+    def text(stats, sequence) -> str:
+        built = PromptAssembler(assembler.encoder, assembler.limits, assembler.answer_ids, stats, sequence)
+        assert built.prompt_format == prompt.prompt_format_for(sequence is not None, stats.has_co_bought)
+        return _scored_text(built, ["Mario Kart", "Zelda"], "Metroid", "full", "Same console.")
+
+    rank = "next-item rank unknown; "  # the items are unseen
+    assert text(without, None) == GOLDEN_FULL
+    assert text(without, ranker) == GOLDEN_FULL.replace("Evidence: ", f"Evidence: {rank}")
+    assert text(with_co_bought, ranker) == GOLDEN_FULL.replace(
+        "Evidence: no links; ", f"Evidence: {rank}no links; co-bought 0x; "
+    )
+    assert text(with_co_bought, None) == GOLDEN_FULL.replace("no links; ", "no links; co-bought 0x; ")
+    assert (prompt.PROMPT_FORMAT_V2, prompt.PROMPT_FORMAT_V3) == ("r2rank-grounded-v2", "r2rank-grounded-v3")
+    assert prompt.PROMPT_FORMAT == "r2rank-grounded-v5"
+    assert prompt.PROMPT_FORMAT_WITHOUT_SEQUENCE == "r2rank-grounded-v5-no-rank"
 
 
 def test_golden_evidence_line(assembler):
@@ -70,7 +85,9 @@ def test_golden_evidence_line(assembler):
     prompts = assembler.prompts([Item(source, "Some history item")], [Item(popular, "The candidate")], "none")
     evidence = prompts.evidence[0]
     count, share = stats.follow_count(source, popular), evidence.popularity_top_percent
-    assert evidence.text() == f"follows #1 {count}x; popularity {stats.popularity(popular)} (top {share}%)"
+    co_bought = f"; co-bought {evidence.co_bought}x" if stats.has_co_bought else ""  # format v5's statistics
+    assert evidence.co_bought == (stats.co_bought_counts([source], [popular])[0, 0] if stats.has_co_bought else None)
+    assert evidence.text() == f"follows #1 {count}x{co_bought}; popularity {stats.popularity(popular)} (top {share}%)"
     assert prompts.segment_texts[0] == f"Candidate: The candidate\nEvidence: {evidence.text()}"
     assert share == 1  # the most popular item is in the top 1%
 

@@ -68,6 +68,23 @@ def test_rationale_cites_the_next_item_rank_in_place_of_popularity():
         assert unfaithful_citations(teacher.rationale(evidence), evidence.text()) == []
 
 
+def test_rationale_cites_the_co_purchases_after_the_link():
+    """Where the evidence states co-purchases (format v5), the teacher cites them after the link in place of a
+    shared word (the line must fit the rationale budget), and the verdict weighs their log: more co-buyers, a
+    likelier verdict."""
+    teacher = BuiltinTeacher(EvidenceModel([0.0] * 12 + [1.0], -3.0))
+    many = Evidence((Link(1, "a", 14),), 0, 812, 3, SharedWord("zelda", 2, "c"), (), NextItemRank(2), 45)
+    assert teacher.rationale(many) == "Rank 2; strong link: follows #1 14x; co-bought 45x: likely."
+    none = Evidence((), 0, 812, 3, None, (), NextItemRank(4000), 0)
+    assert teacher.rationale(none) == "Rank 4000; no links; never co-bought: unlikely."
+    shared = Evidence((), 0, 812, 3, SharedWord("zelda", 2, "c"), (), NextItemRank(4000), 0)
+    assert teacher.rationale(shared) == 'Rank 4000; no links; shares "zelda" with #2: unlikely.'
+    assert clause_kinds(teacher.rationale(many))["co-bought"] == "yes"
+    assert clause_kinds(teacher.rationale(none))["co-bought"] == "never"
+    for evidence in (many, none, shared):
+        assert unfaithful_citations(teacher.rationale(evidence), evidence.text()) == []
+
+
 def test_the_strongest_link_weighs_count_by_recency():
     """#1 with 6 beats #4 with 10 (6/1 > 10/4): recent co-occurrence says more about what is next."""
     evidence = Evidence((Link(1, "a", 6), Link(4, "b", 10)), 0, 100, 5, None, ())
@@ -97,12 +114,14 @@ def test_clause_kinds_read_back_what_the_teacher_states():
     weak = Evidence((Link(4, "b", 1),), 0, 5, 60, SharedWord("zelda", 2, "c"), ())
     assert clause_kinds(TEACHER.rationale(weak)) == {
         "link": "weak link",
+        "co-bought": "unstated",
         "shared word": "yes",
         "popularity": "niche",
         "verdict": "possible",
     }
     assert clause_kinds("A great game.") == {
         "link": "unstated",
+        "co-bought": "unstated",
         "shared word": "no",
         "popularity": "unstated",
         "verdict": "unstated",

@@ -27,6 +27,9 @@ EXAMPLE_EVIDENCE = (
     'next-item rank 37; follows #1 14x, #3 2x, older 5x; popularity 812 (top 3%); shares "word" with #2',
     "next-item rank 4120; no links; popularity 7 (top 61%)",
     "next-item rank unknown; follows #2 1x; popularity 0 (new); same brand as #4",
+    'next-item rank 37; follows #1 14x, #3 2x, older 5x; co-bought 45x; popularity 812 (top 3%); shares "word" with #2',
+    "next-item rank 4120; no links; co-bought 0x; popularity 7 (top 61%)",
+    "next-item rank unknown; follows #2 1x; co-bought 3x; popularity 0 (new); same brand as #4",
 )
 EXAMPLE_RATIONALES = (
     "Strong link: follows #1 14x; top 3% popular: likely.",
@@ -37,6 +40,9 @@ EXAMPLE_RATIONALES = (
     'Rank 37; strong link: follows #1 14x; shares "word" with #2: likely.',
     "Rank 4120; no links: unlikely.",
     "Rank unknown; weak link: follows #2 1x; same brand as #4: possible.",
+    "Rank 37; strong link: follows #1 14x; co-bought 45x: likely.",
+    'Rank 4120; no links; shares "word" with #2: unlikely.',
+    "Rank unknown; weak link: follows #2 1x; co-bought 3x: possible.",
 )
 
 

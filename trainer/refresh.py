@@ -91,7 +91,9 @@ def refresh_checkpoint(
     sequence = SequenceRanker.load(sequence_dir)
     _check_pairing(base, sequence_dir, data_fingerprint)
     horizon, held_out = str(sequence.config["horizon"]), int(sequence.config.get("held_out", 0))
-    evidence = EvidenceConfig(window=base.stats.window, max_followers=base.stats.max_followers)
+    evidence = EvidenceConfig(
+        window=base.stats.window, max_followers=base.stats.max_followers, co_bought=base.stats.has_co_bought
+    )  # its format's fields, no more
     stats = build_stats(catalogue, splits, evidence, training_sequences(splits, horizon, held_out))
     same_items = stats.item_ids == base.stats.item_ids  # a grown catalogue changes title statistics by itself
     if same_items and (stats.stopwords != base.stats.stopwords or stats.attributes != base.stats.attributes):

@@ -42,12 +42,12 @@ def build_stats(
     config: EvidenceConfig,
     sequences: Sequence[Sequence[str]] | None = None,
 ) -> EvidenceStats:
-    """Popularity and followers from the training prefixes (no validation or test item is counted), or from
-    ``sequences`` (a refresh counts a sequence model's horizon: ``trainer.refresh``)."""
+    """Popularity, followers and co-purchases from the training prefixes (no validation or test item is counted),
+    or from ``sequences`` (a refresh counts a sequence model's horizon: ``trainer.refresh``)."""
     counted = sequences if sequences is not None else [split.train for split in splits]
     return EvidenceStats.from_sequences(counted, catalogue.titles, config.window,
                                         config.max_followers, config.stopword_share,
-                                        evidence_attributes(catalogue))  # fmt: skip
+                                        evidence_attributes(catalogue), config.co_bought)  # fmt: skip
 
 
 def carry_stats(source_dir: Path, target_dir: Path) -> None:

@@ -46,8 +46,8 @@ class Teacher(Protocol):
 
 def evidence_features(evidence: Evidence) -> list[float]:
     """The numbers a verdict weighs: log link counts for #1..#5 and older items, log popularity, a shared word
-    (and how recent), shared attributes; and the next-item rank (its log, and whether it is known), 0 where the
-    evidence states none."""
+    (and how recent), shared attributes; the next-item rank (its log, and whether it is known), 0 where the
+    evidence states none; the co-purchases' log, 0 where the evidence states none."""
     by_ref = {link.ref: link.count for link in evidence.links}
     features = [math.log1p(by_ref.get(ref, 0)) for ref in range(1, RECENT_REFS + 1)]
     features += [math.log1p(evidence.older_links), math.log1p(evidence.popularity)]
@@ -55,6 +55,7 @@ def evidence_features(evidence: Evidence) -> list[float]:
     features += [1.0 if shared else 0.0, 1.0 / shared.ref if shared else 0.0, float(len(evidence.attributes))]
     rank = evidence.next_item.rank if evidence.next_item is not None else None
     features += [1.0 if rank is not None else 0.0, math.log(rank) if rank is not None else 0.0]
+    features.append(math.log1p(evidence.co_bought or 0))
     return features
 
 
@@ -62,8 +63,8 @@ class EvidenceModel:
     """P(candidate is next | evidence): logistic regression on ``evidence_features`` (a handful of weights)."""
 
     def __init__(self, weights: Sequence[float] | None = None, bias: float = 0.0) -> None:
-        """``weights`` of a shorter feature list (recorded before the next-item rank's features were added)
-        weigh those features 0, as a model fitted on evidence without the rank does."""
+        """``weights`` of a shorter feature list (recorded before the next-item rank's or the co-purchases'
+        features were added) weigh those features 0, as a model fitted on evidence without them does."""
         size = len(evidence_features(Evidence()))
         self.weights = [*(weights or []), *[0.0] * (size - len(weights or []))]
         if len(self.weights) != size:
@@ -214,9 +215,10 @@ class BuiltinTeacher:
         return VERDICTS[0] if p >= VERDICT_THRESHOLDS[0] else VERDICTS[1] if p >= VERDICT_THRESHOLDS[1] else VERDICTS[2]
 
     def rationale(self, evidence: Evidence) -> str:
-        """One line, at most three clauses: the next-item rank where the evidence states one, else popularity
-        (last); the strongest link; a shared word; then the verdict. (The rank stands for popularity too: a
-        sequence model learns it, and the line must fit the rationale budget.)"""
+        """One line, at most three clauses of evidence: the next-item rank where the evidence states one, else
+        popularity (last); the strongest link; then the co-purchases where the evidence states some, else a shared
+        word or attribute (else "never co-bought" where it states co-purchases); then the verdict. (The rank
+        stands for popularity too: a sequence model learns it, and the line must fit the rationale budget.)"""
         clauses = []
         if evidence.next_item is not None:
             clauses.append(next_item_phrase(evidence.next_item.rank))
@@ -227,11 +229,15 @@ class BuiltinTeacher:
             clauses.append(f"only older links ({evidence.older_links}x)")
         else:
             clauses.append("no links")
-        if evidence.shared_word is not None:
+        if evidence.co_bought:
+            clauses.append(f"co-bought {evidence.co_bought}x")
+        elif evidence.shared_word is not None:
             clauses.append(f'shares "{evidence.shared_word.word}" with #{evidence.shared_word.ref}')
         elif evidence.attributes:
             attribute = evidence.attributes[0]
             clauses.append(f"same {attribute.name} as #{attribute.ref}")
+        elif evidence.co_bought is not None:
+            clauses.append("never co-bought")
         if evidence.next_item is None:
             clauses.append(popularity_phrase(evidence))
         text = "; ".join(clauses) + f": {self.verdict(evidence)}."
@@ -250,5 +256,6 @@ def clause_kinds(rationale: str) -> dict[str, str]:
     verdict = next((v for v in VERDICTS if text.endswith(v)), "unstated")
     popularity = next((kind for phrase, kind in (("new item", "new"), ("% popular", "popular"), ("niche", "niche"))
                        if phrase in text), "unstated")  # fmt: skip
-    return {"link": link, "shared word": "yes" if "shares" in text else "no", "popularity": popularity,
-            "verdict": verdict}  # fmt: skip
+    co_bought = "never" if "never co-bought" in text else "yes" if "co-bought" in text else "unstated"
+    return {"link": link, "co-bought": co_bought, "shared word": "yes" if "shares" in text else "no",
+            "popularity": popularity, "verdict": verdict}  # fmt: skip

@@ -75,14 +75,15 @@ def build_cases(
     seed: int,
     retriever: Mapping[str, list[str]] | None = None,
     split: Split = "test",
+    users_from: Sequence[UserSplit] | None = None,
 ) -> list[EvalCase]:
     """``users`` cases of 1 positive + ``negatives`` negatives: test positions of sampled users, or the
-    validation positions of the selection users (``split="selection"``)."""
+    validation positions of the selection users (``split="selection"``); ``users_from`` samples other users
+    (a probe's wider pool of validation positions)."""
     rng = random.Random(seed)
-    if split == "selection":
-        pool = [s for s in selection_users(splits) if retriever is None or s.user_id in retriever]
-    else:
-        pool = [s for s in splits if retriever is None or s.user_id in retriever]
+    if users_from is None:
+        users_from = selection_users(splits) if split == "selection" else splits
+    pool = [s for s in users_from if retriever is None or s.user_id in retriever]
     items = sorted(catalogue.titles)
     cases = []
     for user in rng.sample(pool, min(users, len(pool))):

@@ -24,7 +24,6 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
-import random
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -33,7 +32,7 @@ import torch
 from contract.evidence import Evidence
 from contract.sequence import SequenceRanker
 from trainer.config import EvidenceConfig, SFTConfig, TeacherConfig
-from trainer.data import DEFAULT_DATA, Catalogue, UserSplit, load_splits, sample_negatives, selection_users
+from trainer.data import DEFAULT_DATA, Catalogue, UserSplit, load_splits, selection_users
 from trainer.evaluation.baselines import case_evidence
 from trainer.evaluation.cases import EvalCase, build_cases
 from trainer.evaluation.metrics import metrics_with_ci, paired_difference, positive_rank
@@ -80,12 +79,7 @@ def validation_cases(splits: Sequence[UserSplit], catalogue: Catalogue, users: i
     sample for a probe that trains no LLM (nothing here saw a validation position), so its CIs are narrower."""
     chosen = {s.user_id for s in selection_users(splits)}
     pool = [s for s in sorted(splits, key=lambda s: s.user_id) if s.user_id not in chosen]
-    rng, items = random.Random(seed), sorted(catalogue.titles)
-    cases = []
-    for user in rng.sample(pool, min(users, len(pool))):
-        negatives = sample_negatives(rng, items, {*user.train, user.valid_target, user.test_target}, 19)
-        cases.append(EvalCase(user.user_id, user.valid_history, [user.valid_target, *negatives], user.valid_target))
-    return cases
+    return build_cases(splits, catalogue, users, 19, seed, split="selection", users_from=pool)
 
 
 def signal_rows(signals: Sequence[Signal], counted: Sequence[str], history: Sequence[str],

@@ -196,10 +196,10 @@ class EvidenceStats:
         max_followers: int = 256,
         stopword_share: float = 0.01,
         attributes: Mapping[str, Mapping[str, str]] | None = None,
-        co_bought: bool = True,
+        co_bought: bool = False,
     ) -> EvidenceStats:
         """Count ``sequences`` (training sequences only: the caller's promise) for the catalogue ``titles``;
-        co-purchases too unless ``co_bought`` is False (statistics for a checkpoint trained before them)."""
+        co-purchases too where ``co_bought`` (statistics for prompt format v5)."""
         item_ids = sorted(titles, key=lambda k: (len(k), k))
         index = {item: i for i, item in enumerate(item_ids)}
         popularity = np.zeros(len(item_ids), dtype=np.int64)

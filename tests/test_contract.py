@@ -57,8 +57,8 @@ def test_golden_prompt_full(assembler):
 
     ranker = SequenceModel(["a", "b"], SeqRecConfig(hidden_size=8, heads=1, inner_size=8)).ranker()
     titles = {"a": "Mario Kart", "b": "Zelda"}
-    with_co_bought = EvidenceStats.from_sequences([["a", "b"]], titles)
-    without = EvidenceStats.from_sequences([["a", "b"]], titles, co_bought=False)
+    with_co_bought = EvidenceStats.from_sequences([["a", "b"]], titles, co_bought=True)
+    without = EvidenceStats.from_sequences([["a", "b"]], titles)
 
     def text(stats, sequence) -> str:
         built = PromptAssembler(assembler.encoder, assembler.limits, assembler.answer_ids, stats, sequence)

@@ -31,7 +31,9 @@ SEQUENCES = [["a", "b", "c"], ["a", "c"], ["b", "c", "d"], ["d", "e"], ["a", "b"
 
 @pytest.fixture(scope="module")
 def stats() -> EvidenceStats:
-    return EvidenceStats.from_sequences(SEQUENCES, TITLES, window=2, max_followers=8, stopword_share=0.5)
+    return EvidenceStats.from_sequences(
+        SEQUENCES, TITLES, window=2, max_followers=8, stopword_share=0.5, co_bought=True
+    )
 
 
 def item(i: str) -> Item:
@@ -104,7 +106,7 @@ def test_co_purchases_count_users_per_pair_of_distinct_items_across_whole_sequen
     a user who had x twice counts once, and a history item repeated in the prompt is summed once."""
     titles = {k: k for k in ["x", "y", "z", *[f"h{i}" for i in range(8)]]}
     sequences = [["x", *[f"h{i}" for i in range(8)], "y"], ["y", "x", "x"], ["z", "y"]]
-    stats = EvidenceStats.from_sequences(sequences, titles, window=1)
+    stats = EvidenceStats.from_sequences(sequences, titles, window=1, co_bought=True)
     assert stats.follow_count("x", "y") == 0 and stats.co_bought_counts(["x"], ["y"]).tolist() == [[2]]
     evidence = compute_evidence([Item("x", "x"), Item("z", "z"), Item("x", "x")], Item("y", "y"), stats)
     assert evidence.co_bought == 2 + 1 and "co-bought 3x" in evidence.text()
@@ -113,8 +115,7 @@ def test_co_purchases_count_users_per_pair_of_distinct_items_across_whole_sequen
 def test_statistics_without_co_purchases_keep_the_v3_line(stats):
     """A v3 checkpoint's statistics count no co-purchases: its evidence line is v3's, byte for byte, and they
     have their own version."""
-    v3 = EvidenceStats.from_sequences(SEQUENCES, TITLES, window=2, max_followers=8, stopword_share=0.5,
-                                      co_bought=False)  # fmt: skip
+    v3 = EvidenceStats.from_sequences(SEQUENCES, TITLES, window=2, max_followers=8, stopword_share=0.5)
     evidence = compute_evidence([item("a"), item("b")], item("c"), v3)
     assert evidence.co_bought is None and not v3.has_co_bought and v3.version != stats.version
     assert evidence.text() == 'follows #1 3x, #2 3x; popularity 4 (top 20%); shares "zelda" with #2'
@@ -134,9 +135,9 @@ def test_faithfulness_check_finds_unstated_citations(stats):
 
 
 def test_teacher_rationales_cite_only_their_evidence():
-    """Every built-in rationale is faithful, on real evidence of many pairs."""
+    """Every built-in rationale is faithful, on real evidence of many pairs (co-purchases stated)."""
     catalogue, splits = load_splits(DEFAULT_DATA)
-    stats = EvidenceStats.from_sequences((s.train for s in splits), catalogue.titles)
+    stats = EvidenceStats.from_sequences((s.train for s in splits), catalogue.titles, co_bought=True)
     rng = random.Random(0)
     teacher = BuiltinTeacher(EvidenceModel([1.0] * 5 + [0.5, 0.3, 0.5, 0.5, 0.5], -3.0))
     items, checked = sorted(catalogue.titles), 0
@@ -157,7 +158,7 @@ def test_sft_positives_carry_links_as_often_as_validation_positives():
     over the whole history, so the validation positive is read after as many history items as the SFT positive
     (its latest n - 1: with all n it carries one 4.5 points more often, 0.707 against 0.662)."""
     catalogue, splits = load_splits(DEFAULT_DATA)
-    stats = EvidenceStats.from_sequences((s.train for s in splits), catalogue.titles)
+    stats = EvidenceStats.from_sequences((s.train for s in splits), catalogue.titles, co_bought=True)
     rng = random.Random(1)
     shares = {"validation": [], "sft": [], "sft, own user counted": []}
     co_bought = {"validation": [], "sft": [], "sft, own user counted": []}

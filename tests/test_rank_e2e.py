@@ -70,6 +70,7 @@ def test_evidence_when_asked_is_what_the_prompt_stated(client, demo):
             assert link["count"] == stats.follow_count(link["item_id"], item["item_id"])
         stated = prompts.evidence[0].next_item  # the sequence model's rank, where the checkpoint ships one
         assert evidence["next_item"] == (None if stated is None else {"rank": stated.rank})
+        assert evidence["co_bought"] == prompts.evidence[0].co_bought  # null where the format states none
         assert isinstance(item["rationale"], str)
     none = _rank(client, demo.rank_request(user, reasoning="none", include_evidence=True))
     by_id = {i["item_id"]: i["evidence"] for i in result["items"]}

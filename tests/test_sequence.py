@@ -4,6 +4,7 @@ a checkpoint states it only when it ships the model it was trained with."""
 
 from __future__ import annotations
 
+import json
 import math
 import random
 import shutil
@@ -101,10 +102,10 @@ def test_checkpoint_ships_states_and_versions_its_sequence_model(trained, tmp_pa
     out = build_toy_model(tmp_path / "toy", list(titles.values()) * 20, vocab_size=512)
     EvidenceStats.from_sequences([ITEMS[:10]], titles).save(out)
     plain = write_checkpoint_manifest(out, "toy", {"stage": "test"})
-    assert plain.prompt_format == prompt.PROMPT_FORMAT_WITHOUT_SEQUENCE and plain.sequence_version is None
+    assert plain.prompt_format == prompt.PROMPT_FORMAT_V2 and plain.sequence_version is None
     ship_sequence_model(trained, out)
     shipped = write_checkpoint_manifest(out, "toy", {"stage": "test"})
-    assert shipped.prompt_format == prompt.PROMPT_FORMAT and shipped.sequence_version
+    assert shipped.prompt_format == prompt.PROMPT_FORMAT_V3 and shipped.sequence_version
     assert shipped.model_version != plain.model_version  # the score cache can never mix them
     checkpoint = open_checkpoint(out)
     prompts = checkpoint.prompts.prompts([Item("i1", titles["i1"])], [Item("i2", titles["i2"])], "none")
@@ -115,6 +116,14 @@ def test_checkpoint_ships_states_and_versions_its_sequence_model(trained, tmp_pa
     ship_sequence_model(trained, out)
     (out / SEQUENCE_DIR / "seqrec.json").write_text((trained / "seqrec.json").read_text().replace('"i1"', '"x1"'))
     with pytest.raises(CheckpointError, match="sequence_version"):
+        open_checkpoint(out)
+    ship_sequence_model(trained, out)
+    EvidenceStats.from_sequences([ITEMS[:10]], titles, co_bought=True).save(out)  # statistics for format v5
+    v5 = write_checkpoint_manifest(out, "toy", {"stage": "test"})
+    assert v5.prompt_format == prompt.PROMPT_FORMAT and v5.model_version != shipped.model_version
+    manifest = json.loads((out / "manifest.json").read_text())
+    (out / "manifest.json").write_text(json.dumps({**manifest, "prompt_format": prompt.PROMPT_FORMAT_V3}))
+    with pytest.raises(CheckpointError, match="does not state co-purchases"):  # v3 weights never read them
         open_checkpoint(out)
 
 

@@ -21,8 +21,10 @@ from tests.files import not_world_readable
 from tests.trainer_cli import train, train_fails
 from trainer.progress import read_steps
 
+# the statistics count co-purchases (format v5), so the stages are tested on the newest format end to end; the
+# shipped checkpoint's tests cover the recipe's v3
 TINY = ["--vocab-size", "1024", "--hidden-size", "64", "--intermediate-size", "128", "--layers", "2",
-        "--heads", "2", "--kv-heads", "1", "--pretrain-epochs", "0"]  # fmt: skip
+        "--heads", "2", "--kv-heads", "1", "--pretrain-epochs", "0", "--co-bought"]  # fmt: skip
 # SFT and RL as these tests were written for (the CLI's defaults are now the shipped recipe, slower to run)
 SMALL_SFT = ["--targets-per-user", "1", "--none-fraction", "0", "--teacher-calibration-users", "100"]
 SMALL_RL = ["--served-users-per-step", "0", "--served-objective", "pl", "--rationale-credit", "rollout"]
@@ -181,7 +183,7 @@ def test_sft_ships_the_sequence_model_and_refuses_one_that_saw_its_targets(tiny_
     assert checkpoint.manifest.prompt_format == prompt.PROMPT_FORMAT and checkpoint.sequence is not None
     assert checkpoint.manifest.sequence_version == SequenceRanker.load(shipped).version
     provenance = checkpoint.manifest.provenance
-    assert len(provenance["teacher_verdict_model"]["weights"]) == 12  # the rank's two features included
+    assert len(provenance["teacher_verdict_model"]["weights"]) == 13  # the rank's two, the co-purchases' one
     common = ["--base", str(tiny_model), "--data", str(tiny_data), "--users", "20", "--steps", "1", *SMALL_SFT]
     # examples stated by the shipped (valid-horizon) model: it trained on SFT's targets
     refused = train_fails("sft", *common, "--out", str(tmp_path / "a"), "--sequence-model", str(shipped),
@@ -264,8 +266,9 @@ def test_refresh_swaps_in_fresher_evidence_and_is_refused_where_it_would_leak(ti
     assert (out / "model.safetensors").read_bytes() == (base / "model.safetensors").read_bytes()
     assert after.sequence.version == SequenceRanker.load(tiny_seqrec).version != before.sequence.version
     catalogue, splits = load_splits(tiny_data)
-    expected = EvidenceStats.from_sequences([s.test_history for s in splits], catalogue.titles)
+    expected = EvidenceStats.from_sequences([s.test_history for s in splits], catalogue.titles, co_bought=True)
     assert after.stats.version == expected.version != before.stats.version
+    assert after.manifest.prompt_format == before.manifest.prompt_format  # co-purchases recounted, not dropped
     target = splits[0].valid_target  # counted now: the refreshed statistics have seen the validation targets
     assert after.stats.popularity(target) > before.stats.popularity(target)
     assert after.manifest.provenance["refresh"]["horizon"] == "test"
@@ -386,6 +389,7 @@ def _serve_own_catalogue(model: Path, data: Path, demo, log_dir: Path) -> None:
         ranks = [item["evidence"]["next_item"]["rank"] for item in result["items"]]
         assert all(rank is None or rank >= 1 for rank in ranks) and any(rank is not None for rank in ranks)
         assert all(item["evidence"]["text"].startswith("next-item rank ") for item in result["items"])
+        assert all(isinstance(item["evidence"]["co_bought"], int) for item in result["items"])  # format v5
     finally:
         server.stop()
         delete_prefix(prefix)

@@ -169,6 +169,9 @@ def init_model_cmd(
     evidence_window: Annotated[int, _opt(EvidenceConfig, "window")] = EvidenceConfig.window,
     max_followers: Annotated[int, _opt(EvidenceConfig, "max_followers")] = EvidenceConfig.max_followers,
     stopword_share: Annotated[float, _opt(EvidenceConfig, "stopword_share")] = EvidenceConfig.stopword_share,
+    co_bought: Annotated[bool, _opt(EvidenceConfig, "co_bought", "--co-bought/--no-co-bought")] = (
+        EvidenceConfig.co_bought
+    ),
     base_model: Annotated[
         Path | None, typer.Option(help="A local HF checkpoint (e.g. Qwen2.5-3B) to start from instead of scratch.")
     ] = None,
@@ -185,7 +188,7 @@ def init_model_cmd(
 
     _log_to_stderr()
     evidence = _build(EvidenceConfig, window=evidence_window, max_followers=max_followers,
-                      stopword_share=stopword_share)  # fmt: skip
+                      stopword_share=stopword_share, co_bought=co_bought)  # fmt: skip
     catalogue, splits = _splits(data)
     config = _build(TinyModelConfig, vocab_size=vocab_size, hidden_size=hidden_size,
                     intermediate_size=intermediate_size, num_hidden_layers=layers, num_attention_heads=heads,

@@ -81,7 +81,9 @@ class EvidenceConfig:
     window: int = option(3, "A candidate 'follows' an item when it comes at most this many steps after it.")
     max_followers: int = option(256, "Followers kept per item (bounds the artifact; 256 costs < 0.001 NDCG@10).")
     stopword_share: float = option(0.01, "Title words in more than this share of titles are not evidence.")
-    co_bought: bool = option(True, "Count co-purchases (prompt format v5); off only to rebuild a v3 checkpoint's.")
+    co_bought: bool = option(
+        False, "Count co-purchases and state them (prompt format v5; tried, not chosen: docs/training.md)."
+    )
 
     def __post_init__(self) -> None:
         _require(self.window >= 1 and self.max_followers >= 1, "window and max_followers must be >= 1")

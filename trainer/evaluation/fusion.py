@@ -113,11 +113,12 @@ def main() -> None:
                         "copurchase, title (title reads RUN/init, the pre-trained LM)")  # fmt: skip
     parser.add_argument("--wider", type=int, default=0, help="also score this many other users' validation positions")
     parser.add_argument("--window", type=int, default=EvidenceConfig.window, help="the links' window (statistics)")
+    parser.add_argument("--co-bought", action="store_true", help="the evidence states co-purchases (format v5)")
     parser.add_argument("--ranks-out", type=Path, help="write every model's positive ranks here (JSON), to pair runs")
     args = parser.parse_args()
 
     catalogue, splits = load_splits(args.data)
-    stats = build_stats(catalogue, splits, EvidenceConfig(window=args.window))
+    stats = build_stats(catalogue, splits, EvidenceConfig(window=args.window, co_bought=args.co_bought))
     sequences = ranker_sequence_models(args.run / "seqrec-valid", args.run / "seqrec-sft", SFTConfig.targets_per_user)
     shipped = SequenceRanker.load(sequences.shipped)
     names = [name for name in args.signals.split(",") if name]

@@ -24,6 +24,9 @@ def test_co_purchase_counts_users_with_both_items_and_leaves_a_counted_target_ou
     assert signal(["a", "b", "c"], ["a", "b"], ["c"]) == [[0.0, 0.0, 0.0]]
     assert signal(["a", "b", "c"], ["a", "b"], ["d"]) == signal(["a", "b"], ["a", "b"], ["d"])
     assert signal(["a"], ["a"], ["unknown"]) == [[0.0, 0.0, 0.0]]
+    only_max = CoPurchase([["a", "b", "c"], ["a", "b"], ["b", "d"]], ["co-purchase cosine max"])
+    assert only_max.names == ("co-purchase cosine max",) and only_max(["a", "b"], ["a", "b"], ["c"]) == [[cosine_max]]
+    assert only_max(["a"], ["a"], ["unknown"]) == [[0.0]]
 
 
 def test_sequence_confidence_is_a_distribution_over_the_items_a_rank_counts():

@@ -120,7 +120,7 @@ def test_checkpoint_ships_states_and_versions_its_sequence_model(trained, tmp_pa
     ship_sequence_model(trained, out)
     EvidenceStats.from_sequences([ITEMS[:10]], titles, co_bought=True).save(out)  # statistics for format v5
     v5 = write_checkpoint_manifest(out, "toy", {"stage": "test"})
-    assert v5.prompt_format == prompt.PROMPT_FORMAT and v5.model_version != shipped.model_version
+    assert v5.prompt_format == prompt.PROMPT_FORMAT and v5.stats_version != shipped.stats_version
     manifest = json.loads((out / "manifest.json").read_text())
     (out / "manifest.json").write_text(json.dumps({**manifest, "prompt_format": prompt.PROMPT_FORMAT_V3}))
     with pytest.raises(CheckpointError, match="does not state co-purchases"):  # v3 weights never read them

@@ -208,7 +208,7 @@ def init_model_cmd(
     if (out / STATE).exists():  # an interrupted pre-training: keep its weights, rebuild only the provenance
         provenance = json.loads((out / "init_provenance.json").read_text())
     else:
-        provenance = init_model(training_titles(splits, catalogue), out, config, seed)
+        provenance = init_model(training_titles(splits, catalogue), out, config, seed, evidence.co_bought)
         stats = build_stats(catalogue, splits, evidence)
         stats.save(out)
         provenance["evidence"] = {**dataclasses.asdict(evidence), "stats_version": stats.version,

@@ -27,9 +27,6 @@ EXAMPLE_EVIDENCE = (
     'next-item rank 37; follows #1 14x, #3 2x, older 5x; popularity 812 (top 3%); shares "word" with #2',
     "next-item rank 4120; no links; popularity 7 (top 61%)",
     "next-item rank unknown; follows #2 1x; popularity 0 (new); same brand as #4",
-    'next-item rank 37; follows #1 14x, #3 2x, older 5x; co-bought 45x; popularity 812 (top 3%); shares "word" with #2',
-    "next-item rank 4120; no links; co-bought 0x; popularity 7 (top 61%)",
-    "next-item rank unknown; follows #2 1x; co-bought 3x; popularity 0 (new); same brand as #4",
 )
 EXAMPLE_RATIONALES = (
     "Strong link: follows #1 14x; top 3% popular: likely.",
@@ -40,23 +37,33 @@ EXAMPLE_RATIONALES = (
     'Rank 37; strong link: follows #1 14x; shares "word" with #2: likely.',
     "Rank 4120; no links: unlikely.",
     "Rank unknown; weak link: follows #2 1x; same brand as #4: possible.",
-    "Rank 37; strong link: follows #1 14x; co-bought 45x: likely.",
-    'Rank 4120; no links; shares "word" with #2: unlikely.',
-    "Rank unknown; weak link: follows #2 1x; co-bought 3x: possible.",
 )
+CO_BOUGHT_EXAMPLES = (  # (evidence, rationale) of format v5, in the corpus only where the statistics count them
+    ("next-item rank 37; follows #1 14x, #3 2x, older 5x; co-bought 45x; popularity 812 (top 3%); "
+     'shares "word" with #2',
+     "Rank 37; strong link: follows #1 14x; co-bought 45x: likely."),
+    ("next-item rank 4120; no links; co-bought 0x; popularity 7 (top 61%)",
+     "Rank 4120; no links; never co-bought: unlikely."),
+    ("next-item rank unknown; follows #2 1x; co-bought 3x; popularity 0 (new); same brand as #4",
+     "Rank unknown; weak link: follows #2 1x; co-bought 3x: possible."),
+)  # fmt: skip
 
 
-def contract_corpus(repeat: int = 200) -> list[str]:
+def contract_corpus(repeat: int = 200, co_bought: bool = False) -> list[str]:
     """Lines that make every contract string (cues, evidence and rationale phrasing, answer words, newline)
-    common enough to become single tokens in the learned vocabulary."""
+    common enough to become single tokens in the learned vocabulary; format v5's co-purchase phrasing too where
+    ``co_bought`` (without it the corpus, and so the tokenizer, is v3's)."""
     yes, no = prompt.ANSWER_CUE + prompt.ANSWER_YES, prompt.ANSWER_CUE + prompt.ANSWER_NO
     lines = [prompt.history_prefix(["Example Title", "Another Title"]), yes, no]
     with_rank = [r for r in EXAMPLE_RATIONALES if r.startswith("Rank")]
     without = [r for r in EXAMPLE_RATIONALES if not r.startswith("Rank")]
-    for evidence, rationale in zip(EXAMPLE_EVIDENCE, [*without[:3], *with_rank], strict=True):
+    pairs = list(zip(EXAMPLE_EVIDENCE, [*without[:3], *with_rank], strict=True))
+    for evidence, rationale in pairs + (list(CO_BOUGHT_EXAMPLES) if co_bought else []):
         lines.append(prompt.candidate_segment("Example Title", evidence, "full") + " " + rationale + yes)
         lines.append(prompt.candidate_segment("Example Title", evidence, "none") + no)
     lines += list(EXAMPLE_RATIONALES)
+    if co_bought:
+        lines += [rationale for _, rationale in CO_BOUGHT_EXAMPLES]
     return lines * repeat
 
 
@@ -107,13 +114,13 @@ def build_model(config: TinyModelConfig, tokenizer, seed: int):
     return model.to(torch.float32)
 
 
-def init_model(titles: list[str], out_dir: Path, config: TinyModelConfig, seed: int) -> dict:
+def init_model(titles: list[str], out_dir: Path, config: TinyModelConfig, seed: int, co_bought: bool = False) -> dict:
     """Train the tokenizer on ``titles`` (+ contract strings), build the model, save both to ``out_dir``.
 
     Returns the provenance dict the manifest records.
     """
     out_dir.mkdir(parents=True, exist_ok=True)
-    tokenizer = train_tokenizer([*titles, *contract_corpus()], config.vocab_size)
+    tokenizer = train_tokenizer([*titles, *contract_corpus(co_bought=co_bought)], config.vocab_size)
     model = build_model(config, tokenizer, seed)
     tokenizer.save_pretrained(out_dir)
     model.save_pretrained(out_dir, safe_serialization=True)

@@ -110,7 +110,8 @@ def main() -> None:
     parser.add_argument("--users", type=int, default=1000, help="selection users scored")
     parser.add_argument("--calibration-users", type=int, default=TeacherConfig.calibration_users)
     parser.add_argument("--signals", default="", help="comma-separated signals beside the evidence: sasrec, "
-                        "copurchase, title (title reads RUN/init, the pre-trained LM)")  # fmt: skip
+                        "copurchase (or one of its numbers: copurchase-cosine-sum, copurchase-cosine-max), title "
+                        "(title reads RUN/init, the pre-trained LM)")  # fmt: skip
     parser.add_argument("--wider", type=int, default=0, help="also score this many other users' validation positions")
     parser.add_argument("--window", type=int, default=EvidenceConfig.window, help="the links' window (statistics)")
     parser.add_argument("--co-bought", action="store_true", help="the evidence states co-purchases (format v5)")
@@ -122,10 +123,13 @@ def main() -> None:
     sequences = ranker_sequence_models(args.run / "seqrec-valid", args.run / "seqrec-sft", SFTConfig.targets_per_user)
     shipped = SequenceRanker.load(sequences.shipped)
     names = [name for name in args.signals.split(",") if name]
-    if unknown := set(names) - {"sasrec", "copurchase", "title"}:
-        parser.error(f"--signals: unknown {sorted(unknown)} (sasrec, copurchase, title)")
-    shared = {"copurchase": lambda: CoPurchase([s.train for s in splits]),
+    training = [s.train for s in splits]
+    shared = {"copurchase": lambda: CoPurchase(training),
+              "copurchase-cosine-sum": lambda: CoPurchase(training, ["co-purchase cosine sum"]),
+              "copurchase-cosine-max": lambda: CoPurchase(training, ["co-purchase cosine max"]),
               "title": lambda: TitleLikelihood(args.run / "init", catalogue)}  # fmt: skip
+    if unknown := set(names) - {"sasrec", *shared}:
+        parser.error(f"--signals: unknown {sorted(unknown)} ({', '.join(['sasrec', *shared])})")
     built = {name: shared[name]() for name in names if name in shared}
     calibration_signals = {n: built.get(n) or SequenceConfidence(sequences.examples) for n in names}
     serving_signals = {n: built.get(n) or SequenceConfidence(shipped) for n in names}

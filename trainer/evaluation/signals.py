@@ -69,11 +69,14 @@ class SequenceConfidence:
 
 class CoPurchase:
     """Item-kNN over whole sequences: pair counts of distinct items per user, from ``sequences`` (the statistics'
-    horizon), kept as sorted pair keys and counts."""
+    horizon), kept as sorted pair keys and counts. ``keep``: only these of its numbers (by name), to measure
+    which one carries the signal before one is stated in a prompt."""
 
-    names = ("co-purchase log count", "co-purchase cosine sum", "co-purchase cosine max")
+    FEATURES = ("co-purchase log count", "co-purchase cosine sum", "co-purchase cosine max")
 
-    def __init__(self, sequences: Sequence[Sequence[str]]) -> None:
+    def __init__(self, sequences: Sequence[Sequence[str]], keep: Sequence[str] | None = None) -> None:
+        self.names = tuple(keep or self.FEATURES)
+        self._columns = [self.FEATURES.index(name) for name in self.names]
         self.index: dict[str, int] = {}
         keys: list[np.ndarray] = []
         item_users: dict[int, int] = {}
@@ -102,14 +105,15 @@ class CoPurchase:
         for candidate in candidates:
             column = self.index.get(candidate)
             if column is None or len(seen) == 0:
-                out.append([0.0, 0.0, 0.0])
+                out.append([0.0] * len(self._columns))
                 continue
             pairs = self._pair_counts(seen, np.full(len(seen), column, dtype=np.int64))
             users = self.users[column]
             if candidate in extra:
                 pairs, users = pairs - 1.0, users - 1.0
             cosine = pairs / np.sqrt(np.maximum(users, 1.0) * np.maximum(self.users[seen], 1.0))
-            out.append([math.log1p(float(pairs.sum())), float(cosine.sum()), float(cosine.max())])
+            values = [math.log1p(float(pairs.sum())), float(cosine.sum()), float(cosine.max())]
+            out.append([values[c] for c in self._columns])
         return out
 
 

@@ -411,9 +411,10 @@ def _co_bought(
         return None
     distinct = list(dict.fromkeys(item.stats_id for item in latest_first if item.stats_id is not None))
     counts = stats.co_bought_counts(distinct, [c.stats_id for c in candidates])
-    mine = np.asarray([[h in own.items and c.item_id in own.items for c in candidates] for h in distinct], dtype=bool)
-    if mine.size:
-        counts = np.where(mine & (counts > 0), counts - 1, counts)
+    if own.items:  # a training example: one check per history item and per candidate, not per pair
+        history_is_own = np.asarray([h in own.items for h in distinct], dtype=bool)[:, None]
+        candidate_is_own = np.asarray([c.item_id in own.items for c in candidates], dtype=bool)[None, :]
+        counts = np.where(history_is_own & candidate_is_own & (counts > 0), counts - 1, counts)
     return counts.sum(axis=0)
 
 

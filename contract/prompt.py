@@ -55,7 +55,7 @@ reads follows from what it ships (``prompt_format_for``), so a v3 checkpoint kee
 RL and export."""
 
 
-def prompt_format_for(has_sequence_model: bool, has_co_bought: bool = True) -> str:
+def prompt_format_for(has_sequence_model: bool, has_co_bought: bool) -> str:
     """The format a checkpoint is trained on: the next-item rank is on its evidence line iff it ships a sequence
     model, the co-purchases iff its statistics count them."""
     return _FORMATS[(has_sequence_model, has_co_bought)]

@@ -240,29 +240,33 @@ def open_checkpoint(model_dir: str | Path) -> Checkpoint:
     if stats.version != manifest.stats_version:
         raise CheckpointError(f"{path / EVIDENCE_FILE}: statistics version {stats.version} is not the manifest's "
                               f"stats_version {manifest.stats_version}")  # fmt: skip
-    sequence = read_sequence(path, manifest, stats.has_co_bought)
+    has_sequence = SequenceRanker.exists(path / SEQUENCE_DIR)
+    _check_format_matches_contents(path, manifest.prompt_format, has_sequence, stats.has_co_bought)
+    sequence = read_sequence(path, manifest) if has_sequence else None
     return Checkpoint(path, manifest, encoder, PromptAssembler(encoder, manifest.limits, ids, stats, sequence))
 
 
-def read_sequence(model_dir: Path, manifest: Manifest, has_co_bought: bool) -> SequenceRanker | None:
-    """The shipped sequence model, which a checkpoint whose format states the rank must have and another must not
-    (it was never trained on the field); the statistics must count co-purchases iff the format states them."""
+def _check_format_matches_contents(path: Path, prompt_format: str, has_sequence: bool, has_co_bought: bool) -> None:
+    """A format's evidence line needs exactly what the directory holds: a sequence model iff it states the rank
+    (a model never trained on the field must not be served it), co-purchase counts iff it states them."""
+    if prompt.prompt_format_for(has_sequence, has_co_bought) == prompt_format:
+        return
+    states_rank, states_co_bought = prompt.format_states(prompt_format)
+    needs = (
+        f"{'a' if states_rank else 'no'} sequence model ({SEQUENCE_DIR}/) and statistics "
+        f"{'with' if states_co_bought else 'without'} co-purchases"
+    )
+    holds = (
+        f"{'a' if has_sequence else 'no'} sequence model and statistics "
+        f"{'with' if has_co_bought else 'without'} co-purchases ({EVIDENCE_FILE})"
+    )
+    raise CheckpointError(f"{path / MANIFEST_NAME}: prompt_format {prompt_format!r} needs {needs}; the directory "
+                          f"holds {holds}")  # fmt: skip
+
+
+def read_sequence(model_dir: Path, manifest: Manifest) -> SequenceRanker:
+    """The shipped sequence model, checked against the manifest's version."""
     where = Path(model_dir) / SEQUENCE_DIR
-    has_model = SequenceRanker.exists(where)
-    if manifest.prompt_format == prompt.prompt_format_for(not has_model, has_co_bought):
-        raise CheckpointError(
-            f"{Path(model_dir) / MANIFEST_NAME}: prompt_format {manifest.prompt_format!r} "
-            + ("does not state a next-item rank, but the directory holds a sequence model"
-               if has_model else f"needs a sequence model ({where}/), which the directory lacks")
-        )  # fmt: skip
-    if manifest.prompt_format != prompt.prompt_format_for(has_model, has_co_bought):
-        raise CheckpointError(
-            f"{Path(model_dir) / MANIFEST_NAME}: prompt_format {manifest.prompt_format!r} "
-            + ("does not state co-purchases, but the directory's statistics count them (built for a later format)"
-               if has_co_bought else f"states co-purchases, which {Path(model_dir) / EVIDENCE_FILE} does not count")
-        )  # fmt: skip
-    if not has_model:
-        return None
     try:
         sequence = SequenceRanker.load(where)
     except (OSError, ValueError, KeyError) as exc:

@@ -61,6 +61,11 @@ def prompt_format_for(has_sequence_model: bool, has_co_bought: bool) -> str:
     return _FORMATS[(has_sequence_model, has_co_bought)]
 
 
+def format_states(prompt_format: str) -> tuple[bool, bool]:
+    """What a supported format's evidence line states: (the next-item rank, co-purchases)."""
+    return next(states for states, name in _FORMATS.items() if name == prompt_format)
+
+
 Reasoning = Literal["full", "none"]
 REASONING_MODES: tuple[Reasoning, ...] = ("full", "none")
 

@@ -186,11 +186,6 @@ class PromptAssembler:
         a model that never saw its target (``trainer.seqrec`` horizons)."""
         return PromptAssembler(self.encoder, self.limits, self.answer_ids, self.stats, sequence)
 
-    @property
-    def prompt_format(self) -> str:
-        """The format of the prompts this assembler builds (what a model trained on them is trained on)."""
-        return prompt.prompt_format_for(self.sequence is not None, self.stats.has_co_bought)
-
     def _plain(self, text: str) -> str:
         """``text`` without the tokenizer's special-token strings (they would encode as control tokens), each replaced
         by a space, so no word or cue is glued to its neighbour; where cutting them out would join halves into

@@ -62,7 +62,6 @@ def test_golden_prompt_full(assembler):
 
     def text(stats, sequence) -> str:
         built = PromptAssembler(assembler.encoder, assembler.limits, assembler.answer_ids, stats, sequence)
-        assert built.prompt_format == prompt.prompt_format_for(sequence is not None, stats.has_co_bought)
         return _scored_text(built, ["Mario Kart", "Zelda"], "Metroid", "full", "Same console.")
 
     rank = "next-item rank unknown; "  # the items are unseen

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from contract.sequence import SequenceRanker
-from trainer.evaluation.signals import CoPurchase, SequenceConfidence
+from trainer.evaluation.signals import EASE, CoPurchase, SequenceConfidence
 
 SHIPPED_SEQUENCE = Path(__file__).resolve().parents[1] / "models" / "default" / "sequence"
 
@@ -41,3 +41,21 @@ def test_sequence_confidence_is_a_distribution_over_the_items_a_rank_counts():
     ranks = ranker.ranks(history, outside)
     assert ranks[int(gaps.argmax())] == 1  # the top item's gap is 0
     assert SequenceConfidence(ranker)(history, history, ["not-an-item"]) == [[0.0, 0.0]]
+
+
+def test_ease_scores_each_case_as_if_its_own_user_were_never_counted():
+    """The Sherman-Morrison leave-out equals EASE fitted without the user's row; B's weights are -P_ij / P_jj."""
+    rng = np.random.default_rng(0)
+    items = [f"i{k}" for k in range(30)]
+    sequences = [list(rng.choice(items, size=rng.integers(2, 9), replace=False)) for _ in range(60)]
+    user, history, candidates = sequences[7], sequences[7][:3], items[:10]
+    without_user = EASE(sequences[:7] + sequences[8:], l2=5.0)
+    left_out = EASE(sequences, l2=5.0)(user, history, candidates)
+    assert np.allclose(left_out, without_user([], history, candidates), atol=1e-4)
+    assert not np.allclose(left_out, EASE(sequences, l2=5.0)([], history, candidates), atol=1e-4)
+    p = without_user.precision
+    seen, column = [without_user.index[i] for i in history], without_user.index["i9"]
+    weights = [-5.0 * p[i, column] / p[column, column] for i in seen if i != column]  # l2 * B: count units
+    expected = [math.copysign(math.log1p(abs(v)), v) for v in (sum(weights), max(weights))]
+    assert np.allclose(without_user([], history, ["i9"])[0], expected, atol=1e-5)
+    assert without_user([], history, ["unknown"]) == [[0.0, 0.0]]

@@ -10,6 +10,8 @@ numbers per (history, candidate), computed once per history for all its candidat
 - ``CoPurchase``: whole-history co-occurrence (item-kNN): how many users had both a history item and the
   candidate anywhere in their sequences, summed and cosine-normalised; the evidence's links count only moves
   within a few steps.
+- ``EASE``: Steck's linear item-item autoencoder over whole sequences, a strong item-based collaborative model:
+  its score of the candidate from the history's items, summed and at most.
 - ``TitleLikelihood``: the pre-trained LM's log-probability of the candidate's title as the history's next line:
   what the LLM itself learned of which titles follow which, the one signal the logistic cannot read.
 
@@ -115,6 +117,54 @@ class CoPurchase:
             values = [math.log1p(float(pairs.sum())), float(cosine.sum()), float(cosine.max())]
             out.append([values[c] for c in self._columns])
         return out
+
+
+class EASE:
+    """EASE (Steck 2019): item-item weights ``B = I - P / diag(P)``, ``P = (X'X + l2 I)^-1``, ``X`` the users x items
+    matrix of ``sequences`` (distinct items per user). Each case is scored without its own user's row: taken out of
+    ``P`` by Sherman-Morrison, so a calibration row's positive (counted in its training prefix) is never seen, and
+    every case, calibration or validation, is scored alike."""
+
+    names = ("ease score", "ease score max")  # sign(s) log(1 + |s|) of l2 * B, summed and at most over the history
+
+    def __init__(self, sequences: Sequence[Sequence[str]], l2: float = 200.0) -> None:
+        self.l2 = l2
+        self.index: dict[str, int] = {}
+        rows = [np.array(sorted({self.index.setdefault(item, len(self.index)) for item in s}), dtype=np.int64)
+                for s in sequences]  # fmt: skip
+        n = len(self.index)
+        gram = np.zeros(n * n, dtype=np.float32)
+        for start in range(0, len(rows), 4096):  # bounded memory: the pairs of 4,096 users at a time
+            flat = np.concatenate([(ids[:, None] * n + ids[None, :]).ravel() for ids in rows[start : start + 4096]])
+            gram += np.bincount(flat, minlength=n * n).astype(np.float32)
+        gram = gram.reshape(n, n)
+        gram[np.diag_indices(n)] += l2
+        self.precision = np.linalg.inv(gram)
+        self.diagonal = np.diag(self.precision).copy()
+
+    def __call__(self, counted: Sequence[str], history: Sequence[str], candidates: Sequence[str]) -> list[list[float]]:
+        seen = np.array(sorted({self.index[i] for i in history if i in self.index}), dtype=np.int64)
+        known = [c for c in candidates if c in self.index]
+        if len(seen) == 0 or not known:
+            return [[0.0, 0.0] for _ in candidates]
+        columns = np.array([self.index[c] for c in known], dtype=np.int64)
+        own = np.array(sorted({self.index[i] for i in counted if i in self.index}), dtype=np.int64)
+        block = self.precision[np.ix_(seen, columns)].astype(np.float64)
+        diagonal = self.diagonal[columns].astype(np.float64)
+        if len(own):  # (A - x x')^-1 = P + P x x' P / (1 - x' P x): the user's own row out
+            px = self.precision[:, own].sum(axis=1, dtype=np.float64)
+            denominator = 1.0 - px[own].sum()
+            block += np.outer(px[seen], px[columns]) / denominator
+            diagonal += px[columns] ** 2 / denominator
+        weights = -block / diagonal[None, :]
+        weights[seen[:, None] == columns[None, :]] = 0.0  # B's diagonal is zero
+        weights *= self.l2  # B ~ co-counts / l2 where they are small: back to count units, then log-compressed
+        scores = {c: (_signed_log1p(w.sum()), _signed_log1p(w.max())) for c, w in zip(known, weights.T, strict=True)}
+        return [list(scores.get(c, (0.0, 0.0))) for c in candidates]
+
+
+def _signed_log1p(value: float) -> float:
+    return math.copysign(math.log1p(abs(float(value))), value)
 
 
 class TitleLikelihood:

@@ -45,6 +45,13 @@ class Signal(Protocol):
     ) -> list[list[float]]: ...
 
 
+def _distinct_item_rows(sequences: Sequence[Sequence[str]]) -> tuple[dict[str, int], list[np.ndarray]]:
+    """An index of the items in ``sequences`` and each sequence's distinct items as sorted indices (a user's row)."""
+    index: dict[str, int] = {}
+    rows = [np.array(sorted({index.setdefault(item, len(index)) for item in s}), dtype=np.int64) for s in sequences]
+    return index, rows
+
+
 class SequenceConfidence:
     """log P(candidate) under the sequence model, and log P(candidate) − log P(its top item); 0 where unknown (the
     evidence's rank-known feature marks those)."""
@@ -79,20 +86,17 @@ class CoPurchase:
     def __init__(self, sequences: Sequence[Sequence[str]], keep: Sequence[str] | None = None) -> None:
         self.names = tuple(keep or self.FEATURES)
         self._columns = [self.FEATURES.index(name) for name in self.names]
-        self.index: dict[str, int] = {}
-        keys: list[np.ndarray] = []
-        item_users: dict[int, int] = {}
-        for sequence in sequences:
-            ids = sorted({self.index.setdefault(item, len(self.index)) for item in sequence})
-            for i in ids:
-                item_users[i] = item_users.get(i, 0) + 1
-            grid = np.array(ids, dtype=np.int64)
-            first, second = np.triu_indices(len(grid), k=1)
-            keys.append(grid[first] * (1 << 32) + grid[second])
+        self.index, rows = _distinct_item_rows(sequences)
+        keys = []
+        for ids in rows:  # each pair of a user's distinct items, once
+            first, second = np.triu_indices(len(ids), k=1)
+            keys.append(ids[first] * (1 << 32) + ids[second])
         self.keys, self.counts = np.unique(
             np.concatenate(keys) if keys else np.zeros(0, dtype=np.int64), return_counts=True
         )
-        self.users = np.array([item_users.get(i, 0) for i in range(len(self.index))], dtype=np.float64)
+        self.users = np.bincount(
+            np.concatenate(rows) if rows else np.zeros(0, dtype=np.int64), minlength=len(self.index)
+        ).astype(np.float64)
 
     def _pair_counts(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
         keys = np.minimum(a, b) * (1 << 32) + np.maximum(a, b)
@@ -129,15 +133,10 @@ class EASE:
 
     def __init__(self, sequences: Sequence[Sequence[str]], l2: float = 200.0) -> None:
         self.l2 = l2
-        self.index: dict[str, int] = {}
-        rows = [np.array(sorted({self.index.setdefault(item, len(self.index)) for item in s}), dtype=np.int64)
-                for s in sequences]  # fmt: skip
+        self.index, rows = _distinct_item_rows(sequences)
         n = len(self.index)
-        gram = np.zeros(n * n, dtype=np.float32)
-        for start in range(0, len(rows), 4096):  # bounded memory: the pairs of 4,096 users at a time
-            flat = np.concatenate([(ids[:, None] * n + ids[None, :]).ravel() for ids in rows[start : start + 4096]])
-            gram += np.bincount(flat, minlength=n * n).astype(np.float32)
-        gram = gram.reshape(n, n)
+        pairs = np.concatenate([(ids[:, None] * n + ids[None, :]).ravel() for ids in rows])  # X'X's entries
+        gram = np.bincount(pairs, minlength=n * n).astype(np.float32).reshape(n, n)
         gram[np.diag_indices(n)] += l2
         self.precision = np.linalg.inv(gram)
         self.diagonal = np.diag(self.precision).copy()

@@ -11,7 +11,8 @@ import torch
 
 from trainer.config import SeqRecConfig
 from trainer.data import UserSplit
-from trainer.seqrec import SequenceModel, length_batches, train_seqrec, training_sequences
+from trainer.fused_softmax import softmax_cross_entropy
+from trainer.seqrec import SequenceModel, length_batches, sequence_loss, train_seqrec, training_sequences
 
 ITEMS = [str(i) for i in range(40)]
 SMALL = {"hidden_size": 32, "layers": 1, "heads": 2, "inner_size": 64, "dropout": 0.0, "batch_tokens": 256,
@@ -90,3 +91,44 @@ def test_config_refuses_bad_values():
         SeqRecConfig(horizon="future")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="multiple of heads"):
         SeqRecConfig(hidden_size=30, heads=4)
+
+
+@pytest.mark.parametrize("chunk", [1, 7, 64])
+def test_fused_softmax_loss_and_gradients_equal_the_whole_logit_matrix(chunk):
+    """The chunked loss the sequence models train with is the plain cross-entropy of every position's logits
+    over every item, padding excluded, in value and in both gradients; chunks that do not divide the positions
+    (7 of 50) and a chunk larger than them included."""
+    generator = torch.Generator().manual_seed(0)
+    hidden = torch.randn(50, 16, generator=generator, requires_grad=True)
+    weight = torch.randn(300, 16, generator=generator, requires_grad=True)
+    targets = torch.randint(1, 300, (50,), generator=generator)
+
+    logits = hidden @ weight.T
+    plain = torch.nn.functional.cross_entropy(logits.masked_fill(torch.arange(300) == 0, -math.inf), targets)
+    fused = softmax_cross_entropy(hidden, weight, targets, excluded=0, chunk=chunk)
+    assert torch.allclose(fused, plain, rtol=1e-6, atol=1e-6)
+    plain_grads = torch.autograd.grad(2.5 * plain, (hidden, weight))  # an upstream factor reaches both gradients
+    fused_grads = torch.autograd.grad(2.5 * fused, (hidden, weight))
+    for want, got in zip(plain_grads, fused_grads, strict=True):
+        assert torch.allclose(got, want, rtol=1e-5, atol=1e-7)
+    assert float(fused_grads[1][0].abs().max()) == 0.0  # the padding row gets no gradient from the output layer
+
+
+def test_the_fused_sequence_loss_gives_every_parameter_the_plain_gradient():
+    """SASRec's loss with the fused output layer against ``F.cross_entropy`` on the full logits, from the same
+    weights and batch: the same loss and the same gradient for every parameter (the item embedding gets both its
+    input and its output layer's share)."""
+    config = SeqRecConfig(**SMALL)
+    models = [SequenceModel(ITEMS, config) for _ in range(2)]
+    models[1].model.load_state_dict(models[0].model.state_dict())
+    ids = torch.tensor([[1, 2, 3, 4, 0], [7, 8, 9, 10, 11], [20, 21, 0, 0, 0]])
+    losses = []
+    for model, fused in zip(models, [True, False], strict=True):
+        model.model.eval()  # no dropout draws, so the two forwards match
+        loss = sequence_loss(model.model, ids, fused=fused)
+        loss.backward()
+        losses.append(float(loss))
+    assert losses[0] == pytest.approx(losses[1], rel=1e-6)
+    plain = dict(models[1].model.named_parameters())
+    for name, parameter in models[0].model.named_parameters():
+        assert torch.allclose(parameter.grad, plain[name].grad, rtol=1e-4, atol=1e-7), name

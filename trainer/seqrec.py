@@ -9,7 +9,8 @@ epoch on this CPU's budget (docs/training.md has both curves).
 Loss: **full-softmax cross-entropy over every item id**, at every position of every training sequence
 (position t predicts item t + 1). A full softmax is exact (no sampled-softmax bias to correct), is what
 RecBole's ``loss_type="CE"`` does, and is cheap at catalogue sizes like these: the output layer is one
-(positions × 64) @ (64 × items) product. Batches are grouped by length, so short sequences cost no padding.
+(positions × 64) @ (64 × items) product, run in cache-sized chunks (``trainer.fused_softmax``). Batches are
+grouped by length, so short sequences cost no padding.
 
 What it may see is the ``horizon``: ``test`` trains on every position before each user's test target (what the
 shipped LLM's training saw, validation targets included: the baseline for the test report); ``valid`` stops
@@ -41,6 +42,7 @@ from torch import nn
 from contract.sequence import SEQUENCE_META, SEQUENCE_WEIGHTS, SequenceRanker
 from trainer.config import HORIZON_ORDER, SeqRecConfig
 from trainer.data import UserSplit
+from trainer.fused_softmax import softmax_cross_entropy
 from trainer.progress import Progress
 
 logger = logging.getLogger(__name__)
@@ -224,11 +226,15 @@ def length_batches(lengths: Sequence[int], tokens: int, rng: random.Random) -> l
     return batches
 
 
-def sequence_loss(model: SASRec, ids: torch.Tensor) -> torch.Tensor:
-    """Mean full-softmax cross-entropy of predicting item t + 1 from positions ≤ t, over real positions."""
+def sequence_loss(model: SASRec, ids: torch.Tensor, fused: bool = True) -> torch.Tensor:
+    """Mean full-softmax cross-entropy of predicting item t + 1 from positions ≤ t, over real positions.
+    ``fused``: without materialising the (positions x items) logits (``trainer.fused_softmax``, the same loss
+    and gradients); ``False`` takes ``F.cross_entropy`` of the whole logit matrix."""
     hidden = model(ids[:, :-1])
     targets = ids[:, 1:]
     real = targets > 0
+    if fused:
+        return softmax_cross_entropy(hidden[real], model.items.weight, targets[real], excluded=0)
     return nn.functional.cross_entropy(model.logits(hidden[real]), targets[real])
 
 

@@ -13,7 +13,7 @@ from pathlib import Path
 from contract.checkpoint import Checkpoint
 from trainer.config import SFTConfig
 from trainer.data import DEFAULT_DATA, Catalogue, UserSplit
-from trainer.sft import Example, build_examples
+from trainer.sft import Example, build_examples, sft_users
 from trainer.teacher import BuiltinTeacher
 
 
@@ -46,8 +46,8 @@ def recipe_sft_batches(
     checkpoint: Checkpoint, catalogue: Catalogue, splits: list[UserSplit], steps: int, batch_size: int
 ) -> list[list[Example]]:
     """``steps`` SFT batches shaped like the shipped recipe (``SFTConfig``'s defaults) from ``steps x
-    batch_size`` users, for ``checkpoint``'s tokenizer."""
+    batch_size`` of the users SFT draws from, for ``checkpoint``'s tokenizer."""
     config = SFTConfig(users=steps * batch_size, batch_size=batch_size)
     teacher = BuiltinTeacher.calibrated(splits, catalogue, checkpoint.stats, users=1000)
-    examples = build_examples(checkpoint, catalogue, splits, teacher, config)
+    examples = build_examples(checkpoint, catalogue, sft_users(splits, config), teacher, config)
     return [examples[i : i + batch_size] for i in range(0, steps * batch_size, batch_size)]

@@ -112,7 +112,7 @@ def main() -> None:
     parser.add_argument("--signals", default="", help="comma-separated signals beside the evidence: sasrec, "
                         "copurchase (or one of its numbers: copurchase-cosine-sum, copurchase-cosine-max), ease, title "
                         "(title reads RUN/init, the pre-trained LM)")  # fmt: skip
-    parser.add_argument("--ease-l2", type=float, default=200.0, help="EASE's L2 weight (--signals ease)")
+    parser.add_argument("--ease-l2", type=float, default=EASE.DEFAULT_L2, help="EASE's L2 weight (--signals ease)")
     parser.add_argument("--wider", type=int, default=0, help="also score this many other users' validation positions")
     parser.add_argument("--window", type=int, default=EvidenceConfig.window, help="the links' window (statistics)")
     parser.add_argument("--co-bought", action="store_true", help="the evidence states co-purchases (format v5)")

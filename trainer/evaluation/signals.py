@@ -130,8 +130,9 @@ class EASE:
     every case, calibration or validation, is scored alike."""
 
     names = ("ease score", "ease score max")  # sign(s) log(1 + |s|) of l2 * B, summed and at most over the history
+    DEFAULT_L2 = 200.0
 
-    def __init__(self, sequences: Sequence[Sequence[str]], l2: float = 200.0) -> None:
+    def __init__(self, sequences: Sequence[Sequence[str]], l2: float = DEFAULT_L2) -> None:
         self.l2 = l2
         self.index, rows = _distinct_item_rows(sequences)
         n = len(self.index)

@@ -29,6 +29,14 @@ def parse_timestamp(value: object) -> float:
     return parsed.timestamp()
 
 
+def item_order(item_ids: Iterable[str]) -> list[str]:
+    """``item_ids`` in the catalogue's one fixed order: shorter ids first, then by text (so numeric ids run
+    ``"2"`` before ``"10"``). What indexes items by position (the statistics' arrays, a sequence model's
+    embedding rows) takes this order, so the same catalogue gives the same indexes in the trainer and the
+    service."""
+    return sorted(item_ids, key=lambda item: (len(item), item))
+
+
 def oldest_first(events: Iterable[tuple[float, int, str]]) -> list[tuple[str, float]]:
     """A user's ``(timestamp, line number, item)`` events as ``(item, timestamp)``, oldest first; equal timestamps
     keep their order in the file."""

@@ -36,6 +36,7 @@ from pathlib import Path
 
 import numpy as np
 
+from contract.catalogue import item_order
 from contract.sequence import SequenceRanker
 
 EVIDENCE_FILE = "evidence.json.gz"
@@ -200,7 +201,7 @@ class EvidenceStats:
     ) -> EvidenceStats:
         """Count ``sequences`` (training sequences only: the caller's promise) for the catalogue ``titles``;
         co-purchases too where ``co_bought`` (statistics for prompt format v5)."""
-        item_ids = sorted(titles, key=lambda k: (len(k), k))
+        item_ids = item_order(titles)
         index = {item: i for i, item in enumerate(item_ids)}
         popularity = np.zeros(len(item_ids), dtype=np.int64)
         pairs: Counter = Counter()

@@ -10,6 +10,7 @@ import cohere
 import httpx
 import pytest
 
+from contract.catalogue import item_order
 from service.client import AsyncR2RankClient, R2RankClient, R2RankError
 from service.rerank import relevance_score
 
@@ -89,7 +90,7 @@ def test_rerank_scores_do_not_depend_on_where_a_document_stands(client, demo, ro
     assert client.put("/items", json=[demo.item(i) for i in user.history]).status_code == 200
     stored = client.put(f"/users/{user_id}/history", json={"items": [{"item_id": i} for i in user.history]})
     assert stored.status_code == 200
-    documents = [demo.titles[i] for i in sorted(demo.titles, key=lambda k: (len(k), k))[:20]]  # ids "0", "1"...
+    documents = [demo.titles[i] for i in item_order(demo.titles)[:20]]  # ids "0", "1"...
     for query in ("\n".join(demo.titles[i] for i in user.history), f"user:{user_id}"):
         scores = []
         for order in (documents, documents[::-1]):

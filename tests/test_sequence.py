@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 import torch
 
+from contract.catalogue import item_order
 from contract.evidence import EvidenceStats, Item, compute_evidence_batch, unfaithful_citations
 from contract.sequence import SEQUENCE_DIR
 from trainer.config import SeqRecConfig
@@ -138,7 +139,7 @@ def test_sft_positives_get_ranks_like_validation_positives_and_a_leaky_model_wou
 
     catalogue, splits = load_splits(DEFAULT_DATA)
     users = random.Random(0).sample([s for s in splits if len(s.train) >= 3], 2000)
-    items = sorted(catalogue.titles, key=lambda k: (len(k), k))
+    items = item_order(catalogue.titles)
     config = SeqRecConfig(horizon="sft", held_out=2, epochs=12, dropout=0.0, lr=3e-3)
     train_seqrec(items, training_sequences(users, "sft", 2), tmp_path / "sft", config)
     examples = SequenceModel.load(tmp_path / "sft")

@@ -18,6 +18,7 @@ from typing import Annotated, Any
 
 import typer
 
+from contract.catalogue import item_order
 from trainer.config import (
     EvidenceConfig,
     PretrainConfig,
@@ -485,7 +486,7 @@ def seqrec_cmd(
             ranks = [positive_rank(s, c.candidates, c.target) for s, c in zip(scores, cases, strict=True)]
             return {"selection_ndcg@10": round(metrics_with_ci(ranks)["ndcg@10"]["mean"], 4)}
 
-    items = sorted(catalogue.titles, key=lambda k: (len(k), k))
+    items = item_order(catalogue.titles)
     provenance = {"command": _command_line(), "data": data.name, "data_fingerprint": fingerprint["data"],
                   "users": len(splits),
                   **({"init": str(init)} if init else {})}  # fmt: skip
@@ -698,7 +699,7 @@ def demo_data_cmd(
     catalogue, splits = _splits(data)
     rng = random.Random(seed)
     chosen = rng.sample(splits, min(users, len(splits)))
-    all_items = sorted(catalogue.titles, key=lambda k: (len(k), k))
+    all_items = item_order(catalogue.titles)
     out.mkdir(parents=True, exist_ok=True)
     used: set[str] = set()
     with (out / "users.jsonl").open("w") as handle:
@@ -712,7 +713,7 @@ def demo_data_cmd(
             row = {"user_id": split.user_id, "history": history, "candidates": candidates, "target": split.test_target}
             handle.write(json.dumps(row) + "\n")
     with (out / "items.jsonl").open("w") as handle:
-        for item_id in sorted(used, key=lambda k: (len(k), k)):
+        for item_id in item_order(used):
             handle.write(json.dumps({"item_id": item_id, "title": catalogue.title(item_id)}) + "\n")
     typer.echo(f"wrote {len(chosen)} users and {len(used)} items to {out}")
 

@@ -22,7 +22,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from contract.catalogue import jsonl_rows, oldest_first, parse_timestamp
+from contract.catalogue import item_order, jsonl_rows, oldest_first, parse_timestamp
 
 logger = logging.getLogger(__name__)
 
@@ -233,7 +233,7 @@ def negative_sampler(
 ):
     """A function (rng, user, exclude, count) -> negatives: ``random`` (uniform over the catalogue),
     ``popularity`` (proportional to training-prefix counts) or ``retriever`` (the user's list, in order)."""
-    items = sorted(catalogue.titles, key=lambda k: (len(k), k))
+    items = item_order(catalogue.titles)
     if kind == "random":
         return lambda rng, user, exclude, count: sample_negatives(rng, items, exclude, count)
     if kind == "popularity":
@@ -241,7 +241,7 @@ def negative_sampler(
         for split in splits:
             for item in split.train:
                 counts[item] += 1
-        pool = sorted(counts, key=lambda k: (len(k), k))
+        pool = item_order(counts)
         weights = [counts[i] for i in pool]
 
         def popular(rng: random.Random, user: str, exclude: set[str], count: int) -> list[str]:

@@ -17,6 +17,7 @@ import random
 
 import torch
 
+from contract.catalogue import item_order
 from trainer.bench.arms import bench_parser, time_arms
 from trainer.config import SeqRecConfig
 from trainer.data import load_splits
@@ -30,7 +31,7 @@ def main() -> None:
 
     catalogue, splits = load_splits(args.data)
     config = SeqRecConfig()
-    model = SequenceModel(sorted(catalogue.titles, key=lambda k: (len(k), k)), config)  # as `seqrec` orders them
+    model = SequenceModel(item_order(catalogue.titles), config)  # as `seqrec` orders them
     encoded = [ids for ids in (model.encode(s) for s in training_sequences(splits, "sft")) if len(ids) >= 2]
     epoch = length_batches([len(ids) for ids in encoded], config.batch_tokens, random.Random(0))
     batches = [_pad([encoded[i] for i in b])[0] for b in epoch[:: max(1, len(epoch) // (args.steps + 1))]]

@@ -1,5 +1,6 @@
 """The shared training-loop pieces: a non-finite gradient must not reach the weights; the precision setting
-is honoured and checked; RL's rollout engine choice must not need vLLM where it is not installed."""
+is honoured and checked; a stage sharing the CPU takes its threads back when the other ends; RL's rollout
+engine choice must not need vLLM where it is not installed."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import pytest
 import torch
 
 from tests.toy_model import build_toy_model
-from trainer.loop import optimizer_step, training_device
+from trainer.loop import SHARE_CPU_UNTIL_ENV, CpuShare, optimizer_step, training_device
 from trainer.rl import _use_vllm_rollouts
 
 
@@ -34,6 +35,31 @@ def test_a_non_finite_gradient_skips_the_update_and_says_so(caplog):
     assert outcome.applied and outcome.grad_norm > 0
     assert all(torch.isfinite(p).all() for p in model.parameters())
     assert not all(torch.equal(b, p) for b, p in zip(before, model.parameters(), strict=True))
+
+
+def test_a_stage_beside_another_keeps_half_the_threads_until_the_other_ends(tmp_path, monkeypatch):
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(4)
+        other_done = tmp_path / "seqrec.done"
+        monkeypatch.setenv(SHARE_CPU_UNTIL_ENV, str(other_done))
+        share = CpuShare()
+        assert torch.get_num_threads() == 2
+        share.poll()
+        assert torch.get_num_threads() == 2  # the other stage is still running
+        other_done.touch()
+        share.poll()
+        assert torch.get_num_threads() == 4
+        share.poll()
+        assert torch.get_num_threads() == 4
+
+        CpuShare()  # the other stage has already ended (a resumed run): every thread from the start
+        assert torch.get_num_threads() == 4
+        monkeypatch.delenv(SHARE_CPU_UNTIL_ENV)
+        CpuShare().poll()  # not started beside another stage
+        assert torch.get_num_threads() == 4
+    finally:
+        torch.set_num_threads(threads)
 
 
 def test_rollout_engine_choice(monkeypatch):

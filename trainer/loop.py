@@ -1,5 +1,5 @@
-"""Pieces every training stage (pre-training, SFT, RL) shares: device choice, the optimiser step, and the
-resume state that makes each stage continue where an interrupted run stopped."""
+"""Pieces every training stage (pre-training, SFT, RL) shares: device choice, the CPU's threads, the optimiser
+step, and the resume state that makes each stage continue where an interrupted run stopped."""
 
 from __future__ import annotations
 
@@ -32,6 +32,36 @@ def cpu_has_native_bf16() -> bool:
     except OSError:
         return False
     return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+SHARE_CPU_UNTIL_ENV = "R2RANK_SHARE_CPU_UNTIL"
+
+
+class CpuShare:
+    """A stage's torch threads while another stage runs beside it on the same CPU.
+
+    ``make train`` runs the ranker's sequence models beside ``init-model``: on a small CPU two stages on half the
+    cores each do more work per second than one stage on all of them (docs/training.md, "Time"). Each is started
+    with ``R2RANK_SHARE_CPU_UNTIL`` naming the file the other leaves when it ends; until that file exists, this
+    stage keeps to half the threads, and once it does, ``poll`` (called between steps) takes every thread back.
+    Without the variable, or once the file exists, nothing changes.
+    """
+
+    def __init__(self, until: str | Path | None = None) -> None:
+        until = until if until is not None else os.environ.get(SHARE_CPU_UNTIL_ENV) or None
+        self.threads = torch.get_num_threads()
+        self.until = Path(until) if until is not None and not Path(until).exists() else None
+        if self.until is not None:
+            torch.set_num_threads(max(1, self.threads // 2))
+            logger.info("sharing the CPU: %d of %d threads until %s exists", torch.get_num_threads(), self.threads,
+                        self.until)  # fmt: skip
+
+    def poll(self) -> None:
+        """Take every thread back once the other stage has ended."""
+        if self.until is not None and self.until.exists():
+            torch.set_num_threads(self.threads)
+            logger.info("%s exists: back to %d threads", self.until, self.threads)
+            self.until = None
 
 
 def training_device(stage: Stage) -> tuple[torch.device, torch.autocast]:

@@ -24,7 +24,7 @@ from contract.checkpoint import Checkpoint
 from contract.evidence import Item
 from trainer.config import PretrainConfig
 from trainer.data import Catalogue, UserSplit
-from trainer.loop import load_state, optimizer_step, save_state, training_device
+from trainer.loop import CpuShare, load_state, optimizer_step, save_state, training_device
 from trainer.policy import grouped_forward
 from trainer.progress import Progress
 
@@ -136,7 +136,9 @@ def pretrain_lm(
     last = min(steps, config.stop_after or steps)
     progress = Progress("pretrain", steps, model_dir / STEP_LOG, done=step, every=20, shown=("loss", "lr"))
     model.train()
+    cpu = CpuShare()
     while step < last:
+        cpu.poll()
         chunk = batches[step % len(batches)]
         warm = min(1.0, (step + 1) / config.warmup_steps)
         fraction = min(1.0, step / steps)

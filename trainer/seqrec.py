@@ -43,6 +43,7 @@ from contract.sequence import SEQUENCE_META, SEQUENCE_WEIGHTS, SequenceRanker
 from trainer.config import HORIZON_ORDER, SeqRecConfig
 from trainer.data import UserSplit
 from trainer.fused_softmax import softmax_cross_entropy
+from trainer.loop import CpuShare
 from trainer.progress import Progress
 
 logger = logging.getLogger(__name__)
@@ -272,11 +273,13 @@ def train_seqrec(
         logger.info("seqrec: resuming after epoch %d of %d", done, config.epochs)
     progress = Progress("seqrec", config.epochs, out / STEPS, done=done, every=1, unit="epochs")
     lengths = [len(ids) for ids in encoded]
+    cpu = CpuShare()
     for epoch in range(done, config.epochs):
         started = time.monotonic()
         model.model.train()
         total, count = 0.0, 0
         for batch in length_batches(lengths, config.batch_tokens, random.Random(f"{config.seed}-{epoch}")):
+            cpu.poll()
             ids, _ = _pad([encoded[i] for i in batch])
             loss = sequence_loss(model.model, ids)
             optimiser.zero_grad(set_to_none=True)

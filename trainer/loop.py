@@ -1,4 +1,4 @@
-"""Pieces every training stage (pre-training, SFT, RL) shares: device choice, the CPU's threads, the optimiser
+"""Pieces the training stages share: device choice, the CPU's threads (the sequence models too), the optimiser
 step, and the resume state that makes each stage continue where an interrupted run stopped."""
 
 from __future__ import annotations

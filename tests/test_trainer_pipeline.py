@@ -255,14 +255,17 @@ def test_eval_takes_a_sequence_models_top_items_as_negatives_on_any_catalogue(ti
 def test_eval_tells_a_model_trained_on_retrieved_candidates_that_a_retrievers_are(tiny_data, tiny_sft, tiny_seqrec,
                                                                                  tmp_path):  # fmt: skip
     """Through the service's code: the request says candidate_source=retrieval, the report says so, and the
-    evidence-model row is the model's teacher's verdict model for retrieved candidates."""
+    model's teacher's verdict model for retrieved candidates gets a row beside the plain one."""
     train("eval", "--data", str(tiny_data), "--users", "20", "--retriever-model", str(tiny_seqrec), "--model",
           str(tiny_sft), "--reasoning", "none", "--out", str(tmp_path / "told"))  # fmt: skip
     report = json.loads((tmp_path / "told" / "eval.json").read_text())
     assert "candidate_source=retrieval" in report["title"]
     version = open_checkpoint(tiny_sft).model_version
     assert report["model_evidence"][version]["candidate_source"] == "retrieval"
-    assert report["evidence_model_verdicts"] == "retrieval"
+    from trainer.evaluation.baselines import EVIDENCE_MODEL, RETRIEVAL_EVIDENCE_MODEL
+
+    assert {EVIDENCE_MODEL, RETRIEVAL_EVIDENCE_MODEL} <= set(report["results"])
+    assert f"{version} (none) − {RETRIEVAL_EVIDENCE_MODEL}" in report["paired_differences"]
 
 
 def test_refresh_swaps_in_fresher_evidence_and_is_refused_where_it_would_leak(tiny_data, tiny_model, tiny_sft,

@@ -96,8 +96,8 @@ def build_examples(
         raise DataError("hard negatives and retrieved candidates come from the examples' sequence model: give "
                         "--sequence-model and --example-sequence-model, or --hard-negatives 0 and "
                         "--retrieval-share 0")  # fmt: skip
-    verdicts = teacher if isinstance(teacher, BuiltinTeacher) else None
-    if config.answer_distill and verdicts is None:
+    builtin = teacher if isinstance(teacher, BuiltinTeacher) else None  # its verdict models give soft labels
+    if config.answer_distill and builtin is None:
         raise DataError("--answer-distill takes its soft labels from the built-in teacher's verdict model: "
                         "give --answer-distill 0 with --teacher-url")  # fmt: skip
     rng = random.Random(config.seed)
@@ -136,8 +136,8 @@ def build_examples(
             row.append(assembler.answer_id(label))
             built.append((row, len(row) - len(segment)))
             p_next = None
-            if verdicts is not None and config.answer_distill:
-                p_next = verdicts.verdicts_for(inputs.source).probability(inputs.evidence)
+            if builtin is not None and config.answer_distill:
+                p_next = builtin.verdicts_for(inputs.source).probability(inputs.evidence)
             answers.append(answer_target(assembler.answer_id(not label), label, p_next, config))
         examples.append(Example(prefix, built, answers))
     rng.shuffle(examples)

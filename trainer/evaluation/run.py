@@ -5,7 +5,6 @@ report pair with this one on the same users without scoring its models again (``
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import itertools
 import json
 from collections.abc import Mapping, Sequence
@@ -152,15 +151,15 @@ def evaluate(catalogue: Catalogue, splits: Sequence[UserSplit], evidence: Eviden
         except RefreshError as exc:
             raise EvalError(f"--model {exc}") from exc
     sources = [candidate_source_for(checkpoint, plan) for checkpoint in checkpoints]
-    if sources and sources[0] == "retrieval":  # the evidence-model row: the first model's teacher, for that source
-        evidence = dataclasses.replace(evidence, verdicts=recorded_verdicts(checkpoints[0].manifest.provenance,
-                                                                            "retrieval"))  # fmt: skip
+    retrieval_verdicts = None  # a row of its own: the first model's teacher's logistic for retrieved candidates
+    if sources and sources[0] == "retrieval":
+        retrieval_verdicts = recorded_verdicts(checkpoints[0].manifest.provenance, "retrieval")
     sequence_model = load_sequence_model(plan.sequence_model, plan.split) if plan.sequence_model else None
     cases = build_cases(splits, catalogue, plan.users, plan.negatives, plan.seed, plan.retriever, plan.split)
     verdicts = evidence.verdicts or BuiltinTeacher.calibrated(splits, catalogue, evidence.stats).model
     ranks: dict[str, list[int]] = {}
     baselines = baseline_scorers(splits, catalogue, evidence.stats, verdicts, plan.seed, sequence_model,
-                                 evidence.sequence, plan.split)  # fmt: skip
+                                 evidence.sequence, plan.split, retrieval_verdicts)  # fmt: skip
     for name, scorer in baselines.items():
         ranks[name] = [positive_rank(s, c.candidates, c.target) for s, c in zip(scorer(cases), cases, strict=True)]
     models: list[str] = []  # "<model_version> (<mode>)", in order; baseline names may end in ")" too
@@ -197,7 +196,6 @@ def evaluate(catalogue: Catalogue, splits: Sequence[UserSplit], evidence: Eviden
         details["sequence_model"] = {"path": str(plan.sequence_model), **sequence_model.provenance}
     if evidence_of:
         details["model_evidence"] = evidence_of
-        details["evidence_model_verdicts"] = sources[0]  # which of the first model's teacher's verdict models
     report = write_report(results, plan.out, title, plan.command, differences, faithfulness, details)
     (plan.out / RANKS).write_text(json.dumps({"users": [c.user_id for c in cases], "models": models, "ranks": ranks}))
     return report

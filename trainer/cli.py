@@ -562,7 +562,8 @@ def eval_cmd(
         typer.Option(
             help="What the models are told their candidates are (a request's candidate_source): catalogue, "
             "retrieval, or auto: retrieval with --retriever/--retriever-model for a model trained on retrieved "
-            "candidates, else catalogue. The evidence-model row uses the first model's teacher for that source."
+            "candidates, else catalogue. The first model told retrieval adds its teacher's logistic for retrieved "
+            "candidates as a row."
         ),
     ] = "auto",
 ) -> None:

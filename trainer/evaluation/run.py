@@ -151,9 +151,9 @@ def evaluate(catalogue: Catalogue, splits: Sequence[UserSplit], evidence: Eviden
         except RefreshError as exc:
             raise EvalError(f"--model {exc}") from exc
     sources = [candidate_source_for(checkpoint, plan) for checkpoint in checkpoints]
-    retrieval_verdicts = None  # a row of its own: the first model's teacher's logistic for retrieved candidates
-    if sources and sources[0] == "retrieval":
-        retrieval_verdicts = recorded_verdicts(checkpoints[0].manifest.provenance, "retrieval")
+    told = [checkpoint for checkpoint, source in zip(checkpoints, sources, strict=True) if source == "retrieval"]
+    # a row of its own: the teacher's logistic for retrieved candidates of the first model told its are
+    retrieval_verdicts = recorded_verdicts(told[0].manifest.provenance, "retrieval") if told else None
     sequence_model = load_sequence_model(plan.sequence_model, plan.split) if plan.sequence_model else None
     cases = build_cases(splits, catalogue, plan.users, plan.negatives, plan.seed, plan.retriever, plan.split)
     verdicts = evidence.verdicts or BuiltinTeacher.calibrated(splits, catalogue, evidence.stats).model

@@ -178,80 +178,20 @@ def test_sft_hard_negatives_come_from_the_sequence_models_top_items_and_never_th
     the target or another item of the user's; without a sequence model SFT refuses to make them up."""
     from trainer.config import SFTConfig
     from trainer.data import DataError
-    from trainer.sft import build_examples
-    from trainer.teacher import Retrieval
+    from trainer.sft import build_examples, hard_negatives
 
     ranker = SequenceModel.load(trained).ranker()
-    retrieval = Retrieval(ranker, pool=4)
+    config = SFTConfig(negatives=3, hard_negatives=2, hard_pool=4)
     history, target = ["i10", "i11", "i12"], "i13"
     pool = ranker.top_items(history, 4, {target})
-    drawn = [retrieval.negatives(random.Random(seed), history, {*history, target}, 2) for seed in range(30)]
+    drawn = [hard_negatives(random.Random(seed), ranker, history, {*history, target}, config) for seed in range(30)]
     assert all(len(d) == 2 and len(set(d)) == 2 and set(d) <= set(pool) for d in drawn)
     assert {i for d in drawn for i in d} == set(pool)  # drawn across the pool, not always its head
-    assert Retrieval(ranker).negatives(random.Random(0), ["never-seen"], {target}, 3) == []  # nothing to draw from
-    for config in (SFTConfig(negatives=3, hard_negatives=2, hard_pool=4), SFTConfig(retrieval_share=0.3)):
-        with pytest.raises(DataError, match="sequence model"):
-            build_examples(None, None, [], None, config, sequence=None)  # type: ignore[arg-type]
+    assert hard_negatives(random.Random(0), ranker, history, {target}, SFTConfig()) == []  # off by default
+    with pytest.raises(DataError, match="sequence model"):
+        build_examples(None, None, [], None, config, sequence=None)  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="hard_negatives"):
         SFTConfig(negatives=3, hard_negatives=4)
-    with pytest.raises(ValueError, match="retrieval_share"):
-        SFTConfig(retrieval_share=1.0)
-
-
-def test_sft_retrieved_examples_say_so_take_every_negative_from_the_top_and_their_own_verdicts(trained, tmp_path):
-    """``--retrieval-share``: that share of examples are a retriever's candidates. Their prompt carries the line
-    that says so (the others' is unchanged), all their negatives are the examples' sequence model's top items, and
-    their soft labels come from the teacher's verdict model for retrieved candidates; the manifest then lists both
-    sources. The teacher's second model is fitted on negatives from the same top items."""
-    from contract import prompt
-    from contract.checkpoint import open_checkpoint, write_checkpoint_manifest
-    from tests.toy_model import build_toy_model
-    from trainer.config import SFTConfig
-    from trainer.data import Catalogue, UserSplit
-    from trainer.sft import build_examples
-    from trainer.statistics import ship_sequence_model
-    from trainer.teacher import BuiltinTeacher, EvidenceModel, Retrieval, calibration_pairs
-
-    titles = {i: f"Game {i}" for i in ITEMS}
-    out = build_toy_model(tmp_path / "toy", list(titles.values()) * 20, vocab_size=512)
-    EvidenceStats.from_sequences([ITEMS[:10]], titles).save(out)
-    ship_sequence_model(trained, out)
-    write_checkpoint_manifest(out, "toy", {"stage": "test"}, candidate_sources=("catalogue", "retrieval"))
-    checkpoint = open_checkpoint(out)
-    assert checkpoint.manifest.candidate_sources == ["catalogue", "retrieval"]
-    ranker = checkpoint.sequence
-    catalogue = Catalogue(titles)
-    users = [UserSplit(f"u{n}", [ITEMS[(n + k) % 40] for k in range(4)], ITEMS[(n + 4) % 40], ITEMS[(n + 5) % 40])
-             for n in range(40)]  # fmt: skip
-    unlikely, likely = EvidenceModel(bias=-5.0), EvidenceModel(bias=5.0)
-    config = SFTConfig(negatives=3, hard_pool=4, retrieval_share=0.5, targets_per_user=1, none_fraction=0.0)
-    examples = build_examples(checkpoint, catalogue, users, BuiltinTeacher(unlikely, likely), config, ranker)
-    decode = checkpoint.encoder.decode
-    by_source = {"catalogue": 0, "retrieval": 0}
-    for example in examples:
-        prefix = decode(example.prefix)
-        retrieved = prefix.endswith(prompt.RETRIEVAL_LINE)
-        by_source["retrieval" if retrieved else "catalogue"] += 1
-        shown_history = [line.split(" ", 1)[1] for line in prefix.splitlines() if line.startswith("#")]
-        history = [next(i for i, t in titles.items() if t == title) for title in shown_history]
-        shown = [decode(ids).split("Candidate: ", 1)[1].split("\n", 1)[0] for ids, _ in example.rows]
-        negatives = [next(i for i, t in titles.items() if t == title) for title in shown[1:]]
-        positive_share = example.answers[0].share  # the positive row is the first (shuffled only across examples)
-        if retrieved:
-            user = next(u for u in users if u.train[:-1] == history)
-            top = ranker.top_items(history, 4, {*user.train, user.valid_target, user.test_target})
-            assert set(negatives) <= set(top)
-            assert positive_share == pytest.approx(0.5 + 0.5 / (1 + math.exp(-5.0)))
-        else:
-            assert prompt.RETRIEVAL_LINE.strip() not in prefix
-            assert positive_share == pytest.approx(0.5 + 0.5 / (1 + math.exp(5.0)))
-    assert by_source["retrieval"] > 5 and by_source["catalogue"] > 5, by_source
-    pairs = calibration_pairs(users, catalogue, 40, negatives=3, retrieval=Retrieval(ranker, 4))
-    for pair in pairs:
-        if not pair.label:
-            split = pair.split
-            assert pair.candidate in ranker.top_items(pair.history, 4, {*split.train, split.valid_target,
-                                                                           split.test_target})  # fmt: skip
 
 
 def test_eval_cases_can_take_a_sequence_models_top_items_as_negatives(trained):

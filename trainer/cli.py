@@ -233,7 +233,6 @@ def sft_cmd(
     negatives: Annotated[int, _opt(SFTConfig, "negatives")] = SFTConfig.negatives,
     hard_negatives: Annotated[int, _opt(SFTConfig, "hard_negatives")] = SFTConfig.hard_negatives,
     hard_pool: Annotated[int, _opt(SFTConfig, "hard_pool")] = SFTConfig.hard_pool,
-    hit_share: Annotated[float, _opt(SFTConfig, "hit_share")] = SFTConfig.hit_share,
     targets_per_user: Annotated[int, _opt(SFTConfig, "targets_per_user")] = SFTConfig.targets_per_user,
     answer_weight: Annotated[float, _opt(SFTConfig, "answer_weight")] = SFTConfig.answer_weight,
     answer_distill: Annotated[float, _opt(SFTConfig, "answer_distill")] = SFTConfig.answer_distill,
@@ -280,7 +279,6 @@ def sft_cmd(
 
     _log_to_stderr()
     config = _build(SFTConfig, users=users, negatives=negatives, hard_negatives=hard_negatives, hard_pool=hard_pool,
-                    hit_share=hit_share,
                     targets_per_user=targets_per_user, answer_weight=answer_weight, answer_distill=answer_distill,
                     none_fraction=none_fraction, steps=steps, batch_size=batch_size, micro_batch=micro_batch, lr=lr,
                     seed=seed, stop_after=stop_after)  # fmt: skip

@@ -166,12 +166,6 @@ class SFTConfig:
         "rest are random.",
     )
     hard_pool: int = option(50, "Hard negatives are drawn uniformly from this many of the sequence model's top items.")
-    hit_share: float = option(
-        0.0,
-        "Share of the examples whose positive is among the examples' sequence model's --hard-pool top items (a "
-        "retriever's list that found it) that take all their negatives from those items, so the model learns to "
-        "rerank such a list without learning that a top rank is evidence against an item.",
-    )
     targets_per_user: int = option(2, "Positions of a user's training prefix used as targets, latest first.")
     answer_weight: float = option(
         4.0,
@@ -210,7 +204,6 @@ class SFTConfig:
             f"hard_negatives must be in [0, negatives={self.negatives}], got {self.hard_negatives}",
         )
         _require(self.hard_pool >= self.hard_negatives, "hard_pool must be >= hard_negatives")
-        _require(0 <= self.hit_share <= 1, f"hit_share must be in [0, 1], got {self.hit_share}")
         _require(
             0 <= self.none_fraction <= 1, f"none_fraction is a share: give a value in [0, 1], got {self.none_fraction}"
         )

@@ -92,19 +92,6 @@ def hard_negatives(
     return rng.sample(pool, min(config.hard_negatives, len(pool)))
 
 
-def hit_negatives(
-    rng: random.Random, sequence: SequenceRanker, history: list[str], positive: str, exclude: set[str],
-    config: SFTConfig,
-) -> list[str]:  # fmt: skip
-    """All of an example's negatives from the ``config.hard_pool`` items ``sequence`` scores highest after
-    ``history``, where ``positive`` is one of them (else none): a retriever's list that found the item, where the
-    positive and its negatives share the rank's range, so the rank cannot be learnt as evidence against an item."""
-    top = sequence.top_items(history, config.hard_pool, exclude - {positive})
-    if positive not in top:
-        return []
-    return rng.sample([i for i in top if i != positive], min(config.negatives, len(top) - 1))
-
-
 def build_examples(
     checkpoint: Checkpoint,
     catalogue: Catalogue,
@@ -115,9 +102,9 @@ def build_examples(
 ) -> list[Example]:
     """The examples; ``sequence`` states their next-item rank (a model that never saw their targets) and, with
     ``config.hard_negatives``, proposes that many of each example's negatives (``hard_negatives``)."""
-    if (config.hard_negatives or config.hit_share) and sequence is None:
+    if config.hard_negatives and sequence is None:
         raise DataError("hard negatives come from the examples' sequence model: give --sequence-model and "
-                        "--example-sequence-model, or --hard-negatives 0 and --hit-share 0")  # fmt: skip
+                        "--example-sequence-model, or --hard-negatives 0")  # fmt: skip
     verdicts = teacher.model if isinstance(teacher, BuiltinTeacher) else None
     if config.answer_distill and verdicts is None:
         raise DataError("--answer-distill takes its soft labels from the built-in teacher's verdict model: "
@@ -133,8 +120,6 @@ def build_examples(
         for end in range(len(split.train) - 1, max(0, len(split.train) - 1 - config.targets_per_user), -1):
             history, positive = split.train[:end], split.train[end]
             hard = hard_negatives(rng, sequence, history, exclude, config) if sequence is not None else []
-            if sequence is not None and config.hit_share and rng.random() < config.hit_share:
-                hard = hit_negatives(rng, sequence, history, positive, exclude, config) or hard
             random_negatives = sample_negatives(rng, items, exclude | set(hard), config.negatives - len(hard))
             candidates = [positive, *hard, *random_negatives]
             mode: Reasoning = "none" if rng.random() < config.none_fraction else "full"

@@ -19,7 +19,7 @@ from typing import Protocol
 
 from contract import prompt
 from contract.evidence import Evidence, EvidenceStats, Item, LeaveOut, compute_evidence_batch
-from contract.prompt import Reasoning
+from contract.prompt import CandidateSource, Reasoning
 from contract.sequence import SequenceRanker
 
 
@@ -159,15 +159,17 @@ class PromptAssembler:
         candidates: Sequence[Item],
         reasoning: Reasoning,
         leave_out: LeaveOut | None = None,
+        source: CandidateSource = "catalogue",
     ) -> RequestPrompts:
         """A request's prompts from raw (untrusted) items, oldest history first.
 
         Titles are cleaned and cut to the title budget in one tokenizer call; the history keeps the most
         recent items that fit the item and token caps (empty titles leave it); each candidate's evidence is
         computed against that history (``leave_out``: a training example's own user, see
-        ``contract.evidence``; the next-item rank too, from the history the prompt shows)."""
+        ``contract.evidence``; the next-item rank too, from the history the prompt shows); ``source`` says where
+        the candidates come from (``prompt.CandidateSource``)."""
         kept, shown = self._select(history, candidates)
-        text = prompt.history_prefix([item.title for item in kept])
+        text = prompt.history_prefix([item.title for item in kept], source)
         evidence = compute_evidence_batch(kept, shown, self.stats, leave_out, self.sequence)
         texts = [prompt.candidate_segment(c.title, e.text(), reasoning) for c, e in zip(shown, evidence, strict=True)]
         prefix = HistoryPrefix(text, self.encoder.encode(text))

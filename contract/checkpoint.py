@@ -57,6 +57,12 @@ class Manifest(BaseModel):
         description="Version of the sequence model whose next-item rank the evidence states (seqrec.*); "
         "none for a checkpoint without one.",
     )
+    candidate_sources: list[prompt.CandidateSource] = Field(
+        default_factory=lambda: ["catalogue"],
+        min_length=1,
+        description="Where the candidates it was trained on came from (contract.prompt.CandidateSource): the "
+        "candidate_source values a request may give it.",
+    )
     provenance: dict[str, Any] = Field(default_factory=dict, description="How it was made: command, data, seed.")
     metrics: dict[str, Any] = Field(default_factory=dict, description="Eval results, if any.")
 
@@ -76,6 +82,11 @@ class Manifest(BaseModel):
         """The prompt and rationale limits as ``write_checkpoint_manifest`` takes them: a copy of these weights
         (export, refresh) must keep them, or it would read requests differently from the model it copies."""
         return {name: getattr(self, name) for name in LIMIT_FIELDS}
+
+    def copy_settings(self) -> dict[str, Any]:
+        """What a copy of these weights (export, refresh) must keep: the limits, and the candidate sources the weights
+        were trained on."""
+        return {**self.limit_settings(), "candidate_sources": list(self.candidate_sources)}
 
 
 class CheckpointError(RuntimeError):
@@ -305,10 +316,12 @@ def write_checkpoint_manifest(
     name: str,
     provenance: dict[str, Any],
     metrics: dict[str, Any] | None = None,
+    candidate_sources: Sequence[prompt.CandidateSource] = ("catalogue",),
     **limits: int,
 ) -> Manifest:
     """Write ``manifest.json`` for ``model_dir`` (``model_version`` = ``name`` + its content hash) and check
-    that the result opens."""
+    that the result opens. ``candidate_sources``: what its training examples' candidates were (a copy of trained
+    weights keeps its source's)."""
     from transformers import AutoTokenizer
 
     yes, no = answer_token_ids(HFEncoder(AutoTokenizer.from_pretrained(str(model_dir))))
@@ -323,6 +336,7 @@ def write_checkpoint_manifest(
         sequence_version=sequence.version if sequence is not None else None,
         provenance=provenance,
         metrics=metrics or {},
+        candidate_sources=list(candidate_sources),
         **limits,
     )
     write_manifest(model_dir, manifest)

@@ -11,6 +11,7 @@ Layout of one item prompt (``reasoning="full"``)::
     #3 <title>
     #2 <title>
     #1 <title>                       <- shared prefix: identical for every candidate of a user (#1 = latest)
+    Candidates: a recommender's top picks for this user   <- only where the request says so (candidate_source)
     Candidate: <candidate title>
     Evidence: next-item rank 37; follows #1 14x, older 2x; co-bought 45x; popularity 812 (top 3%); shares "zelda"
       with #2                        <- one line
@@ -68,6 +69,16 @@ def format_states(prompt_format: str) -> tuple[bool, bool]:
 
 Reasoning = Literal["full", "none"]
 REASONING_MODES: tuple[Reasoning, ...] = ("full", "none")
+
+CandidateSource = Literal["catalogue", "retrieval"]
+"""Where a request's candidates come from. ``catalogue`` (the default; the prompt says nothing): any items, such as
+random ones; the score is P(next | evidence) against the catalogue. ``retrieval``: a recommender's top picks for
+this user, such as a SASRec's, so every candidate already carries the evidence such a model picks by (a good
+next-item rank) and the model must weigh what separates the real next item from them. A checkpoint lists the
+sources it was trained on (``Manifest.candidate_sources``); the line below is in the prompt only for
+``retrieval``, so a ``catalogue`` prompt is the same text every format has always had."""
+CANDIDATE_SOURCES: tuple[CandidateSource, ...] = ("catalogue", "retrieval")
+RETRIEVAL_LINE = "Candidates: a recommender's top picks for this user\n"
 
 INSTRUCTION = (
     "Decide whether the user will interact with the candidate item next, given the items they interacted with "
@@ -139,11 +150,14 @@ def clean_rationale(text: str) -> str:
     return clean_title(text)
 
 
-def history_prefix(history_titles: list[str] | tuple[str, ...]) -> str:
-    """The shared part of every item prompt of one user: instruction + history, oldest first, the latest #1."""
+def history_prefix(history_titles: list[str] | tuple[str, ...], source: CandidateSource = "catalogue") -> str:
+    """The shared part of every item prompt of one user: instruction + history, oldest first, the latest #1; then,
+    for retrieved candidates, the line that says so (shared by every candidate of the request)."""
+    if source not in CANDIDATE_SOURCES:
+        raise ValueError(f"candidate source must be one of {CANDIDATE_SOURCES}, got {source!r}")
     n = len(history_titles)
     lines = "".join(history_line(n - i, t) for i, t in enumerate(history_titles)) if n else f"{EMPTY_HISTORY}\n"
-    return f"{INSTRUCTION}\n{HISTORY_HEADER}\n{lines}"
+    return f"{INSTRUCTION}\n{HISTORY_HEADER}\n{lines}" + (RETRIEVAL_LINE if source == "retrieval" else "")
 
 
 def history_line(ref: int, title: str) -> str:

@@ -92,6 +92,7 @@ def rank_body(
     request_id: str | None = None,
     deadline_ms: int | None = None,
     include_evidence: bool = False,
+    candidate_source: str = "catalogue",
 ) -> dict[str, Any]:
     """The JSON body of POST /rank (also used by the load test, which sends it with its own HTTP client)."""
     body: dict[str, Any] = {
@@ -99,6 +100,7 @@ def rank_body(
         "include_rationales": include_rationales,
         "include_evidence": include_evidence,
         "reasoning": reasoning,
+        "candidate_source": candidate_source,
     }
     optional = {"user_id": user_id, "top_k": top_k, "request_id": request_id, "deadline_ms": deadline_ms}
     body.update({k: v for k, v in optional.items() if v is not None})
@@ -180,11 +182,13 @@ class R2RankClient(_Base):
         request_id: str | None = None,
         deadline_ms: int | None = None,
         include_evidence: bool = False,
+        candidate_source: str = "catalogue",
     ) -> RankResponse:
         """Rank ``candidates`` (ids, or ``{"item_id", "title"}``) for a user (stored or inline history);
-        with ``deadline_ms``, items not scored in time come back ranked by a fallback (``degraded``)."""
+        with ``deadline_ms``, items not scored in time come back ranked by a fallback (``degraded``);
+        ``candidate_source="retrieval"`` where they are a recommender's top picks (models trained on them)."""
         body = rank_body(candidates, user_id, history, top_k, include_rationales, reasoning, request_id,
-                         deadline_ms, include_evidence)  # fmt: skip
+                         deadline_ms, include_evidence, candidate_source)  # fmt: skip
         return self._request("POST", "/rank", RankResponse, json=body)
 
     def put_history(self, user_id: str, items: Iterable[str | Mapping[str, Any]]) -> HistoryOut:
@@ -274,9 +278,10 @@ class AsyncR2RankClient(_Base):
         request_id: str | None = None,
         deadline_ms: int | None = None,
         include_evidence: bool = False,
+        candidate_source: str = "catalogue",
     ) -> RankResponse:
         body = rank_body(candidates, user_id, history, top_k, include_rationales, reasoning, request_id,
-                         deadline_ms, include_evidence)  # fmt: skip
+                         deadline_ms, include_evidence, candidate_source)  # fmt: skip
         return await self._request("POST", "/rank", RankResponse, json=body)
 
     async def put_history(self, user_id: str, items: Iterable[str | Mapping[str, Any]]) -> HistoryOut:

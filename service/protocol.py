@@ -115,6 +115,13 @@ class RankRequest(BaseModel):
     reasoning: Literal["full", "none"] = Field(
         "full", description="'full': reason, then score; 'none': score straight after the candidate (cheaper)."
     )
+    candidate_source: Literal["catalogue", "retrieval"] = Field(
+        "catalogue",
+        description="Where the candidates come from. 'catalogue': any items (the score is how likely each is next "
+        "against the whole catalogue); 'retrieval': a recommender's top picks for this user (such as a sequence "
+        "model's), which all look likely to it, so the model weighs what sets the real next item apart. Only for a "
+        "model trained on retrieved candidates (GET /readyz: candidate_sources).",
+    )
     request_id: RequestId | None = Field(
         None, description="Echoed in the reply and the logs; the X-Request-Id header wins when both are sent."
     )

@@ -58,6 +58,14 @@ def evidence_out(evidence: Evidence, history: list[Item]) -> EvidenceOut:
     return EvidenceOut.from_evidence(evidence, title)
 
 
+def check_candidate_source(request: RankRequest, sources: Sequence[str], model_version: str) -> None:
+    """A model reads a candidate source only if it was trained on it: told 'retrieval' without having learned what
+    that changes, it would score as if it had not been told, and the caller would not know."""
+    if request.candidate_source not in sources:
+        raise InvalidRequest(f"candidate_source: the serving model {model_version} was trained on {list(sources)} "
+                             f"candidates only, not {request.candidate_source!r}", "candidate_source")  # fmt: skip
+
+
 async def warm_up_engine(engine: ReasoningEngine, settings: Settings, metrics: Metrics) -> None:
     """One real ranking on ``engine``. No Redis: a cached score must never stand in for engine work."""
     await Ranker(engine, settings, metrics, store=None).rank(WARMUP_REQUEST, "warmup")
@@ -295,6 +303,7 @@ class Ranker:
         started = time.perf_counter()
         deadline = time.monotonic() + (request.deadline_ms or self.settings.default_deadline_ms) / 1000
         self.validate(request)
+        check_candidate_source(request, engine.checkpoint.manifest.candidate_sources, engine.model_version)
         items = len(request.candidates)
         self._admit(items)
         try:
@@ -324,6 +333,8 @@ class Ranker:
             [Item(i.item_id, i.title or "", history_known) for i in history],
             [Item(c.item_id, c.title or "", catalogue_ids) for c in candidates],
             request.reasoning,
+            None,
+            request.candidate_source,
         )
 
         engine_started = time.perf_counter()

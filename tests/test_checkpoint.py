@@ -86,13 +86,24 @@ def test_service_refuses_to_start_on_wrong_format(model_copy: Path):
 
 
 def test_export_keeps_the_prompt_limits_the_model_was_served_with(model_copy, tmp_path):
-    """A copy of the weights reads requests as its source does: export keeps the manifest's limits, not defaults."""
+    """A copy of the weights reads requests as its source does: export keeps the manifest's limits and the
+    candidate sources the weights were trained on, not defaults. A manifest from before the sources were recorded
+    lists only the catalogue, which is what such a model was trained on."""
     from trainer.export import export_checkpoint
 
+    raw = json.loads((model_copy / "manifest.json").read_text())
+    raw.pop("candidate_sources", None)
+    (model_copy / "manifest.json").write_text(json.dumps(raw))
+    assert read_manifest(model_copy).candidate_sources == ["catalogue"]
     limits = {"max_history_items": 7, "max_history_tokens": 300, "max_title_tokens": 12, "max_rationale_tokens": 20}
-    _edit_manifest(model_copy, **limits)
+    _edit_manifest(model_copy, **limits, candidate_sources=["catalogue", "retrieval"])
     exported = export_checkpoint(model_copy, tmp_path / "exported", {}, "r2rank-train export")
     assert exported.limit_settings() == limits
+    assert exported.candidate_sources == ["catalogue", "retrieval"]
+    _edit_manifest(model_copy, candidate_sources=["retriever"])
+    with pytest.raises(CheckpointError, match="candidate_sources"):
+        read_manifest(model_copy)
+    _edit_manifest(model_copy, candidate_sources=["catalogue", "retrieval"])
     assert open_checkpoint(tmp_path / "exported").manifest.limits == read_manifest(model_copy).limits
     assert exported.model_version == read_manifest(model_copy).model_version
 

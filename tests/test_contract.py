@@ -132,6 +132,23 @@ def test_candidates_share_token_exact_prefix(assembler):
     assert none.prefix.ids == prompts.prefix.ids  # both modes share the prefix
 
 
+def test_retrieved_candidates_add_one_shared_line_and_leave_catalogue_prompts_as_they_were(assembler):
+    """``candidate_source="retrieval"`` ends the shared prefix with the line that says so, identical for every
+    candidate (scores stay pointwise, the prefix cache still hits); the default prompt is the text every format
+    has always had, so older checkpoints read exactly what they were trained on."""
+    history = ["Super Mario Odyssey", "Mario Kart 8 Deluxe"]
+    catalogue = assembler.prompts(_items(history, "h"), _items(["Halo 3", "FIFA 18"], "c"), "full")
+    retrieved = assembler.prompts(_items(history, "h"), _items(["Halo 3", "FIFA 18"], "c"), "full",
+                                  source="retrieval")  # fmt: skip
+    assert catalogue.prefix.text == prompt.history_prefix(history) == prompt.history_prefix(history, "catalogue")
+    assert prompt.RETRIEVAL_LINE.strip() not in catalogue.prefix.text
+    assert retrieved.prefix.text == catalogue.prefix.text + prompt.RETRIEVAL_LINE
+    assert retrieved.segment_texts == catalogue.segment_texts  # the candidate's own part does not change
+    assert retrieved.prompt_ids(0)[: len(retrieved.prefix.ids)] == retrieved.prompt_ids(1)[: len(retrieved.prefix.ids)]
+    with pytest.raises(ValueError, match="candidate source"):
+        prompt.history_prefix(history, "retriever")  # type: ignore[arg-type]
+
+
 def test_answer_tokens_are_single_tokens(checkpoint, assembler):
     yes, no = answer_token_ids(checkpoint.encoder)
     assert yes != no and (yes, no) == assembler.answer_ids == checkpoint.answer_ids

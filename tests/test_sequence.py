@@ -178,20 +178,87 @@ def test_sft_hard_negatives_come_from_the_sequence_models_top_items_and_never_th
     the target or another item of the user's; without a sequence model SFT refuses to make them up."""
     from trainer.config import SFTConfig
     from trainer.data import DataError
-    from trainer.sft import build_examples, hard_negatives
+    from trainer.sft import build_examples
+    from trainer.teacher import Retrieval
 
     ranker = SequenceModel.load(trained).ranker()
-    config = SFTConfig(negatives=3, hard_negatives=2, hard_pool=4)
+    retrieval = Retrieval(ranker, pool=4)
     history, target = ["i10", "i11", "i12"], "i13"
     pool = ranker.top_items(history, 4, {target})
-    drawn = [hard_negatives(random.Random(seed), ranker, history, {*history, target}, config) for seed in range(30)]
+    drawn = [retrieval.negatives(random.Random(seed), history, {*history, target}, 2) for seed in range(30)]
     assert all(len(d) == 2 and len(set(d)) == 2 and set(d) <= set(pool) for d in drawn)
     assert {i for d in drawn for i in d} == set(pool)  # drawn across the pool, not always its head
-    assert hard_negatives(random.Random(0), ranker, history, {target}, SFTConfig()) == []  # off by default
-    with pytest.raises(DataError, match="sequence model"):
-        build_examples(None, None, [], None, config, sequence=None)  # type: ignore[arg-type]
+    assert Retrieval(ranker).negatives(random.Random(0), ["never-seen"], {target}, 3) == []  # nothing to draw from
+    hit = retrieval.hit_negatives(random.Random(0), history, target, {*history, target}, 3)
+    assert hit is not None and target not in hit and set(hit) <= set(ranker.top_items(history, 4))
+    assert retrieval.hit_negatives(random.Random(0), history, "i30", {*history, "i30"}, 3) is None  # not a hit
+    for config in (SFTConfig(negatives=3, hard_negatives=2, hard_pool=4), SFTConfig(retrieval_share=0.3)):
+        with pytest.raises(DataError, match="sequence model"):
+            build_examples(None, None, [], None, config, sequence=None)  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="hard_negatives"):
         SFTConfig(negatives=3, hard_negatives=4)
+    with pytest.raises(ValueError, match="retrieval_share"):
+        SFTConfig(retrieval_share=1.5)
+
+
+def test_sft_retrieved_examples_are_hits_beside_their_catalogue_example_and_have_their_own_verdicts(trained, tmp_path):
+    """``--retrieval-share``: positions whose positive is among the examples' sequence model's top items (a
+    retriever's list that found it) get a retrieved-candidates example beside their catalogue one. Its prompt
+    carries the line that says so (the catalogue one's is unchanged), all its negatives are from the same top
+    items, and its soft labels come from the teacher's verdict model for retrieved candidates; every position keeps
+    its catalogue example, so what a good rank is worth there does not change. The teacher's second model is fitted
+    on such hits too."""
+    from contract import prompt
+    from contract.checkpoint import open_checkpoint, write_checkpoint_manifest
+    from tests.toy_model import build_toy_model
+    from trainer.config import SFTConfig
+    from trainer.data import Catalogue, UserSplit
+    from trainer.sft import build_examples
+    from trainer.statistics import ship_sequence_model
+    from trainer.teacher import BuiltinTeacher, EvidenceModel, Retrieval, calibration_pairs
+
+    titles = {i: f"Game {i}" for i in ITEMS}
+    out = build_toy_model(tmp_path / "toy", list(titles.values()) * 20, vocab_size=512)
+    EvidenceStats.from_sequences([ITEMS[:10]], titles).save(out)
+    ship_sequence_model(trained, out)
+    write_checkpoint_manifest(out, "toy", {"stage": "test"}, candidate_sources=("catalogue", "retrieval"))
+    checkpoint = open_checkpoint(out)
+    assert checkpoint.manifest.candidate_sources == ["catalogue", "retrieval"]
+    ranker = checkpoint.sequence
+    catalogue = Catalogue(titles)
+    users = [UserSplit(f"u{n}", [ITEMS[(n + k) % 40] for k in range(4)], ITEMS[(n + 4) % 40], ITEMS[(n + 5) % 40])
+             for n in range(40)]  # fmt: skip
+    unlikely, likely = EvidenceModel(bias=-5.0), EvidenceModel(bias=5.0)
+    config = SFTConfig(negatives=3, hard_pool=4, retrieval_share=0.5, targets_per_user=1, none_fraction=0.0)
+    examples = build_examples(checkpoint, catalogue, users, BuiltinTeacher(unlikely, likely), config, ranker)
+    decode = checkpoint.encoder.decode
+    titled = {title: i for i, title in titles.items()}
+    seen: dict[str, list[tuple[str, ...]]] = {"catalogue": [], "retrieval": []}
+    for example in examples:
+        prefix = decode(example.prefix)
+        retrieved = prefix.endswith(prompt.RETRIEVAL_LINE)
+        history = tuple(titled[line.split(" ", 1)[1]] for line in prefix.splitlines() if line.startswith("#"))
+        shown = [titled[decode(ids).split("Candidate: ", 1)[1].split("\n", 1)[0]] for ids, _ in example.rows]
+        positive, negatives = shown[0], shown[1:]  # the positive row is the first (shuffled only across examples)
+        positive_share = example.answers[0].share
+        seen["retrieval" if retrieved else "catalogue"].append((*history, positive))
+        if retrieved:
+            user = next(u for u in users if tuple(u.train[:-1]) == history)
+            top = ranker.top_items(list(history), 4, {*user.train[:-1], user.valid_target, user.test_target})
+            assert positive in top and set(negatives) <= set(top) - {positive}
+            assert positive_share == pytest.approx(0.5 + 0.5 / (1 + math.exp(-5.0)))
+        else:
+            assert prompt.RETRIEVAL_LINE.strip() not in prefix
+            assert positive_share == pytest.approx(0.5 + 0.5 / (1 + math.exp(5.0)))
+    assert len(seen["catalogue"]) == len(users)  # every position keeps its catalogue example
+    assert 5 < len(seen["retrieval"]) < len(users), {k: len(v) for k, v in seen.items()}
+    assert set(seen["retrieval"]) <= set(seen["catalogue"])  # beside, not instead
+    pairs = calibration_pairs(users, catalogue, 40, negatives=3, retrieval=Retrieval(ranker, 4))
+    assert pairs and sum(pair.label for pair in pairs) * 4 == len(pairs)
+    for pair in pairs:
+        split = pair.split
+        top = ranker.top_items(pair.history, 4, {*split.train[:-1], split.valid_target, split.test_target})
+        assert pair.candidate in top and split.train[-1] in top
 
 
 def test_eval_cases_can_take_a_sequence_models_top_items_as_negatives(trained):

@@ -3,6 +3,8 @@ evidence, cite only it, and carry a verdict the teacher's evidence model gives."
 
 from __future__ import annotations
 
+import pytest
+
 from contract.evidence import (
     Evidence,
     EvidenceStats,
@@ -15,7 +17,14 @@ from contract.evidence import (
 )
 from trainer.data import Catalogue, UserSplit, leave_one_out
 from trainer.evaluation.baselines import TrainingStats
-from trainer.teacher import BuiltinTeacher, EvidenceModel, calibration_examples, clause_kinds, evidence_features
+from trainer.teacher import (
+    BuiltinTeacher,
+    EvidenceModel,
+    TeacherInput,
+    calibration_examples,
+    clause_kinds,
+    evidence_features,
+)
 
 CATALOGUE = Catalogue(
     {
@@ -181,3 +190,17 @@ def test_fusion_probe_fits_what_a_logistic_cannot():
 
     assert accuracy(mlp(evidence), 0.0) == 1.0
     assert accuracy([logistic.logit(e) for e in evidence], 0.0) < 0.8
+
+
+def test_retrieved_candidates_are_weighed_by_their_own_verdict_model():
+    """Among a retriever's top picks a good next-item rank is what every candidate has: the same evidence gets the
+    verdict of the model fitted on such candidates, and a teacher without one refuses rather than guessing."""
+    catalogue = EvidenceModel([0.0] * 10 + [0.0, -1.0], 3.0)  # a good (small) rank: likely
+    retrieval = EvidenceModel([0.0] * 10 + [0.0, 1.0], -3.0)  # among retrieved candidates: a good rank says little
+    top = Evidence((Link(1, "a", 14),), 0, 812, 3, None, (), NextItemRank(2))
+    assert BuiltinTeacher(catalogue).rationale(top).endswith(": likely.")
+    both = BuiltinTeacher(catalogue, retrieval)
+    assert both.rationale(top, "retrieval") == "Rank 2; strong link: follows #1 14x: unlikely."
+    assert both.rationales([TeacherInput((), Item("c", "C"), top, "retrieval")]) == [both.rationale(top, "retrieval")]
+    with pytest.raises(ValueError, match="retrieved candidates"):
+        BuiltinTeacher(catalogue).rationale(top, "retrieval")

@@ -165,11 +165,13 @@ def ranker_seqrec(tiny_data, tmp_path_factory) -> tuple[Path, Path]:
 
 @pytest.fixture(scope="module")
 def tiny_sft(tiny_data, tiny_model, ranker_seqrec, tmp_path_factory) -> Path:
-    """SFT as `make train` runs it: the evidence states the next-item rank, the checkpoint ships the model."""
+    """SFT as `make train` runs it: the evidence states the next-item rank, the checkpoint ships the model; a share
+    of its examples are retrieved candidates."""
     out = tmp_path_factory.mktemp("sft")
     shipped, examples = ranker_seqrec
     train("sft", "--base", str(tiny_model), "--out", str(out), "--data", str(tiny_data), "--users", "60",
           "--steps", "20", "--batch-size", "4", "--lr", "3e-3", *SMALL_SFT, "--none-fraction", "0.3",
+          "--retrieval-share", "0.3",
           "--sequence-model", str(shipped), "--example-sequence-model", str(examples))  # fmt: skip
     return out / "model"
 
@@ -184,6 +186,9 @@ def test_sft_ships_the_sequence_model_and_refuses_one_that_saw_its_targets(tiny_
     assert checkpoint.manifest.sequence_version == SequenceRanker.load(shipped).version
     provenance = checkpoint.manifest.provenance
     assert len(provenance["teacher_verdict_model"]["weights"]) == 13  # the rank's two, the co-purchases' one
+    assert checkpoint.manifest.candidate_sources == ["catalogue", "retrieval"]
+    retrieval = provenance["teacher_verdict_model_retrieval"]  # fitted on a retriever's negatives: other weights
+    assert len(retrieval["weights"]) == 13 and retrieval != provenance["teacher_verdict_model"]
     common = ["--base", str(tiny_model), "--data", str(tiny_data), "--users", "20", "--steps", "1", *SMALL_SFT]
     # examples stated by the shipped (valid-horizon) model: it trained on SFT's targets
     refused = train_fails("sft", *common, "--out", str(tmp_path / "a"), "--sequence-model", str(shipped),
@@ -195,6 +200,8 @@ def test_sft_ships_the_sequence_model_and_refuses_one_that_saw_its_targets(tiny_
     # hard negatives are the examples' sequence model's top items: without one there are none to draw
     refused = train_fails("sft", *common, "--out", str(tmp_path / "d"), "--hard-negatives", "1")
     assert "--hard-negatives" in refused
+    refused = train_fails("sft", *common, "--out", str(tmp_path / "e"), "--retrieval-share", "0.3")
+    assert "--retrieval-share" in refused
     # a warm start may only add positions
     refused = train_fails("seqrec", "--data", str(tiny_data), "--out", str(tmp_path / "c"), "--horizon", "sft",
                           "--init", str(shipped), *TINY_SEQREC)  # fmt: skip
@@ -245,6 +252,22 @@ def test_eval_takes_a_sequence_models_top_items_as_negatives_on_any_catalogue(ti
     assert "one source of negatives" in refused
 
 
+def test_eval_tells_a_model_trained_on_retrieved_candidates_that_a_retrievers_are(tiny_data, tiny_sft, tiny_seqrec,
+                                                                                 tmp_path):  # fmt: skip
+    """Through the service's code: the request says candidate_source=retrieval, the report says so, and the
+    model's teacher's verdict model for retrieved candidates gets a row beside the plain one."""
+    train("eval", "--data", str(tiny_data), "--users", "20", "--retriever-model", str(tiny_seqrec), "--model",
+          str(tiny_sft), "--reasoning", "none", "--out", str(tmp_path / "told"))  # fmt: skip
+    report = json.loads((tmp_path / "told" / "eval.json").read_text())
+    assert "candidate_source=retrieval" in report["title"]
+    version = open_checkpoint(tiny_sft).model_version
+    assert report["model_evidence"][version]["candidate_source"] == "retrieval"
+    from trainer.evaluation.baselines import EVIDENCE_MODEL, RETRIEVAL_EVIDENCE_MODEL
+
+    assert {EVIDENCE_MODEL, RETRIEVAL_EVIDENCE_MODEL} <= set(report["results"])
+    assert f"{version} (none) − {RETRIEVAL_EVIDENCE_MODEL}" in report["paired_differences"]
+
+
 def test_refresh_swaps_in_fresher_evidence_and_is_refused_where_it_would_leak(tiny_data, tiny_model, tiny_sft,
                                                                             tiny_seqrec, tmp_path):  # fmt: skip
     """The same LLM reads a sequence model trained through the validation targets and statistics counted on the
@@ -269,6 +292,7 @@ def test_refresh_swaps_in_fresher_evidence_and_is_refused_where_it_would_leak(ti
     expected = EvidenceStats.from_sequences([s.test_history for s in splits], catalogue.titles, co_bought=True)
     assert after.stats.version == expected.version != before.stats.version
     assert after.manifest.prompt_format == before.manifest.prompt_format  # co-purchases recounted, not dropped
+    assert after.manifest.candidate_sources == before.manifest.candidate_sources == ["catalogue", "retrieval"]
     target = splits[0].valid_target  # counted now: the refreshed statistics have seen the validation targets
     assert after.stats.popularity(target) > before.stats.popularity(target)
     assert after.manifest.provenance["refresh"]["horizon"] == "test"

@@ -35,6 +35,7 @@ CASES = [
     ("oversized title", _with(candidates=[{"item_id": "2", "title": "x" * 2001}]), "candidates.0.title"),
     ("unknown id without title", _with(candidates=[{"item_id": "no-such-item-xyz"}]), "candidates"),
     ("bad reasoning", _with(reasoning="some"), "reasoning"),
+    ("bad candidate source", _with(candidate_source="retriever"), "candidate_source"),
     ("top_k zero", _with(top_k=0), "top_k"),
     ("top_k string", _with(top_k="ten"), "top_k"),
     ("item_id int", _with(candidates=[{"item_id": 2, "title": "A"}]), "candidates.0.item_id"),
@@ -98,3 +99,21 @@ def test_catalogue_fields_that_could_not_be_echoed_are_refused(client: httpx.Cli
     kept = client.put("/items", json=[{"item_id": "echo-2", "title": "Chess", "extra": {"a": [2**64 - 1]}}])
     assert kept.status_code == 200
     assert client.get("/items/echo-2").json()["extra"] == {"a": [2**64 - 1]}
+
+
+def test_retrieved_candidates_only_for_a_model_trained_on_them(client: httpx.Client):
+    """``candidate_source="retrieval"`` changes what the model is told; a model that did not learn what it means
+    refuses it, naming the field (GET /readyz lists the sources it did learn), instead of ignoring it."""
+    sources = client.get("/readyz").json()["candidate_sources"]
+    assert "catalogue" in sources
+    response = client.post("/rank", json=_with(candidate_source="retrieval"))
+    if "retrieval" in sources:
+        assert response.status_code == 200, response.text
+        catalogue = client.post("/rank", json=GOOD).json()["items"]
+        told = {item["item_id"]: item["score"] for item in response.json()["items"]}
+        assert {item["item_id"]: item["score"] for item in catalogue} != told  # the model read the line
+    else:
+        assert response.status_code == 422, response.text
+        error = response.json()["error"]
+        assert error["param"] == "candidate_source" and "retrieval" in error["message"]
+    assert client.post("/rank", json=GOOD).status_code == 200

@@ -233,6 +233,7 @@ def sft_cmd(
     negatives: Annotated[int, _opt(SFTConfig, "negatives")] = SFTConfig.negatives,
     hard_negatives: Annotated[int, _opt(SFTConfig, "hard_negatives")] = SFTConfig.hard_negatives,
     hard_pool: Annotated[int, _opt(SFTConfig, "hard_pool")] = SFTConfig.hard_pool,
+    retrieval_share: Annotated[float, _opt(SFTConfig, "retrieval_share")] = SFTConfig.retrieval_share,
     targets_per_user: Annotated[int, _opt(SFTConfig, "targets_per_user")] = SFTConfig.targets_per_user,
     answer_weight: Annotated[float, _opt(SFTConfig, "answer_weight")] = SFTConfig.answer_weight,
     answer_distill: Annotated[float, _opt(SFTConfig, "answer_distill")] = SFTConfig.answer_distill,
@@ -275,10 +276,11 @@ def sft_cmd(
     from contract.sequence import SequenceRanker
     from trainer.seqrec import ranker_sequence_models
     from trainer.sft import sft_users, train_sft
-    from trainer.teacher import VERDICT_PROVENANCE, BuiltinTeacher
+    from trainer.teacher import RETRIEVAL_VERDICT_PROVENANCE, VERDICT_PROVENANCE, BuiltinTeacher, Retrieval
 
     _log_to_stderr()
     config = _build(SFTConfig, users=users, negatives=negatives, hard_negatives=hard_negatives, hard_pool=hard_pool,
+                    retrieval_share=retrieval_share,
                     targets_per_user=targets_per_user, answer_weight=answer_weight, answer_distill=answer_distill,
                     none_fraction=none_fraction, steps=steps, batch_size=batch_size, micro_batch=micro_batch, lr=lr,
                     seed=seed, stop_after=stop_after)  # fmt: skip
@@ -295,6 +297,13 @@ def sft_cmd(
     if config.hard_negatives and sequence_model is None:
         raise typer.BadParameter("hard negatives come from the examples' sequence model: give it",
                                  param_hint="--hard-negatives/--example-sequence-model")  # fmt: skip
+    if config.retrieval_share and sequence_model is None:
+        raise typer.BadParameter("retrieved candidates come from the examples' sequence model: give it",
+                                 param_hint="--retrieval-share/--example-sequence-model")  # fmt: skip
+    if config.retrieval_share and teacher_config.url:
+        raise typer.BadParameter("retrieved candidates are weighed by the built-in teacher's second verdict model: "
+                                 "give --retrieval-share 0 with --teacher-url",
+                                 param_hint="--retrieval-share")  # fmt: skip
     if sequence_model is not None and example_sequence_model is not None:
         try:
             sequences = ranker_sequence_models(sequence_model, example_sequence_model, config.targets_per_user)
@@ -317,10 +326,12 @@ def sft_cmd(
         teacher = LLMTeacher(catalogue, teacher_config.url, teacher_config.model,
                              teacher_cache or out / "teacher_cache.jsonl", api=teacher_config.api,
                              concurrency=teacher_config.concurrency)  # fmt: skip
-    else:  # its verdict model is fitted on other users than SFT's
+    else:  # its verdict models are fitted on other users than SFT's
+        retrieval = Retrieval(sequences.examples, config.hard_pool) if config.retrieval_share else None
         teacher = BuiltinTeacher.calibrated(splits, catalogue, base_checkpoint.stats, teacher_config.calibration_users,
                                             exclude={u.user_id for u in chosen},
-                                            sequence=sequences and sequences.examples)  # fmt: skip
+                                            sequence=sequences and sequences.examples,
+                                            retrieval=retrieval)  # fmt: skip
     summary = train_sft(base, out, catalogue, chosen, teacher, config, sequences)
     if sequences is not None:
         summary["sequence_model"] = {"shipped": str(sequences.shipped), "examples": str(example_sequence_model),
@@ -328,11 +339,14 @@ def sft_cmd(
     teacher_name = f"{teacher_config.url} {teacher_config.model}" if teacher_config.url else "builtin"
     if isinstance(teacher, BuiltinTeacher):
         summary[VERDICT_PROVENANCE] = teacher.model.record()
+        if teacher.retrieval_model is not None:
+            summary[RETRIEVAL_VERDICT_PROVENANCE] = teacher.retrieval_model.record()
     provenance = {**summary, "command": _command_line(), "base": str(base),
                   "base_model_version": base_checkpoint.model_version, "data": data.name,
                   "data_fingerprint": fingerprint["data"],
                   "teacher": teacher_name}  # fmt: skip
-    manifest = write_checkpoint_manifest(out / "model", name, provenance)
+    sources = ("catalogue", "retrieval") if config.retrieval_share else ("catalogue",)
+    manifest = write_checkpoint_manifest(out / "model", name, provenance, candidate_sources=sources)
     shown = {k: summary[k] for k in ("examples", "loss_first_10", "loss_last_10", "skipped_updates")}
     typer.echo(json.dumps({"model_version": manifest.model_version, **shown}))
 
@@ -367,7 +381,7 @@ def rl_cmd(
     from trainer.data import selection_users
     from trainer.refresh import RefreshError, refuse_seen_targets
     from trainer.rl import rl_cases, train_rl
-    from trainer.teacher import VERDICT_PROVENANCE
+    from trainer.teacher import RETRIEVAL_VERDICT_PROVENANCE, VERDICT_PROVENANCE
 
     _log_to_stderr()
     config = _build(
@@ -412,11 +426,13 @@ def rl_cmd(
         # what the SFT start learned from, kept so eval's evidence-model row is the teacher's own logistic
         **{
             k: base_checkpoint.manifest.provenance[k]
-            for k in (VERDICT_PROVENANCE, "sequence_model", "teacher")
+            for k in (VERDICT_PROVENANCE, RETRIEVAL_VERDICT_PROVENANCE, "sequence_model", "teacher")
             if k in base_checkpoint.manifest.provenance
         },
     }
-    manifest = write_checkpoint_manifest(out / "model", name, provenance)
+    # RL trains on catalogue candidates only; the sources its SFT start learned stay what it may be given
+    manifest = write_checkpoint_manifest(out / "model", name, provenance,
+                                         candidate_sources=base_checkpoint.manifest.candidate_sources)  # fmt: skip
     typer.echo(
         json.dumps(
             {
@@ -541,6 +557,15 @@ def eval_cmd(
             "taken from it instead of scored again (e.g. to add a baseline)."
         ),
     ] = None,
+    candidate_source: Annotated[
+        str,
+        typer.Option(
+            help="What the models are told their candidates are (a request's candidate_source): catalogue, "
+            "retrieval, or auto: retrieval with --retriever/--retriever-model for a model trained on retrieved "
+            "candidates, else catalogue. The first model told retrieval adds its teacher's logistic for retrieved "
+            "candidates as a row."
+        ),
+    ] = "auto",
 ) -> None:
     """Baselines (random, popularity, co-occurrence, the teacher's evidence model, the sequence model) and the
     model(s) through the service's engine code, with paired differences and, in full mode, rationale faithfulness."""
@@ -553,6 +578,9 @@ def eval_cmd(
         raise typer.BadParameter(f"modes are full and none, got {reasoning!r}", param_hint="--reasoning")
     if split not in ("test", "selection"):
         raise typer.BadParameter(f"test or selection, got {split!r}", param_hint="--split")
+    if candidate_source not in ("auto", "catalogue", "retrieval"):
+        raise typer.BadParameter(f"auto, catalogue or retrieval, got {candidate_source!r}",
+                                 param_hint="--candidate-source")  # fmt: skip
     catalogue, splits = _splits(data)
     lists = None
     if retriever and retriever_model:
@@ -576,7 +604,7 @@ def eval_cmd(
         _checkpoint(path, "--model")
     plan = EvalPlan(models=model, modes=modes, users=users, negatives=negatives, split=split,  # type: ignore[arg-type]
                     seed=seed, out=out, command=_command_line(), retriever_name=retriever, retriever=lists,
-                    sequence_model=seqrec, reuse=reuse)  # fmt: skip
+                    sequence_model=seqrec, reuse=reuse, candidate_source=candidate_source)  # fmt: skip
     try:
         evaluate(catalogue, splits, _reference_evidence(model, catalogue, splits), plan)
     except EvalError as exc:

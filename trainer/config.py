@@ -165,7 +165,18 @@ class SFTConfig:
         "highest after the history (items a SASRec would show this user; needs the sequence models); the "
         "rest are random.",
     )
-    hard_pool: int = option(50, "Hard negatives are drawn uniformly from this many of the sequence model's top items.")
+    hard_pool: int = option(
+        50,
+        "Hard negatives, and retrieved candidates' negatives, are drawn uniformly from this many of the examples' "
+        "sequence model's top items.",
+    )
+    retrieval_share: float = option(
+        0.0,
+        "Share of the positions whose positive is among the examples' sequence model's --hard-pool top items (a "
+        "retriever's list that found it) that get a retrieved-candidates example beside their catalogue one: all "
+        "negatives from those items, the prompt saying so (a request's candidate_source='retrieval'), weighed by a "
+        "second teacher verdict model fitted on such hits. 0: the model serves only catalogue candidates.",
+    )
     targets_per_user: int = option(2, "Positions of a user's training prefix used as targets, latest first.")
     answer_weight: float = option(
         4.0,
@@ -204,6 +215,8 @@ class SFTConfig:
             f"hard_negatives must be in [0, negatives={self.negatives}], got {self.hard_negatives}",
         )
         _require(self.hard_pool >= self.hard_negatives, "hard_pool must be >= hard_negatives")
+        _require(self.hard_pool >= self.negatives or not self.retrieval_share, "hard_pool must be >= negatives")
+        _require(0 <= self.retrieval_share <= 1, f"retrieval_share must be in [0, 1], got {self.retrieval_share}")
         _require(
             0 <= self.none_fraction <= 1, f"none_fraction is a share: give a value in [0, 1], got {self.none_fraction}"
         )

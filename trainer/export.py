@@ -70,6 +70,6 @@ def export_checkpoint(model: Path, out: Path, metrics: dict, command: str) -> Ma
         ship_sequence_model(model / SEQUENCE_DIR, staging)
     name = source.model_version.rsplit("-", 1)[0]
     provenance = {**source.manifest.provenance, "exported_from": str(model), "export_command": command}
-    manifest = write_checkpoint_manifest(staging, name, provenance, metrics, **source.manifest.limit_settings())
+    manifest = write_checkpoint_manifest(staging, name, provenance, metrics, **source.manifest.copy_settings())
     replace_with_staged(staging, out)
     return manifest

@@ -118,6 +118,6 @@ def refresh_checkpoint(
         },
     }
     name = base.model_version.rsplit("-", 1)[0]
-    manifest = write_checkpoint_manifest(staging, name, provenance, **base.manifest.limit_settings())
+    manifest = write_checkpoint_manifest(staging, name, provenance, **base.manifest.copy_settings())
     replace_with_staged(staging, out)
     return manifest

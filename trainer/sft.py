@@ -30,7 +30,7 @@ import torch
 
 from contract.checkpoint import Checkpoint, open_checkpoint
 from contract.evidence import Item, LeaveOut
-from contract.prompt import Reasoning
+from contract.prompt import CandidateSource, Reasoning
 from contract.sequence import SequenceRanker
 from trainer.config import SFTConfig
 from trainer.data import Catalogue, DataError, UserSplit, sample_negatives
@@ -39,7 +39,7 @@ from trainer.packing import target_log_softmax
 from trainer.progress import Progress
 from trainer.seqrec import RankerSequenceModels
 from trainer.statistics import carry_stats, ship_sequence_model
-from trainer.teacher import BuiltinTeacher, Teacher, TeacherInput
+from trainer.teacher import BuiltinTeacher, Retrieval, Teacher, TeacherInput
 
 logger = logging.getLogger(__name__)
 
@@ -79,19 +79,6 @@ def sft_users(splits: list[UserSplit], config: SFTConfig, reserve: int = 0) -> l
     return random.Random(f"sft-users-{config.seed}").sample(eligible, min(wanted, len(eligible)))
 
 
-def hard_negatives(
-    rng: random.Random, sequence: SequenceRanker, history: list[str], exclude: set[str], config: SFTConfig
-) -> list[str]:
-    """``config.hard_negatives`` items drawn uniformly from the ``config.hard_pool`` items ``sequence`` scores
-    highest after ``history`` (never the target or another item of the user's): negatives that look like a next
-    item to a SASRec, so the model learns what separates them from the real one beyond the rank it is told. A
-    history the model knows no item of gets none (the example's negatives are then all random)."""
-    if config.hard_negatives == 0:
-        return []
-    pool = sequence.top_items(history, config.hard_pool, exclude)
-    return rng.sample(pool, min(config.hard_negatives, len(pool)))
-
-
 def build_examples(
     checkpoint: Checkpoint,
     catalogue: Catalogue,
@@ -101,15 +88,23 @@ def build_examples(
     sequence: SequenceRanker | None = None,
 ) -> list[Example]:
     """The examples; ``sequence`` states their next-item rank (a model that never saw their targets) and, with
-    ``config.hard_negatives``, proposes that many of each example's negatives (``hard_negatives``)."""
-    if config.hard_negatives and sequence is None:
-        raise DataError("hard negatives come from the examples' sequence model: give --sequence-model and "
-                        "--example-sequence-model, or --hard-negatives 0")  # fmt: skip
-    verdicts = teacher.model if isinstance(teacher, BuiltinTeacher) else None
-    if config.answer_distill and verdicts is None:
+    ``config.hard_negatives``, proposes that many of each example's negatives from its top items (``Retrieval``).
+    With ``config.retrieval_share``, that share of the positions whose positive is among those top items (a
+    retriever's list that found the item) get a second example beside their catalogue one: retrieved candidates,
+    all negatives from the same top items, the prompt saying so (``contract.prompt.CandidateSource``), weighed by
+    the teacher's verdict model for retrieved candidates. Only hits: where the positive sits outside the list, a
+    retrieved example would teach that the one candidate the retriever did not pick is the next item. And beside,
+    not instead: the catalogue examples keep every positive, so what a good rank is worth there stays as it was."""
+    if (config.hard_negatives or config.retrieval_share) and sequence is None:
+        raise DataError("hard negatives and retrieved candidates come from the examples' sequence model: give "
+                        "--sequence-model and --example-sequence-model, or --hard-negatives 0 and "
+                        "--retrieval-share 0")  # fmt: skip
+    builtin = teacher if isinstance(teacher, BuiltinTeacher) else None  # its verdict models give soft labels
+    if config.answer_distill and builtin is None:
         raise DataError("--answer-distill takes its soft labels from the built-in teacher's verdict model: "
                         "give --answer-distill 0 with --teacher-url")  # fmt: skip
     rng = random.Random(config.seed)
+    retriever = Retrieval(sequence, config.hard_pool) if sequence is not None else None
     assembler = checkpoint.prompts if sequence is None else checkpoint.prompts.with_sequence(sequence)
     items = sorted(catalogue.titles)
     item = lambda i: Item(i, catalogue.title(i))  # noqa: E731
@@ -119,15 +114,22 @@ def build_examples(
         leave_out = LeaveOut.of_sequence(split.train, assembler.stats.window)
         for end in range(len(split.train) - 1, max(0, len(split.train) - 1 - config.targets_per_user), -1):
             history, positive = split.train[:end], split.train[end]
-            hard = hard_negatives(rng, sequence, history, exclude, config) if sequence is not None else []
+            hard = retriever.negatives(rng, history, exclude, config.hard_negatives) if config.hard_negatives else []
             random_negatives = sample_negatives(rng, items, exclude | set(hard), config.negatives - len(hard))
-            candidates = [positive, *hard, *random_negatives]
-            mode: Reasoning = "none" if rng.random() < config.none_fraction else "full"
-            prompts = assembler.prompts([item(i) for i in history], [item(i) for i in candidates], mode, leave_out)
-            shown = zip(candidates, prompts.candidates, prompts.evidence, prompts.segments, strict=True)
-            rows = [(segment, TeacherInput(prompts.history, item_shown, evidence), candidate == positive)
-                    for candidate, item_shown, evidence, segment in shown]  # fmt: skip
-            pending.append((prompts.prefix.ids, rows, mode))
+            drawn: list[tuple[CandidateSource, list[str]]] = [("catalogue", [positive, *hard, *random_negatives])]
+            # drawn only where retrieved candidates are asked for: the other recipes' draws stay as they were
+            if config.retrieval_share and rng.random() < config.retrieval_share:
+                retrieved = retriever.hit_negatives(rng, history, positive, exclude, config.negatives)
+                if retrieved is not None:
+                    drawn.append(("retrieval", [positive, *retrieved]))
+            for source, candidates in drawn:
+                mode: Reasoning = "none" if rng.random() < config.none_fraction else "full"
+                prompts = assembler.prompts([item(i) for i in history], [item(i) for i in candidates], mode,
+                                            leave_out, source)  # fmt: skip
+                shown = zip(candidates, prompts.candidates, prompts.evidence, prompts.segments, strict=True)
+                rows = [(segment, TeacherInput(prompts.history, item_shown, evidence, source), candidate == positive)
+                        for candidate, item_shown, evidence, segment in shown]  # fmt: skip
+                pending.append((prompts.prefix.ids, rows, mode))
     texts = teacher.rationales([inputs for _, rows, mode in pending if mode == "full" for _, inputs, _ in rows])
     rationales = iter(assembler.rationale_ids(texts))
     examples = []
@@ -138,7 +140,9 @@ def build_examples(
             row = assembler.score_input(segment, next(rationales) if mode == "full" else ())
             row.append(assembler.answer_id(label))
             built.append((row, len(row) - len(segment)))
-            p_next = verdicts.probability(inputs.evidence) if verdicts is not None and config.answer_distill else None
+            p_next = None
+            if builtin is not None and config.answer_distill:
+                p_next = builtin.verdicts_for(inputs.source).probability(inputs.evidence)
             answers.append(answer_target(assembler.answer_id(not label), label, p_next, config))
         examples.append(Example(prefix, built, answers))
     rng.shuffle(examples)

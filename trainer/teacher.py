@@ -22,6 +22,7 @@ from typing import Any, Protocol
 import torch
 
 from contract.evidence import RECENT_REFS, Evidence, EvidenceStats, Item, LeaveOut, compute_evidence
+from contract.prompt import CandidateSource
 from contract.sequence import SequenceRanker
 from trainer.data import Catalogue, DataError, UserSplit, sample_negatives
 
@@ -36,6 +37,7 @@ class TeacherInput:
     history: Sequence[Item]
     candidate: Item
     evidence: Evidence
+    source: CandidateSource = "catalogue"  # where the pair's candidates came from: which verdict model weighs it
 
 
 class Teacher(Protocol):
@@ -110,10 +112,14 @@ def fit_logistic(
 VERDICT_PROVENANCE = "teacher_verdict_model"
 """Where a checkpoint's provenance records the verdict model its SFT teacher used (RL carries it forward)."""
 
+RETRIEVAL_VERDICT_PROVENANCE = "teacher_verdict_model_retrieval"
+"""The same for retrieved candidates (``contract.prompt.CandidateSource``), where SFT trained on them."""
 
-def recorded_verdicts(provenance: Mapping[str, Any]) -> EvidenceModel | None:
-    """The verdict model a checkpoint learned from, as SFT recorded it (``EvidenceModel.record``); None if not."""
-    recorded = provenance.get(VERDICT_PROVENANCE)
+
+def recorded_verdicts(provenance: Mapping[str, Any], source: CandidateSource = "catalogue") -> EvidenceModel | None:
+    """The verdict model a checkpoint learned from for ``source``'s candidates, as SFT recorded it
+    (``EvidenceModel.record``); None if not."""
+    recorded = provenance.get(VERDICT_PROVENANCE if source == "catalogue" else RETRIEVAL_VERDICT_PROVENANCE)
     return EvidenceModel(recorded["weights"], recorded["bias"]) if recorded is not None else None
 
 
@@ -133,23 +139,62 @@ class CalibrationPair:
     label: bool
 
 
+@dataclass(frozen=True)
+class Retrieval:
+    """Retrieved candidates: negatives drawn uniformly from the ``pool`` items ``sequence`` scores highest after
+    the history (never an item of the user's), as a SASRec retriever's top picks would be."""
+
+    sequence: SequenceRanker
+    pool: int = 50
+
+    def negatives(self, rng: random.Random, history: Sequence[str], exclude: set[str], count: int) -> list[str]:
+        """Up to ``count`` of them; fewer where the model knows too little of the history to fill its pool."""
+        top = self.sequence.top_items(list(history), self.pool, exclude)
+        return rng.sample(top, min(count, len(top)))
+
+    def hit_negatives(
+        self, rng: random.Random, history: Sequence[str], positive: str, exclude: set[str], count: int
+    ) -> list[str] | None:
+        """``count`` negatives from the top items where ``positive`` is one of them (a retriever's list that found
+        the item, so the positive and its negatives share the rank's range); None where it is not."""
+        top = self.sequence.top_items(list(history), self.pool, exclude - {positive})
+        if positive not in top:
+            return None
+        others = [i for i in top if i != positive]
+        return rng.sample(others, min(count, len(others)))
+
+
 def calibration_pairs(
     splits: Sequence[UserSplit], catalogue: Catalogue, users: int, negatives: int = 4, seed: int = 1,
-    exclude: set[str] | frozenset[str] = frozenset(),
+    exclude: set[str] | frozenset[str] = frozenset(), retrieval: Retrieval | None = None,
 ) -> list[CalibrationPair]:  # fmt: skip
     """The last training position of ``users`` users (not in ``exclude``), with 1 positive + ``negatives``
-    random negatives each (seeded)."""
+    random negatives each (seeded); with ``retrieval``, of the first ``users`` users whose positive is among the
+    retriever's top items, with negatives from those items (``Retrieval.hit_negatives``), as SFT's retrieved
+    examples are drawn."""
     rng = random.Random(seed)
     items = sorted(catalogue.titles)
     pool = calibration_pool(splits, exclude)
     if not pool:
         raise DataError("no users with 2+ training items are left to fit the teacher's verdict model on "
                         "(--teacher-calibration-users)")  # fmt: skip
-    pairs = []
-    for split in rng.sample(pool, min(users, len(pool))):
+    pairs: list[CalibrationPair] = []
+    chosen = rng.sample(pool, len(pool) if retrieval is not None else min(users, len(pool)))
+    taken = 0
+    for split in chosen:
+        if taken == users:
+            break
         positive = split.train[-1]
         excluded = {*split.train, split.valid_target, split.test_target}
-        for item in [positive, *sample_negatives(rng, items, excluded, negatives)]:
+        if retrieval is None:
+            negatives_drawn = sample_negatives(rng, items, excluded, negatives)
+        else:
+            hit = retrieval.hit_negatives(rng, split.train[:-1], positive, excluded, negatives)
+            if hit is None:
+                continue
+            negatives_drawn = hit
+        taken += 1
+        for item in [positive, *negatives_drawn]:
             pairs.append(CalibrationPair(split, split.train[:-1], item, item == positive))
     return pairs
 
@@ -159,9 +204,10 @@ def calibration_examples(
     seed: int = 1,
     exclude: set[str] | frozenset[str] = frozenset(),
     sequence: SequenceRanker | None = None,
+    retrieval: Retrieval | None = None,
 ) -> tuple[list[Evidence], list[bool]]:  # fmt: skip
     """The evidence of ``calibration_pairs`` (``pair_evidence``) and their labels."""
-    pairs = calibration_pairs(splits, catalogue, users, negatives, seed, exclude)
+    pairs = calibration_pairs(splits, catalogue, users, negatives, seed, exclude, retrieval)
     return pair_evidence(pairs, catalogue, stats, sequence), [pair.label for pair in pairs]
 
 
@@ -198,23 +244,47 @@ def next_item_phrase(rank: int | None) -> str:
 
 
 class BuiltinTeacher:
-    def __init__(self, model: EvidenceModel) -> None:
+    def __init__(self, model: EvidenceModel, retrieval_model: EvidenceModel | None = None) -> None:
+        """``model`` weighs pairs whose candidates are any catalogue items, ``retrieval_model`` (where SFT trains on
+        retrieved candidates) pairs whose candidates are a retriever's top picks, where the same evidence means
+        something else: every candidate has a good next-item rank, so a good rank says less."""
         self.model = model
+        self.retrieval_model = retrieval_model
 
     @classmethod
     def calibrated(
         cls, splits: Sequence[UserSplit], catalogue: Catalogue, stats: EvidenceStats, users: int = 5000,
         exclude: set[str] | frozenset[str] = frozenset(), sequence: SequenceRanker | None = None,
+        retrieval: Retrieval | None = None,
     ) -> BuiltinTeacher:  # fmt: skip
-        """A teacher whose verdict model is fitted on ``users`` calibration users (none of ``exclude``)."""
+        """A teacher whose verdict model is fitted on ``users`` calibration users (none of ``exclude``), and with
+        ``retrieval`` a second one on as many calibration users whose next item the retriever's list holds, with
+        negatives from that list."""
         examples = calibration_examples(splits, catalogue, stats, users, exclude=exclude, sequence=sequence)
-        return cls(EvidenceModel.fit(*examples))
+        retrieval_model = None
+        if retrieval is not None:
+            retrieved = calibration_examples(splits, catalogue, stats, users, exclude=exclude, sequence=sequence,
+                                             retrieval=retrieval)  # fmt: skip
+            if not retrieved[0]:
+                raise DataError(f"no calibration user's next item is among the sequence model's top {retrieval.pool} "
+                                "items: there are no hits to fit the verdict model for retrieved candidates on "
+                                "(--hard-pool, --retrieval-share)")  # fmt: skip
+            retrieval_model = EvidenceModel.fit(*retrieved)
+        return cls(EvidenceModel.fit(*examples), retrieval_model)
 
-    def verdict(self, evidence: Evidence) -> str:
-        p = self.model.probability(evidence)
+    def verdicts_for(self, source: CandidateSource) -> EvidenceModel:
+        """The verdict model that weighs ``source``'s candidates."""
+        if source == "catalogue":
+            return self.model
+        if self.retrieval_model is None:
+            raise ValueError("this teacher was not calibrated on retrieved candidates (give it a Retrieval)")
+        return self.retrieval_model
+
+    def verdict(self, evidence: Evidence, source: CandidateSource = "catalogue") -> str:
+        p = self.verdicts_for(source).probability(evidence)
         return VERDICTS[0] if p >= VERDICT_THRESHOLDS[0] else VERDICTS[1] if p >= VERDICT_THRESHOLDS[1] else VERDICTS[2]
 
-    def rationale(self, evidence: Evidence) -> str:
+    def rationale(self, evidence: Evidence, source: CandidateSource = "catalogue") -> str:
         """One line, at most three clauses of evidence: the next-item rank where the evidence states one, else
         popularity (last); the strongest link; then the co-purchases where the evidence states some, else a shared
         word or attribute (else "never co-bought" where it states co-purchases); then the verdict. (The rank
@@ -240,11 +310,11 @@ class BuiltinTeacher:
             clauses.append("never co-bought")
         if evidence.next_item is None:
             clauses.append(popularity_phrase(evidence))
-        text = "; ".join(clauses) + f": {self.verdict(evidence)}."
+        text = "; ".join(clauses) + f": {self.verdict(evidence, source)}."
         return text[0].upper() + text[1:]
 
     def rationales(self, pairs: Sequence[TeacherInput]) -> list[str]:
-        return [self.rationale(pair.evidence) for pair in pairs]
+        return [self.rationale(pair.evidence, pair.source) for pair in pairs]
 
 
 def clause_kinds(rationale: str) -> dict[str, str]:

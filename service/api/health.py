@@ -28,6 +28,7 @@ async def readyz(state: StateDep) -> JSONResponse:
     body = {
         "ready": engine_ok,
         "model_version": state.engine.model_version,
+        "candidate_sources": list(state.engine.checkpoint.manifest.candidate_sources),  # what /rank may be told
         "engine": {"backend": state.engine.name, "ok": engine_ok, "detail": engine_detail},
         "redis": state.store_status(),
     }

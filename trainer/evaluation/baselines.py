@@ -32,9 +32,10 @@ CO_OCCURRENCE = "co-occurrence + pop"
 CO_OCCURRENCE_ALL = "co-occurrence, all history + pop"
 PRETEST_CO_OCCURRENCE = "co-occurrence, all pre-test + pop"
 EVIDENCE_MODEL = "evidence model (the teacher's logistic)"
+RETRIEVAL_EVIDENCE_MODEL = "evidence model, retrieved candidates (the teacher's logistic for them)"
 SEQUENCE_MODEL = "sequence model (SASRec)"
 COMPARED = (POPULARITY, PRETEST_POPULARITY, CO_OCCURRENCE, CO_OCCURRENCE_ALL, PRETEST_CO_OCCURRENCE, EVIDENCE_MODEL,
-            SEQUENCE_MODEL)  # fmt: skip
+            RETRIEVAL_EVIDENCE_MODEL, SEQUENCE_MODEL)  # fmt: skip
 """The baselines every model is compared with, paired, where the report has them."""
 
 
@@ -131,9 +132,12 @@ def baseline_scorers(
     sequence_model: SequenceModel | None = None,
     evidence_sequence: SequenceRanker | None = None,
     split: str = "test",
+    retrieval_verdicts: EvidenceModel | None = None,
 ) -> dict[str, Scorer]:
     """Every baseline row of a report, in the order it is shown. The ``all pre-test`` rows only on the test split:
-    on the selection split's validation positions they would count the targets."""
+    on the selection split's validation positions they would count the targets. ``retrieval_verdicts``: the
+    teacher's logistic for retrieved candidates, a row of its own beside the plain one where a model is told its
+    candidates are retrieved."""
     stats = TrainingStats.from_splits(splits)
     scorers = {"random": random_scorer(seed), POPULARITY: popularity_scorer(stats)}
     pretest = pretest_stats(splits) if split == "test" else None
@@ -144,6 +148,9 @@ def baseline_scorers(
     if pretest is not None:
         scorers[PRETEST_CO_OCCURRENCE] = cooccurrence_scorer(pretest, recent_items=ALL_HISTORY)
     scorers[EVIDENCE_MODEL] = evidence_scorer(evidence_stats, verdicts, catalogue, evidence_sequence)
+    if retrieval_verdicts is not None:
+        scorers[RETRIEVAL_EVIDENCE_MODEL] = evidence_scorer(evidence_stats, retrieval_verdicts, catalogue,
+                                                            evidence_sequence)  # fmt: skip
     if sequence_model is not None:
         scorers[SEQUENCE_MODEL] = sequence_model_scorer(sequence_model)
     return scorers

@@ -10,8 +10,10 @@ import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 from contract.evidence import EvidenceStats
+from contract.prompt import CandidateSource
 from contract.sequence import SequenceRanker
 from trainer.data import Catalogue, UserSplit
 from trainer.evaluation.baselines import COMPARED, EVIDENCE_MODEL, SEQUENCE_MODEL, baseline_scorers
@@ -43,6 +45,20 @@ class EvalPlan:
     retriever: Mapping[str, list[str]] | None = None
     sequence_model: Path | None = None  # a `seqrec` output: its row beside the other baselines
     reuse: Path | None = None  # an earlier report's ranks.json on the same users: its model rows, not re-scored
+    candidate_source: Literal["auto", "catalogue", "retrieval"] = "auto"  # what the models are told (auto: below)
+
+
+def candidate_source_for(checkpoint, plan: EvalPlan) -> CandidateSource:
+    """What a model is told its candidates are (``contract.prompt.CandidateSource``). ``auto``: retrieved where the
+    negatives are a retriever's and the model was trained on retrieved candidates (as a product that ranks a
+    retriever's output would tell it), else catalogue."""
+    trained = checkpoint.manifest.candidate_sources
+    if plan.candidate_source == "auto":
+        return "retrieval" if plan.retriever is not None and "retrieval" in trained else "catalogue"
+    if plan.candidate_source not in trained:
+        raise EvalError(f"--candidate-source {plan.candidate_source}: {checkpoint.path} was trained on {trained} "
+                        "candidates only")  # fmt: skip
+    return plan.candidate_source
 
 
 def load_sequence_model(path: Path, split: Split, option: str = "--seqrec") -> SequenceModel:
@@ -134,12 +150,16 @@ def evaluate(catalogue: Catalogue, splits: Sequence[UserSplit], evidence: Eviden
             refuse_seen_targets(checkpoint, targets, f"the {plan.split} split ({targets} positions)")
         except RefreshError as exc:
             raise EvalError(f"--model {exc}") from exc
+    sources = [candidate_source_for(checkpoint, plan) for checkpoint in checkpoints]
+    told = [checkpoint for checkpoint, source in zip(checkpoints, sources, strict=True) if source == "retrieval"]
+    # a row of its own: the teacher's logistic for retrieved candidates of the first model told its are
+    retrieval_verdicts = recorded_verdicts(told[0].manifest.provenance, "retrieval") if told else None
     sequence_model = load_sequence_model(plan.sequence_model, plan.split) if plan.sequence_model else None
     cases = build_cases(splits, catalogue, plan.users, plan.negatives, plan.seed, plan.retriever, plan.split)
     verdicts = evidence.verdicts or BuiltinTeacher.calibrated(splits, catalogue, evidence.stats).model
     ranks: dict[str, list[int]] = {}
     baselines = baseline_scorers(splits, catalogue, evidence.stats, verdicts, plan.seed, sequence_model,
-                                 evidence.sequence, plan.split)  # fmt: skip
+                                 evidence.sequence, plan.split, retrieval_verdicts)  # fmt: skip
     for name, scorer in baselines.items():
         ranks[name] = [positive_rank(s, c.candidates, c.target) for s, c in zip(scorer(cases), cases, strict=True)]
     models: list[str] = []  # "<model_version> (<mode>)", in order; baseline names may end in ")" too
@@ -151,20 +171,24 @@ def evaluate(catalogue: Catalogue, splits: Sequence[UserSplit], evidence: Eviden
         ranks.update(reused)
         models += list(reused)
     evidence_of: dict[str, dict] = {}  # what each model's evidence was counted on (a refresh moves it later)
-    for checkpoint in checkpoints:
+    for checkpoint, source in zip(checkpoints, sources, strict=True):
         label = checkpoint.model_version
         evidence_of[label] = {"horizon": checkpoint.evidence_horizon,
                               "stats_version": checkpoint.manifest.stats_version,
-                              "sequence_version": checkpoint.manifest.sequence_version}  # fmt: skip
+                              "sequence_version": checkpoint.manifest.sequence_version,
+                              "candidate_source": source}  # fmt: skip
         for mode in plan.modes:
             name = f"{label} ({mode})"
             models.append(name)
             checked = Faithfulness() if mode == "full" else None
-            ranks[name] = asyncio.run(model_ranks(checkpoint, catalogue, cases, mode, faithfulness=checked))
+            ranks[name] = asyncio.run(model_ranks(checkpoint, catalogue, cases, mode, faithfulness=checked,
+                                                  source=source))  # fmt: skip
             if checked is not None:
                 faithfulness[name] = checked.summary()
     where = "test users" if plan.split == "test" else "selection users (validation positions)"
     title = f"{len(cases)} {where}, 1 positive + {plan.negatives} {plan.retriever_name or 'random'} negatives"
+    if "retrieval" in sources:
+        title += " (told to the models trained on retrieved candidates: candidate_source=retrieval)"
     results = {name: metrics_with_ci(r) for name, r in ranks.items()}
     differences = paired_differences(ranks, models, plan.modes)
     details = {}

@@ -63,10 +63,11 @@ async def model_ranks(
     reasoning: str,
     concurrency: int = 16,
     faithfulness: Faithfulness | None = None,
+    source: str = "catalogue",
 ) -> list[int]:
     """Rank every case with the service's Ranker on an in-process vLLM engine (no Redis, no cache): the
     serving path itself, so offline numbers are what users get. With ``faithfulness`` (full mode), every
-    rationale is checked against its evidence."""
+    rationale is checked against its evidence; ``source`` is the request's ``candidate_source``."""
     from service.config import Settings
     from service.engine.factory import build_engine
     from service.metrics import Metrics
@@ -95,6 +96,7 @@ async def model_ranks(
             reasoning=reasoning,
             include_rationales=checked,
             include_evidence=checked,
+            candidate_source=source,
         )
         async with semaphore:
             response = await ranker.rank(request, f"eval-{index}")

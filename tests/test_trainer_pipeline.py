@@ -439,6 +439,12 @@ def test_init_model_with_lm_pretraining_learns_and_resumes(tiny_data, tmp_path):
     provenance = straight.manifest.provenance
     assert provenance["pretrain_loss_last_10"] < 0.8 * provenance["pretrain_loss_first_10"], provenance
     assert straight.model_version == resumed.model_version  # same bytes after the resume
+    # a finished run is not pre-trained again: `make train` reruns every stage and only the unfinished ones work
+    logged = (tmp_path / "straight" / "pretrain_steps.jsonl").read_text()
+    rerun = train("init-model", "--out", str(tmp_path / "straight"), *args)
+    assert "is finished" in rerun.stdout and straight.model_version in rerun.stdout
+    assert (tmp_path / "straight" / "pretrain_steps.jsonl").read_text() == logged
+    assert open_checkpoint(tmp_path / "straight").model_version == straight.model_version
 
 
 def test_bad_input_gets_clear_errors_naming_file_line_and_field(tiny_data, tiny_model, tmp_path):

@@ -185,6 +185,7 @@ def init_model_cmd(
     from contract.checkpoint import open_checkpoint, write_checkpoint_manifest
     from trainer.modeling import copy_base_model, init_model
     from trainer.pretrain import STATE, pretrain_lm
+    from trainer.runs import finished, mark_finished
     from trainer.statistics import build_stats
 
     _log_to_stderr()
@@ -206,6 +207,9 @@ def init_model_cmd(
             raise typer.BadParameter(str(exc), param_hint="--base-model") from exc
         typer.echo(f"wrote {out} model_version={manifest.model_version} (from {base_model})")
         return
+    if (done := finished(out)) is not None:  # the same inputs made it already: pre-training is not redone
+        typer.echo(f"{out} is finished: model_version={done} (--restart to start over)")
+        return
     if (out / STATE).exists():  # an interrupted pre-training: keep its weights, rebuild only the provenance
         provenance = json.loads((out / "init_provenance.json").read_text())
     else:
@@ -221,6 +225,8 @@ def init_model_cmd(
     if pretrain.epochs > 0:
         provenance.update(pretrain_lm(out, open_checkpoint(out), catalogue, splits, pretrain))
         manifest = write_checkpoint_manifest(out, name, provenance)
+    if not (out / STATE).exists():  # pre-training ran to its end (no --stop-after left it interrupted)
+        mark_finished(out, manifest.model_version)
     typer.echo(f"wrote {out} model_version={manifest.model_version} parameters={provenance['parameters']:,}")
 
 

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 FINGERPRINT = "run.fingerprint"  # JSON; no suffix a checkpoint hashes or exports (init-model writes into one)
+FINISHED = "run.done"  # what a finished stage made, for a stage that keeps no state to resume from once done
 DATA_SUFFIXES = frozenset({".jsonl", ".item", ".inter"})  # what trainer.data reads; retriever lists are apart
 RESUME_NEUTRAL = frozenset({"stop_after"})
 
@@ -73,3 +74,14 @@ def _differences(recorded: dict[str, Any], current: dict[str, Any]) -> list[str]
     if changed:
         out.append("settings (" + ", ".join(f"{k}: {old.get(k)!r} → {new.get(k)!r}" for k in changed) + ")")
     return out
+
+
+def mark_finished(out: Path, model_version: str) -> None:
+    """Record that the run in ``out`` has finished, having made ``model_version`` (``--restart`` removes it)."""
+    (Path(out) / FINISHED).write_text(model_version + "\n")
+
+
+def finished(out: Path) -> str | None:
+    """The ``model_version`` a finished run in ``out`` made; None while it is unfinished or not started."""
+    path = Path(out) / FINISHED
+    return path.read_text().strip() if path.is_file() else None

@@ -136,14 +136,16 @@ def start_router(
     """``vllm-router`` (vLLM's Rust load balancer, from the ``vllm-router`` wheel) in front of ``worker_urls``.
 
     Health checks every second, so a killed worker leaves the ring within a few seconds; ``api_key`` is the
-    engines' key, which the router sends to them. Ready (``/health`` 200) once every worker answers.
+    engines' key, which the router sends to them. Ready (``/health`` 200) once every worker answers. The
+    circuit breaker that a dead worker's failed calls open lets a call through again after 5 s, not the
+    router's default 60 s, so a restarted engine takes traffic soon after it is healthy.
     """
     port = port or free_port()
     argv = [
         str(Path(sys.executable).with_name("vllm-router")), "--host", "127.0.0.1", "--port", str(port),
         "--policy", policy, "--worker-urls", *worker_urls, "--prometheus-port", str(free_port()),
         "--health-check-interval-secs", "1", "--health-failure-threshold", "2", "--worker-startup-check-interval", "1",
-        "--log-level", "warning",
+        "--cb-timeout-duration-secs", "5", "--log-level", "warning",
     ]  # fmt: skip
     if api_key:
         argv += ["--api-key", api_key]

@@ -431,29 +431,39 @@ def _shared_attributes(latest_first: Sequence[Item], candidate: Item, stats: Evi
 
 
 CITED_REF = re.compile(r"#(\d+)")
-# claims a rationale makes, each checked against the same claim on the evidence line
+# claims a rationale makes, by kind, each checked against the same claim on the evidence line
 _CLAIMS = (
-    (re.compile(r"#(\d+) (\d+)x"), re.compile(r"#(\d+) (\d+)x")),  # a link's count
-    (re.compile(r"top (\d+)%"), re.compile(r"top (\d+)%")),  # the popularity rank
-    (re.compile(r'"([^"]+)" with #(\d+)'), re.compile(r'"([^"]+)" with #(\d+)')),  # the shared word
-    (re.compile(r"older links \((\d+)x\)"), re.compile(r"older (\d+)x")),  # the older links' total
-    (re.compile(r"same (\w+) as #(\d+)"), re.compile(r"same (\w+) as #(\d+)")),  # a shared attribute
-    (re.compile(r"(?i)\brank (\d+|unknown)"), re.compile(r"next-item rank (\d+|unknown)")),  # the next-item rank
-    (re.compile(r"(?i)co-bought (\d+)x"), re.compile(r"co-bought (\d+)x")),  # the co-purchases
+    ("link count", re.compile(r"#(\d+) (\d+)x"), re.compile(r"#(\d+) (\d+)x")),
+    ("popularity", re.compile(r"top (\d+)%"), re.compile(r"top (\d+)%")),
+    ("shared word", re.compile(r'"([^"]+)" with #(\d+)'), re.compile(r'"([^"]+)" with #(\d+)')),
+    ("older links", re.compile(r"older links \((\d+)x\)"), re.compile(r"older (\d+)x")),
+    ("attribute", re.compile(r"same (\w+) as #(\d+)"), re.compile(r"same (\w+) as #(\d+)")),
+    ("next-item rank", re.compile(r"(?i)\brank (\d+|unknown)"), re.compile(r"next-item rank (\d+|unknown)")),
+    ("co-purchases", re.compile(r"(?i)co-bought (\d+)x"), re.compile(r"co-bought (\d+)x")),
 )
+UNSTATED_KINDS = (*(kind for kind, _, _ in _CLAIMS), "history item", "number")
+"""What a rationale can cite that its evidence does not state: a claim of each kind, a history item (``#k``) the
+line does not name, or any other number the line does not hold."""
+
+
+def unstated_claims(rationale: str, evidence_text: str) -> list[tuple[str, str]]:
+    """What a rationale cites that its prompt's evidence line does not state, as (kind, text) in
+    ``UNSTATED_KINDS``. Each claim it makes (a link's count, the popularity rank, the shared word, the older
+    links' total, a shared attribute, the next-item rank, the co-purchases) must be the evidence's own claim,
+    and every other ``#k`` and number must appear on the line too. Empty: faithful."""
+    problems = []
+    for kind, in_rationale, in_evidence in _CLAIMS:
+        stated = {match.groups() for match in in_evidence.finditer(evidence_text)}
+        problems += [(kind, m.group(0)) for m in in_rationale.finditer(rationale) if m.groups() not in stated]
+    stated_refs = {int(k) for k in CITED_REF.findall(evidence_text)}
+    stated_numbers = {int(n) for n in re.findall(r"\d+", evidence_text)}
+    refs = sorted({int(k) for k in CITED_REF.findall(rationale)})
+    problems += [("history item", f"#{k}") for k in refs if k not in stated_refs]
+    numbers = re.findall(r"\d+", CITED_REF.sub(" ", rationale))
+    problems += [("number", n) for n in numbers if int(n) not in stated_numbers]
+    return problems
 
 
 def unfaithful_citations(rationale: str, evidence_text: str) -> list[str]:
-    """What a rationale cites that its prompt's evidence line does not state. Each claim it makes (a link's
-    count, the popularity rank, the shared word, the older links' total, a shared attribute, the next-item rank,
-    the co-purchases) must be the evidence's own claim, and every other ``#k`` and number must appear on the line
-    too. Empty: faithful."""
-    problems = []
-    for in_rationale, in_evidence in _CLAIMS:
-        stated = {match.groups() for match in in_evidence.finditer(evidence_text)}
-        problems += [match.group(0) for match in in_rationale.finditer(rationale) if match.groups() not in stated]
-    stated_refs = {int(k) for k in CITED_REF.findall(evidence_text)}
-    stated_numbers = {int(n) for n in re.findall(r"\d+", evidence_text)}
-    problems += [f"#{k}" for k in sorted({int(k) for k in CITED_REF.findall(rationale)}) if k not in stated_refs]
-    problems += [n for n in re.findall(r"\d+", CITED_REF.sub(" ", rationale)) if int(n) not in stated_numbers]
-    return problems
+    """The texts of ``unstated_claims``. Empty: faithful."""
+    return [text for _, text in unstated_claims(rationale, evidence_text)]

@@ -30,6 +30,13 @@ class Metrics:
             "Rationales that cited what their evidence does not state: not shown, the item scored from its evidence.",
             registry=r,
         )
+        self.unstated_claims = Counter(
+            "r2rank_unstated_claims_total",
+            "Withheld rationales by what they cited that their evidence does not state (a link's count, the "
+            "popularity, the next-item rank, a history item, ...): each rationale once per kind.",
+            ["claim"],
+            registry=r,
+        )
         self.engine_inflight = Gauge(
             "r2rank_engine_inflight_items", "Items submitted to the engine and not finished.", registry=r
         )

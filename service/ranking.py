@@ -382,3 +382,5 @@ class Ranker:
         self.metrics.items_scored.labels(reasoning).inc(len(results))
         self.metrics.rationale_tokens.inc(sum(r.rationale_tokens for r in results))
         self.metrics.rationales_withheld.inc(sum(r.rationale_withheld for r in results))
+        for kind in (kind for r in results for kind in r.unstated):
+            self.metrics.unstated_claims.labels(kind).inc()

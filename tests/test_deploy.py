@@ -77,6 +77,23 @@ def test_compose_file_is_valid(profile):
     assert "r2rank_model_info" in dashboard.read_text()
 
 
+
+def test_every_dashboard_panel_queries_a_metric_the_service_exports():
+    """A renamed metric leaves its Grafana panel empty without an error anywhere: read the names off the queries."""
+    import json
+    import re
+
+    from service.metrics import Metrics
+
+    exported = {family.name for family in Metrics().registry.collect()}
+    dashboard = json.loads((REPO_ROOT / "deploy/grafana/dashboards/r2rank.json").read_text())
+    queried = {re.sub(r"_(total|bucket|sum|count|info)$", "", name)
+               for panel in dashboard["panels"] for target in panel["targets"]
+               for name in re.findall(r"\br2rank_\w+", target["expr"])}  # fmt: skip
+    assert queried and queried <= exported, queried - exported
+    assert "r2rank_unstated_claims" in queried
+
+
 @pytest.mark.parametrize("overlay", ["cpu", "gpu"])
 def test_kustomize_overlays_render_and_validate(overlay, tmp_path):
     rendered = _run(_tool("kubectl"), "kustomize", f"deploy/k8s/overlays/{overlay}")

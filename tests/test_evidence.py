@@ -14,6 +14,7 @@ from contract.evidence import (
     compute_evidence,
     follow_pairs,
     unfaithful_citations,
+    unstated_claims,
 )
 from trainer.data import DEFAULT_DATA, load_splits, sample_negatives
 from trainer.teacher import BuiltinTeacher, EvidenceModel
@@ -132,6 +133,10 @@ def test_faithfulness_check_finds_unstated_citations(stats):
     assert unfaithful_citations('Shares "zelda" with #1: likely.', text) == ['"zelda" with #1']  # it is #2's word
     assert unfaithful_citations("Co-bought 6x: likely.", text) == []
     assert unfaithful_citations("Co-bought 3x: likely.", text) == ["Co-bought 3x"]  # 3 is stated, as a link
+    assert unstated_claims("Follows #3 3x; top 5% popular: likely.", text) == [
+        ("link count", "#3 3x"), ("popularity", "top 5%"), ("history item", "#3"), ("number", "5")]  # fmt: skip
+    assert unstated_claims("Next-item rank 7; co-bought 9x.", text) == [
+        ("next-item rank", "rank 7"), ("co-purchases", "co-bought 9x"), ("number", "7"), ("number", "9")]  # fmt: skip
 
 
 def test_teacher_rationales_cite_only_their_evidence():

@@ -9,6 +9,7 @@ import httpx
 import pytest
 
 from contract.checkpoint import open_checkpoint
+from contract.evidence import UNSTATED_KINDS
 from loadtest.procs import DEFAULT_MODEL, delete_prefix
 from service.config import Settings
 from service.metrics import Metrics
@@ -155,7 +156,8 @@ class _MiscopyingEngine(FakeEngine):
 
 async def test_withheld_rationale_is_flagged_fresh_and_from_the_cache():
     """A rationale citing what its evidence does not state is never served, and the reply says so, also when
-    the score comes back from the cache (where a null rationale alone could not tell)."""
+    the score comes back from the cache (where a null rationale alone could not tell); the metrics count what
+    it cited unstated, by kind, once per rationale generated (not again from the cache)."""
     prefix = f"r2rtest-wh-{uuid.uuid4().hex[:6]}"
     store = RedisStore(REDIS_URL, prefix=prefix)
     checkpoint = open_checkpoint(DEFAULT_MODEL)
@@ -166,11 +168,15 @@ async def test_withheld_rationale_is_flagged_fresh_and_from_the_cache():
         reasoning="full", include_rationales=True,
     )  # fmt: skip
     try:
-        miscopying = Ranker(_MiscopyingEngine(checkpoint), Settings(), Metrics(), store)
+        metrics = Metrics()
+        miscopying = Ranker(_MiscopyingEngine(checkpoint), Settings(), metrics, store)
         for expected_hits in (0, 2):
             response = await miscopying.rank(request, "t")
             assert response.cache_hits == expected_hits
             assert [(i.rationale, i.rationale_withheld) for i in response.items] == [(None, True)] * 2
+            unstated = {kind: metrics.registry.get_sample_value("r2rank_unstated_claims_total", {"claim": kind})
+                        for kind in UNSTATED_KINDS}  # fmt: skip
+            assert {kind: n for kind, n in unstated.items() if n} == {"link count": 2, "number": 2}  # "#1 99x"
         delete_prefix(prefix)
         honest = Ranker(_ConstantEngine(checkpoint), Settings(), Metrics(), store)
         for expected_hits in (0, 2):

@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from contract.checkpoint import open_checkpoint
+from contract.evidence import UNSTATED_KINDS
 from contract.sequence import SequenceRanker
 from loadtest.procs import REPO_ROOT
 from service.model_manager import evidence_refresh_of
@@ -362,6 +363,10 @@ def test_eval_scores_a_model_through_vllm_and_export_records_its_metrics(
     faithful = report["faithfulness"][f"{version} (full)"]  # every full-mode rationale checked against its evidence
     assert faithful["rationales"] == 30 * 20 and 0.0 <= faithful["model_faithful_share"] <= 1.0
     assert faithful["served_faithful_share"] == 1.0  # an unfaithful rationale is never served
+    by_claim = faithful["withheld_by_claim"]  # the service's own count: each withheld rationale under 1+ kinds
+    assert set(by_claim) <= set(UNSTATED_KINDS)
+    assert faithful["withheld"] <= sum(by_claim.values()) <= faithful["withheld"] * len(UNSTATED_KINDS)
+    assert ("What the withheld rationales cited" in (tmp_path / "e" / "eval.md").read_text()) == bool(by_claim)
     # a later report on the same users pairs with these model rows without scoring the model again
     train("eval", "--data", str(tiny_data), "--users", "30", "--seqrec", str(tiny_seqrec), "--reuse",
           str(tmp_path / "e" / "ranks.json"), "--out", str(tmp_path / "again"))  # fmt: skip

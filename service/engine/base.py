@@ -21,7 +21,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from contract.checkpoint import Checkpoint
-from contract.evidence import unfaithful_citations
+from contract.evidence import unstated_claims
 from contract.prompt import Reasoning
 from service.exceptions import EngineError, ItemRejected
 
@@ -48,6 +48,7 @@ class ItemScore:
     rationale: str | None = None
     rationale_tokens: int = 0
     rationale_withheld: bool = False  # generated, but cited what its evidence does not state: not shown
+    unstated: tuple[str, ...] = ()  # of a rationale withheld now: what it cited unstated, by kind (UNSTATED_KINDS)
 
 
 class ReasoningEngine(ABC):
@@ -164,17 +165,19 @@ class ReasoningEngine(ABC):
             if unfinished:
                 await asyncio.gather(*unfinished, return_exceptions=True)
 
-    def _answer_input(self, job: ScoringJob, text: str | None) -> tuple[list[int], str | None, bool]:
-        """What the answer is read after: (ids, rationale shown, withheld). A rationale that cites what its
-        evidence does not state is withheld, and the answer is read from the evidence alone."""
+    def _answer_input(self, job: ScoringJob, text: str | None) -> tuple[list[int], str | None, tuple[str, ...]]:
+        """What the answer is read after: (ids, rationale shown, the kinds of what it cited unstated). A
+        rationale that cites what its evidence does not state is withheld, and the answer is read from the
+        evidence alone."""
         if text is None:
-            return self.prompts.score_input(job.prompt_ids), None, False
+            return self.prompts.score_input(job.prompt_ids), None, ()
         rationale = self.prompts.rationale(text)
-        problems = unfaithful_citations(rationale, job.evidence_text) if job.evidence_text else []
+        problems = unstated_claims(rationale, job.evidence_text) if job.evidence_text else []
         if problems:
             logger.debug("rationale withheld: %r cites %s, evidence %r", rationale, problems, job.evidence_text)
-            return self.prompts.score_input(job.evidence_only_ids or job.prompt_ids), None, True
-        return self.prompts.score_input(job.prompt_ids, self.prompts.rationale_ids([text])[0]), rationale, False
+            kinds = tuple(sorted({kind for kind, _ in problems}))
+            return self.prompts.score_input(job.evidence_only_ids or job.prompt_ids), None, kinds
+        return self.prompts.score_input(job.prompt_ids, self.prompts.rationale_ids([text])[0]), rationale, ()
 
     async def _score_one(self, job: ScoringJob, request_id: str, routing_key: str) -> ItemScore | None:
         self.inflight_items += 1
@@ -182,9 +185,9 @@ class ReasoningEngine(ABC):
             text, tokens = None, 0
             if job.reasoning == "full":
                 text, tokens = await self._generate_rationale(job.prompt_ids, f"{request_id}-r", routing_key)
-            score_ids, rationale, withheld = self._answer_input(job, text)
+            score_ids, rationale, unstated = self._answer_input(job, text)
             lp_yes, lp_no = await self._answer_logprobs(score_ids, f"{request_id}-s", routing_key)
-            return ItemScore(self.prompts.score(lp_yes, lp_no), rationale, tokens, withheld)
+            return ItemScore(self.prompts.score(lp_yes, lp_no), rationale, tokens, bool(unstated), unstated)
         except ItemRejected as exc:
             logger.warning("engine rejected item %s: %s", request_id, exc)
             return None
@@ -209,7 +212,7 @@ class ReasoningEngine(ABC):
         if full:
             texts = await self._generate_rationales([jobs[i].prompt_ids for i in full], f"{request_id}-r", routing_key)
             generated = dict(zip(full, texts, strict=True))
-        inputs: dict[int, tuple[list[int], str | None, bool, int]] = {}
+        inputs: dict[int, tuple[list[int], str | None, tuple[str, ...], int]] = {}
         for i, job in enumerate(jobs):
             if i in generated and generated[i] is None:
                 continue  # rejected: no rationale, no answer read
@@ -220,6 +223,6 @@ class ReasoningEngine(ABC):
         results: list[ItemScore | None] = [None] * len(jobs)
         for i, answer in zip(order, answers, strict=True):
             if answer is not None:
-                _, rationale, withheld, tokens = inputs[i]
-                results[i] = ItemScore(self.prompts.score(*answer), rationale, tokens, withheld)
+                _, rationale, unstated, tokens = inputs[i]
+                results[i] = ItemScore(self.prompts.score(*answer), rationale, tokens, bool(unstated), unstated)
         return results

@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from contract.evidence import UNSTATED_KINDS
+
 
 def write_report(
     results: dict[str, dict],
@@ -49,6 +51,7 @@ def write_report(
             model = f"{f['rationales']} | {f['model_faithful_share']:.1%} | {f['withheld']}"
             served = f"{f['served_faithful_share']:.1%} | {f['citing_an_item']} | {f['true_item_share']:.1%}"
             lines.append(f"| {name} | {model} | {served} |")
+        lines += unstated_table(faithfulness)
     (out / "eval.md").write_text("\n".join(lines) + "\n")
     names = list(results)
     means = [results[n]["ndcg@10"]["mean"] for n in names]
@@ -63,3 +66,19 @@ def write_report(
     fig.savefig(out / "eval.png", dpi=110)
     plt.close(fig)
     return report
+
+
+def unstated_table(faithfulness: dict[str, dict]) -> list[str]:
+    """Markdown lines: per model, how many withheld rationales cited each kind of claim that their evidence does
+    not state (a rationale once per kind); none where no model's report counted them."""
+    counted = {name: f["withheld_by_claim"] for name, f in faithfulness.items() if "withheld_by_claim" in f}
+    kinds = [kind for kind in UNSTATED_KINDS if any(kind in by_claim for by_claim in counted.values())]
+    if not kinds:
+        return []
+    header = f"| model | withheld | {' | '.join(kinds)} |"
+    lines = ["", "What the withheld rationales cited that their evidence does not state (a rationale once per kind):",
+             "", header, "|---|---|" + "---|" * len(kinds)]  # fmt: skip
+    for name, by_claim in counted.items():
+        lines.append(f"| {name} | {faithfulness[name]['withheld']} | "
+                     + " | ".join(str(by_claim.get(kind, 0)) for kind in kinds) + " |")  # fmt: skip
+    return lines

@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from contract.evidence import CITED_REF, unfaithful_citations
+from contract.evidence import CITED_REF, UNSTATED_KINDS, unfaithful_citations
 from trainer.data import Catalogue
 from trainer.evaluation.cases import EvalCase
 from trainer.evaluation.metrics import positive_rank
@@ -32,6 +32,7 @@ class Faithfulness:
     citing_an_item: int = 0  # served rationales that name a history item (#k)
     citing_a_true_item: int = 0  # ... all of whose named items are ones the evidence links to
     examples: list[dict] = field(default_factory=list)  # a few unfaithful served ones, to read (should be none)
+    withheld_by_claim: dict[str, int] = field(default_factory=dict)  # what withheld ones cited unstated, by kind
 
     def count(self, rationale: str | None, evidence_text: str, title: str) -> None:
         self.rationales += 1
@@ -53,7 +54,7 @@ class Faithfulness:
                 "withheld": self.withheld, "served_faithful_share": self.faithful / max(1, served),
                 "citing_an_item": self.citing_an_item,
                 "true_item_share": self.citing_a_true_item / max(1, self.citing_an_item),
-                "unfaithful_examples": self.examples}  # fmt: skip
+                "withheld_by_claim": self.withheld_by_claim, "unfaithful_examples": self.examples}  # fmt: skip
 
 
 async def model_ranks(
@@ -78,7 +79,8 @@ async def model_ranks(
                         max_inflight_items=100_000)  # fmt: skip
     engine = build_engine(settings, checkpoint)
     await engine.start()
-    ranker = Ranker(engine, settings, Metrics(), store=None)
+    metrics = Metrics()
+    ranker = Ranker(engine, settings, metrics, store=None)
     semaphore = asyncio.Semaphore(concurrency)
     shuffler = random.Random(0)
     progress = Progress(f"eval {checkpoint.model_version} ({reasoning})", len(cases),
@@ -109,6 +111,11 @@ async def model_ranks(
         return positive_rank([scores[i] for i in case.candidates], case.candidates, case.target)
 
     try:
-        return list(await asyncio.gather(*(one(i, c) for i, c in enumerate(cases))))
+        ranks = list(await asyncio.gather(*(one(i, c) for i, c in enumerate(cases))))
     finally:
         await engine.close()
+    if faithfulness is not None:  # the service's own count of what withheld rationales cited unstated
+        counts = {kind: metrics.registry.get_sample_value("r2rank_unstated_claims_total", {"claim": kind})
+                  for kind in UNSTATED_KINDS}  # fmt: skip
+        faithfulness.withheld_by_claim = {kind: int(n) for kind, n in counts.items() if n}
+    return ranks

@@ -3,6 +3,8 @@ config, kustomize rendering + Kubernetes schema validation, and a real Prometheu
 
 from __future__ import annotations
 
+import json
+import re
 import shutil
 import subprocess
 import sys
@@ -15,6 +17,7 @@ import yaml
 
 from contract.checkpoint import open_checkpoint
 from loadtest.procs import DEFAULT_MODEL, REPO_ROOT, free_port
+from service.metrics import Metrics
 
 VENV_BIN = Path(sys.executable).parent
 K8S_VERSION = "1.30.0"
@@ -77,14 +80,8 @@ def test_compose_file_is_valid(profile):
     assert "r2rank_model_info" in dashboard.read_text()
 
 
-
 def test_every_dashboard_panel_queries_a_metric_the_service_exports():
     """A renamed metric leaves its Grafana panel empty without an error anywhere: read the names off the queries."""
-    import json
-    import re
-
-    from service.metrics import Metrics
-
     exported = {family.name for family in Metrics().registry.collect()}
     dashboard = json.loads((REPO_ROOT / "deploy/grafana/dashboards/r2rank.json").read_text())
     queried = {re.sub(r"_(total|bucket|sum|count|info)$", "", name)

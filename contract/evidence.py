@@ -436,12 +436,13 @@ _CLAIMS = (
     ("link count", re.compile(r"#(\d+) (\d+)x"), re.compile(r"#(\d+) (\d+)x")),
     ("popularity", re.compile(r"top (\d+)%"), re.compile(r"top (\d+)%")),
     ("shared word", re.compile(r'"([^"]+)" with #(\d+)'), re.compile(r'"([^"]+)" with #(\d+)')),
+    ("shared word", re.compile(r"(?i)shares a word with #(\d+)"), re.compile(r'shares "[^"]+" with #(\d+)')),
     ("older links", re.compile(r"older links \((\d+)x\)"), re.compile(r"older (\d+)x")),
     ("attribute", re.compile(r"same (\w+) as #(\d+)"), re.compile(r"same (\w+) as #(\d+)")),
     ("next-item rank", re.compile(r"(?i)\brank (\d+|unknown)"), re.compile(r"next-item rank (\d+|unknown)")),
     ("co-purchases", re.compile(r"(?i)co-bought (\d+)x"), re.compile(r"co-bought (\d+)x")),
 )
-UNSTATED_KINDS = (*(kind for kind, _, _ in _CLAIMS), "history item", "number")
+UNSTATED_KINDS = (*dict.fromkeys(kind for kind, _, _ in _CLAIMS), "history item", "number")
 """What a rationale can cite that its evidence does not state: a claim of each kind, a history item (``#k``) the
 line does not name, or any other number the line does not hold."""
 

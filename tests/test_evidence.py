@@ -131,6 +131,9 @@ def test_faithfulness_check_finds_unstated_citations(stats):
     # each number stated somewhere on the line, but not this claim: #2 followed 3 times, not 4 (stated: #1 3x, 4)
     assert unfaithful_citations("Weak link: follows #2 4x; top 20% popular: likely.", text) == ["#2 4x"]
     assert unfaithful_citations('Shares "zelda" with #1: likely.', text) == ['"zelda" with #1']  # it is #2's word
+    # the word by its item only (TeacherConfig.shared_word "ref"): the item must be the one the line names
+    assert unstated_claims("Shares a word with #2: likely.", text) == []
+    assert unstated_claims("Shares a word with #1: likely.", text) == [("shared word", "Shares a word with #1")]
     assert unfaithful_citations("Co-bought 6x: likely.", text) == []
     assert unfaithful_citations("Co-bought 3x: likely.", text) == ["Co-bought 3x"]  # 3 is stated, as a link
     assert unstated_claims("Follows #3 3x; top 5% popular: likely.", text) == [
@@ -144,16 +147,18 @@ def test_teacher_rationales_cite_only_their_evidence():
     catalogue, splits = load_splits(DEFAULT_DATA)
     stats = EvidenceStats.from_sequences((s.train for s in splits), catalogue.titles, co_bought=True)
     rng = random.Random(0)
-    teacher = BuiltinTeacher(EvidenceModel([1.0] * 5 + [0.5, 0.3, 0.5, 0.5, 0.5], -3.0))
+    teachers = [BuiltinTeacher(EvidenceModel([1.0] * 5 + [0.5, 0.3, 0.5, 0.5, 0.5], -3.0), shared_word=clause)
+                for clause in ("quote", "ref")]  # fmt: skip
     items, checked = sorted(catalogue.titles), 0
     for split in rng.sample(splits, 300):
         history = [Item(i, catalogue.title(i)) for i in split.test_history]
         for candidate in [split.test_target, *sample_negatives(rng, items, set(split.test_history), 4)]:
             evidence = compute_evidence(history, Item(candidate, catalogue.title(candidate)), stats)
-            rationale = teacher.rationale(evidence)
-            assert unfaithful_citations(rationale, evidence.text()) == [], (rationale, evidence.text())
-            checked += 1
-    assert checked == 1500
+            for teacher in teachers:
+                rationale = teacher.rationale(evidence)
+                assert unfaithful_citations(rationale, evidence.text()) == [], (rationale, evidence.text())
+                checked += 1
+    assert checked == 3000
 
 
 def test_sft_positives_carry_links_as_often_as_validation_positives():

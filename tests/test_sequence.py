@@ -255,6 +255,12 @@ def test_sft_retrieved_examples_are_hits_beside_their_catalogue_example_and_have
     assert set(seen["retrieval"]) <= set(seen["catalogue"])  # beside, not instead
     pairs = calibration_pairs(users, catalogue, 40, negatives=3, retrieval=Retrieval(ranker, 4))
     assert pairs and sum(pair.label for pair in pairs) * 4 == len(pairs)
+    # as many hits as asked for fit the second verdict model; one fewer and there is none (trained on catalogue only)
+    hits = len(pairs) // 4
+    for min_hits, fitted in ((hits, True), (hits + 1, False)):
+        teacher = BuiltinTeacher.calibrated(users, catalogue, checkpoint.stats, 40, sequence=ranker,
+                                            retrieval=Retrieval(ranker, 4), min_hits=min_hits)  # fmt: skip
+        assert (teacher.retrieval_model is not None) == fitted, (min_hits, hits)
     for pair in pairs:
         split = pair.split
         top = ranker.top_items(pair.history, 4, {*split.train[:-1], split.valid_target, split.test_target})

@@ -88,6 +88,10 @@ def test_rationale_cites_the_co_purchases_after_the_link():
     assert teacher.rationale(none) == "Rank 4000; no links; never co-bought: unlikely."
     shared = Evidence((), 0, 812, 3, SharedWord("zelda", 2, "c"), (), NextItemRank(4000), 0)
     assert teacher.rationale(shared) == 'Rank 4000; no links; shares "zelda" with #2: unlikely.'
+    by_ref = BuiltinTeacher(teacher.model, shared_word="ref")  # the word stays on the evidence line
+    assert by_ref.rationale(shared) == "Rank 4000; no links; shares a word with #2: unlikely."
+    assert clause_kinds(by_ref.rationale(shared))["shared word"] == "yes"
+    assert unfaithful_citations(by_ref.rationale(shared), shared.text()) == []
     assert clause_kinds(teacher.rationale(many))["co-bought"] == "yes"
     assert clause_kinds(teacher.rationale(none))["co-bought"] == "never"
     for evidence in (many, none, shared):

@@ -167,12 +167,13 @@ def ranker_seqrec(tiny_data, tmp_path_factory) -> tuple[Path, Path]:
 @pytest.fixture(scope="module")
 def tiny_sft(tiny_data, tiny_model, ranker_seqrec, tmp_path_factory) -> Path:
     """SFT as `make train` runs it: the evidence states the next-item rank, the checkpoint ships the model; a share
-    of its examples are retrieved candidates."""
+    of its examples are retrieved candidates (150 users hold few hits to fit their verdict model on: one is enough
+    here)."""
     out = tmp_path_factory.mktemp("sft")
     shipped, examples = ranker_seqrec
     train("sft", "--base", str(tiny_model), "--out", str(out), "--data", str(tiny_data), "--users", "60",
           "--steps", "20", "--batch-size", "4", "--lr", "3e-3", *SMALL_SFT, "--none-fraction", "0.3",
-          "--retrieval-share", "0.3",
+          "--retrieval-share", "0.3", "--teacher-retrieval-hits", "1",
           "--sequence-model", str(shipped), "--example-sequence-model", str(examples))  # fmt: skip
     return out / "model"
 
@@ -203,6 +204,15 @@ def test_sft_ships_the_sequence_model_and_refuses_one_that_saw_its_targets(tiny_
     assert "--hard-negatives" in refused
     refused = train_fails("sft", *common, "--out", str(tmp_path / "e"), "--retrieval-share", "0.3")
     assert "--retrieval-share" in refused
+    # a catalogue whose retriever (here its top item) rarely holds the next item: trained on catalogue candidates
+    degrading = train("sft", *common, "--out", str(tmp_path / "f"), "--sequence-model", str(shipped),
+                      "--example-sequence-model", str(examples), "--retrieval-share", "1.0", "--negatives", "1",
+                      "--hard-pool", "1")  # fmt: skip
+    assert "catalogue candidates only" in degrading.stderr, degrading.stderr[-2000:]
+    degraded = open_checkpoint(tmp_path / "f" / "model").manifest
+    assert degraded.candidate_sources == ["catalogue"], degraded.candidate_sources
+    assert "teacher_verdict_model_retrieval" not in degraded.provenance
+    assert degraded.provenance["config"]["retrieval_share"] == 0.0
     # a warm start may only add positions
     refused = train_fails("seqrec", "--data", str(tiny_data), "--out", str(tmp_path / "c"), "--horizon", "sft",
                           "--init", str(shipped), *TINY_SEQREC)  # fmt: skip

@@ -258,6 +258,8 @@ def sft_cmd(
     teacher_calibration_users: Annotated[
         int, _opt(TeacherConfig, "calibration_users")
     ] = TeacherConfig.calibration_users,
+    teacher_retrieval_hits: Annotated[int, _opt(TeacherConfig, "retrieval_hits")] = TeacherConfig.retrieval_hits,
+    teacher_shared_word: Annotated[str, _opt(TeacherConfig, "shared_word")] = TeacherConfig.shared_word,
     teacher_cache: Annotated[
         Path | None, typer.Option(help="JSONL cache of the teacher's answers (default OUT/teacher_cache.jsonl).")
     ] = None,
@@ -291,7 +293,8 @@ def sft_cmd(
                     none_fraction=none_fraction, steps=steps, batch_size=batch_size, micro_batch=micro_batch, lr=lr,
                     seed=seed, stop_after=stop_after)  # fmt: skip
     teacher_config = _build(TeacherConfig, url=teacher_url, model=teacher_model, api=teacher_api,
-                            concurrency=teacher_concurrency, calibration_users=teacher_calibration_users)  # fmt: skip
+                            concurrency=teacher_concurrency, calibration_users=teacher_calibration_users,
+                            retrieval_hits=teacher_retrieval_hits, shared_word=teacher_shared_word)  # fmt: skip
     if teacher_config.url and config.answer_distill:
         message = "--answer-distill takes soft labels from the built-in teacher: an LLM teacher's answers are 0/1"
         logging.getLogger(__name__).warning(message)
@@ -337,7 +340,18 @@ def sft_cmd(
         teacher = BuiltinTeacher.calibrated(splits, catalogue, base_checkpoint.stats, teacher_config.calibration_users,
                                             exclude={u.user_id for u in chosen},
                                             sequence=sequences and sequences.examples,
-                                            retrieval=retrieval)  # fmt: skip
+                                            retrieval=retrieval,
+                                            min_hits=teacher_config.retrieval_hits,
+                                            shared_word=teacher_config.shared_word)  # fmt: skip
+        if config.retrieval_share and teacher.retrieval_model is None:
+            logging.getLogger(__name__).warning(
+                "too few of this catalogue's next items are among the examples' sequence model's top %d items "
+                "(--teacher-retrieval-hits %d) to train on retrieved candidates: the model is trained on catalogue "
+                "candidates only, as with --retrieval-share 0, and serves no candidate_source='retrieval'",
+                config.hard_pool,
+                teacher_config.retrieval_hits,
+            )
+            config = dataclasses.replace(config, retrieval_share=0.0)
     summary = train_sft(base, out, catalogue, chosen, teacher, config, sequences)
     if sequences is not None:
         summary["sequence_model"] = {"shipped": str(sequences.shipped), "examples": str(example_sequence_model),

@@ -16,6 +16,7 @@ RolloutEngine = Literal["torch", "vllm", "auto"]
 ServedObjective = Literal["pl", "top1"]
 RationaleCredit = Literal["rollout", "candidate"]
 TeacherApi = Literal["chat", "completions"]
+SharedWordClause = Literal["quote", "ref"]
 
 VLLM_CPU_HEAD_DIMS = (32, 64, 80, 96, 112, 128)
 
@@ -236,10 +237,24 @@ class TeacherConfig:
     calibration_users: int = option(
         5000, "Built-in teacher: users (other than SFT's) whose training positions fit its verdict model."
     )
+    shared_word: SharedWordClause = option(
+        "quote",
+        "Built-in teacher: how its line cites a title word the candidate shares with a history item: quote "
+        '(shares "zelda" with #2) or ref (shares a word with #2; the word stays on the evidence line, and a small '
+        "model that must copy it letter by letter often writes another word).",
+    )
+    retrieval_hits: int = option(
+        20,
+        "Built-in teacher with --retrieval-share: the fewest calibration users whose next item the examples' "
+        "sequence model's top items hold, to fit its verdict model for retrieved candidates on; with fewer, SFT "
+        "trains on catalogue candidates only.",
+    )
 
     def __post_init__(self) -> None:
         _literal(self.api, TeacherApi, "teacher api")
+        _literal(self.shared_word, SharedWordClause, "teacher shared word")
         _require(self.calibration_users > 0, f"calibration_users must be > 0, got {self.calibration_users}")
+        _require(self.retrieval_hits > 0, f"retrieval_hits must be > 0, got {self.retrieval_hits}")
         _require(self.url is None or bool(self.model), "--teacher-url needs --teacher-model (the served model name)")
         _require(self.concurrency > 0, f"teacher concurrency must be > 0, got {self.concurrency}")
 

@@ -13,6 +13,7 @@ by construction (``contract.evidence.unfaithful_citations``).
 from __future__ import annotations
 
 import itertools
+import logging
 import math
 import random
 from collections.abc import Mapping, Sequence
@@ -24,6 +25,7 @@ import torch
 from contract.evidence import RECENT_REFS, Evidence, EvidenceStats, Item, LeaveOut, compute_evidence
 from contract.prompt import CandidateSource
 from contract.sequence import SequenceRanker
+from trainer.config import SharedWordClause
 from trainer.data import Catalogue, DataError, UserSplit, sample_negatives
 
 VERDICTS = ("likely", "possible", "unlikely")
@@ -114,6 +116,7 @@ VERDICT_PROVENANCE = "teacher_verdict_model"
 
 RETRIEVAL_VERDICT_PROVENANCE = "teacher_verdict_model_retrieval"
 """The same for retrieved candidates (``contract.prompt.CandidateSource``), where SFT trained on them."""
+log = logging.getLogger(__name__)
 
 
 def recorded_verdicts(provenance: Mapping[str, Any], source: CandidateSource = "catalogue") -> EvidenceModel | None:
@@ -244,33 +247,48 @@ def next_item_phrase(rank: int | None) -> str:
 
 
 class BuiltinTeacher:
-    def __init__(self, model: EvidenceModel, retrieval_model: EvidenceModel | None = None) -> None:
+    def __init__(
+        self,
+        model: EvidenceModel,
+        retrieval_model: EvidenceModel | None = None,
+        shared_word: SharedWordClause = "quote",
+    ) -> None:
         """``model`` weighs pairs whose candidates are any catalogue items, ``retrieval_model`` (where SFT trains on
         retrieved candidates) pairs whose candidates are a retriever's top picks, where the same evidence means
-        something else: every candidate has a good next-item rank, so a good rank says less."""
+        something else: every candidate has a good next-item rank, so a good rank says less. ``shared_word``: how
+        the line cites a shared title word (``TeacherConfig.shared_word``)."""
         self.model = model
         self.retrieval_model = retrieval_model
+        self.shared_word = shared_word
 
     @classmethod
     def calibrated(
         cls, splits: Sequence[UserSplit], catalogue: Catalogue, stats: EvidenceStats, users: int = 5000,
         exclude: set[str] | frozenset[str] = frozenset(), sequence: SequenceRanker | None = None,
-        retrieval: Retrieval | None = None,
+        retrieval: Retrieval | None = None, min_hits: int = 20, shared_word: SharedWordClause = "quote",
     ) -> BuiltinTeacher:  # fmt: skip
         """A teacher whose verdict model is fitted on ``users`` calibration users (none of ``exclude``), and with
         ``retrieval`` a second one on as many calibration users whose next item the retriever's list holds, with
-        negatives from that list."""
+        negatives from that list. Where fewer than ``min_hits`` such users exist (a catalogue whose sequence model
+        rarely finds the next item) a logistic fitted on them would be noise, so there is no second model
+        (``retrieval_model`` is None) and the caller trains on catalogue candidates only."""
         examples = calibration_examples(splits, catalogue, stats, users, exclude=exclude, sequence=sequence)
         retrieval_model = None
         if retrieval is not None:
             retrieved = calibration_examples(splits, catalogue, stats, users, exclude=exclude, sequence=sequence,
                                              retrieval=retrieval)  # fmt: skip
-            if not retrieved[0]:
-                raise DataError(f"no calibration user's next item is among the sequence model's top {retrieval.pool} "
-                                "items: there are no hits to fit the verdict model for retrieved candidates on "
-                                "(--hard-pool, --retrieval-share)")  # fmt: skip
-            retrieval_model = EvidenceModel.fit(*retrieved)
-        return cls(EvidenceModel.fit(*examples), retrieval_model)
+            hits = sum(retrieved[1])
+            if hits >= min_hits:
+                retrieval_model = EvidenceModel.fit(*retrieved)
+            else:
+                log.warning(
+                    "%d calibration users' next item is among the sequence model's top %d items, fewer than "
+                    "%d: no verdict model for retrieved candidates",
+                    hits,
+                    retrieval.pool,
+                    min_hits,
+                )
+        return cls(EvidenceModel.fit(*examples), retrieval_model, shared_word)
 
     def verdicts_for(self, source: CandidateSource) -> EvidenceModel:
         """The verdict model that weighs ``source``'s candidates."""
@@ -302,7 +320,9 @@ class BuiltinTeacher:
         if evidence.co_bought:
             clauses.append(f"co-bought {evidence.co_bought}x")
         elif evidence.shared_word is not None:
-            clauses.append(f'shares "{evidence.shared_word.word}" with #{evidence.shared_word.ref}')
+            shared = evidence.shared_word
+            clauses.append(f'shares "{shared.word}" with #{shared.ref}' if self.shared_word == "quote"
+                           else f"shares a word with #{shared.ref}")  # fmt: skip
         elif evidence.attributes:
             attribute = evidence.attributes[0]
             clauses.append(f"same {attribute.name} as #{attribute.ref}")

@@ -189,6 +189,7 @@ def test_sft_ships_the_sequence_model_and_refuses_one_that_saw_its_targets(tiny_
     provenance = checkpoint.manifest.provenance
     assert len(provenance["teacher_verdict_model"]["weights"]) == 13  # the rank's two, the co-purchases' one
     assert checkpoint.manifest.candidate_sources == ["catalogue", "retrieval"]
+    assert provenance["teacher_config"]["shared_word"] == "quote"  # how its teacher's line cited shared words
     retrieval = provenance["teacher_verdict_model_retrieval"]  # fitted on a retriever's negatives: other weights
     assert len(retrieval["weights"]) == 13 and retrieval != provenance["teacher_verdict_model"]
     common = ["--base", str(tiny_model), "--data", str(tiny_data), "--users", "20", "--steps", "1", *SMALL_SFT]

@@ -364,7 +364,7 @@ def sft_cmd(
     provenance = {**summary, "command": _command_line(), "base": str(base),
                   "base_model_version": base_checkpoint.model_version, "data": data.name,
                   "data_fingerprint": fingerprint["data"],
-                  "teacher": teacher_name}  # fmt: skip
+                  "teacher": teacher_name, "teacher_config": dataclasses.asdict(teacher_config)}  # fmt: skip
     sources = ("catalogue", "retrieval") if config.retrieval_share else ("catalogue",)
     manifest = write_checkpoint_manifest(out / "model", name, provenance, candidate_sources=sources)
     shown = {k: summary[k] for k in ("examples", "loss_first_10", "loss_last_10", "skipped_updates")}

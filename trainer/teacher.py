@@ -25,7 +25,7 @@ import torch
 from contract.evidence import RECENT_REFS, Evidence, EvidenceStats, Item, LeaveOut, compute_evidence
 from contract.prompt import CandidateSource
 from contract.sequence import SequenceRanker
-from trainer.config import SharedWordClause
+from trainer.config import SharedWordClause, TeacherConfig
 from trainer.data import Catalogue, DataError, UserSplit, sample_negatives
 
 VERDICTS = ("likely", "possible", "unlikely")
@@ -251,7 +251,7 @@ class BuiltinTeacher:
         self,
         model: EvidenceModel,
         retrieval_model: EvidenceModel | None = None,
-        shared_word: SharedWordClause = "quote",
+        shared_word: SharedWordClause = TeacherConfig.shared_word,
     ) -> None:
         """``model`` weighs pairs whose candidates are any catalogue items, ``retrieval_model`` (where SFT trains on
         retrieved candidates) pairs whose candidates are a retriever's top picks, where the same evidence means
@@ -265,7 +265,8 @@ class BuiltinTeacher:
     def calibrated(
         cls, splits: Sequence[UserSplit], catalogue: Catalogue, stats: EvidenceStats, users: int = 5000,
         exclude: set[str] | frozenset[str] = frozenset(), sequence: SequenceRanker | None = None,
-        retrieval: Retrieval | None = None, min_hits: int = 20, shared_word: SharedWordClause = "quote",
+        retrieval: Retrieval | None = None, min_hits: int = TeacherConfig.retrieval_hits,
+        shared_word: SharedWordClause = TeacherConfig.shared_word,
     ) -> BuiltinTeacher:  # fmt: skip
         """A teacher whose verdict model is fitted on ``users`` calibration users (none of ``exclude``), and with
         ``retrieval`` a second one on as many calibration users whose next item the retriever's list holds, with

@@ -263,7 +263,8 @@ class BuiltinTeacher:
 
     @classmethod
     def calibrated(
-        cls, splits: Sequence[UserSplit], catalogue: Catalogue, stats: EvidenceStats, users: int = 5000,
+        cls, splits: Sequence[UserSplit], catalogue: Catalogue, stats: EvidenceStats,
+        users: int = TeacherConfig.calibration_users,
         exclude: set[str] | frozenset[str] = frozenset(), sequence: SequenceRanker | None = None,
         retrieval: Retrieval | None = None, min_hits: int = TeacherConfig.retrieval_hits,
         shared_word: SharedWordClause = TeacherConfig.shared_word,

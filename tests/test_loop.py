@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from tests.toy_model import build_toy_model
-from trainer.loop import SHARE_CPU_UNTIL_ENV, CpuShare, optimizer_step, training_device
+from trainer.loop import SHARE_CPU_UNTIL_ENV, CpuShare, compile_body, optimizer_step, training_device
 from trainer.rl import _use_vllm_rollouts
 
 
@@ -119,3 +119,27 @@ def test_a_bf16_step_on_the_cpu_trains_float32_weights(tmp_path, monkeypatch):
     assert outcome.applied
     assert all(p.dtype == torch.float32 and torch.isfinite(p).all() for p in model.parameters())
     assert not all(torch.equal(b, p) for b, p in zip(before, model.parameters(), strict=True))
+
+
+def test_a_compiled_body_computes_the_eager_loss_and_gradients_at_any_length(tmp_path):
+    """``sft --compile`` changes how a step is computed, not what: the compiled copy's loss and gradients match the
+    eager model's to float rounding, for batches of two lengths (one symbolic-shape graph, not one per length)."""
+    from trainer.attention import load_causal_lm
+
+    path = build_toy_model(tmp_path / "toy")
+    eager, compiled = load_causal_lm(path).train(), compile_body(load_causal_lm(path).train(), enabled=True)
+    assert compile_body(eager, enabled=False).get_decoder().forward.__func__ is type(eager.get_decoder()).forward
+    generator = torch.Generator().manual_seed(0)
+    for length in (24, 37):
+        ids = torch.randint(2, 300, (3, length), generator=generator)
+        mask = torch.ones_like(ids)
+        mask[0, :5] = 0  # a left-padded row, as SFT's micro-batches have
+        batch = {"input_ids": ids, "labels": ids, "attention_mask": mask}
+        for model in (eager, compiled):
+            model.zero_grad(set_to_none=True)
+        losses = [model(**batch).loss for model in (eager, compiled)]
+        for loss in losses:
+            loss.backward()
+        assert float(losses[1]) == pytest.approx(float(losses[0]), rel=1e-4)
+        for (name, p_eager), p_compiled in zip(eager.named_parameters(), compiled.parameters(), strict=True):
+            assert torch.allclose(p_eager.grad, p_compiled.grad, rtol=1e-3, atol=1e-6), name

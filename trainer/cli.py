@@ -247,6 +247,7 @@ def sft_cmd(
     steps: Annotated[int, _opt(SFTConfig, "steps")] = SFTConfig.steps,
     batch_size: Annotated[int, _opt(SFTConfig, "batch_size")] = SFTConfig.batch_size,
     micro_batch: Annotated[int, _opt(SFTConfig, "micro_batch")] = SFTConfig.micro_batch,
+    compile_model: Annotated[bool, _opt(SFTConfig, "compile", "--compile/--no-compile")] = SFTConfig.compile,
     lr: Annotated[float, _opt(SFTConfig, "lr")] = SFTConfig.lr,
     seed: Annotated[int, _opt(SFTConfig, "seed")] = SFTConfig.seed,
     name: Annotated[str, typer.Option(help="Prefix of model_version.")] = "sft",
@@ -290,8 +291,8 @@ def sft_cmd(
     config = _build(SFTConfig, users=users, negatives=negatives, hard_negatives=hard_negatives, hard_pool=hard_pool,
                     retrieval_share=retrieval_share,
                     targets_per_user=targets_per_user, answer_weight=answer_weight, answer_distill=answer_distill,
-                    none_fraction=none_fraction, steps=steps, batch_size=batch_size, micro_batch=micro_batch, lr=lr,
-                    seed=seed, stop_after=stop_after)  # fmt: skip
+                    none_fraction=none_fraction, steps=steps, batch_size=batch_size, micro_batch=micro_batch,
+                    compile=compile_model, lr=lr, seed=seed, stop_after=stop_after)  # fmt: skip
     teacher_config = _build(TeacherConfig, url=teacher_url, model=teacher_model, api=teacher_api,
                             concurrency=teacher_concurrency, calibration_users=teacher_calibration_users,
                             retrieval_hits=teacher_retrieval_hits, shared_word=teacher_shared_word)  # fmt: skip

@@ -193,6 +193,9 @@ class SFTConfig:
     steps: int = option(1200, "Optimiser steps.")
     batch_size: int = option(16, "Examples per step (each 1 + N candidate rows sharing one history prefix).")
     micro_batch: int = option(2, "Examples per forward pass, grouped by length; the update does not depend on it.")
+    compile: bool = option(
+        True, "Compile the model's body with torch.compile: faster steps, the same update to float rounding."
+    )
     lr: float = option(1.5e-3, "Peak learning rate (from-scratch tiny models; about 1e-5 for a pretrained base).")
     warmup_steps: int = option(20, "Warm-up steps.")
     weight_decay: float = option(0.01, "AdamW weight decay.")

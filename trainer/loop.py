@@ -95,6 +95,26 @@ def training_device(stage: Stage) -> tuple[torch.device, torch.autocast]:
     return device, torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16)
 
 
+def compile_body(model: torch.nn.Module, enabled: bool) -> torch.nn.Module:
+    """Compile ``model``'s transformer body (``torch.compile``, dynamic shapes) when ``enabled``.
+
+    Only the body: the stages apply the vocabulary projection themselves, and only where a loss is taken.
+    Steps pad to varying lengths, so the graph is compiled for symbolic shapes once rather than per length.
+    Inductor fuses the body's elementwise work, which on a small CPU model is much of a step
+    (``python -m trainer.bench.compile`` times both ways). The kernels depend on the first shapes compiled,
+    so a resumed run matches a straight one to float rounding, not to the byte. Where compiling fails (no
+    C++ compiler, say), dynamo logs why and the step runs eagerly instead of stopping the stage. The
+    weights, and what is saved, are the same module's either way."""
+    if not enabled:
+        return model
+    import torch._dynamo
+
+    torch._dynamo.config.suppress_errors = True
+    body = model.get_decoder()
+    body.forward = torch.compile(body.forward, dynamic=True)
+    return model
+
+
 @dataclass(frozen=True)
 class StepOutcome:
     """What one optimiser step did: the stages log the loss and gradient norm, and count skipped updates."""

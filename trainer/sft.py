@@ -34,7 +34,7 @@ from contract.prompt import CandidateSource, Reasoning
 from contract.sequence import SequenceRanker
 from trainer.config import SFTConfig
 from trainer.data import Catalogue, DataError, UserSplit, sample_negatives
-from trainer.loop import load_state, optimizer_step, save_state, training_device
+from trainer.loop import compile_body, load_state, optimizer_step, save_state, training_device
 from trainer.packing import target_log_softmax
 from trainer.progress import Progress
 from trainer.seqrec import RankerSequenceModels
@@ -250,7 +250,7 @@ def train_sft(
     state_path = out / "state.pt"
     model_dir = out / "model" if state_path.exists() else base
     device, autocast = training_device("sft")
-    model = load_causal_lm(model_dir, device)
+    model = compile_body(load_causal_lm(model_dir, device), config.compile)
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     step, losses, skipped = 0, [], []
     state = load_state(state_path, optimizer)

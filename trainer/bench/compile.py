@@ -15,7 +15,6 @@ and again for a shape it has not met) is not in the step times. Prints seconds p
 
 from __future__ import annotations
 
-import contextlib
 import time
 from collections.abc import Callable
 
@@ -68,7 +67,7 @@ def main() -> None:
     _, pretrain_autocast = training_device("pretrain")
 
     def pretrain_step(model, optimizer, batch) -> float:
-        with pretrain_autocast if pretrain_autocast.fast_dtype else contextlib.nullcontext():
+        with pretrain_autocast:
             loss = lm_loss(model, batch, pad_id)
         return optimizer_step(model, optimizer, loss).loss
 

@@ -1,5 +1,5 @@
-"""Pieces the training stages share: device choice, the CPU's threads (the sequence models too), the optimiser
-step, and the resume state that makes each stage continue where an interrupted run stopped."""
+"""Pieces the training stages share: device choice, the CPU's threads (the sequence models too), a compiled
+model body, the optimiser step, and the resume state that makes each stage continue where an interrupted run stopped."""
 
 from __future__ import annotations
 

@@ -1,6 +1,7 @@
 """What the training benchmarks share: side-by-side timing, where arms alternate on the same batches so drift
 on a shared machine (another process, thermal or host changes) hits every arm alike and their ratio stays
-meaningful; the command line every one of them takes; and SFT batches shaped like the shipped recipe."""
+meaningful; the command line every one of them takes; and SFT and pre-training batches shaped like the shipped
+recipe."""
 
 from __future__ import annotations
 
@@ -11,8 +12,9 @@ from collections.abc import Callable
 from pathlib import Path
 
 from contract.checkpoint import Checkpoint
-from trainer.config import SFTConfig
+from trainer.config import PretrainConfig, SFTConfig
 from trainer.data import DEFAULT_DATA, Catalogue, UserSplit
+from trainer.pretrain import length_bucketed_batches, lm_sequences
 from trainer.sft import Example, build_examples, sft_users
 from trainer.teacher import BuiltinTeacher
 
@@ -51,3 +53,13 @@ def recipe_sft_batches(
     teacher = BuiltinTeacher.calibrated(splits, catalogue, checkpoint.stats, users=1000)
     examples = build_examples(checkpoint, catalogue, sft_users(splits, config), teacher, config)
     return [examples[i : i + batch_size] for i in range(0, steps * batch_size, batch_size)]
+
+
+def recipe_lm_batches(
+    checkpoint: Checkpoint, catalogue: Catalogue, splits: list[UserSplit], count: int
+) -> list[list[list[int]]]:
+    """``count`` of ``init-model``'s pre-training batches (the recipe's batch size, length-bucketed), evenly spaced
+    through its epoch: a step's cost (and bf16's or compiling's gain) depends on the batch's length, so a run of
+    neighbouring batches (one length bucket) over- or understates the stage's."""
+    epoch = length_bucketed_batches(lm_sequences(checkpoint, catalogue, splits), PretrainConfig.batch_size, seed=0)
+    return epoch[:: len(epoch) // count][:count]

@@ -22,11 +22,11 @@ import torch
 
 from contract.checkpoint import open_checkpoint
 from trainer.attention import load_causal_lm
-from trainer.bench.arms import bench_parser, recipe_sft_batches, time_arms
+from trainer.bench.arms import bench_parser, recipe_lm_batches, recipe_sft_batches, time_arms
 from trainer.config import SFTConfig
 from trainer.data import load_splits
 from trainer.loop import compile_body, optimizer_step, training_device
-from trainer.pretrain import length_bucketed_batches, lm_loss, lm_sequences
+from trainer.pretrain import lm_loss
 from trainer.sft import step_losses
 
 
@@ -62,8 +62,7 @@ def main() -> None:
         parts = step_losses(model, batch, pad_id, SFTConfig.micro_batch, sft_autocast)
         return optimizer_step(model, optimizer, parts).loss
 
-    epoch = length_bucketed_batches(lm_sequences(checkpoint, catalogue, splits), 32, seed=0)
-    lm_batches = epoch[:: len(epoch) // (args.steps + 1)][: args.steps + 1]
+    lm_batches = recipe_lm_batches(checkpoint, catalogue, splits, args.steps + 1)
     _, pretrain_autocast = training_device("pretrain")
 
     def pretrain_step(model, optimizer, batch) -> float:

@@ -21,11 +21,11 @@ import torch
 
 from contract.checkpoint import open_checkpoint
 from trainer.attention import load_causal_lm
-from trainer.bench.arms import bench_parser, recipe_sft_batches, time_arms
+from trainer.bench.arms import bench_parser, recipe_lm_batches, recipe_sft_batches, time_arms
 from trainer.config import SFTConfig
 from trainer.data import load_splits
 from trainer.loop import cpu_has_native_bf16, optimizer_step
-from trainer.pretrain import length_bucketed_batches, lm_loss, lm_sequences
+from trainer.pretrain import lm_loss
 from trainer.sft import step_losses
 
 SETTINGS = {
@@ -64,10 +64,7 @@ def main() -> None:
             loss = lm_loss(model, chunk, pad_id)
         return optimizer_step(model, optimizer, loss).loss
 
-    # evenly spaced through init-model's epoch: bf16 gains on long batches and not on short ones, so a run
-    # of neighbouring batches (one length bucket) over- or understates the stage's speed-up
-    epoch = length_bucketed_batches(lm_sequences(checkpoint, catalogue, splits), 32, seed=0)
-    lm_batches = epoch[:: len(epoch) // (args.steps + 1)][: args.steps + 1]
+    lm_batches = recipe_lm_batches(checkpoint, catalogue, splits, args.steps + 1)
     print(f"{torch.get_num_threads()} threads; bf16 in hardware (AVX512-BF16/AMX): {cpu_has_native_bf16()}")
     report("sft", time_arms(per_precision(sft_step), sft_batches[0], sft_batches))
     report("pretrain", time_arms(per_precision(pretrain_step), lm_batches[0], lm_batches))

@@ -22,10 +22,10 @@ import torch
 
 from contract.checkpoint import open_checkpoint
 from trainer.attention import load_causal_lm
-from trainer.bench.arms import bench_parser, time_arms
+from trainer.bench.arms import bench_parser, recipe_lm_batches, time_arms
 from trainer.data import load_splits
 from trainer.loop import cpu_has_native_bf16, optimizer_step
-from trainer.pretrain import length_bucketed_batches, lm_loss, lm_sequences, shared_prefix_length
+from trainer.pretrain import lm_loss, shared_prefix_length
 
 
 def main() -> None:
@@ -33,8 +33,7 @@ def main() -> None:
 
     checkpoint = open_checkpoint(args.model)
     catalogue, splits = load_splits(args.data)
-    epoch = length_bucketed_batches(lm_sequences(checkpoint, catalogue, splits), 32, seed=0)
-    batches = epoch[:: len(epoch) // (args.steps + 1)][: args.steps + 1]  # the first warms up
+    batches = recipe_lm_batches(checkpoint, catalogue, splits, args.steps + 1)  # the first warms up
     pad_id = checkpoint.encoder.pad_token_id
     model = load_causal_lm(args.model).train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=0.0)

@@ -195,9 +195,9 @@ class SFTConfig:
     micro_batch: int = option(2, "Examples per forward pass, grouped by length; the update does not depend on it.")
     compile: bool = option(
         False,
-        "Compile the model's body with torch.compile: 1.1x faster steps on the AMX CPU measured, the same update "
-        "to float rounding (off by default until a same-base comparison settles one weaker compiled run: "
-        "docs/training.md).",
+        "Compile the model's body with torch.compile: 1.1x faster steps on the two CPUs measured (AMX, AVX-512 "
+        "BF16), the same update to float rounding; off by default because the compiled runs ranked at the low "
+        "end of the recipe's runs (docs/training.md, section Compiled SFT).",
     )
     lr: float = option(1.5e-3, "Peak learning rate (from-scratch tiny models; about 1e-5 for a pretrained base).")
     warmup_steps: int = option(20, "Warm-up steps.")

@@ -18,6 +18,7 @@ from contract.evidence import (
 from trainer.data import Catalogue, UserSplit, leave_one_out
 from trainer.evaluation.baselines import TrainingStats
 from trainer.teacher import (
+    VERDICT_SCALES,
     BuiltinTeacher,
     EvidenceModel,
     TeacherInput,
@@ -139,6 +140,23 @@ def test_clause_kinds_read_back_what_the_teacher_states():
         "popularity": "unstated",
         "verdict": "unstated",
     }
+
+
+def test_six_verdicts_grade_the_probability_more_finely_and_read_back():
+    """``--teacher-verdicts six`` splits the three-word scale at its ends: the verdict still rises with the
+    evidence model's probability, the three-word teacher keeps its words, and ``clause_kinds`` reads "very
+    unlikely" as itself, not as the "unlikely" it ends with."""
+    fine = BuiltinTeacher(TEACHER.model, verdicts="six")
+    links = [Evidence((Link(1, "a", count),), 0, 5, 60, None, ()) for count in (0, 1, 3, 10, 30, 100, 1000)]
+    probabilities = [TEACHER.model.probability(evidence) for evidence in links]
+    assert probabilities == sorted(probabilities)
+    words = [word for word, _ in VERDICT_SCALES["six"]]
+    grades = [words.index(clause_kinds(fine.rationale(evidence))["verdict"]) for evidence in links]
+    assert grades == sorted(grades, reverse=True) and len(set(grades)) >= 4
+    coarse = {clause_kinds(TEACHER.rationale(evidence))["verdict"] for evidence in links}
+    assert coarse <= {word for word, _ in VERDICT_SCALES["three"]}
+    assert clause_kinds("No links: very unlikely.")["verdict"] == "very unlikely"
+    assert clause_kinds("No links: unlikely.")["verdict"] == "unlikely"
 
 
 def _users(count: int) -> list[UserSplit]:

@@ -261,6 +261,7 @@ def sft_cmd(
     ] = TeacherConfig.calibration_users,
     teacher_retrieval_hits: Annotated[int, _opt(TeacherConfig, "retrieval_hits")] = TeacherConfig.retrieval_hits,
     teacher_shared_word: Annotated[str, _opt(TeacherConfig, "shared_word")] = TeacherConfig.shared_word,
+    teacher_verdicts: Annotated[str, _opt(TeacherConfig, "verdicts")] = TeacherConfig.verdicts,
     teacher_cache: Annotated[
         Path | None, typer.Option(help="JSONL cache of the teacher's answers (default OUT/teacher_cache.jsonl).")
     ] = None,
@@ -295,7 +296,8 @@ def sft_cmd(
                     compile=compile_model, lr=lr, seed=seed, stop_after=stop_after)  # fmt: skip
     teacher_config = _build(TeacherConfig, url=teacher_url, model=teacher_model, api=teacher_api,
                             concurrency=teacher_concurrency, calibration_users=teacher_calibration_users,
-                            retrieval_hits=teacher_retrieval_hits, shared_word=teacher_shared_word)  # fmt: skip
+                            retrieval_hits=teacher_retrieval_hits, shared_word=teacher_shared_word,
+                            verdicts=teacher_verdicts)  # fmt: skip
     if teacher_config.url and config.answer_distill:
         message = "--answer-distill takes soft labels from the built-in teacher: an LLM teacher's answers are 0/1"
         logging.getLogger(__name__).warning(message)
@@ -343,7 +345,8 @@ def sft_cmd(
                                             sequence=sequences and sequences.examples,
                                             retrieval=retrieval,
                                             min_hits=teacher_config.retrieval_hits,
-                                            shared_word=teacher_config.shared_word)  # fmt: skip
+                                            shared_word=teacher_config.shared_word,
+                                            verdicts=teacher_config.verdicts)  # fmt: skip
         if config.retrieval_share and teacher.retrieval_model is None:
             logging.getLogger(__name__).warning(
                 "too few of this catalogue's next items are among the examples' sequence model's top %d items "
@@ -656,7 +659,9 @@ def diagnose_cmd(
     cases = build_cases(splits, catalogue, users, negatives, seed, split=split)  # type: ignore[arg-type]
     recorded = recorded_verdicts(checkpoint.manifest.provenance)
     if checkpoint.sequence is not None and recorded is not None:  # the teacher it learned from (ranks included)
-        teacher = BuiltinTeacher(recorded)
+        taught = checkpoint.manifest.provenance.get("teacher_config") or {}
+        teacher = BuiltinTeacher(recorded, shared_word=taught.get("shared_word", TeacherConfig.shared_word),
+                                 verdicts=taught.get("verdicts", "three"))  # fmt: skip
     else:
         teacher = BuiltinTeacher.calibrated(splits, catalogue, checkpoint.stats)
     result = diagnose(model, catalogue, cases, teacher)

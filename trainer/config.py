@@ -17,6 +17,7 @@ ServedObjective = Literal["pl", "top1"]
 RationaleCredit = Literal["rollout", "candidate"]
 TeacherApi = Literal["chat", "completions"]
 SharedWordClause = Literal["quote", "ref"]
+VerdictScale = Literal["three", "six"]
 
 VLLM_CPU_HEAD_DIMS = (32, 64, 80, 96, 112, 128)
 
@@ -249,6 +250,12 @@ class TeacherConfig:
         '(shares "zelda" with #2) or ref (shares a word with #2; the word stays on the evidence line, and a small '
         "model that must copy it letter by letter often writes another word).",
     )
+    verdicts: VerdictScale = option(
+        "three",
+        "Built-in teacher: how finely its line's closing verdict grades the verdict model's probability: three "
+        "(likely / possible / unlikely) or six (near certain ... very unlikely), which carries more of the "
+        "teacher's judgement into the rationale the answer is read after.",
+    )
     retrieval_hits: int = option(
         20,
         "Built-in teacher with --retrieval-share: the fewest calibration users whose next item the examples' "
@@ -259,6 +266,7 @@ class TeacherConfig:
     def __post_init__(self) -> None:
         _literal(self.api, TeacherApi, "teacher api")
         _literal(self.shared_word, SharedWordClause, "teacher shared word")
+        _literal(self.verdicts, VerdictScale, "teacher verdicts")
         _require(self.calibration_users > 0, f"calibration_users must be > 0, got {self.calibration_users}")
         _require(self.retrieval_hits > 0, f"retrieval_hits must be > 0, got {self.retrieval_hits}")
         _require(self.url is None or bool(self.model), "--teacher-url needs --teacher-model (the served model name)")

@@ -25,11 +25,20 @@ import torch
 from contract.evidence import RECENT_REFS, Evidence, EvidenceStats, Item, LeaveOut, compute_evidence
 from contract.prompt import CandidateSource
 from contract.sequence import SequenceRanker
-from trainer.config import SharedWordClause, TeacherConfig
+from trainer.config import SharedWordClause, TeacherConfig, VerdictScale
 from trainer.data import Catalogue, DataError, UserSplit, sample_negatives
 
-VERDICTS = ("likely", "possible", "unlikely")
-VERDICT_THRESHOLDS = (0.45, 0.15)  # P(next | evidence) at or above: likely, possible; below: unlikely
+VERDICT_SCALES: dict[str, tuple[tuple[str, float], ...]] = {
+    "three": (("likely", 0.45), ("possible", 0.15), ("unlikely", 0.0)),
+    "six": (("near certain", 0.9), ("very likely", 0.6), ("likely", 0.3), ("possible", 0.1), ("unlikely", 0.05),
+            ("very unlikely", 0.0)),
+}  # fmt: skip
+"""Each scale's verdicts, best first, with the verdict model's P(next | evidence) at or above which each is given
+(fitted on 1 positive + 4 negatives per user). The six-word scale is cut where, on Video Games calibration users
+with 19 random negatives, positives and negatives part: "near certain" holds 31% of positives and 0.4% of negatives,
+"very unlikely" 5.5% and 49%."""
+VERDICTS = tuple(sorted({word for scale in VERDICT_SCALES.values() for word, _ in scale}, key=len, reverse=True))
+"""Every verdict word, longest first, so that a line ending in "very unlikely" is not read as "unlikely"."""
 
 
 @dataclass(frozen=True)
@@ -252,14 +261,17 @@ class BuiltinTeacher:
         model: EvidenceModel,
         retrieval_model: EvidenceModel | None = None,
         shared_word: SharedWordClause = TeacherConfig.shared_word,
+        verdicts: VerdictScale = TeacherConfig.verdicts,
     ) -> None:
         """``model`` weighs pairs whose candidates are any catalogue items, ``retrieval_model`` (where SFT trains on
         retrieved candidates) pairs whose candidates are a retriever's top picks, where the same evidence means
         something else: every candidate has a good next-item rank, so a good rank says less. ``shared_word``: how
-        the line cites a shared title word (``TeacherConfig.shared_word``)."""
+        the line cites a shared title word (``TeacherConfig.shared_word``); ``verdicts``: the scale its closing
+        verdict grades the verdict model's probability on (``VERDICT_SCALES``)."""
         self.model = model
         self.retrieval_model = retrieval_model
         self.shared_word = shared_word
+        self.verdict_scale = VERDICT_SCALES[verdicts]
 
     @classmethod
     def calibrated(
@@ -268,6 +280,7 @@ class BuiltinTeacher:
         exclude: set[str] | frozenset[str] = frozenset(), sequence: SequenceRanker | None = None,
         retrieval: Retrieval | None = None, min_hits: int = TeacherConfig.retrieval_hits,
         shared_word: SharedWordClause = TeacherConfig.shared_word,
+        verdicts: VerdictScale = TeacherConfig.verdicts,
     ) -> BuiltinTeacher:  # fmt: skip
         """A teacher whose verdict model is fitted on ``users`` calibration users (none of ``exclude``), and with
         ``retrieval`` a second one on as many calibration users whose next item the retriever's list holds, with
@@ -290,7 +303,7 @@ class BuiltinTeacher:
                     retrieval.pool,
                     min_hits,
                 )
-        return cls(EvidenceModel.fit(*examples), retrieval_model, shared_word)
+        return cls(EvidenceModel.fit(*examples), retrieval_model, shared_word, verdicts)
 
     def verdicts_for(self, source: CandidateSource) -> EvidenceModel:
         """The verdict model that weighs ``source``'s candidates."""
@@ -302,7 +315,7 @@ class BuiltinTeacher:
 
     def verdict(self, evidence: Evidence, source: CandidateSource = "catalogue") -> str:
         p = self.verdicts_for(source).probability(evidence)
-        return VERDICTS[0] if p >= VERDICT_THRESHOLDS[0] else VERDICTS[1] if p >= VERDICT_THRESHOLDS[1] else VERDICTS[2]
+        return next(word for word, at_least in self.verdict_scale if p >= at_least)
 
     def rationale(self, evidence: Evidence, source: CandidateSource = "catalogue") -> str:
         """One line, at most three clauses of evidence: the next-item rank where the evidence states one, else

@@ -143,7 +143,7 @@ def test_clause_kinds_read_back_what_the_teacher_states():
 
 
 def test_six_verdicts_grade_the_probability_more_finely_and_read_back():
-    """``--teacher-verdicts six`` splits the three-word scale at its ends: the verdict still rises with the
+    """``--teacher-verdicts six`` grades the same probability on six words: the verdict still rises with the
     evidence model's probability, the three-word teacher keeps its words, and ``clause_kinds`` reads "very
     unlikely" as itself, not as the "unlikely" it ends with."""
     fine = BuiltinTeacher(TEACHER.model, verdicts="six")

@@ -661,7 +661,7 @@ def diagnose_cmd(
     if checkpoint.sequence is not None and recorded is not None:  # the teacher it learned from (ranks included)
         taught = checkpoint.manifest.provenance.get("teacher_config") or {}
         teacher = BuiltinTeacher(recorded, shared_word=taught.get("shared_word", TeacherConfig.shared_word),
-                                 verdicts=taught.get("verdicts", "three"))  # fmt: skip
+                                 verdicts=taught.get("verdicts", TeacherConfig.verdicts))  # fmt: skip
     else:
         teacher = BuiltinTeacher.calibrated(splits, catalogue, checkpoint.stats)
     result = diagnose(model, catalogue, cases, teacher)

@@ -253,8 +253,9 @@ class TeacherConfig:
     verdicts: VerdictScale = option(
         "three",
         "Built-in teacher: how finely its line's closing verdict grades the verdict model's probability: three "
-        "(likely / possible / unlikely) or six (near certain ... very unlikely), which carries more of the "
-        "teacher's judgement into the rationale the answer is read after.",
+        "(likely / possible / unlikely) or six (near certain ... very unlikely), to carry more of the teacher's "
+        "judgement into the rationale the answer is read after. Six ranked as three in two pairs of runs "
+        '(docs/training.md "A finer verdict"), with 1.6 more tokens per rationale.',
     )
     retrieval_hits: int = option(
         20,

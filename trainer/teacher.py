@@ -37,7 +37,7 @@ VERDICT_SCALES: dict[str, tuple[tuple[str, float], ...]] = {
 (fitted on 1 positive + 4 negatives per user). The six-word scale is cut where, on Video Games calibration users
 with 19 random negatives, positives and negatives part: "near certain" holds 31% of positives and 0.4% of negatives,
 "very unlikely" 5.5% and 49%."""
-VERDICTS = tuple(sorted({word for scale in VERDICT_SCALES.values() for word, _ in scale}, key=len, reverse=True))
+VERDICTS = tuple(sorted({word for scale in VERDICT_SCALES.values() for word, _ in scale}, key=lambda w: (-len(w), w)))
 """Every verdict word, longest first, so that a line ending in "very unlikely" is not read as "unlikely"."""
 
 

@@ -226,3 +226,56 @@ def test_retrieved_candidates_are_weighed_by_their_own_verdict_model():
     assert both.rationales([TeacherInput((), Item("c", "C"), top, "retrieval")]) == [both.rationale(top, "retrieval")]
     with pytest.raises(ValueError, match="retrieved candidates"):
         BuiltinTeacher(catalogue).rationale(top, "retrieval")
+
+
+def test_title_overlap_weighs_shared_words_by_rarity_and_recency():
+    """A candidate on the latest item's platform overlaps it; a rare shared word counts more than a common one;
+    an item further back counts less in the recency-weighted sum; nothing to overlap with gives zeros."""
+    from trainer.title_overlap import TitleOverlap
+
+    titles = ["Halo 3 - Xbox 360", "Gears of War - Xbox 360", "Forza 4 - Xbox 360", "Halo: Reach", "FIFA 18",
+              "Tetris Effect", "Mario Kart 8 Deluxe"]  # fmt: skip
+    overlap = TitleOverlap(titles)
+    history = ["Tetris Effect", "Halo 3 - Xbox 360"]  # #1 is the Xbox game
+    same_platform = overlap.features(history, "Forza 4 - Xbox 360")
+    same_series = overlap.features(history, "Halo: Reach")
+    unrelated = overlap.features(history, "FIFA 18")
+    assert unrelated == [0.0, 0.0, 0.0]
+    assert same_platform[0] > 0 and same_series[0] > 0
+    assert overlap.idf["halo"] > overlap.idf["xbox"]  # in 2 titles against 3
+    assert overlap.features(list(reversed(history)), "Forza 4 - Xbox 360")[2] < same_platform[2]  # now #2
+    assert overlap.features([], "Halo: Reach") == [0.0, 0.0, 0.0]
+
+
+def test_a_teacher_that_reads_the_titles_grades_its_verdict_and_soft_labels_by_them():
+    """With ``title_overlap`` the teacher's P (its verdict and SFT's soft labels) rises with the titles' overlap
+    that the evidence line does not state, fitted where next items share their predecessors' platform; its
+    evidence model, the report's evidence-model row, stays the logistic of the evidence line alone."""
+    import random
+
+    from trainer.config import SFTConfig
+    from trainer.sft import answer_target
+    from trainer.title_overlap import TitleOverlap
+
+    titles = {str(i): f"Game {i} - {'Xbox 360' if i % 2 else 'Nintendo DS'}" for i in range(40)}
+    catalogue = Catalogue(titles)
+    rng = random.Random(0)
+    sequences = {}
+    for u in range(200):  # every user stays on one platform
+        parity = u % 2
+        sequences[f"u{u}"] = [str(2 * rng.randrange(20) + parity) for _ in range(6)]
+    splits = leave_one_out(sequences)
+    stats = EvidenceStats.from_sequences((s.train for s in splits), catalogue.titles)
+    teacher = BuiltinTeacher.calibrated(splits, catalogue, stats, users=200, titles=TitleOverlap(titles.values()))
+    assert teacher.title_model is not None and sum(teacher.title_model.weights[-3:]) > 0
+    history = tuple(Item(i, titles[i]) for i in ("1", "3"))  # Xbox 360 games
+    evidence = Evidence((), 0, 5, 50, None, ())
+    same = TeacherInput(history, Item("5", titles["5"]), evidence)
+    other = TeacherInput(history, Item("4", titles["4"]), evidence)
+    assert teacher.probability(same) > teacher.probability(other)
+    assert teacher.model.probability(evidence) == pytest.approx(
+        BuiltinTeacher.calibrated(splits, catalogue, stats, users=200).model.probability(evidence))  # fmt: skip
+    assert teacher.rationales([same])[0] == teacher.rationale(evidence, p=teacher.probability(same))
+    config = SFTConfig(answer_distill=0.5)
+    assert answer_target(0, True, teacher.probability(same), config).share > answer_target(
+        0, True, teacher.probability(other), config).share  # fmt: skip

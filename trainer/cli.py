@@ -262,6 +262,7 @@ def sft_cmd(
     teacher_retrieval_hits: Annotated[int, _opt(TeacherConfig, "retrieval_hits")] = TeacherConfig.retrieval_hits,
     teacher_shared_word: Annotated[str, _opt(TeacherConfig, "shared_word")] = TeacherConfig.shared_word,
     teacher_verdicts: Annotated[str, _opt(TeacherConfig, "verdicts")] = TeacherConfig.verdicts,
+    teacher_title_overlap: Annotated[bool, _opt(TeacherConfig, "title_overlap")] = TeacherConfig.title_overlap,
     teacher_cache: Annotated[
         Path | None, typer.Option(help="JSONL cache of the teacher's answers (default OUT/teacher_cache.jsonl).")
     ] = None,
@@ -286,7 +287,14 @@ def sft_cmd(
     from contract.sequence import SequenceRanker
     from trainer.seqrec import ranker_sequence_models
     from trainer.sft import sft_users, train_sft
-    from trainer.teacher import RETRIEVAL_VERDICT_PROVENANCE, VERDICT_PROVENANCE, BuiltinTeacher, Retrieval
+    from trainer.teacher import (
+        RETRIEVAL_VERDICT_PROVENANCE,
+        TITLE_VERDICT_PROVENANCE,
+        VERDICT_PROVENANCE,
+        BuiltinTeacher,
+        Retrieval,
+    )
+    from trainer.title_overlap import TitleOverlap
 
     _log_to_stderr()
     config = _build(SFTConfig, users=users, negatives=negatives, hard_negatives=hard_negatives, hard_pool=hard_pool,
@@ -297,7 +305,7 @@ def sft_cmd(
     teacher_config = _build(TeacherConfig, url=teacher_url, model=teacher_model, api=teacher_api,
                             concurrency=teacher_concurrency, calibration_users=teacher_calibration_users,
                             retrieval_hits=teacher_retrieval_hits, shared_word=teacher_shared_word,
-                            verdicts=teacher_verdicts)  # fmt: skip
+                            verdicts=teacher_verdicts, title_overlap=teacher_title_overlap)  # fmt: skip
     if teacher_config.url and config.answer_distill:
         message = "--answer-distill takes soft labels from the built-in teacher: an LLM teacher's answers are 0/1"
         logging.getLogger(__name__).warning(message)
@@ -346,7 +354,9 @@ def sft_cmd(
                                             retrieval=retrieval,
                                             min_hits=teacher_config.retrieval_hits,
                                             shared_word=teacher_config.shared_word,
-                                            verdicts=teacher_config.verdicts)  # fmt: skip
+                                            verdicts=teacher_config.verdicts,
+                                            titles=TitleOverlap(catalogue.titles.values())
+                                            if teacher_config.title_overlap else None)  # fmt: skip
         if config.retrieval_share and teacher.retrieval_model is None:
             logging.getLogger(__name__).warning(
                 "too few of this catalogue's next items are among the examples' sequence model's top %d items "
@@ -365,6 +375,8 @@ def sft_cmd(
         summary[VERDICT_PROVENANCE] = teacher.model.record()
         if teacher.retrieval_model is not None:
             summary[RETRIEVAL_VERDICT_PROVENANCE] = teacher.retrieval_model.record()
+        if teacher.title_model is not None:
+            summary[TITLE_VERDICT_PROVENANCE] = teacher.title_model.record()
     provenance = {**summary, "command": _command_line(), "base": str(base),
                   "base_model_version": base_checkpoint.model_version, "data": data.name,
                   "data_fingerprint": fingerprint["data"],
@@ -651,7 +663,7 @@ def diagnose_cmd(
     from trainer.diagnose import clause_ceiling, diagnose
     from trainer.evaluation.cases import build_cases
     from trainer.evaluation.metrics import metrics_with_ci
-    from trainer.teacher import BuiltinTeacher, recorded_verdicts
+    from trainer.teacher import TITLE_VERDICT_PROVENANCE, BuiltinTeacher, TitleReadingModel, recorded_verdicts
 
     _log_to_stderr()
     checkpoint = _checkpoint(model, "--model")
@@ -660,8 +672,11 @@ def diagnose_cmd(
     recorded = recorded_verdicts(checkpoint.manifest.provenance)
     if checkpoint.sequence is not None and recorded is not None:  # the teacher it learned from (ranks included)
         taught = checkpoint.manifest.provenance.get("teacher_config") or {}
+        titles = checkpoint.manifest.provenance.get(TITLE_VERDICT_PROVENANCE)
+        title_model = TitleReadingModel.from_record(titles, catalogue) if titles else None
         teacher = BuiltinTeacher(recorded, shared_word=taught.get("shared_word", TeacherConfig.shared_word),
-                                 verdicts=taught.get("verdicts", TeacherConfig.verdicts))  # fmt: skip
+                                 verdicts=taught.get("verdicts", TeacherConfig.verdicts),
+                                 title_model=title_model)  # fmt: skip
     else:
         teacher = BuiltinTeacher.calibrated(splits, catalogue, checkpoint.stats)
     result = diagnose(model, catalogue, cases, teacher)

@@ -257,6 +257,13 @@ class TeacherConfig:
         "judgement into the rationale the answer is read after. Six ranked as three in two pairs of runs "
         '(docs/training.md "A finer verdict"), with 1.6 more tokens per rationale.',
     )
+    title_overlap: bool = option(
+        False,
+        "Built-in teacher: its verdict and soft labels also weigh how much the candidate's title shares with the "
+        "history's titles (trainer/title_overlap.py: common words such as a platform, which the evidence line "
+        "never states), so the LLM learns to read the titles in its prompt; the evidence-model row stays the "
+        "logistic of the evidence line alone.",
+    )
     retrieval_hits: int = option(
         20,
         "Built-in teacher with --retrieval-share: the fewest calibration users whose next item the examples' "

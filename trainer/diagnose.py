@@ -135,7 +135,9 @@ def clause_ceiling(
 
     def rationales(history: Sequence[str], candidates: Sequence[str]) -> list[str]:
         shown = [item(i) for i in history]
-        return [teacher.rationale(compute_evidence(shown, item(c), stats, sequence=sequence)) for c in candidates]
+        pairs = [TeacherInput(shown, item(c), compute_evidence(shown, item(c), stats, sequence=sequence))
+                 for c in candidates]  # fmt: skip
+        return teacher.rationales(pairs)
 
     positives, totals = Counter(), Counter()
     for split in rng.sample(pool, min(calibration_users, len(pool))):

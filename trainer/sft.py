@@ -142,7 +142,7 @@ def build_examples(
             built.append((row, len(row) - len(segment)))
             p_next = None
             if builtin is not None and config.answer_distill:
-                p_next = builtin.verdicts_for(inputs.source).probability(inputs.evidence)
+                p_next = builtin.probability(inputs)
             answers.append(answer_target(assembler.answer_id(not label), label, p_next, config))
         examples.append(Example(prefix, built, answers))
     rng.shuffle(examples)

@@ -27,6 +27,7 @@ from contract.prompt import CandidateSource
 from contract.sequence import SequenceRanker
 from trainer.config import SharedWordClause, TeacherConfig, VerdictScale
 from trainer.data import Catalogue, DataError, UserSplit, sample_negatives
+from trainer.title_overlap import TITLE_OVERLAP_FEATURES, TitleOverlap
 
 VERDICT_SCALES: dict[str, tuple[tuple[str, float], ...]] = {
     "three": (("likely", 0.45), ("possible", 0.15), ("unlikely", 0.0)),
@@ -125,7 +126,42 @@ VERDICT_PROVENANCE = "teacher_verdict_model"
 
 RETRIEVAL_VERDICT_PROVENANCE = "teacher_verdict_model_retrieval"
 """The same for retrieved candidates (``contract.prompt.CandidateSource``), where SFT trained on them."""
+
+TITLE_VERDICT_PROVENANCE = "teacher_verdict_model_titles"
+"""The verdict model that also weighs the titles' overlap (``TeacherConfig.title_overlap``), where SFT used one."""
 log = logging.getLogger(__name__)
+
+
+class TitleReadingModel:
+    """P(candidate is next | evidence, titles): a logistic of ``evidence_features`` and the ``TitleOverlap`` of the
+    candidate's title with the history's titles, which the prompt shows and the evidence line does not weigh."""
+
+    def __init__(self, weights: Sequence[float], bias: float, overlap: TitleOverlap) -> None:
+        self.weights, self.bias, self.overlap = list(weights), bias, overlap
+
+    def features(self, pair: TeacherInput) -> list[float]:
+        return evidence_features(pair.evidence) + self.overlap.features(
+            [item.title for item in pair.history], pair.candidate.title
+        )
+
+    def logit(self, pair: TeacherInput) -> float:
+        return self.bias + sum(w * x for w, x in zip(self.weights, self.features(pair), strict=True))
+
+    def probability(self, pair: TeacherInput) -> float:
+        return 1.0 / (1.0 + math.exp(-self.logit(pair)))
+
+    def record(self) -> dict[str, Any]:
+        """What a checkpoint's provenance keeps under ``TITLE_VERDICT_PROVENANCE``."""
+        return {"weights": self.weights, "bias": self.bias, "features": TITLE_OVERLAP_FEATURES}
+
+    @classmethod
+    def from_record(cls, record: Mapping[str, Any], catalogue: Catalogue) -> TitleReadingModel:
+        return cls(record["weights"], record["bias"], TitleOverlap(catalogue.titles.values()))
+
+    @classmethod
+    def fit(cls, pairs: Sequence[TeacherInput], labels: Sequence[bool], overlap: TitleOverlap) -> TitleReadingModel:
+        unfitted = cls([], 0.0, overlap)
+        return cls(*fit_logistic([unfitted.features(pair) for pair in pairs], labels), overlap)
 
 
 def recorded_verdicts(provenance: Mapping[str, Any], source: CandidateSource = "catalogue") -> EvidenceModel | None:
@@ -262,13 +298,17 @@ class BuiltinTeacher:
         retrieval_model: EvidenceModel | None = None,
         shared_word: SharedWordClause = TeacherConfig.shared_word,
         verdicts: VerdictScale = TeacherConfig.verdicts,
+        title_model: TitleReadingModel | None = None,
     ) -> None:
         """``model`` weighs pairs whose candidates are any catalogue items, ``retrieval_model`` (where SFT trains on
         retrieved candidates) pairs whose candidates are a retriever's top picks, where the same evidence means
         something else: every candidate has a good next-item rank, so a good rank says less. ``shared_word``: how
         the line cites a shared title word (``TeacherConfig.shared_word``); ``verdicts``: the scale its closing
-        verdict grades the verdict model's probability on (``VERDICT_SCALES``)."""
+        verdict grades the verdict model's probability on (``VERDICT_SCALES``). ``title_model``, where given,
+        weighs catalogue pairs instead of ``model``, which stays the evidence line's logistic (the report's
+        evidence-model row)."""
         self.model = model
+        self.title_model = title_model
         self.retrieval_model = retrieval_model
         self.shared_word = shared_word
         self.verdict_scale = VERDICT_SCALES[verdicts]
@@ -281,13 +321,21 @@ class BuiltinTeacher:
         retrieval: Retrieval | None = None, min_hits: int = TeacherConfig.retrieval_hits,
         shared_word: SharedWordClause = TeacherConfig.shared_word,
         verdicts: VerdictScale = TeacherConfig.verdicts,
+        titles: TitleOverlap | None = None,
     ) -> BuiltinTeacher:  # fmt: skip
         """A teacher whose verdict model is fitted on ``users`` calibration users (none of ``exclude``), and with
         ``retrieval`` a second one on as many calibration users whose next item the retriever's list holds, with
         negatives from that list. Where fewer than ``min_hits`` such users exist (a catalogue whose sequence model
         rarely finds the next item) a logistic fitted on them would be noise, so there is no second model
         (``retrieval_model`` is None) and the caller trains on catalogue candidates only."""
-        examples = calibration_examples(splits, catalogue, stats, users, exclude=exclude, sequence=sequence)
+        pairs = calibration_pairs(splits, catalogue, users, exclude=exclude)
+        examples = pair_evidence(pairs, catalogue, stats, sequence), [pair.label for pair in pairs]
+        title_model = None
+        if titles is not None:
+            shown = [TeacherInput([Item(i, catalogue.title(i)) for i in pair.history],
+                                  Item(pair.candidate, catalogue.title(pair.candidate)), evidence)
+                     for pair, evidence in zip(pairs, examples[0], strict=True)]  # fmt: skip
+            title_model = TitleReadingModel.fit(shown, examples[1], titles)
         retrieval_model = None
         if retrieval is not None:
             retrieved = calibration_examples(splits, catalogue, stats, users, exclude=exclude, sequence=sequence,
@@ -303,7 +351,7 @@ class BuiltinTeacher:
                     retrieval.pool,
                     min_hits,
                 )
-        return cls(EvidenceModel.fit(*examples), retrieval_model, shared_word, verdicts)
+        return cls(EvidenceModel.fit(*examples), retrieval_model, shared_word, verdicts, title_model)
 
     def verdicts_for(self, source: CandidateSource) -> EvidenceModel:
         """The verdict model that weighs ``source``'s candidates."""
@@ -313,11 +361,17 @@ class BuiltinTeacher:
             raise ValueError("this teacher was not calibrated on retrieved candidates (give it a Retrieval)")
         return self.retrieval_model
 
-    def verdict(self, evidence: Evidence, source: CandidateSource = "catalogue") -> str:
-        p = self.verdicts_for(source).probability(evidence)
+    def probability(self, pair: TeacherInput) -> float:
+        """The teacher's P(the pair's candidate is next): what its verdict grades and its soft labels take."""
+        if pair.source == "catalogue" and self.title_model is not None:
+            return self.title_model.probability(pair)
+        return self.verdicts_for(pair.source).probability(pair.evidence)
+
+    def verdict(self, evidence: Evidence, source: CandidateSource = "catalogue", p: float | None = None) -> str:
+        p = self.verdicts_for(source).probability(evidence) if p is None else p
         return next(word for word, at_least in self.verdict_scale if p >= at_least)
 
-    def rationale(self, evidence: Evidence, source: CandidateSource = "catalogue") -> str:
+    def rationale(self, evidence: Evidence, source: CandidateSource = "catalogue", p: float | None = None) -> str:
         """One line, at most three clauses of evidence: the next-item rank where the evidence states one, else
         popularity (last); the strongest link; then the co-purchases where the evidence states some, else a shared
         word or attribute (else "never co-bought" where it states co-purchases); then the verdict. (The rank
@@ -345,11 +399,11 @@ class BuiltinTeacher:
             clauses.append("never co-bought")
         if evidence.next_item is None:
             clauses.append(popularity_phrase(evidence))
-        text = "; ".join(clauses) + f": {self.verdict(evidence, source)}."
+        text = "; ".join(clauses) + f": {self.verdict(evidence, source, p)}."
         return text[0].upper() + text[1:]
 
     def rationales(self, pairs: Sequence[TeacherInput]) -> list[str]:
-        return [self.rationale(pair.evidence, pair.source) for pair in pairs]
+        return [self.rationale(pair.evidence, pair.source, self.probability(pair)) for pair in pairs]
 
 
 def clause_kinds(rationale: str) -> dict[str, str]:

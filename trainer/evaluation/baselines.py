@@ -19,7 +19,7 @@ from contract.sequence import SequenceRanker
 from trainer.data import Catalogue, UserSplit
 from trainer.evaluation.cases import EvalCase
 from trainer.seqrec import SequenceModel
-from trainer.teacher import EvidenceModel
+from trainer.teacher import EvidenceModel, TeacherInput, TitleReadingModel
 
 Scorer = Callable[[Sequence[EvalCase]], list[list[float]]]
 """Scores for every candidate of every case, in the cases' candidate order."""
@@ -32,10 +32,11 @@ CO_OCCURRENCE = "co-occurrence + pop"
 CO_OCCURRENCE_ALL = "co-occurrence, all history + pop"
 PRETEST_CO_OCCURRENCE = "co-occurrence, all pre-test + pop"
 EVIDENCE_MODEL = "evidence model (the teacher's logistic)"
+TITLE_EVIDENCE_MODEL = "evidence model + title overlap (the teacher's, where it read the titles)"
 RETRIEVAL_EVIDENCE_MODEL = "evidence model, retrieved candidates (the teacher's logistic for them)"
 SEQUENCE_MODEL = "sequence model (SASRec)"
 COMPARED = (POPULARITY, PRETEST_POPULARITY, CO_OCCURRENCE, CO_OCCURRENCE_ALL, PRETEST_CO_OCCURRENCE, EVIDENCE_MODEL,
-            RETRIEVAL_EVIDENCE_MODEL, SEQUENCE_MODEL)  # fmt: skip
+            TITLE_EVIDENCE_MODEL, RETRIEVAL_EVIDENCE_MODEL, SEQUENCE_MODEL)  # fmt: skip
 """The baselines every model is compared with, paired, where the report has them."""
 
 
@@ -118,6 +119,22 @@ def evidence_scorer(
     return per_case(lambda case: [model.logit(e) for e in case_evidence(case, catalogue, stats, sequence)])
 
 
+def title_evidence_scorer(
+    stats: EvidenceStats, model: TitleReadingModel, catalogue: Catalogue, sequence: SequenceRanker | None = None
+) -> Scorer:
+    """The teacher's verdict model that also weighs the titles' overlap (``TeacherConfig.title_overlap``): what
+    a model trained toward it could learn by reading the titles its prompt shows."""
+
+    def score(case: EvalCase) -> list[float]:
+        history = [Item(i, catalogue.title(i)) for i in case.history]
+        evidence = case_evidence(case, catalogue, stats, sequence)
+        pairs = [TeacherInput(history, Item(c, catalogue.title(c)), e) for c, e in zip(case.candidates, evidence,
+                                                                                        strict=True)]  # fmt: skip
+        return [model.logit(pair) for pair in pairs]
+
+    return per_case(score)
+
+
 def sequence_model_scorer(model: SequenceModel) -> Scorer:
     """SASRec's logit of each candidate after the history: one forward per case, cases batched."""
     return lambda cases: model.score_batch([c.history for c in cases], [c.candidates for c in cases])
@@ -133,6 +150,7 @@ def baseline_scorers(
     evidence_sequence: SequenceRanker | None = None,
     split: str = "test",
     retrieval_verdicts: EvidenceModel | None = None,
+    title_verdicts: TitleReadingModel | None = None,
 ) -> dict[str, Scorer]:
     """Every baseline row of a report, in the order it is shown. The ``all pre-test`` rows only on the test split:
     on the selection split's validation positions they would count the targets. ``retrieval_verdicts``: the
@@ -148,6 +166,9 @@ def baseline_scorers(
     if pretest is not None:
         scorers[PRETEST_CO_OCCURRENCE] = cooccurrence_scorer(pretest, recent_items=ALL_HISTORY)
     scorers[EVIDENCE_MODEL] = evidence_scorer(evidence_stats, verdicts, catalogue, evidence_sequence)
+    if title_verdicts is not None:
+        scorers[TITLE_EVIDENCE_MODEL] = title_evidence_scorer(evidence_stats, title_verdicts, catalogue,
+                                                              evidence_sequence)  # fmt: skip
     if retrieval_verdicts is not None:
         scorers[RETRIEVAL_EVIDENCE_MODEL] = evidence_scorer(evidence_stats, retrieval_verdicts, catalogue,
                                                             evidence_sequence)  # fmt: skip

@@ -36,7 +36,7 @@ from trainer.data import DEFAULT_DATA, Catalogue, UserSplit, load_splits, select
 from trainer.evaluation.baselines import case_evidence
 from trainer.evaluation.cases import EvalCase, build_cases
 from trainer.evaluation.metrics import metrics_with_ci, paired_difference, positive_rank
-from trainer.evaluation.signals import EASE, CoPurchase, SequenceConfidence, Signal, TitleLikelihood
+from trainer.evaluation.signals import EASE, CoPurchase, SequenceConfidence, Signal, TitleLikelihood, TitleOverlap
 from trainer.seqrec import ranker_sequence_models
 from trainer.sft import sft_users
 from trainer.statistics import build_stats
@@ -110,7 +110,8 @@ def main() -> None:
     parser.add_argument("--users", type=int, default=1000, help="selection users scored")
     parser.add_argument("--calibration-users", type=int, default=TeacherConfig.calibration_users)
     parser.add_argument("--signals", default="", help="comma-separated signals beside the evidence: sasrec, "
-                        "copurchase (or one of its numbers: copurchase-cosine-sum, copurchase-cosine-max), ease, title "
+                        "copurchase (or one of its numbers: copurchase-cosine-sum, copurchase-cosine-max), ease, "
+                        "title-overlap, title "
                         "(title reads RUN/init, the pre-trained LM)")  # fmt: skip
     parser.add_argument("--ease-l2", type=float, default=EASE.DEFAULT_L2, help="EASE's L2 weight (--signals ease)")
     parser.add_argument("--wider", type=int, default=0, help="also score this many other users' validation positions")
@@ -129,6 +130,7 @@ def main() -> None:
               "copurchase-cosine-sum": lambda: CoPurchase(training, ["co-purchase cosine sum"]),
               "copurchase-cosine-max": lambda: CoPurchase(training, ["co-purchase cosine max"]),
               "ease": lambda: EASE(training, args.ease_l2),
+              "title-overlap": lambda: TitleOverlap(catalogue),
               "title": lambda: TitleLikelihood(args.run / "init", catalogue)}  # fmt: skip
     if unknown := set(names) - {"sasrec", *shared}:
         parser.error(f"--signals: unknown {sorted(unknown)} ({', '.join(['sasrec', *shared])})")

@@ -10,7 +10,7 @@ import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from contract.evidence import EvidenceStats
 from contract.prompt import CandidateSource
@@ -22,7 +22,14 @@ from trainer.evaluation.metrics import metrics_with_ci, paired_difference, posit
 from trainer.evaluation.report import write_report
 from trainer.refresh import RefreshError, refuse_seen_targets
 from trainer.seqrec import SequenceModel
-from trainer.teacher import VERDICT_PROVENANCE, BuiltinTeacher, EvidenceModel, recorded_verdicts
+from trainer.teacher import (
+    TITLE_VERDICT_PROVENANCE,
+    VERDICT_PROVENANCE,
+    BuiltinTeacher,
+    EvidenceModel,
+    TitleReadingModel,
+    recorded_verdicts,
+)
 
 RANKS = "ranks.json"
 
@@ -124,6 +131,7 @@ class EvidenceSource:
     stats: EvidenceStats
     sequence: SequenceRanker | None = None
     verdicts: EvidenceModel | None = None
+    title_verdicts: Mapping[str, Any] | None = None  # the teacher's that read the titles too, as recorded
 
     @classmethod
     def of(cls, checkpoint) -> EvidenceSource:
@@ -135,7 +143,8 @@ class EvidenceSource:
             raise EvalError(f"{checkpoint.path}: its evidence states a next-item rank but its provenance has no "
                             f"{VERDICT_PROVENANCE} (trained with an LLM teacher?): the evidence-model row cannot "
                             "be fitted here without a leak")  # fmt: skip
-        return cls(checkpoint.stats, checkpoint.sequence, verdicts)
+        return cls(checkpoint.stats, checkpoint.sequence, verdicts,
+                   checkpoint.manifest.provenance.get(TITLE_VERDICT_PROVENANCE))  # fmt: skip
 
 
 def evaluate(catalogue: Catalogue, splits: Sequence[UserSplit], evidence: EvidenceSource, plan: EvalPlan) -> dict:
@@ -158,8 +167,10 @@ def evaluate(catalogue: Catalogue, splits: Sequence[UserSplit], evidence: Eviden
     cases = build_cases(splits, catalogue, plan.users, plan.negatives, plan.seed, plan.retriever, plan.split)
     verdicts = evidence.verdicts or BuiltinTeacher.calibrated(splits, catalogue, evidence.stats).model
     ranks: dict[str, list[int]] = {}
+    title_verdicts = (TitleReadingModel.from_record(evidence.title_verdicts, catalogue)
+                      if evidence.title_verdicts is not None else None)  # fmt: skip
     baselines = baseline_scorers(splits, catalogue, evidence.stats, verdicts, plan.seed, sequence_model,
-                                 evidence.sequence, plan.split, retrieval_verdicts)  # fmt: skip
+                                 evidence.sequence, plan.split, retrieval_verdicts, title_verdicts)  # fmt: skip
     for name, scorer in baselines.items():
         ranks[name] = [positive_rank(s, c.candidates, c.target) for s, c in zip(scorer(cases), cases, strict=True)]
     models: list[str] = []  # "<model_version> (<mode>)", in order; baseline names may end in ")" too

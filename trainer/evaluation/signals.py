@@ -12,6 +12,9 @@ numbers per (history, candidate), computed once per history for all its candidat
   within a few steps.
 - ``EASE``: Steck's linear item-item autoencoder over whole sequences, a strong item-based collaborative model:
   its score of the candidate from the history's items, summed and at most.
+- ``TitleOverlap``: the words the candidate's title shares with the history's titles, common words included
+  (a platform such as "playstation 2"; the evidence states only a rare shared word), IDF-weighted: what an LLM
+  could read off the titles in its prompt that the evidence's features do not hold.
 - ``TitleLikelihood``: the pre-trained LM's log-probability of the candidate's title as the history's next line:
   what the LLM itself learned of which titles follow which, the one signal the logistic cannot read.
 
@@ -33,6 +36,8 @@ from contract.checkpoint import open_checkpoint
 from contract.evidence import Item
 from contract.sequence import SequenceRanker
 from trainer.data import Catalogue
+from trainer.title_overlap import TITLE_OVERLAP_FEATURES
+from trainer.title_overlap import TitleOverlap as TitleOverlapOfTitles
 
 
 class Signal(Protocol):
@@ -161,6 +166,20 @@ class EASE:
         weights *= self.l2  # B ~ co-counts / l2 where they are small: back to count units, then log-compressed
         scores = {c: (_signed_log1p(w.sum()), _signed_log1p(w.max())) for c, w in zip(known, weights.T, strict=True)}
         return [list(scores.get(c, (0.0, 0.0))) for c in candidates]
+
+
+class TitleOverlap:
+    """``trainer.title_overlap.TitleOverlap`` of the candidate's title with the history's titles."""
+
+    names = TITLE_OVERLAP_FEATURES
+
+    def __init__(self, catalogue: Catalogue) -> None:
+        self.catalogue = catalogue
+        self.overlap = TitleOverlapOfTitles(catalogue.titles.values())
+
+    def __call__(self, counted: Sequence[str], history: Sequence[str], candidates: Sequence[str]) -> list[list[float]]:
+        titles = [self.catalogue.title(i) for i in history]
+        return [self.overlap.features(titles, self.catalogue.title(c)) for c in candidates]
 
 
 def _signed_log1p(value: float) -> float:

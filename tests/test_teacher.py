@@ -131,6 +131,7 @@ def test_clause_kinds_read_back_what_the_teacher_states():
         "co-bought": "unstated",
         "shared word": "yes",
         "popularity": "niche",
+        "titles": "unstated",
         "verdict": "possible",
     }
     assert clause_kinds("A great game.") == {
@@ -138,6 +139,7 @@ def test_clause_kinds_read_back_what_the_teacher_states():
         "co-bought": "unstated",
         "shared word": "no",
         "popularity": "unstated",
+        "titles": "unstated",
         "verdict": "unstated",
     }
 
@@ -276,6 +278,14 @@ def test_a_teacher_that_reads_the_titles_grades_its_verdict_and_soft_labels_by_t
     assert teacher.model.probability(evidence) == pytest.approx(
         BuiltinTeacher.calibrated(splits, catalogue, stats, users=200).model.probability(evidence))  # fmt: skip
     assert teacher.rationales([same])[0] == teacher.rationale(evidence, p=teacher.probability(same))
+    assert "titles alike" not in teacher.rationales([same])[0]  # the clause only where asked for
+    saying = BuiltinTeacher(teacher.model, title_model=teacher.title_model, title_clause=True)
+    sequel = TeacherInput(history, Item("41", "Game 1 - Xbox 360 Special Edition"), evidence)  # of #2, "Game 1"
+    alike, unlike = saying.rationales([sequel, other])
+    assert "; titles alike: " in alike and "titles alike" not in unlike
+    assert clause_kinds(alike)["titles"] == "alike" and unfaithful_citations(alike, evidence.text()) == []
+    with pytest.raises(ValueError, match="title-reading"):
+        BuiltinTeacher(teacher.model, title_clause=True)
     config = SFTConfig(answer_distill=0.5)
     assert answer_target(0, True, teacher.probability(same), config).share > answer_target(
         0, True, teacher.probability(other), config).share  # fmt: skip

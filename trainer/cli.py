@@ -262,7 +262,7 @@ def sft_cmd(
     teacher_retrieval_hits: Annotated[int, _opt(TeacherConfig, "retrieval_hits")] = TeacherConfig.retrieval_hits,
     teacher_shared_word: Annotated[str, _opt(TeacherConfig, "shared_word")] = TeacherConfig.shared_word,
     teacher_verdicts: Annotated[str, _opt(TeacherConfig, "verdicts")] = TeacherConfig.verdicts,
-    teacher_title_overlap: Annotated[bool, _opt(TeacherConfig, "title_overlap")] = TeacherConfig.title_overlap,
+    teacher_title_overlap: Annotated[str, _opt(TeacherConfig, "title_overlap")] = TeacherConfig.title_overlap,
     teacher_cache: Annotated[
         Path | None, typer.Option(help="JSONL cache of the teacher's answers (default OUT/teacher_cache.jsonl).")
     ] = None,
@@ -356,7 +356,8 @@ def sft_cmd(
                                             shared_word=teacher_config.shared_word,
                                             verdicts=teacher_config.verdicts,
                                             titles=TitleOverlap(catalogue.titles.values())
-                                            if teacher_config.title_overlap else None)  # fmt: skip
+                                            if teacher_config.title_overlap != "off" else None,
+                                            title_clause=teacher_config.title_overlap == "clause")  # fmt: skip
         if config.retrieval_share and teacher.retrieval_model is None:
             logging.getLogger(__name__).warning(
                 "too few of this catalogue's next items are among the examples' sequence model's top %d items "
@@ -675,8 +676,8 @@ def diagnose_cmd(
         titles = checkpoint.manifest.provenance.get(TITLE_VERDICT_PROVENANCE)
         title_model = TitleReadingModel.from_record(titles, catalogue) if titles else None
         teacher = BuiltinTeacher(recorded, shared_word=taught.get("shared_word", TeacherConfig.shared_word),
-                                 verdicts=taught.get("verdicts", TeacherConfig.verdicts),
-                                 title_model=title_model)  # fmt: skip
+                                 verdicts=taught.get("verdicts", TeacherConfig.verdicts), title_model=title_model,
+                                 title_clause=taught.get("title_overlap") == "clause")  # fmt: skip
     else:
         teacher = BuiltinTeacher.calibrated(splits, catalogue, checkpoint.stats)
     result = diagnose(model, catalogue, cases, teacher)

@@ -18,6 +18,7 @@ RationaleCredit = Literal["rollout", "candidate"]
 TeacherApi = Literal["chat", "completions"]
 SharedWordClause = Literal["quote", "ref"]
 VerdictScale = Literal["three", "six"]
+TitleOverlapUse = Literal["off", "verdict", "clause"]
 
 VLLM_CPU_HEAD_DIMS = (32, 64, 80, 96, 112, 128)
 
@@ -257,12 +258,13 @@ class TeacherConfig:
         "judgement into the rationale the answer is read after. Six ranked as three in two pairs of runs "
         '(docs/training.md "A finer verdict"), with 1.6 more tokens per rationale.',
     )
-    title_overlap: bool = option(
-        False,
-        "Built-in teacher: its verdict and soft labels also weigh how much the candidate's title shares with the "
-        "history's titles (trainer/title_overlap.py: common words such as a platform, which the evidence line "
-        "never states), so the LLM learns to read the titles in its prompt; the evidence-model row stays the "
-        "logistic of the evidence line alone.",
+    title_overlap: TitleOverlapUse = option(
+        "off",
+        "Built-in teacher: whether it weighs how much the candidate's title shares with the history's titles "
+        "(trainer/title_overlap.py: common words such as a platform, which the evidence line never states): off; "
+        "verdict (its verdict and soft labels weigh it, so the LLM must read the titles in its prompt); clause "
+        '(also a clause "titles alike" before the verdict where the overlap is high). The evidence-model row stays '
+        "the logistic of the evidence line alone.",
     )
     retrieval_hits: int = option(
         20,
@@ -275,6 +277,7 @@ class TeacherConfig:
         _literal(self.api, TeacherApi, "teacher api")
         _literal(self.shared_word, SharedWordClause, "teacher shared word")
         _literal(self.verdicts, VerdictScale, "teacher verdicts")
+        _literal(self.title_overlap, TitleOverlapUse, "teacher title overlap")
         _require(self.calibration_users > 0, f"calibration_users must be > 0, got {self.calibration_users}")
         _require(self.retrieval_hits > 0, f"retrieval_hits must be > 0, got {self.retrieval_hits}")
         _require(self.url is None or bool(self.model), "--teacher-url needs --teacher-model (the served model name)")

@@ -1,7 +1,7 @@
 """How far a fusion of the evidence, alone or with signals beyond it, gets above the teacher's logistic.
 
     python -m trainer.evaluation.fusion --run runs/default [--data DIR] [--users 1000]
-        [--signals sasrec,copurchase,ease,title] [--ease-l2 200] [--wider 5000]
+        [--signals sasrec,copurchase,ease,title-overlap,title] [--ease-l2 200] [--wider 5000]
 
 The LLM is trained toward its teacher's logistic of the evidence features (``trainer.teacher``) and lands beside
 it. Two questions bound what it can gain, and neither needs an LLM trained:

@@ -441,7 +441,7 @@ def test_diagnose_compares_served_teacher_and_none_scores(tiny_data, tiny_sft, t
     report = json.loads((tmp_path / "d.json").read_text())
     assert set(report["ndcg@10"]) == {"served", "teacher", "none", "clauses"} and report["users"] == 12
     assert all(0.0 <= m["mean"] <= 1.0 for m in report["ndcg@10"].values())
-    assert set(report["clause_agreement"]) == {"link", "co-bought", "shared word", "popularity", "verdict"}
+    assert set(report["clause_agreement"]) == {"link", "co-bought", "shared word", "popularity", "titles", "verdict"}
     assert "teacher's rationale forced" in result.stdout
 
 

@@ -149,6 +149,11 @@ class TitleReadingModel:
             [item.title for item in pair.history], pair.candidate.title
         )
 
+    def closest_title_overlap(self, pair: TeacherInput) -> float:
+        """The overlap with the history title closest to the candidate's (``TitleOverlap``'s maximum)."""
+        features = self.overlap.features([item.title for item in pair.history], pair.candidate.title)
+        return features[TITLE_OVERLAP_FEATURES.index("title overlap max")]
+
     def logit(self, pair: TeacherInput) -> float:
         return self.bias + sum(w * x for w, x in zip(self.weights, self.features(pair), strict=True))
 
@@ -424,7 +429,7 @@ class BuiltinTeacher:
         """Whether the line says ``TITLES_ALIKE_CLAUSE``: only with ``title_clause``, for catalogue candidates."""
         if not self.title_clause or self.title_model is None or pair.source != "catalogue":
             return False
-        return self.title_model.features(pair)[-2] >= TITLES_ALIKE  # the overlap with the closest history title
+        return self.title_model.closest_title_overlap(pair) >= TITLES_ALIKE
 
 
 def clause_kinds(rationale: str) -> dict[str, str]:

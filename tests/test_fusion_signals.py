@@ -9,7 +9,8 @@ from pathlib import Path
 import numpy as np
 
 from contract.sequence import SequenceRanker
-from trainer.evaluation.signals import EASE, CoPurchase, SequenceConfidence
+from trainer.data import Catalogue
+from trainer.evaluation.signals import EASE, CoPurchase, ItemRecency, SequenceConfidence, TitleWordPrior
 
 SHIPPED_SEQUENCE = Path(__file__).resolve().parents[1] / "models" / "default" / "sequence"
 
@@ -27,6 +28,34 @@ def test_co_purchase_counts_users_with_both_items_and_leaves_a_counted_target_ou
     only_max = CoPurchase([["a", "b", "c"], ["a", "b"], ["b", "d"]], ["co-purchase cosine max"])
     assert only_max.names == ("co-purchase cosine max",) and only_max(["a", "b"], ["a", "b"], ["c"]) == [[cosine_max]]
     assert only_max(["a"], ["a"], ["unknown"]) == [[0.0]]
+
+
+def test_item_recency_counts_the_sequences_last_items_and_leaves_the_cases_own_user_out():
+    sequences = [["a", "b", "c", "d"], ["b", "c"], ["a", "e", "b", "c"]]
+    signal = ItemRecency(sequences, last=2)
+    # "c" ends all three sequences, in 3 of its 3 occurrences; "a" is in two, never among the last two
+    assert signal(["x"], ["x"], ["c", "a"]) == [
+        [math.log1p(3), math.log(3.5 / 5.0)],
+        [math.log1p(0), math.log(0.5 / 4.0)],
+    ]
+    # the third user's own sequence, with "c" its counted target: "c" is scored from the other two users alone
+    assert signal(sequences[2], sequences[2][:-1], ["c"]) == [[math.log1p(2), math.log(2.5 / 4.0)]]
+    assert signal(["x"], ["x"], ["unknown"]) == [[0.0, math.log(0.5 / 2.0)]]
+
+
+def test_title_word_prior_weighs_a_word_by_its_share_of_the_last_items_and_leaves_the_cases_own_user_out():
+    catalogue = Catalogue({"old": "Racer ps2", "new": "Racer ps4", "new2": "Shooter ps4", "x": "Other"})
+    sequences = [["old", "new"], ["old", "new2"], ["old", "x", "new"]]
+    signal = TitleWordPrior(sequences, catalogue, last=1)
+    (new_mean, new_max, new_era), (old_mean, _, old_era) = signal(["x"], ["x"], ["new", "old"])
+    assert new_max > 0 > old_mean and new_mean > old_mean and new_era > old_era  # ps4 ends sequences, ps2 never
+    # a user whose only last item is "new2" is scored as if only the other two users were counted
+    without = TitleWordPrior([sequences[0], sequences[2]], catalogue, last=1)
+    own = ["old", "new2"]
+    nobody = ["not-in-catalogue"]  # a counted sequence with no titled item: nothing of it is left out
+    assert np.allclose(signal(own, own[:-1], ["new2", "new"]), without(nobody, nobody, ["new2", "new"]))
+    assert signal(own, own[:-1], ["new2"])[0][0] < signal(["x"], ["x"], ["new2"])[0][0]
+    assert signal(["x"], ["x"], ["not-in-catalogue"]) == [[0.0, 0.0, 0.0]]
 
 
 def test_sequence_confidence_is_a_distribution_over_the_items_a_rank_counts():

@@ -1,7 +1,7 @@
 """How far a fusion of the evidence, alone or with signals beyond it, gets above the teacher's logistic.
 
     python -m trainer.evaluation.fusion --run runs/default [--data DIR] [--users 1000]
-        [--signals sasrec,copurchase,ease,title-overlap,title] [--ease-l2 200] [--wider 5000]
+        [--signals sasrec,copurchase,ease,title-overlap,recency,title-words,title] [--ease-l2 200] [--wider 5000]
 
 The LLM is trained toward its teacher's logistic of the evidence features (``trainer.teacher``) and lands beside
 it. Two questions bound what it can gain, and neither needs an LLM trained:
@@ -36,7 +36,16 @@ from trainer.data import DEFAULT_DATA, Catalogue, UserSplit, load_splits, select
 from trainer.evaluation.baselines import case_evidence
 from trainer.evaluation.cases import EvalCase, build_cases
 from trainer.evaluation.metrics import metrics_with_ci, paired_difference, positive_rank
-from trainer.evaluation.signals import EASE, CoPurchase, SequenceConfidence, Signal, TitleLikelihood, TitleOverlap
+from trainer.evaluation.signals import (
+    EASE,
+    CoPurchase,
+    ItemRecency,
+    SequenceConfidence,
+    Signal,
+    TitleLikelihood,
+    TitleOverlap,
+    TitleWordPrior,
+)
 from trainer.seqrec import ranker_sequence_models
 from trainer.sft import sft_users
 from trainer.statistics import build_stats
@@ -111,7 +120,7 @@ def main() -> None:
     parser.add_argument("--calibration-users", type=int, default=TeacherConfig.calibration_users)
     parser.add_argument("--signals", default="", help="comma-separated signals beside the evidence: sasrec, "
                         "copurchase (or one of its numbers: copurchase-cosine-sum, copurchase-cosine-max), ease, "
-                        "title-overlap, title "
+                        "title-overlap, recency, title-words, title "
                         "(title reads RUN/init, the pre-trained LM)")  # fmt: skip
     parser.add_argument("--ease-l2", type=float, default=EASE.DEFAULT_L2, help="EASE's L2 weight (--signals ease)")
     parser.add_argument("--wider", type=int, default=0, help="also score this many other users' validation positions")
@@ -131,6 +140,8 @@ def main() -> None:
               "copurchase-cosine-max": lambda: CoPurchase(training, ["co-purchase cosine max"]),
               "ease": lambda: EASE(training, args.ease_l2),
               "title-overlap": lambda: TitleOverlap(catalogue),
+              "recency": lambda: ItemRecency(training),
+              "title-words": lambda: TitleWordPrior(training, catalogue),
               "title": lambda: TitleLikelihood(args.run / "init", catalogue)}  # fmt: skip
     if unknown := set(names) - {"sasrec", *shared}:
         parser.error(f"--signals: unknown {sorted(unknown)} ({', '.join(['sasrec', *shared])})")

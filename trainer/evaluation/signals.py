@@ -19,8 +19,9 @@ numbers per (history, candidate), computed once per history for all its candidat
   occurrences: a proxy for the item's era, which the data's lack of timestamps hides and all-time popularity
   does not say (a new game is rare over all time and common at the sequences' ends).
 - ``TitleWordPrior``: the same era read off the candidate's title words (a platform, a year, an edition): each
-  word's log-ratio of its share among the sequences' last items to its share among catalogue titles. Unlike the
-  item's own counts it reaches items the sequences seldom hold, and a reader of the title can learn it.
+  word's log-ratio of its share among the sequences' last items to its share among catalogue titles and among
+  every item the sequences hold. Unlike the item's own counts it reaches items the sequences seldom hold, and a
+  reader of the title can learn it.
 - ``TitleLikelihood``: the pre-trained LM's log-probability of the candidate's title as the history's next line:
   what the LLM itself learned of which titles follow which, the one signal the logistic cannot read.
 
@@ -226,11 +227,9 @@ class TitleWordPrior:
         self.recent = Counter(w for s in sequences for item in s[-last:] for w in self.words.get(item, ()))
         self.held = Counter(w for s in sequences for item in s for w in self.words.get(item, ()))
         self.vocabulary = len(self.listed) + 1
-        self.listed_total, self.recent_total, self.held_total = (
-            self.listed.total(),
-            self.recent.total(),
-            self.held.total(),
-        )
+        self.listed_total = self.listed.total()
+        self.recent_total = self.recent.total()
+        self.held_total = self.held.total()
 
     def __call__(self, counted: Sequence[str], history: Sequence[str], candidates: Sequence[str]) -> list[list[float]]:
         own_recent = Counter(w for item in counted[-self.last :] for w in self.words.get(item, ()))

@@ -10,7 +10,8 @@ import numpy as np
 
 from contract.sequence import SequenceRanker
 from trainer.data import Catalogue
-from trainer.evaluation.signals import EASE, CoPurchase, ItemRecency, SequenceConfidence, TitleWordPrior
+from trainer.evaluation.signals import EASE, CoPurchase, ItemRecency, SequenceConfidence
+from trainer.title_overlap import TitleWordPrior
 
 SHIPPED_SEQUENCE = Path(__file__).resolve().parents[1] / "models" / "default" / "sequence"
 
@@ -46,11 +47,11 @@ def test_item_recency_counts_the_sequences_last_items_and_leaves_the_cases_own_u
 def test_title_word_prior_weighs_a_word_by_its_share_of_the_last_items_and_leaves_the_cases_own_user_out():
     catalogue = Catalogue({"old": "Racer ps2", "new": "Racer ps4", "new2": "Shooter ps4", "x": "Other"})
     sequences = [["old", "new"], ["old", "new2"], ["old", "x", "new"]]
-    signal = TitleWordPrior(sequences, catalogue, last=1)
+    signal = TitleWordPrior(sequences, catalogue.titles, last=1)
     (new_mean, new_max, new_era), (old_mean, _, old_era) = signal(["x"], ["x"], ["new", "old"])
     assert new_max > 0 > old_mean and new_mean > old_mean and new_era > old_era  # ps4 ends sequences, ps2 never
     # a user whose only last item is "new2" is scored as if only the other two users were counted
-    without = TitleWordPrior([sequences[0], sequences[2]], catalogue, last=1)
+    without = TitleWordPrior([sequences[0], sequences[2]], catalogue.titles, last=1)
     own = ["old", "new2"]
     nobody = ["not-in-catalogue"]  # a counted sequence with no titled item: nothing of it is left out
     assert np.allclose(signal(own, own[:-1], ["new2", "new"]), without(nobody, nobody, ["new2", "new"]))

@@ -22,6 +22,7 @@ from trainer.teacher import (
     BuiltinTeacher,
     EvidenceModel,
     TeacherInput,
+    TitleReadingModel,
     calibration_examples,
     clause_kinds,
     evidence_features,
@@ -289,3 +290,45 @@ def test_a_teacher_that_reads_the_titles_grades_its_verdict_and_soft_labels_by_t
     config = SFTConfig(answer_distill=0.5)
     assert answer_target(0, True, teacher.probability(same), config).share > answer_target(
         0, True, teacher.probability(other), config).share  # fmt: skip
+
+
+def test_a_teacher_that_reads_the_title_words_era_weighs_them_and_rebuilds_them_from_its_record():
+    """``--teacher-title-words``: the title-reading verdict model also weighs the era a title's words mark (their
+    share among the sequences' last items), counted on sequences that end before the pairs' targets; its record
+    rebuilds the same model from the sequences of the scored horizon, and refuses to without them."""
+    import random
+
+    from trainer.config import TeacherConfig
+    from trainer.title_overlap import TITLE_WORD_FEATURES, TitleOverlap, TitleWordPrior
+
+    titles = {str(i): f"Game {i} {'PS4' if i >= 30 else 'PS2'}" for i in range(40)}
+    catalogue = Catalogue(titles)
+    rng = random.Random(0)
+    sequences = {}
+    for u in range(300):  # the later in a sequence, the likelier a PS4 game
+        sequences[f"u{u}"] = [str(30 + rng.randrange(10) if rng.random() < k / 10 else rng.randrange(30))
+                              for k in range(10)]  # fmt: skip
+    splits = leave_one_out(sequences)
+    stats = EvidenceStats.from_sequences((s.train for s in splits), catalogue.titles)
+    words = TitleWordPrior([s.train[:-1] for s in splits], titles)
+    with pytest.raises(ValueError, match="give titles"):
+        BuiltinTeacher.calibrated(splits, catalogue, stats, users=200, title_words=words)
+    teacher = BuiltinTeacher.calibrated(splits, catalogue, stats, users=200, titles=TitleOverlap(titles.values()),
+                                        title_words=words)  # fmt: skip
+    model = teacher.title_model
+    assert model is not None and model.feature_names[-len(TITLE_WORD_FEATURES) :] == TITLE_WORD_FEATURES
+    history = tuple(Item(i, titles[i]) for i in ("1", "2"))
+    evidence = Evidence((), 0, 5, 50, None, ())
+    new, old = (TeacherInput(history, Item(i, titles[i]), evidence) for i in ("35", "15"))
+    assert teacher.probability(new) > teacher.probability(old)
+    record = model.record()
+    assert record["word_prior_last"] == words.last
+    with pytest.raises(ValueError, match="sequences"):
+        TitleReadingModel.from_record(record, catalogue)
+    rebuilt = TitleReadingModel.from_record(record, catalogue, [s.train[:-1] for s in splits])
+    assert rebuilt.probability(new) == pytest.approx(model.probability(new))
+    with pytest.raises(ValueError, match="--teacher-title-overlap verdict or clause"):
+        TeacherConfig(title_words=True)
+    assert TeacherConfig(title_words=True, title_overlap="verdict").title_words
+    assert "word_prior_last" not in BuiltinTeacher.calibrated(
+        splits, catalogue, stats, users=200, titles=TitleOverlap(titles.values())).title_model.record()  # fmt: skip

@@ -263,6 +263,9 @@ def sft_cmd(
     teacher_shared_word: Annotated[str, _opt(TeacherConfig, "shared_word")] = TeacherConfig.shared_word,
     teacher_verdicts: Annotated[str, _opt(TeacherConfig, "verdicts")] = TeacherConfig.verdicts,
     teacher_title_overlap: Annotated[str, _opt(TeacherConfig, "title_overlap")] = TeacherConfig.title_overlap,
+    teacher_title_words: Annotated[
+        bool, _opt(TeacherConfig, "title_words", "--teacher-title-words/--no-teacher-title-words")
+    ] = TeacherConfig.title_words,
     teacher_cache: Annotated[
         Path | None, typer.Option(help="JSONL cache of the teacher's answers (default OUT/teacher_cache.jsonl).")
     ] = None,
@@ -285,7 +288,7 @@ def sft_cmd(
     """Supervised cold start on teacher rationales (built-in, or an LLM behind --teacher-url); resumable."""
     from contract.checkpoint import write_checkpoint_manifest
     from contract.sequence import SequenceRanker
-    from trainer.seqrec import ranker_sequence_models
+    from trainer.seqrec import ranker_sequence_models, training_sequences
     from trainer.sft import sft_users, train_sft
     from trainer.teacher import (
         RETRIEVAL_VERDICT_PROVENANCE,
@@ -294,7 +297,7 @@ def sft_cmd(
         BuiltinTeacher,
         Retrieval,
     )
-    from trainer.title_overlap import TitleOverlap
+    from trainer.title_overlap import TitleOverlap, TitleWordPrior
 
     _log_to_stderr()
     config = _build(SFTConfig, users=users, negatives=negatives, hard_negatives=hard_negatives, hard_pool=hard_pool,
@@ -305,7 +308,8 @@ def sft_cmd(
     teacher_config = _build(TeacherConfig, url=teacher_url, model=teacher_model, api=teacher_api,
                             concurrency=teacher_concurrency, calibration_users=teacher_calibration_users,
                             retrieval_hits=teacher_retrieval_hits, shared_word=teacher_shared_word,
-                            verdicts=teacher_verdicts, title_overlap=teacher_title_overlap)  # fmt: skip
+                            verdicts=teacher_verdicts, title_overlap=teacher_title_overlap,
+                            title_words=teacher_title_words)  # fmt: skip
     if teacher_config.url and config.answer_distill:
         message = "--answer-distill takes soft labels from the built-in teacher: an LLM teacher's answers are 0/1"
         logging.getLogger(__name__).warning(message)
@@ -348,6 +352,9 @@ def sft_cmd(
                              concurrency=teacher_config.concurrency)  # fmt: skip
     else:  # its verdict models are fitted on other users than SFT's
         retrieval = Retrieval(sequences.examples, config.hard_pool) if config.retrieval_share else None
+        # counted on sequences that end before every example's and calibration pair's target
+        words = (TitleWordPrior(training_sequences(splits, "sft", config.targets_per_user), catalogue.titles)
+                 if teacher_config.title_words else None)  # fmt: skip
         teacher = BuiltinTeacher.calibrated(splits, catalogue, base_checkpoint.stats, teacher_config.calibration_users,
                                             exclude={u.user_id for u in chosen},
                                             sequence=sequences and sequences.examples,
@@ -357,7 +364,8 @@ def sft_cmd(
                                             verdicts=teacher_config.verdicts,
                                             titles=TitleOverlap(catalogue.titles.values())
                                             if teacher_config.title_overlap != "off" else None,
-                                            title_clause=teacher_config.title_overlap == "clause")  # fmt: skip
+                                            title_clause=teacher_config.title_overlap == "clause",
+                                            title_words=words)  # fmt: skip
         if config.retrieval_share and teacher.retrieval_model is None:
             logging.getLogger(__name__).warning(
                 "too few of this catalogue's next items are among the examples' sequence model's top %d items "
@@ -662,7 +670,7 @@ def diagnose_cmd(
     """Served rationale vs the teacher's rationale vs no rationale, on eval's cases (plain torch): shows
     whether the model loses NDCG in the rationales it writes or in how its answer reads them."""
     from trainer.diagnose import clause_ceiling, diagnose
-    from trainer.evaluation.cases import build_cases
+    from trainer.evaluation.cases import build_cases, sequences_before
     from trainer.evaluation.metrics import metrics_with_ci
     from trainer.teacher import TITLE_VERDICT_PROVENANCE, BuiltinTeacher, TitleReadingModel, recorded_verdicts
 
@@ -674,7 +682,9 @@ def diagnose_cmd(
     if checkpoint.sequence is not None and recorded is not None:  # the teacher it learned from (ranks included)
         taught = checkpoint.manifest.provenance.get("teacher_config") or {}
         titles = checkpoint.manifest.provenance.get(TITLE_VERDICT_PROVENANCE)
-        title_model = TitleReadingModel.from_record(titles, catalogue) if titles else None
+        title_model = (
+            TitleReadingModel.from_record(titles, catalogue, sequences_before(splits, split)) if titles else None
+        )
         teacher = BuiltinTeacher(recorded, shared_word=taught.get("shared_word", TeacherConfig.shared_word),
                                  verdicts=taught.get("verdicts", TeacherConfig.verdicts), title_model=title_model,
                                  title_clause=taught.get("title_overlap") == "clause")  # fmt: skip

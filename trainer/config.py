@@ -266,6 +266,12 @@ class TeacherConfig:
         '(also a clause "titles alike" before the verdict where the overlap is high). The evidence-model row stays '
         "the logistic of the evidence line alone.",
     )
+    title_words: bool = option(
+        False,
+        "Built-in teacher with --teacher-title-overlap verdict or clause: its verdict model also weighs the era the "
+        "candidate's title words mark (trainer/title_overlap.py: their share among the sequences' last items, "
+        "counted on sequences that end before every example's target).",
+    )
     retrieval_hits: int = option(
         20,
         "Built-in teacher with --retrieval-share: the fewest calibration users whose next item the examples' "
@@ -278,6 +284,8 @@ class TeacherConfig:
         _literal(self.shared_word, SharedWordClause, "teacher shared word")
         _literal(self.verdicts, VerdictScale, "teacher verdicts")
         _literal(self.title_overlap, TitleOverlapUse, "teacher title overlap")
+        _require(not self.title_words or self.title_overlap != "off",
+                 "--teacher-title-words needs --teacher-title-overlap verdict or clause")  # fmt: skip
         _require(self.calibration_users > 0, f"calibration_users must be > 0, got {self.calibration_users}")
         _require(self.retrieval_hits > 0, f"retrieval_hits must be > 0, got {self.retrieval_hits}")
         _require(self.url is None or bool(self.model), "--teacher-url needs --teacher-model (the served model name)")

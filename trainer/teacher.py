@@ -27,7 +27,7 @@ from contract.prompt import CandidateSource
 from contract.sequence import SequenceRanker
 from trainer.config import SharedWordClause, TeacherConfig, VerdictScale
 from trainer.data import Catalogue, DataError, UserSplit, sample_negatives
-from trainer.title_overlap import TITLE_OVERLAP_FEATURES, TitleOverlap
+from trainer.title_overlap import TITLE_OVERLAP_FEATURES, TITLE_WORD_FEATURES, TitleOverlap, TitleWordPrior
 
 VERDICT_SCALES: dict[str, tuple[tuple[str, float], ...]] = {
     "three": (("likely", 0.45), ("possible", 0.15), ("unlikely", 0.0)),
@@ -139,15 +139,23 @@ log = logging.getLogger(__name__)
 
 class TitleReadingModel:
     """P(candidate is next | evidence, titles): a logistic of ``evidence_features`` and the ``TitleOverlap`` of the
-    candidate's title with the history's titles, which the prompt shows and the evidence line does not weigh."""
+    candidate's title with the history's titles, which the prompt shows and the evidence line does not weigh; with
+    ``words``, also the era its title words mark (``TitleWordPrior``, counted on sequences that end before every
+    pair's target, so no pair's own next item counts for it)."""
 
-    def __init__(self, weights: Sequence[float], bias: float, overlap: TitleOverlap) -> None:
-        self.weights, self.bias, self.overlap = list(weights), bias, overlap
+    def __init__(self, weights: Sequence[float], bias: float, overlap: TitleOverlap,
+                 words: TitleWordPrior | None = None) -> None:  # fmt: skip
+        self.weights, self.bias, self.overlap, self.words = list(weights), bias, overlap, words
+
+    @property
+    def feature_names(self) -> tuple[str, ...]:
+        return TITLE_OVERLAP_FEATURES + (TITLE_WORD_FEATURES if self.words is not None else ())
 
     def features(self, pair: TeacherInput) -> list[float]:
-        return evidence_features(pair.evidence) + self.overlap.features(
+        features = evidence_features(pair.evidence) + self.overlap.features(
             [item.title for item in pair.history], pair.candidate.title
         )
+        return features + self.words.title_features(pair.candidate.title) if self.words is not None else features
 
     def closest_title_overlap(self, pair: TeacherInput) -> float:
         """The overlap with the history title closest to the candidate's (``TitleOverlap``'s maximum)."""
@@ -162,16 +170,26 @@ class TitleReadingModel:
 
     def record(self) -> dict[str, Any]:
         """What a checkpoint's provenance keeps under ``TITLE_VERDICT_PROVENANCE``."""
-        return {"weights": self.weights, "bias": self.bias, "features": TITLE_OVERLAP_FEATURES}
+        record = {"weights": self.weights, "bias": self.bias, "features": self.feature_names}
+        return record | ({"word_prior_last": self.words.last} if self.words is not None else {})
 
     @classmethod
-    def from_record(cls, record: Mapping[str, Any], catalogue: Catalogue) -> TitleReadingModel:
-        return cls(record["weights"], record["bias"], TitleOverlap(catalogue.titles.values()))
+    def from_record(cls, record: Mapping[str, Any], catalogue: Catalogue,
+                    sequences: Sequence[Sequence[str]] | None = None) -> TitleReadingModel:  # fmt: skip
+        """The recorded model; one that weighs title words counts them on ``sequences`` (the scored targets'
+        horizon: every sequence ending before them)."""
+        words = None
+        if "word_prior_last" in record:
+            if sequences is None:
+                raise ValueError("this title-reading verdict model weighs title words: give the sequences to count")
+            words = TitleWordPrior(sequences, catalogue.titles, record["word_prior_last"])
+        return cls(record["weights"], record["bias"], TitleOverlap(catalogue.titles.values()), words)
 
     @classmethod
-    def fit(cls, pairs: Sequence[TeacherInput], labels: Sequence[bool], overlap: TitleOverlap) -> TitleReadingModel:
-        unfitted = cls([], 0.0, overlap)
-        return cls(*fit_logistic([unfitted.features(pair) for pair in pairs], labels), overlap)
+    def fit(cls, pairs: Sequence[TeacherInput], labels: Sequence[bool], overlap: TitleOverlap,
+            words: TitleWordPrior | None = None) -> TitleReadingModel:  # fmt: skip
+        unfitted = cls([], 0.0, overlap, words)
+        return cls(*fit_logistic([unfitted.features(pair) for pair in pairs], labels), overlap, words)
 
 
 def recorded_verdicts(provenance: Mapping[str, Any], source: CandidateSource = "catalogue") -> EvidenceModel | None:
@@ -338,12 +356,16 @@ class BuiltinTeacher:
         verdicts: VerdictScale = TeacherConfig.verdicts,
         titles: TitleOverlap | None = None,
         title_clause: bool = False,
+        title_words: TitleWordPrior | None = None,
     ) -> BuiltinTeacher:  # fmt: skip
         """A teacher whose verdict model is fitted on ``users`` calibration users (none of ``exclude``), and with
         ``retrieval`` a second one on as many calibration users whose next item the retriever's list holds, with
         negatives from that list. Where fewer than ``min_hits`` such users exist (a catalogue whose sequence model
         rarely finds the next item) a logistic fitted on them would be noise, so there is no second model
-        (``retrieval_model`` is None) and the caller trains on catalogue candidates only."""
+        (``retrieval_model`` is None) and the caller trains on catalogue candidates only. ``titles`` fits the
+        title-reading verdict model (``TitleReadingModel``), which with ``title_words`` also weighs their era."""
+        if title_words is not None and titles is None:
+            raise ValueError("the title words' era is weighed by the title-reading verdict model: give titles")
         pairs = calibration_pairs(splits, catalogue, users, exclude=exclude)
         examples = pair_evidence(pairs, catalogue, stats, sequence), [pair.label for pair in pairs]
         title_model = None
@@ -351,7 +373,7 @@ class BuiltinTeacher:
             shown = [TeacherInput([Item(i, catalogue.title(i)) for i in pair.history],
                                   Item(pair.candidate, catalogue.title(pair.candidate)), evidence)
                      for pair, evidence in zip(pairs, examples[0], strict=True)]  # fmt: skip
-            title_model = TitleReadingModel.fit(shown, examples[1], titles)
+            title_model = TitleReadingModel.fit(shown, examples[1], titles, title_words)
         retrieval_model = None
         if retrieval is not None:
             retrieved = calibration_examples(splits, catalogue, stats, users, exclude=exclude, sequence=sequence,

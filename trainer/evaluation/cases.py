@@ -18,8 +18,14 @@ from typing import Literal
 
 from contract.sequence import SequenceRanker
 from trainer.data import Catalogue, UserSplit, sample_negatives, selection_users
+from trainer.seqrec import training_sequences
 
 Split = Literal["test", "selection"]
+
+
+def sequences_before(splits: Sequence[UserSplit], split: Split) -> list[list[str]]:
+    """Each user's items before the split's scored targets (selection: validation positions; test: test ones)."""
+    return training_sequences(splits, "valid" if split == "selection" else "test")
 
 
 @dataclass(frozen=True)

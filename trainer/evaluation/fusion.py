@@ -44,12 +44,12 @@ from trainer.evaluation.signals import (
     Signal,
     TitleLikelihood,
     TitleOverlap,
-    TitleWordPrior,
 )
 from trainer.seqrec import ranker_sequence_models
 from trainer.sft import sft_users
 from trainer.statistics import build_stats
 from trainer.teacher import calibration_pairs, evidence_features, fit_logistic, pair_evidence
+from trainer.title_overlap import TitleWordPrior
 
 EvidenceScorer = Callable[[Sequence[Evidence]], list[float]]
 """A logit for each pair's evidence, in order."""
@@ -141,7 +141,7 @@ def main() -> None:
               "ease": lambda: EASE(training, args.ease_l2),
               "title-overlap": lambda: TitleOverlap(catalogue),
               "recency": lambda: ItemRecency(training),
-              "title-words": lambda: TitleWordPrior(training, catalogue),
+              "title-words": lambda: TitleWordPrior(training, catalogue.titles),
               "title": lambda: TitleLikelihood(args.run / "init", catalogue)}  # fmt: skip
     if unknown := set(names) - {"sasrec", *shared}:
         parser.error(f"--signals: unknown {sorted(unknown)} ({', '.join(['sasrec', *shared])})")

@@ -17,7 +17,7 @@ from contract.prompt import CandidateSource
 from contract.sequence import SequenceRanker
 from trainer.data import Catalogue, UserSplit
 from trainer.evaluation.baselines import COMPARED, EVIDENCE_MODEL, SEQUENCE_MODEL, baseline_scorers
-from trainer.evaluation.cases import EvalCase, Split, build_cases
+from trainer.evaluation.cases import EvalCase, Split, build_cases, sequences_before
 from trainer.evaluation.metrics import metrics_with_ci, paired_difference, positive_rank
 from trainer.evaluation.report import write_report
 from trainer.refresh import RefreshError, refuse_seen_targets
@@ -167,7 +167,8 @@ def evaluate(catalogue: Catalogue, splits: Sequence[UserSplit], evidence: Eviden
     cases = build_cases(splits, catalogue, plan.users, plan.negatives, plan.seed, plan.retriever, plan.split)
     verdicts = evidence.verdicts or BuiltinTeacher.calibrated(splits, catalogue, evidence.stats).model
     ranks: dict[str, list[int]] = {}
-    title_verdicts = (TitleReadingModel.from_record(evidence.title_verdicts, catalogue)
+    title_verdicts = (TitleReadingModel.from_record(evidence.title_verdicts, catalogue,
+                                                    sequences_before(splits, plan.split))
                       if evidence.title_verdicts is not None else None)  # fmt: skip
     baselines = baseline_scorers(splits, catalogue, evidence.stats, verdicts, plan.seed, sequence_model,
                                  evidence.sequence, plan.split, retrieval_verdicts, title_verdicts)  # fmt: skip

@@ -18,10 +18,10 @@ numbers per (history, candidate), computed once per history for all its candidat
 - ``ItemRecency``: how often the item is among the last few items of a training sequence, and that share of its
   occurrences: a proxy for the item's era, which the data's lack of timestamps hides and all-time popularity
   does not say (a new game is rare over all time and common at the sequences' ends).
-- ``TitleWordPrior``: the same era read off the candidate's title words (a platform, a year, an edition): each
-  word's log-ratio of its share among the sequences' last items to its share among catalogue titles and among
-  every item the sequences hold. Unlike the item's own counts it reaches items the sequences seldom hold, and a
-  reader of the title can learn it.
+- ``TitleWordPrior`` (``trainer.title_overlap``, which the teacher can weigh too): the same era read off the
+  candidate's title words (a platform, a year, an edition): each word's log-ratio of its share among the
+  sequences' last items to its share among catalogue titles and among every item the sequences hold. Unlike the
+  item's own counts it reaches items the sequences seldom hold, and a reader of the title can learn it.
 - ``TitleLikelihood``: the pre-trained LM's log-probability of the candidate's title as the history's next line:
   what the LLM itself learned of which titles follow which, the one signal the logistic cannot read.
 
@@ -41,7 +41,7 @@ import numpy as np
 import torch
 
 from contract.checkpoint import open_checkpoint
-from contract.evidence import Item, title_words
+from contract.evidence import Item
 from contract.sequence import SequenceRanker
 from trainer.data import Catalogue
 from trainer.title_overlap import TITLE_OVERLAP_FEATURES
@@ -209,42 +209,6 @@ class ItemRecency:
             recent = self.recent[candidate] - own_recent[candidate]
             total = self.total[candidate] - own_total[candidate]
             out.append([math.log1p(recent), math.log((recent + 0.5) / (total + 2.0))])
-        return out
-
-
-class TitleWordPrior:
-    """Each title word's log-ratio of its share among the words of the sequences' ``last`` items to its share among
-    catalogue titles' words (which popular series and platforms top), and to its share among every item the
-    sequences hold (which only an era's words top), add-one smoothed: the candidate's mean and most positive word
-    of the first, the mean of the second. Each case leaves its own user's sequence out."""
-
-    names = ("title word prior mean", "title word prior max", "title word era mean")
-
-    def __init__(self, sequences: Sequence[Sequence[str]], catalogue: Catalogue, last: int = 3) -> None:
-        self.last = last
-        self.words = {item: title_words(title) for item, title in catalogue.titles.items()}
-        self.listed = Counter(w for words in self.words.values() for w in words)
-        self.recent = Counter(w for s in sequences for item in s[-last:] for w in self.words.get(item, ()))
-        self.held = Counter(w for s in sequences for item in s for w in self.words.get(item, ()))
-        self.vocabulary = len(self.listed) + 1
-        self.listed_total = self.listed.total()
-        self.recent_total = self.recent.total()
-        self.held_total = self.held.total()
-
-    def __call__(self, counted: Sequence[str], history: Sequence[str], candidates: Sequence[str]) -> list[list[float]]:
-        own_recent = Counter(w for item in counted[-self.last :] for w in self.words.get(item, ()))
-        own_held = Counter(w for item in counted for w in self.words.get(item, ()))
-        recent_total = self.recent_total - own_recent.total() + self.vocabulary
-        held_total = self.held_total - own_held.total() + self.vocabulary
-        listed_total = self.listed_total + self.vocabulary
-        out = []
-        for candidate in candidates:
-            prior, era = [], []
-            for word in self.words.get(candidate, ()):
-                share = (self.recent[word] - own_recent[word] + 1) / recent_total
-                prior.append(math.log(share / ((self.listed[word] + 1) / listed_total)))
-                era.append(math.log(share / ((self.held[word] - own_held[word] + 1) / held_total)))
-            out.append([sum(prior) / len(prior), max(prior), sum(era) / len(era)] if prior else [0.0, 0.0, 0.0])
         return out
 
 

@@ -51,9 +51,29 @@ def _calls(engine: ServerProcess) -> float:
     return engine_counters(engine.url)["vllm:request_success"]
 
 
+def _users_on_each_engine(service_url: str, engines: list[ServerProcess], users: list[str], demo,
+                          per_engine: int = 3) -> list[list[dict]]:  # fmt: skip
+    """Rank requests of ``per_engine`` users the router hashes onto each engine, found by sending one request per
+    user and reading which engine's counter moved: the ring depends on the engines' ports, so a fixed list of
+    users may all land on one engine."""
+    chosen: list[list[dict]] = [[] for _ in engines]
+    for user in users:
+        body = demo.rank_request(user, n_candidates=4, reasoning="full")
+        before = [_calls(engine) for engine in engines]
+        assert httpx.post(f"{service_url}/rank", json=body, timeout=60).status_code == 200
+        on = next((i for i, (e, calls) in enumerate(zip(engines, before, strict=True)) if _calls(e) > calls), None)
+        assert on is not None, f"no engine's counter moved for user {user}"
+        if len(chosen[on]) < per_engine:
+            chosen[on].append(body)
+        if all(len(bodies) == per_engine for bodies in chosen):
+            return chosen
+    raise AssertionError(f"fewer than {per_engine} of {len(users)} users on an engine: {[len(c) for c in chosen]}")
+
+
 def test_an_engine_killed_under_load_is_routed_around_and_rejoins(engines, log_dir, demo):
-    bodies = [demo.rank_request(u, n_candidates=4, reasoning="full") for u in demo.users[240:246]]
     with routed_service(log_dir, engines, "consistent_hash", env={"R2RANK_ENGINE_TIMEOUT_S": "20"}) as (_, service):
+        survivors_users, killed_users = _users_on_each_engine(service.url, engines, demo.users[240:300], demo)
+        bodies = killed_users + survivors_users  # the load under the kill is the killed engine's users'
         statuses = statuses_under_fault(service.url, bodies[:3], 12.0, 3.0, lambda: engines[1].stop(signal.SIGKILL))
         print(f"\nstatuses under the kill: {dict((s, statuses.count(s)) for s in set(statuses))}")
         assert statuses.count(200) > 0 and all(s < 500 or s == 503 for s in statuses), statuses
